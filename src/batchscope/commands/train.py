@@ -1,0 +1,78 @@
+"""`batchscope train`: one training run with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import device_option, json_option, task_option
+from ..report.console import ProgressCallback, console_for, make_table, progress_bar
+from ..report.jsonio import dumps, write_json
+from ..tasks import load_task
+from ..train import SCHEDULES, TrainConfig, train
+
+
+def training_options(f):
+    """The options that describe one run; shared by the commands that train."""
+    opts = [
+        click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="examples per optimizer step (B)"),
+        click.option("--lr", type=float, default=None, help="learning rate [default: the task's]"),
+        click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None,
+                     help="[default: the task's]"),
+        click.option("--micro-batch", type=int, default=None,
+                     help="micro-batch size m; B/m micro-batches per step with gradient accumulation"),
+        click.option("--warmup", "warmup_steps", type=int, default=0, show_default=True, help="linear warm-up steps"),
+        click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="constant", show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--amp", is_flag=True, help="automatic mixed precision (CUDA only)"),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+@click.command("train")
+@task_option
+@training_options
+@click.option("--steps", type=int, default=None, help="optimizer steps (default 500 unless --epochs or --until-target)")
+@click.option("--epochs", type=float, default=None, help="passes over the training set")
+@click.option("--until-target", is_flag=True, help="stop when the task's target is reached")
+@click.option("--eval-every", type=int, default=None, help="steps between evaluations")
+@device_option
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the result JSON here")
+@json_option
+def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
+            steps, epochs, until_target, eval_every, device, out, as_json) -> None:
+    """Train a task once and report loss, metric and time to target."""
+    task = load_task(task_spec)
+    if steps is None and epochs is None and not until_target:
+        steps = 500
+    cfg = TrainConfig(batch_size=batch_size, lr=lr, optimizer=optimizer, micro_batch=micro_batch, steps=steps,
+                      epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
+                      eval_every=eval_every, seed=seed, device=device, amp=amp)
+    console = console_for(as_json)
+    with progress_bar(console) as progress:
+        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
+    doc = result.to_dict()
+    if out:
+        write_json(out, doc)
+    if as_json:
+        click.echo(dumps(doc))
+        return
+    last = result.final
+    rows = [
+        ("steps / examples", f"{result.steps:,} / {result.examples:,}"),
+        ("training time", f"{result.seconds:.1f} s ({result.examples / max(result.seconds, 1e-9):,.0f} examples/s)"),
+        ("final train loss", last.loss),
+        (f"final {task.target.split} loss", last.eval_loss),
+    ]
+    if last.metric is not None:
+        rows.append((f"final {task.target.split} {task.metric_name}", last.metric))
+    if result.reached_target:
+        rows.append(("target " + result.target,
+                     f"reached at step {result.target_step:,} ({result.target_examples:,} examples, "
+                     f"{result.target_seconds:.1f} s)"))
+    else:
+        rows.append(("target " + result.target, "not reached"))
+    console.print(make_table(f"{task.name}: B={batch_size}, lr={result.config['lr']:g}, "
+                             f"{result.config['optimizer']}", ["", "value"], rows,
+                             caption=f"stopped: {result.stopped_because}"))

@@ -1,0 +1,46 @@
+"""One exception family for everything a user can get wrong.
+
+The CLI prints ``str(error)`` as one line and exits non-zero; library users catch
+:class:`BatchscopeError`. Messages say what was wrong, the value received, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class BatchscopeError(Exception):
+    """Base class: a problem with the input or the run that the user can fix."""
+
+
+class TaskError(BatchscopeError):
+    """The task could not be loaded or is malformed."""
+
+
+class ConfigError(BatchscopeError, ValueError):
+    """A parameter is out of range or inconsistent with the task."""
+
+
+class DivergedError(BatchscopeError):
+    """Training produced a non-finite loss; carries the history measured before it."""
+
+    def __init__(self, message: str, history=None):
+        super().__init__(message)
+        self.history = list(history or [])
+
+
+def check_positive_int(name: str, value, *, where: str = "") -> int:
+    """The one template for integer parameters (scikit-learn style)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        at = f" of {where}" if where else ""
+        raise ConfigError(f"The '{name}' parameter{at} must be a positive integer. Got {value!r} instead.")
+    return value
+
+
+def check_positive_float(name: str, value, *, where: str = "") -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (v > 0 and v != float("inf")):
+        at = f" of {where}" if where else ""
+        raise ConfigError(f"The '{name}' parameter{at} must be a positive finite number. Got {value!r} instead.")
+    return v

@@ -1,0 +1,1 @@
+"""Output for people (console tables, progress) and for machines (JSON)."""

@@ -1,0 +1,1 @@
+"""The planner: hardware profile + noise scale -> one recommendation (batch, lr, schedule, evidence)."""

@@ -1,0 +1,103 @@
+"""How the noise scale grows as the loss falls, and what it will be at the target loss.
+
+Kaplan et al. 2020 (arXiv 2001.08361, eq. 5.4) found the critical batch follows a power law in the
+loss, B_crit(L) = B_* / L^(1/alpha_B). We fit the same form to noise-scale measurements taken along
+a short run, log B_simple = a + k log L, and extrapolate to the target loss.
+
+Each window's B_simple is a ratio of averages (mean tr(Sigma) / mean |G|^2 over the window's steps),
+never an average of per-step ratios, which is biased (DESIGN.md, "Smoothing"). The interval comes
+from a bootstrap that resamples steps within each window and refits: it covers the sampling noise
+of the gradient statistics, not a wrong choice of functional form (said in every report).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    loss: float          # mean training loss over the window
+    g2: float            # mean unbiased estimate of |G|^2
+    trace: float         # mean unbiased estimate of tr(Sigma)
+    n: int               # steps in the window
+
+    @property
+    def b_simple(self) -> float:
+        return self.trace / self.g2 if self.g2 > 0 and self.trace > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class GrowthFit:
+    intercept: float     # a in log B = a + k log L
+    slope: float         # k; negative when B_simple grows as the loss falls
+    windows: tuple[Window, ...]
+    constant: bool       # True when too few usable windows forced k = 0
+
+    def predict(self, loss: float) -> float:
+        return math.exp(self.intercept + self.slope * math.log(loss))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    loss: float
+    value: float
+    low: float
+    high: float
+    level: float
+    extrapolation: float  # how far beyond the measured loss range, as a ratio (1.0: inside it)
+
+
+def make_windows(losses: Sequence[float], g2: Sequence[float], trace: Sequence[float], n_windows: int) -> list[Window]:
+    """Split per-step estimates (in step order) into ``n_windows`` contiguous windows of equal size."""
+    losses, g2, trace = (np.asarray(a, dtype=float) for a in (losses, g2, trace))
+    n = len(losses)
+    if n == 0:
+        return []
+    edges = np.linspace(0, n, min(n_windows, n) + 1).round().astype(int)
+    return [Window(float(losses[a:b].mean()), float(g2[a:b].mean()), float(trace[a:b].mean()), int(b - a))
+            for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def fit_growth(windows: Sequence[Window], min_windows: int = 3) -> GrowthFit:
+    """Least squares of log B_simple on log loss, weighting each window by its number of steps."""
+    usable = [w for w in windows if math.isfinite(w.b_simple) and w.loss > 0]
+    if not usable:
+        raise ValueError("no window has a positive |G|^2 and tr(Sigma) estimate; measure over more steps")
+    x = np.log([w.loss for w in usable])
+    y = np.log([w.b_simple for w in usable])
+    wts = np.array([w.n for w in usable], dtype=float)
+    if len(usable) < min_windows or np.ptp(x) < 1e-3:
+        return GrowthFit(float(np.average(y, weights=wts)), 0.0, tuple(windows), True)
+    slope, intercept = np.polyfit(x, y, 1, w=np.sqrt(wts))
+    return GrowthFit(float(intercept), float(slope), tuple(windows), False)
+
+
+def predict_at_loss(losses: Sequence[float], g2: Sequence[float], trace: Sequence[float], target_loss: float,
+                    n_windows: int = 6, level: float = 0.9, n_boot: int = 400, seed: int = 0) -> tuple[GrowthFit, Prediction]:
+    """Fit the growth law and predict B_simple at ``target_loss`` with a bootstrap interval."""
+    if not target_loss > 0:
+        raise ValueError(f"the target loss must be positive to use the power law, got {target_loss}")
+    fit = fit_growth(make_windows(losses, g2, trace, n_windows))
+    value = fit.predict(target_loss)
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(a, dtype=float) for a in (losses, g2, trace)]
+    edges = np.linspace(0, len(arrays[0]), min(n_windows, len(arrays[0])) + 1).round().astype(int)
+    draws = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.integers(a, b, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a])
+        try:
+            boot = fit_growth(make_windows(*(a[idx] for a in arrays), n_windows))
+        except ValueError:
+            continue
+        draws.append(boot.predict(target_loss))
+    q = (1 - level) / 2
+    low, high = (float(np.quantile(draws, q)), float(np.quantile(draws, 1 - q))) if len(draws) >= 20 else (math.nan, math.nan)
+    measured = [w.loss for w in fit.windows if w.loss > 0]
+    lo_l, hi_l = min(measured), max(measured)
+    extrapolation = lo_l / target_loss if target_loss < lo_l else (target_loss / hi_l if target_loss > hi_l else 1.0)
+    return fit, Prediction(target_loss, value, low, high, level, extrapolation)

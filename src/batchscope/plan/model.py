@@ -1,0 +1,82 @@
+"""The time-to-target model: pure functions, numbers in, numbers out.
+
+Notation (DESIGN.md): B batch size, B_noise the gradient noise scale, S_min / E_min the minimum
+steps / examples to reach a target (McCandlish et al. 2018, arXiv 1812.06162, eqs. 2.11-2.12):
+
+    S(B) = S_min (1 + B_noise / B)        steps to target
+    E(B) = E_min (1 + B / B_noise)        examples to target, E_min = S_min * B_noise
+    t(B) = alpha + beta * B               seconds per optimizer step (hardware profile)
+    T(B) = S(B) * t(B)                    wall-clock time to target
+
+T is minimised at B* = sqrt(alpha * B_noise / beta). With gradient accumulation (micro-batch m,
+k = ceil(B / m) passes) a step costs k * (alpha + beta * m) instead: the fixed cost is paid per pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def steps_to_target(b: float, s_min: float, b_noise: float) -> float:
+    return s_min * (1.0 + b_noise / b)
+
+
+def examples_to_target(b: float, s_min: float, b_noise: float) -> float:
+    return steps_to_target(b, s_min, b_noise) * b
+
+
+def s_min_from_reference(steps_ref: float, b_ref: float, b_noise: float) -> float:
+    """Invert S(B_ref) = S_min (1 + B_noise / B_ref): the steps an infinitely large batch would need."""
+    return steps_ref / (1.0 + b_noise / b_ref)
+
+
+def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1) -> float:
+    """Seconds per optimizer step for a global batch ``b`` over ``devices`` data-parallel workers.
+
+    Each device processes b / devices examples as ceil((b / devices) / micro_batch) passes; every pass
+    pays the fixed cost alpha (launches, optimizer and synchronisation are lumped into it).
+    """
+    per_device = b / devices
+    m = per_device if micro_batch is None else min(micro_batch, per_device)
+    passes = math.ceil(per_device / m - 1e-9)
+    return passes * (alpha + beta * m)
+
+
+def time_to_target(b: int, s_min: float, b_noise: float, alpha: float, beta: float,
+                   micro_batch: int | None = None, devices: int = 1) -> float:
+    return steps_to_target(b, s_min, b_noise) * step_seconds(b, alpha, beta, micro_batch, devices)
+
+
+def optimal_batch(alpha: float, beta: float, b_noise: float) -> float:
+    """The unconstrained minimiser of T(B) = S_min (1 + B_noise/B)(alpha + beta B): sqrt(alpha B_noise / beta).
+
+    dT/dB = S_min (beta - alpha B_noise / B^2) = 0. With beta -> 0 (a step costs the same at any
+    batch) the answer is unbounded: the memory ceiling or the data set decides.
+    """
+    if beta <= 0:
+        return math.inf
+    return math.sqrt(max(alpha, 0.0) * b_noise / beta)
+
+
+def statistical_efficiency(b: float, b0: float, b_noise: float) -> float:
+    """Progress per example at batch ``b`` relative to ``b0`` (Pollux, Qiao et al. OSDI 2021)."""
+    return (b_noise + b0) / (b_noise + b)
+
+
+def sgd_lr(b: float, b_ref: float, lr_ref: float, b_noise: float) -> float:
+    """SGD step size eps(B) = eps_max / (1 + B_noise / B), anchored at a known-good (b_ref, lr_ref).
+
+    McCandlish et al. 2018 eq. 2.6: linear in B while B << B_noise (Goyal et al. 2017's linear rule),
+    saturating at eps_max = lr_ref (1 + B_noise / b_ref) for B >> B_noise.
+    """
+    return lr_ref * (1.0 + b_noise / b_ref) / (1.0 + b_noise / b)
+
+
+def adam_lr(b: float, b_ref: float, lr_ref: float) -> float:
+    """Square-root scaling for Adam-type optimizers (Malladi et al. 2022, the SDE view of Adam)."""
+    return lr_ref * math.sqrt(b / b_ref)
+
+
+def adascale_gain(sigma2: float, g2: float, scale: float) -> float:
+    """AdaScale gain r = (sigma^2 + |G|^2) / (sigma^2 / s + |G|^2) for s = B / B0 (Johnson et al. 2020)."""
+    return (sigma2 + g2) / (sigma2 / scale + g2)

@@ -1,0 +1,50 @@
+"""How many examples a full run to the target needs, projected from the start of one.
+
+The measuring run should cost a small fraction (default 5%) of a full run, which is not known in
+advance. We track progress toward the target, p = (value - start) / (target - start), at each
+evaluation and fit p = a + b ln(examples) on the evaluations made so far: early in training
+progress is close to linear in the logarithm of the examples seen. The projected run length is
+where the line reaches p = 1. The projection is rough (it is an extrapolation), so it is reported
+with the progress made; the budget only needs it to the right factor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Projection:
+    examples: float          # projected examples to reach the target (inf: not approaching it)
+    progress: float          # progress made so far, 0 at the start, 1 at the target
+    points: int              # evaluations behind the fit
+
+
+def progress(value: float, start: float, target: float) -> float:
+    if target == start:
+        return 1.0
+    return (value - start) / (target - start)
+
+
+def project_examples(examples: Sequence[float], values: Sequence[float], start: float, target: float) -> Projection:
+    """Fit progress against ln(examples) over the evaluations with examples > 0 and extrapolate to 1."""
+    pts = [(e, progress(v, start, target)) for e, v in zip(examples, values) if e > 0 and math.isfinite(v)]
+    if not pts:
+        return Projection(math.inf, 0.0, 0)
+    latest = pts[-1][1]
+    if latest >= 1.0:
+        return Projection(float(pts[-1][0]), latest, len(pts))
+    if len(pts) < 2:
+        return Projection(math.inf, latest, len(pts))
+    x = np.log([e for e, _ in pts])
+    y = np.array([p for _, p in pts])
+    if np.ptp(x) == 0:
+        return Projection(math.inf, latest, len(pts))
+    b, a = np.polyfit(x, y, 1)
+    if b <= 0:
+        return Projection(math.inf, latest, len(pts))
+    return Projection(float(math.exp(min((1.0 - a) / b, 700.0))), latest, len(pts))

@@ -1,0 +1,223 @@
+"""Turn a hardware profile and noise-scale measurements into one recommendation.
+
+Everything here is arithmetic on numbers that were measured elsewhere, so it is tested against
+hand-computed cases. The inputs say where each number came from; the outputs keep them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional, Sequence
+
+from ..errors import ConfigError
+from . import model
+
+Objective = Literal["fastest", "balanced", "cheapest"]
+OBJECTIVES = ("fastest", "balanced", "cheapest")
+CHEAPEST_SLACK = 0.10   # "cheapest": within 10% of the minimum compute E_min
+
+
+@dataclass(frozen=True)
+class Constraints:
+    n_train: int                          # the data set: a batch cannot exceed it
+    memory_ceiling: Optional[int] = None  # largest micro-batch that fits one device (None: not limiting)
+    max_batch: Optional[int] = None       # the user's cap on the global batch
+    devices: int = 1                      # data-parallel workers; global batch = micro x accumulation x devices
+
+
+@dataclass(frozen=True)
+class Inputs:
+    alpha: float              # seconds per step, fixed part (hardware profile)
+    beta: float               # seconds per example (hardware profile)
+    b_noise: float            # noise scale for a fixed batch over the whole run
+    b_noise_low: float
+    b_noise_high: float
+    b_ref: int                # batch of the measuring run
+    steps_ref: float          # projected steps to target at b_ref
+    lr_ref: float             # known-good learning rate at b_ref
+    optimizer: str            # sgd | adam | adamw
+
+
+@dataclass(frozen=True)
+class Layout:
+    batch_size: int           # global batch actually used (micro x accumulation x devices)
+    micro_batch: int          # examples per forward/backward pass on one device
+    accumulation: int         # passes per optimizer step on each device
+    devices: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    batch_size: int
+    micro_batch: int
+    accumulation: int
+    steps: float
+    examples: float
+    seconds: float
+    relative_time: float      # seconds / the fastest candidate's
+    relative_compute: float   # examples / E_min
+    efficiency: float         # statistical efficiency relative to b_ref (Pollux)
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    lr: float
+    rule: str
+    why: str
+    warmup_steps: int
+
+
+def layout(b: int, c: Constraints) -> Layout:
+    """Split a global batch into devices x accumulation x micro-batch within the memory ceiling.
+
+    The micro-batch is the largest that fits and divides the per-device batch evenly, so the global
+    batch stays exactly ``b`` (accumulation arithmetic never silently changes the batch).
+    """
+    per_device = max(1, b // c.devices)
+    if c.memory_ceiling is None or per_device <= c.memory_ceiling:
+        return Layout(per_device * c.devices, per_device, 1, c.devices)
+    k = math.ceil(per_device / c.memory_ceiling)
+    while per_device % k:
+        k += 1
+    return Layout(per_device * c.devices, per_device // k, k, c.devices)
+
+
+def batch_limit(c: Constraints) -> int:
+    """The largest global batch allowed: the data set and the user's cap (memory only forces accumulation)."""
+    limit = c.n_train
+    if c.max_batch is not None:
+        limit = min(limit, c.max_batch)
+    return limit
+
+
+def candidate_batches(c: Constraints, smallest: int = 1) -> list[int]:
+    """Powers of two from ``smallest`` up to the limit, multiples of the device count."""
+    limit = batch_limit(c)
+    out, b = [], 1
+    while b <= limit:
+        if b >= smallest and b % c.devices == 0:
+            out.append(b)
+        b *= 2
+    if not out:
+        raise ConfigError(f"no batch size fits: limit {limit} with {c.devices} devices; "
+                          "lower --devices or raise --max-batch")
+    return out
+
+
+def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> list[Candidate]:
+    s_min = model.s_min_from_reference(inp.steps_ref, inp.b_ref, inp.b_noise)
+    e_min = s_min * inp.b_noise
+    rows = []
+    for b in batches:
+        lay = layout(b, c)
+        steps = model.steps_to_target(lay.batch_size, s_min, inp.b_noise)
+        secs = steps * model.step_seconds(lay.batch_size, inp.alpha, inp.beta, lay.micro_batch, c.devices)
+        rows.append((lay, steps, secs))
+    fastest = min(s for _, _, s in rows)
+    return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, steps * lay.batch_size, secs,
+                      secs / fastest, steps * lay.batch_size / e_min,
+                      model.statistical_efficiency(lay.batch_size, inp.b_ref, inp.b_noise))
+            for lay, steps, secs in rows]
+
+
+def choose(cands: Sequence[Candidate], objective: str, b_noise: float) -> Candidate:
+    """Pick a candidate by objective.
+
+    fastest:  least predicted wall-clock time to the target.
+    balanced: the batch nearest B_crit (in log scale): twice the minimum steps and twice the minimum
+              examples (McCandlish et al. 2018, section 2.2).
+    cheapest: the fastest batch whose compute stays within 10% of the minimum E_min; on one machine
+              time and cost coincide, so "cheap" means the fewest examples processed (FLOPs).
+    """
+    if objective == "fastest":
+        return min(cands, key=lambda x: x.seconds)
+    if objective == "balanced":
+        return min(cands, key=lambda x: (abs(math.log(x.batch_size / b_noise)), x.seconds))
+    if objective == "cheapest":
+        frugal = [x for x in cands if x.relative_compute <= 1.0 + CHEAPEST_SLACK]
+        return min(frugal, key=lambda x: x.seconds) if frugal else min(cands, key=lambda x: x.examples)
+    raise ConfigError(f"The 'objective' parameter must be one of {', '.join(OBJECTIVES)}. Got {objective!r} instead.")
+
+
+def learning_rate(b: int, inp: Inputs, predicted_steps: float) -> LearningRate:
+    """Scale the reference learning rate to batch ``b`` by the rule that fits the optimizer."""
+    if inp.optimizer == "sgd":
+        lr = model.sgd_lr(b, inp.b_ref, inp.lr_ref, inp.b_noise)
+        rule = "sgd: eps_max / (1 + B_noise / B)"
+        why = (f"SGD's best step size grows linearly with B while B << B_noise and saturates beyond it "
+               f"(McCandlish et al. 2018); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}, B_noise {inp.b_noise:.0f}")
+    else:
+        lr = model.adam_lr(b, inp.b_ref, inp.lr_ref)
+        rule = "adam: square root"
+        why = (f"{inp.optimizer} normalises by the gradient's second moment; its learning rate scales with "
+               f"sqrt(B) (Malladi et al. 2022); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}")
+    # Goyal et al. 2017 warmed up over 5 of 90 epochs when the rate rose above the reference.
+    warmup = math.ceil(0.05 * predicted_steps) if lr > inp.lr_ref * 1.05 else 0
+    return LearningRate(lr, rule, why, warmup)
+
+
+@dataclass
+class Recommendation:
+    objective: str
+    batch_size: int
+    micro_batch: int
+    accumulation: int
+    devices: int
+    lr: float
+    lr_rule: str
+    lr_why: str
+    warmup_steps: int
+    b_noise: dict                              # value, low, high, how
+    b_crit_at_target: dict                     # value, low, high, loss, how
+    predicted: dict                            # steps, examples, seconds, relative_time
+    schedule: list = field(default_factory=list)
+    candidates: list = field(default_factory=list)
+    robustness: dict = field(default_factory=dict)
+    constraints: list = field(default_factory=list)
+    caveats: list = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recommendation":
+        return cls(**d)
+
+
+def recommend(inp: Inputs, c: Constraints, objective: str = "balanced") -> tuple[Candidate, list[Candidate], LearningRate]:
+    cands = evaluate_candidates(inp, c, candidate_batches(c))
+    best = choose(cands, objective, inp.b_noise)
+    return best, cands, learning_rate(best.batch_size, inp, best.steps)
+
+
+def regret_if_wrong(inp: Inputs, c: Constraints, objective: str) -> dict:
+    """How much slower the chosen batch is if B_noise is really at the low or high end of its interval."""
+    out = {}
+    chosen, _, _ = recommend(inp, c, objective)
+    for end in ("low", "high"):
+        bn = getattr(inp, f"b_noise_{end}")
+        if not (bn > 0 and math.isfinite(bn)):
+            continue
+        alt = Inputs(**{**asdict(inp), "b_noise": bn})
+        cands = evaluate_candidates(alt, c, candidate_batches(c))
+        there = next(x for x in cands if x.batch_size == chosen.batch_size)
+        out[end] = {"b_noise": bn, "best_batch": min(cands, key=lambda x: x.seconds).batch_size,
+                    "time_vs_best": there.relative_time}
+    return out
+
+
+def growth_schedule(predict_b_noise, losses: Sequence[float], inp: Inputs, c: Constraints,
+                    objective: str) -> list[dict]:
+    """Batch size (and learning rate) to use from each loss level on, as the noise scale grows."""
+    stages = []
+    for loss in losses:
+        bn = predict_b_noise(loss)
+        stage_inp = Inputs(**{**asdict(inp), "b_noise": bn})
+        best, _, lr = recommend(stage_inp, c, objective)
+        if stages and stages[-1]["batch_size"] == best.batch_size:
+            continue
+        stages.append({"from_loss": loss, "b_noise": bn, "batch_size": best.batch_size,
+                       "micro_batch": best.micro_batch, "accumulation": best.accumulation, "lr": lr.lr})
+    return stages

@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+
+from batchscope.errors import ConfigError
+from batchscope.plan import model
+from batchscope.plan.growth import Window, fit_growth, make_windows, predict_at_loss
+from batchscope.plan.projection import project_examples
+from batchscope.plan.recommend import (Constraints, Inputs, candidate_batches, choose, evaluate_candidates,
+                                       layout, learning_rate, recommend)
+
+
+def test_steps_and_examples_double_at_b_noise():
+    s_min, bn = 1000.0, 256.0
+    assert model.steps_to_target(bn, s_min, bn) == 2 * s_min
+    assert model.examples_to_target(bn, s_min, bn) == 2 * s_min * bn  # 2 E_min
+    assert model.s_min_from_reference(3000.0, 128, 256.0) == pytest.approx(1000.0)
+
+
+def test_closed_form_optimum_matches_a_dense_search():
+    alpha, beta, bn = 0.01, 1e-4, 400.0
+    assert model.optimal_batch(alpha, beta, bn) == pytest.approx(200.0)  # sqrt(0.01 * 400 / 1e-4)
+    grid = np.arange(1, 5000)
+    times = [model.time_to_target(int(b), 100.0, bn, alpha, beta) for b in grid]
+    assert grid[int(np.argmin(times))] == 200
+    assert model.optimal_batch(0.01, 0.0, bn) == math.inf
+
+
+def test_accumulation_pays_the_fixed_cost_per_pass():
+    # 256 as 4 passes of 64: 4 * (alpha + 64 beta)
+    assert model.step_seconds(256, 0.01, 1e-4, micro_batch=64) == pytest.approx(4 * (0.01 + 64e-4))
+    # 4 devices, 64 each, one pass
+    assert model.step_seconds(256, 0.01, 1e-4, devices=4) == pytest.approx(0.01 + 64e-4)
+
+
+def test_learning_rate_rules():
+    assert model.sgd_lr(64, 64, 0.1, 1000.0) == pytest.approx(0.1)
+    # far below B_noise: linear scaling
+    assert model.sgd_lr(128, 64, 0.1, 1e9) == pytest.approx(0.2, rel=1e-6)
+    # far above B_noise: saturates at eps_max = 0.1 (1 + 100/64)
+    assert model.sgd_lr(1e9, 64, 0.1, 100.0) == pytest.approx(0.1 * (1 + 100 / 64), rel=1e-6)
+    assert model.adam_lr(256, 64, 1e-3) == pytest.approx(2e-3)
+    assert model.statistical_efficiency(64, 64, 100.0) == 1.0
+    assert model.statistical_efficiency(228, 64, 100.0) == pytest.approx(164 / 328)
+    assert model.adascale_gain(4.0, 1.0, 1.0) == 1.0 and model.adascale_gain(4.0, 1.0, 4.0) == pytest.approx(2.5)
+
+
+def test_layout_respects_the_memory_ceiling_and_devices():
+    c = Constraints(n_train=10_000, memory_ceiling=48)
+    lay = layout(256, c)
+    assert (lay.batch_size, lay.micro_batch, lay.accumulation) == (256, 32, 8)  # 6, 7 do not divide 256
+    lay = layout(256, Constraints(n_train=10_000, memory_ceiling=48, devices=4))
+    assert (lay.batch_size, lay.micro_batch, lay.accumulation, lay.devices) == (256, 32, 2, 4)
+    assert layout(32, c).accumulation == 1
+
+
+def test_candidates_are_clamped_by_data_cap_and_devices():
+    assert candidate_batches(Constraints(n_train=1000))[-1] == 512
+    assert candidate_batches(Constraints(n_train=1000, max_batch=100))[-1] == 64
+    assert candidate_batches(Constraints(n_train=1000, devices=4))[0] == 4
+    with pytest.raises(ConfigError, match="no batch size fits"):
+        candidate_batches(Constraints(n_train=1000, max_batch=2, devices=4))
+
+
+def _inputs(bn=256.0, alpha=0.01, beta=1e-4, opt="sgd"):
+    # the reference run at B=64 needs 5000 steps, so S_min = 5000 / (1 + bn/64)
+    return Inputs(alpha=alpha, beta=beta, b_noise=bn, b_noise_low=bn / 2, b_noise_high=bn * 2,
+                  b_ref=64, steps_ref=5000.0, lr_ref=0.1, optimizer=opt)
+
+
+def test_objectives_on_a_hand_computed_case():
+    inp, c = _inputs(), Constraints(n_train=100_000)
+    cands = evaluate_candidates(inp, c, candidate_batches(c))
+    s_min = 5000 / 5.0
+    at_256 = next(x for x in cands if x.batch_size == 256)
+    assert at_256.steps == pytest.approx(2 * s_min) and at_256.relative_compute == pytest.approx(2.0)
+    assert at_256.seconds == pytest.approx(2 * s_min * (0.01 + 256e-4))
+    # B* = sqrt(0.01 * 256 / 1e-4) = 160: the nearest powers of two are 128 and 256
+    assert choose(cands, "fastest", 256.0).batch_size == 128
+    assert choose(cands, "balanced", 256.0).batch_size == 256
+    # cheapest: E/E_min = 1 + B/256 <= 1.1 -> B <= 25.6 -> 16 is the largest (fastest) such power of two
+    assert choose(cands, "cheapest", 256.0).batch_size == 16
+    with pytest.raises(ConfigError, match="The 'objective' parameter must be one of"):
+        choose(cands, "cheap", 256.0)
+
+
+def test_memory_ceiling_turns_into_accumulation_and_costs_time():
+    inp = _inputs(bn=4096.0, alpha=0.05, beta=1e-5)
+    free = recommend(inp, Constraints(n_train=100_000), "balanced")[0]
+    tight = recommend(inp, Constraints(n_train=100_000, memory_ceiling=1000), "balanced")[0]
+    assert free.batch_size == tight.batch_size == 4096
+    assert (tight.micro_batch, tight.accumulation) == (512, 8)
+    assert tight.seconds > free.seconds
+
+
+def test_data_set_size_caps_the_batch():
+    best = recommend(_inputs(bn=1e6), Constraints(n_train=3000), "balanced")[0]
+    assert best.batch_size == 2048
+
+
+def test_learning_rate_choice_and_warmup():
+    inp = _inputs()
+    same = learning_rate(64, inp, 1000)
+    assert same.lr == pytest.approx(0.1) and same.warmup_steps == 0
+    big = learning_rate(256, inp, 1000)
+    assert big.lr == pytest.approx(0.1 * (1 + 4) / (1 + 1)) and big.warmup_steps == 50
+    assert "sqrt" in learning_rate(256, _inputs(opt="adam"), 1000).rule or "square root" in learning_rate(256, _inputs(opt="adam"), 1000).rule
+
+
+def test_growth_fit_recovers_a_power_law_and_predicts_at_target():
+    rng = np.random.default_rng(0)
+    n = 600
+    losses = np.linspace(2.0, 0.5, n)
+    true_b = 50.0 * losses ** -1.5                       # B_simple = 50 L^-1.5
+    g2 = np.ones(n) + rng.normal(0, 0.05, n)             # unbiased, noisy per-step estimates
+    trace = true_b + rng.normal(0, 0.05, n) * true_b
+    # (binning a curved law biases each window a little; 12 windows keep that well inside the interval)
+    fit, pred = predict_at_loss(losses, g2, trace, target_loss=0.25, n_windows=12)
+    assert fit.slope == pytest.approx(-1.5, abs=0.1)
+    truth = 50.0 * 0.25 ** -1.5
+    assert pred.value == pytest.approx(truth, rel=0.15)
+    assert pred.low <= truth <= pred.high
+    assert pred.extrapolation > 1.5  # 0.25 lies beyond the measured losses
+
+
+def test_windows_are_ratios_of_averages():
+    ws = make_windows([1, 1, 1, 1], g2=[1.0, 3.0, 1.0, 1.0], trace=[10.0, 10.0, 4.0, 4.0], n_windows=2)
+    assert ws[0].b_simple == pytest.approx(20.0 / 4.0)  # not mean(10/1, 10/3)
+    assert math.isnan(Window(1.0, -1.0, 2.0, 3).b_simple)
+    with pytest.raises(ValueError, match="no window has a positive"):
+        fit_growth([Window(1.0, -1.0, 2.0, 3)])
+
+
+def test_projection_recovers_log_linear_progress():
+    e = np.array([1000, 2000, 4000, 8000])
+    # progress = -1.5 + 0.25 ln(e) reaches 1 at e = exp(10)
+    acc_start, acc_target = 0.1, 0.8
+    values = acc_start + (acc_target - acc_start) * (-1.5 + 0.25 * np.log(e))
+    proj = project_examples(e, values, acc_start, acc_target)
+    assert proj.examples == pytest.approx(math.exp(10.0), rel=1e-6)
+    flat = project_examples(e, [0.1, 0.1, 0.09, 0.08], acc_start, acc_target)
+    assert flat.examples == math.inf

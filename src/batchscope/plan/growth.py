@@ -77,27 +77,49 @@ def fit_growth(windows: Sequence[Window], min_windows: int = 3) -> GrowthFit:
     return GrowthFit(float(intercept), float(slope), tuple(windows), False)
 
 
+def bootstrap_fits(losses: Sequence[float], g2: Sequence[float], trace: Sequence[float], n_windows: int = 6,
+                   n_boot: int = 400, seed: int = 0) -> list[GrowthFit]:
+    """Refit on ``n_boot`` resamples that draw steps with replacement inside each window."""
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(a, dtype=float) for a in (losses, g2, trace)]
+    edges = np.linspace(0, len(arrays[0]), min(n_windows, len(arrays[0])) + 1).round().astype(int)
+    fits = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.integers(a, b, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a])
+        try:
+            fits.append(fit_growth(make_windows(*(a[idx] for a in arrays), n_windows)))
+        except ValueError:
+            continue
+    return fits
+
+
+def interval(draws: Sequence[float], level: float) -> tuple[float, float]:
+    draws = [d for d in draws if math.isfinite(d)]
+    if len(draws) < 20:
+        return math.nan, math.nan
+    q = (1 - level) / 2
+    return float(np.quantile(draws, q)), float(np.quantile(draws, 1 - q))
+
+
 def predict_at_loss(losses: Sequence[float], g2: Sequence[float], trace: Sequence[float], target_loss: float,
                     n_windows: int = 6, level: float = 0.9, n_boot: int = 400, seed: int = 0) -> tuple[GrowthFit, Prediction]:
     """Fit the growth law and predict B_simple at ``target_loss`` with a bootstrap interval."""
     if not target_loss > 0:
         raise ValueError(f"the target loss must be positive to use the power law, got {target_loss}")
     fit = fit_growth(make_windows(losses, g2, trace, n_windows))
-    value = fit.predict(target_loss)
-    rng = np.random.default_rng(seed)
-    arrays = [np.asarray(a, dtype=float) for a in (losses, g2, trace)]
-    edges = np.linspace(0, len(arrays[0]), min(n_windows, len(arrays[0])) + 1).round().astype(int)
-    draws = []
-    for _ in range(n_boot):
-        idx = np.concatenate([rng.integers(a, b, b - a) for a, b in zip(edges[:-1], edges[1:]) if b > a])
-        try:
-            boot = fit_growth(make_windows(*(a[idx] for a in arrays), n_windows))
-        except ValueError:
-            continue
-        draws.append(boot.predict(target_loss))
-    q = (1 - level) / 2
-    low, high = (float(np.quantile(draws, q)), float(np.quantile(draws, 1 - q))) if len(draws) >= 20 else (math.nan, math.nan)
+    boots = bootstrap_fits(losses, g2, trace, n_windows, n_boot, seed)
+    low, high = interval([b.predict(target_loss) for b in boots], level)
     measured = [w.loss for w in fit.windows if w.loss > 0]
     lo_l, hi_l = min(measured), max(measured)
     extrapolation = lo_l / target_loss if target_loss < lo_l else (target_loss / hi_l if target_loss > hi_l else 1.0)
-    return fit, Prediction(target_loss, value, low, high, level, extrapolation)
+    return fit, Prediction(target_loss, fit.predict(target_loss), low, high, level, extrapolation)
+
+
+def path_average(fit: GrowthFit, start_loss: float, end_loss: float, points: int = 32) -> float:
+    """Mean of the predicted B_noise along the run, at losses spaced evenly in log L from start to end.
+
+    A fixed batch meets the whole range of noise scales; S(B) = S_min (1 + B_noise / B) integrates
+    B_noise over the optimisation path, which this average stands in for.
+    """
+    grid = np.exp(np.linspace(math.log(start_loss), math.log(end_loss), points))
+    return float(np.mean([fit.predict(x) for x in grid]))

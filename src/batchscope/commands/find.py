@@ -1,0 +1,92 @@
+"""`batchscope find`: the recommendation, with its evidence."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import device_option, json_option, task_option
+from ..plan.recommend import OBJECTIVES
+from ..report.console import ProgressCallback, console_for, make_table, progress_bar
+from ..report.jsonio import dumps, write_json
+from ..tasks import load_task
+
+
+def parse_bytes(text):
+    if text is None:
+        return None
+    from ..hardware import parse_memory
+
+    return parse_memory(text)
+
+
+@click.command("find")
+@task_option
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
+              help="fastest: least time to target; cheapest: least compute; balanced: B near B_crit")
+@click.option("--budget", type=float, default=0.05, show_default=True,
+              help="measuring run, as a fraction of the examples a full run to the target needs")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+              help="reuse a hardware profile written by `batchscope profile --out`")
+@click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
+@click.option("--devices", type=int, default=1, show_default=True, help="data-parallel devices")
+@click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
+@click.option("--ref-lr", type=float, default=None, help="learning rate of your known-good setting [default: the task's]")
+@click.option("--memory-budget", default=None, help="memory for one device, e.g. 2GiB [default: most of what is free]")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--amp", is_flag=True, help="profile and measure under mixed precision (CUDA only)")
+@device_option
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="write a Markdown report with PNG plots (and find.json) to this directory")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
+@json_option
+def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_batch, ref_lr, memory_budget,
+            seed, amp, device, report_dir, out, as_json) -> None:
+    """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
+    from ..hardware import HardwareProfile
+    from ..plan.find import find
+
+    task = load_task(task_spec)
+    console = console_for(as_json)
+    profile = HardwareProfile.load(profile_path) if profile_path else None
+    if profile is None:
+        console.print(f"[1/2] profiling the hardware for {task.name} on {device} ...")
+    with progress_bar(console) as progress:
+        result = find(task, device=device, objective=objective, budget=budget, profile=profile, max_batch=max_batch,
+                      devices=devices, ref_batch=ref_batch, ref_lr=ref_lr, memory_budget=parse_bytes(memory_budget),
+                      seed=seed, amp=amp, callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
+    doc = result.to_dict()
+    if out:
+        write_json(out, doc)
+    if report_dir:
+        from ..report.find_report import write_find_report
+
+        path = write_find_report(result, task, report_dir)
+        console.print(f"report: {path}")
+    if as_json:
+        click.echo(dumps({k: doc[k] for k in doc if k not in ("noise_steps",)}))
+        return
+    r, m = result.recommendation, result.measuring
+    console.print(make_table(
+        f"{task.name}: recommendation ({r.objective})", ["", "value"], [
+            ("batch size", f"{r.batch_size}  (micro-batch {r.micro_batch} x accumulation {r.accumulation}"
+                           f" x {r.devices} device{'s' if r.devices > 1 else ''})"),
+            ("learning rate", f"{r.lr:.4g}  ({r.lr_rule}), warm-up {r.warmup_steps} steps"),
+            ("predicted to target", f"{r.predicted['steps']:,.0f} steps, {r.predicted['examples']:,.0f} examples, "
+                                    f"{r.predicted['seconds']:.1f} s"),
+            ("B_noise over the run", f"{r.b_noise['value']:.0f}  (90%: {r.b_noise['low']:.0f}-{r.b_noise['high']:.0f})"),
+            ("B_crit at the target", f"{r.b_crit_at_target['value']:.0f}  (90%: {r.b_crit_at_target['low']:.0f}-"
+                                     f"{r.b_crit_at_target['high']:.0f}) at training loss {r.b_crit_at_target['loss']:.3g}"),
+            ("step time", f"{r.evidence['alpha'] * 1e3:.3g} ms + {r.evidence['beta'] * 1e6:.3g} us x B; "
+                          f"memory ceiling {r.evidence['memory_ceiling']}"),
+            ("measuring run", f"{m['steps']} steps at B={m['batch_size']} = {m['fraction_of_projected_run']:.1%} of "
+                              f"the projected run ({m['stopped_because']})"),
+        ]))
+    console.print(make_table("candidates", ["batch", "micro x acc", "steps", "examples", "seconds", "time/fastest",
+                                            "compute/E_min"],
+                             [(("> " if c["batch_size"] == r.batch_size else "") + str(c["batch_size"]),
+                               f"{c['micro_batch']} x {c['accumulation']}", round(c["steps"]), round(c["examples"]),
+                               c["seconds"], c["relative_time"], c["relative_compute"]) for c in r.candidates]))
+    console.print(make_table("growth schedule (batch size as the loss falls)", ["from loss", "B_noise", "batch", "lr"],
+                             [(s["from_loss"], s["b_noise"], s["batch_size"], s["lr"]) for s in r.schedule]))
+    for c in r.caveats:
+        console.print(f"caveat: {c}")

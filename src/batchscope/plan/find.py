@@ -1,0 +1,252 @@
+"""`find`: profile the hardware, measure the noise scale on a short run, recommend.
+
+The pipeline (DESIGN.md, "Time to target"):
+1. hardware: alpha, beta and the memory ceiling (measured now, or read from a saved profile);
+2. a measuring run at the reference batch with the noise-scale monitor, stopped once it has used
+   ``budget`` (default 5%) of the examples that a full run to the target is projected to need;
+3. the noise scale related to the training loss and extrapolated to the target loss;
+4. the time-to-target model over candidate batch sizes, under the constraints, for the objective.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import BatchscopeError, ConfigError, check_positive_int
+from ..tasks import Task, load_task
+from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, train
+from . import growth, recommend as rec
+from .projection import Projection, project_examples
+
+MIN_STEPS = 30            # fewer steps give too few per-step noise estimates for 6 windows
+OVERSPEND = 4             # refuse when the minimum measurement needs more than 4x the budget
+MAX_STEPS = 3000          # the measuring run never trains longer than this
+STALL_EXAMPLES = 20       # x the batch x MIN_STEPS: give up when no progress toward the target by then
+
+
+class FindError(BatchscopeError):
+    """The measurement could not support a recommendation; the message says why and what to change."""
+
+
+class BudgetStop(Callback):
+    """Stops the measuring run once it has used ``fraction`` of the projected examples to the target."""
+
+    def __init__(self, task: Task, fraction: float, min_steps: int, stall_examples: int):
+        self.task, self.fraction, self.min_steps, self.stall_examples = task, fraction, min_steps, stall_examples
+        self.projection = Projection(math.inf, 0.0, 0)
+        self.points: list[HistoryPoint] = []
+
+    def _value(self, p: HistoryPoint) -> Optional[float]:
+        return p.eval_loss if self.task.target.kind == "loss" else p.metric
+
+    def on_evaluate(self, ctx: TrainContext, point: HistoryPoint) -> None:
+        self.points.append(point)
+        start = self._value(self.points[0])
+        self.projection = project_examples([p.examples for p in self.points],
+                                           [self._value(p) for p in self.points], start, self.task.target.value)
+        if ctx.step < self.min_steps:
+            return
+        if ctx.examples >= self.fraction * self.projection.examples:
+            ctx.stop, ctx.stop_reason = True, "budget used"
+        elif not math.isfinite(self.projection.examples) and ctx.examples >= self.stall_examples:
+            ctx.stop, ctx.stop_reason = True, "no progress toward the target"
+
+
+@dataclass
+class FindResult:
+    recommendation: rec.Recommendation
+    profile: object                      # HardwareProfile
+    measuring: dict                      # what the measuring run did and cost
+    noise_steps: dict                    # per-step loss, |G|^2, tr(Sigma) behind the fit (for plots)
+    growth: dict
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        from ..report.jsonio import to_jsonable
+
+        return {**to_jsonable(self.recommendation),
+                "profile": to_jsonable(self.profile), "measuring": self.measuring,
+                "noise_steps": self.noise_steps, "growth": self.growth, "cost_seconds": self.seconds}
+
+
+def target_training_loss(task: Task, points: list[HistoryPoint]) -> tuple[float, str]:
+    """The training loss at which the target will be reached, and how that was worked out.
+
+    Loss targets are used as they are. Metric targets are mapped to a loss by fitting
+    ln(training loss) = c + d * metric over the measuring run's evaluations and reading it at the
+    target metric, an extrapolation said as such in the report.
+    """
+    t = task.target
+    if t.kind == "loss":
+        return t.value, f"the target is a loss: {t.describe(task.metric_name)}"
+    pts = [(p.metric, p.loss) for p in points[1:] if p.metric is not None and p.loss > 0]
+    if len(pts) < 3:
+        raise FindError("too few evaluations in the measuring run to relate the metric to the loss; raise --budget")
+    m = np.array([a for a, _ in pts])
+    y = np.log([b for _, b in pts])
+    if np.ptp(m) < 1e-6:
+        raise FindError(f"the {task.metric_name or 'metric'} did not move during the measuring run; raise --budget "
+                        "or lower the target")
+    d, c = np.polyfit(m, y, 1)
+    loss = float(math.exp(c + d * t.value))
+    return loss, (f"ln(train loss) = {c:.3g} + {d:.3g} * {task.metric_name or 'metric'} fitted on {len(pts)} "
+                  f"evaluations, read at {t.value:g}")
+
+
+def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced", budget: float = 0.05,
+         profile=None, max_batch: Optional[int] = None, devices: int = 1, ref_batch: Optional[int] = None,
+         ref_lr: Optional[float] = None, memory_budget: Optional[int] = None, seed: int = 0, amp: bool = False,
+         n_windows: int = 6, progress: Optional[Callable] = None, callbacks=()) -> FindResult:
+    """Measure and recommend. ``progress(stage, fraction)`` is called as the stages go on."""
+    from ..hardware import HardwareProfile, profile_hardware
+    from ..noise import NoiseScaleMonitor
+
+    task = load_task(task)
+    if objective not in rec.OBJECTIVES:
+        raise ConfigError(f"The 'objective' parameter must be one of {', '.join(rec.OBJECTIVES)}. Got {objective!r} instead.")
+    if not (0 < budget <= 1):
+        raise ConfigError(f"The 'budget' parameter must be a fraction in (0, 1]. Got {budget!r} instead.")
+    check_positive_int("devices", devices)
+    if max_batch is not None:
+        check_positive_int("max_batch", max_batch)
+    b_ref = ref_batch or task.reference_batch
+    check_positive_int("ref_batch", b_ref)
+    if b_ref < 4 or b_ref > task.n_train // 4:
+        raise ConfigError(f"the measuring batch {b_ref} must be at least 4 (micro-batches of a quarter) and at most "
+                          f"a quarter of the training set ({task.n_train // 4}); pass --ref-batch")
+    lr_ref = ref_lr if ref_lr is not None else task.lr
+    timings = {}
+
+    # 1. hardware
+    t0 = time.perf_counter()
+    if profile is None:
+        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp)
+    else:
+        check_profile(profile, task, device)
+    timings["profile"] = time.perf_counter() - t0
+
+    # 2. the measuring run
+    t0 = time.perf_counter()
+    micro = b_ref // 4
+    b_ref = micro * 4
+    monitor = NoiseScaleMonitor()
+    stop = BudgetStop(task, budget, MIN_STEPS, STALL_EXAMPLES * MIN_STEPS * b_ref)
+    cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=5,
+                      eval_examples=1024, seed=seed, device=device, amp=amp)
+    run = train(task, cfg, [monitor, stop, *callbacks])
+    timings["measuring"] = time.perf_counter() - t0
+    proj = stop.projection
+    if run.stopped_because == "no progress toward the target" or not math.isfinite(proj.examples):
+        raise FindError(
+            f"the measuring run made no progress toward the target {task.target.describe(task.metric_name)} "
+            f"in {run.steps} steps ({run.examples:,} examples; progress {proj.progress:+.2f}); check the target, "
+            f"the reference learning rate ({lr_ref:g}) or raise --budget")
+    used = run.examples / proj.examples
+    if used > OVERSPEND * budget:
+        raise FindError(
+            f"a budget of {budget:.2%} of the projected {proj.examples:,.0f} examples to the target allows "
+            f"{budget * proj.examples:,.0f} examples, far fewer than the {MIN_STEPS} steps x {b_ref} the noise "
+            f"measurement needs; raise --budget to at least {used:.1%}")
+
+    # 3. noise scale against the loss
+    raw = [(loss, g2, tr) for (_, loss, g2, tr) in monitor.raw if all(map(math.isfinite, (loss, g2, tr)))]
+    if len(raw) < MIN_STEPS // 2:
+        raise FindError(f"only {len(raw)} finite noise estimates from the measuring run; raise --budget")
+    losses, g2s, traces = (np.array(col) for col in zip(*raw))
+    loss_target, loss_how = target_training_loss(task, run.history)
+    start_loss = float(np.mean(losses[: max(1, len(losses) // n_windows)]))
+    try:
+        fit, at_target = growth.predict_at_loss(losses, g2s, traces, loss_target, n_windows, seed=seed)
+        boots = growth.bootstrap_fits(losses, g2s, traces, n_windows, seed=seed + 1)
+    except ValueError as e:
+        raise FindError(f"the noise scale could not be fitted: {e}; raise --budget") from e
+    end_loss = min(loss_target, start_loss)
+    b_noise = growth.path_average(fit, start_loss, end_loss)
+    low, high = growth.interval([growth.path_average(b, start_loss, end_loss) for b in boots], 0.9)
+
+    # 4. the recommendation
+    ceiling = profile.max_batch if getattr(profile, "limited_by", "memory") == "memory" else None
+    cons = rec.Constraints(n_train=task.n_train, memory_ceiling=ceiling, max_batch=max_batch, devices=devices)
+    inp = rec.Inputs(alpha=profile.alpha, beta=profile.beta, b_noise=b_noise, b_noise_low=low, b_noise_high=high,
+                     b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=lr_ref, optimizer=task.optimizer)
+    best, cands, lr = rec.recommend(inp, cons, objective)
+    levels = list(np.exp(np.linspace(math.log(start_loss), math.log(end_loss), 6)))
+    schedule = rec.growth_schedule(fit.predict, levels, inp, cons, objective)
+    fastest = min(cands, key=lambda x: x.seconds)
+
+    caveats = [
+        "B_noise is taken as the simple noise scale tr(Sigma)/|G|^2 (McCandlish et al. 2018); the two agree when "
+        "the Hessian is close to a multiple of the identity, and can differ by a few times otherwise.",
+        f"the interval covers the sampling noise of the gradient statistics ({len(raw)} steps), not a wrong "
+        "functional form of the growth law or of the run-length projection.",
+    ]
+    if at_target.extrapolation > 1.5:
+        caveats.append(f"B_crit at the target is extrapolated {at_target.extrapolation:.1f}x beyond the losses "
+                       "measured; grow the batch by the schedule and re-measure with the monitor as training goes.")
+    if used > budget * 1.05:
+        caveats.append(f"the measuring run used {used:.1%} of the projected run, more than the {budget:.0%} budget: "
+                       f"the noise measurement needs at least {MIN_STEPS} steps and this run is short.")
+    if fit.constant:
+        caveats.append("too few usable noise windows to fit a growth law; the noise scale was taken as constant.")
+    if fit.slope > 0:
+        caveats.append("the measured noise scale fell as the loss fell, against the usual pattern; the growth "
+                       "schedule is then flat or shrinking.")
+    constraints = [f"data set: at most {task.n_train:,} examples per batch"]
+    if ceiling is not None:
+        constraints.append(f"memory: at most {ceiling:,} examples per pass on one device (beyond: accumulation)")
+    if max_batch:
+        constraints.append(f"--max-batch {max_batch}")
+    if devices > 1:
+        constraints.append(f"{devices} devices: global batch = micro-batch x accumulation x {devices}")
+
+    recommendation = rec.Recommendation(
+        objective=objective, batch_size=best.batch_size, micro_batch=best.micro_batch,
+        accumulation=best.accumulation, devices=devices, lr=lr.lr, lr_rule=lr.rule, lr_why=lr.why,
+        warmup_steps=lr.warmup_steps,
+        b_noise={"value": b_noise, "low": low, "high": high, "level": 0.9,
+                 "how": f"power law of B_simple in the training loss, averaged over the path from loss "
+                        f"{start_loss:.3g} to {end_loss:.3g}; 90% bootstrap interval"},
+        b_crit_at_target={"value": at_target.value, "low": at_target.low, "high": at_target.high,
+                          "loss": loss_target, "how": loss_how, "extrapolation": at_target.extrapolation},
+        predicted={"steps": best.steps, "examples": best.examples, "seconds": best.seconds,
+                   "relative_time": best.relative_time, "fastest_batch": fastest.batch_size},
+        schedule=schedule, candidates=[c.__dict__ for c in cands],
+        robustness=rec.regret_if_wrong(inp, cons, objective), constraints=constraints, caveats=caveats,
+        evidence={"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": profile.max_batch,
+                  "projected_examples_at_ref": proj.examples, "ref_batch": b_ref, "ref_lr": lr_ref,
+                  "growth_slope": fit.slope, "measuring_steps": run.steps},
+    )
+    measuring = {"batch_size": b_ref, "micro_batch": micro, "lr": lr_ref, "steps": run.steps,
+                 "examples": run.examples, "seconds": run.seconds, "stopped_because": run.stopped_because,
+                 "projected_examples_to_target": proj.examples, "progress": proj.progress,
+                 "fraction_of_projected_run": run.examples / proj.examples,
+                 "history": [p.__dict__ for p in run.history]}
+    return FindResult(
+        recommendation=recommendation, profile=profile, measuring=measuring,
+        noise_steps={"loss": losses.tolist(), "g2": g2s.tolist(), "trace": traces.tolist()},
+        growth={"intercept": fit.intercept, "slope": fit.slope, "constant": fit.constant,
+                "windows": [{"loss": w.loss, "b_simple": w.b_simple, "steps": w.n} for w in fit.windows],
+                "start_loss": start_loss, "target_loss": loss_target},
+        seconds=timings,
+    )
+
+
+def check_profile(profile, task: Task, device: str) -> None:
+    """Refuse a saved hardware profile measured for another task or another kind of device."""
+    if profile.task != task.name:
+        raise ConfigError(f"the profile was measured for task {profile.task!r}, not {task.name!r}; "
+                          f"run `batchscope profile --task {task.name}` or drop --profile")
+    params = getattr(profile, "parameters", None)
+    if params is not None and params != task.parameter_count():
+        raise ConfigError(f"the profile's model has {params:,} parameters, task {task.name!r} has "
+                          f"{task.parameter_count():,}: the model changed; profile it again")
+    want = "cuda" if device.startswith("cuda") else device
+    have = profile.device.get("type") if isinstance(profile.device, dict) else str(profile.device)
+    if want != "auto" and have != want:
+        raise ConfigError(f"the profile was measured on {have!r}, this run is on {want!r}; "
+                          f"profile on this device or pass --device {have}")

@@ -1,0 +1,140 @@
+"""The `find` report: Markdown with PNG plots of every number the recommendation rests on."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .jsonio import write_json
+from .plots import pyplot, save
+
+
+def _plot_hardware(profile, path: Path) -> Path:
+    plt = pyplot()
+    pts = profile.points
+    b = [p["batch"] if isinstance(p, dict) else p.batch for p in pts]
+    t = [(p["seconds"] if isinstance(p, dict) else p.seconds) * 1e3 for p in pts]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax[0].plot(b, t, "o", label="measured median")
+    grid = np.geomspace(max(1, min(b)), max(b), 100)
+    ax[0].plot(grid, [(profile.alpha + profile.beta * x) * 1e3 for x in grid], "-",
+               label=f"fit: {profile.alpha * 1e3:.3g} ms + {profile.beta * 1e6:.3g} us x B")
+    ax[0].set(xscale="log", yscale="log", xlabel="batch size B", ylabel="step time (ms)", title="step time")
+    ax[0].legend()
+    mem = [p.get("peak_memory") if isinstance(p, dict) else getattr(p, "peak_memory", None) for p in pts]
+    if any(m for m in mem):
+        ax[1].plot([x for x, m in zip(b, mem) if m], [m / 2**20 for m in mem if m], "o", label="measured peak")
+        if getattr(profile, "m1", None):
+            ax[1].plot(grid, [(profile.m0 + profile.m1 * x) / 2**20 for x in grid], "-", label="fit m0 + m1 B")
+        ax[1].legend()
+    ax[1].set(xscale="log", xlabel="batch size B", ylabel="memory (MiB)", title="memory per step")
+    return save(fig, path)
+
+
+def _plot_noise(result, path: Path) -> Path:
+    plt = pyplot()
+    g = result.growth
+    rec = result.recommendation
+    fig, ax = plt.subplots(figsize=(6, 4))
+    w = [x for x in g["windows"] if x["b_simple"] and math.isfinite(x["b_simple"])]
+    ax.plot([x["loss"] for x in w], [x["b_simple"] for x in w], "o", label="measured (window ratio of averages)")
+    lo = min(g["target_loss"], min(x["loss"] for x in w))
+    hi = max(x["loss"] for x in w)
+    grid = np.geomspace(lo, hi, 50)
+    ax.plot(grid, [math.exp(g["intercept"] + g["slope"] * math.log(x)) for x in grid], "-",
+            label=f"fit: B_simple ~ L^{g['slope']:.2f}")
+    bt = rec.b_crit_at_target
+    if bt["low"] is not None and math.isfinite(bt["low"] or math.nan):
+        ax.errorbar([bt["loss"]], [bt["value"]], yerr=[[bt["value"] - bt["low"]], [bt["high"] - bt["value"]]],
+                    fmt="s", color="C3", capsize=4, label="predicted at the target loss (90%)")
+    else:
+        ax.plot([bt["loss"]], [bt["value"]], "s", color="C3", label="predicted at the target loss")
+    ax.set(xscale="log", yscale="log", xlabel="training loss", ylabel="B_simple", title="noise scale against loss")
+    ax.invert_xaxis()
+    ax.legend(fontsize=8)
+    return save(fig, path)
+
+
+def _plot_candidates(result, path: Path) -> Path:
+    plt = pyplot()
+    rec = result.recommendation
+    c = rec.candidates
+    b = [x["batch_size"] for x in c]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(b, [x["seconds"] for x in c], "o-", label="predicted time to target (s)")
+    ax.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="seconds")
+    ax2 = ax.twinx()
+    ax2.plot(b, [x["relative_compute"] for x in c], "s--", color="C1", label="compute E/E_min")
+    ax2.set(ylabel="compute / minimum", yscale="log")
+    ax.axvline(rec.batch_size, color="C3", lw=1)
+    ax.annotate(f"recommended B={rec.batch_size}", (rec.batch_size, ax.get_ylim()[1]), color="C3",
+                ha="center", va="top", fontsize=8)
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=8, loc="upper center")
+    ax.set_title("trade-off over batch sizes")
+    return save(fig, path)
+
+
+def write_find_report(result, task, directory: "str | Path") -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    write_json(d / "find.json", result.to_dict())
+    plots = {"hardware": _plot_hardware(result.profile, d / "hardware.png"),
+             "noise": _plot_noise(result, d / "noise_vs_loss.png"),
+             "tradeoff": _plot_candidates(result, d / "tradeoff.png")}
+    r = result.recommendation
+    m = result.measuring
+    lines = [
+        f"# batchscope find: {task.name}",
+        "",
+        f"Task: {task.description}; model {task.model_description}; target {task.target.describe(task.metric_name)}.",
+        "",
+        "## Recommendation",
+        "",
+        f"- objective: **{r.objective}**",
+        f"- batch size **{r.batch_size}** = micro-batch {r.micro_batch} x accumulation {r.accumulation}"
+        f" x devices {r.devices}",
+        f"- learning rate **{r.lr:.4g}** ({r.lr_rule}); warm-up {r.warmup_steps} steps",
+        f"- why this rate: {r.lr_why}",
+        f"- predicted: {r.predicted['steps']:,.0f} steps, {r.predicted['examples']:,.0f} examples, "
+        f"{r.predicted['seconds']:.1f} s to the target",
+        "",
+        "## Evidence",
+        "",
+        f"- noise scale over the run B_noise = {r.b_noise['value']:.0f} (90%: {r.b_noise['low']:.0f} to "
+        f"{r.b_noise['high']:.0f}); {r.b_noise['how']}",
+        f"- critical batch at the target loss {r.b_crit_at_target['loss']:.3g}: {r.b_crit_at_target['value']:.0f} "
+        f"(90%: {r.b_crit_at_target['low']:.0f} to {r.b_crit_at_target['high']:.0f}); target loss from: "
+        f"{r.b_crit_at_target['how']}",
+        f"- hardware: step time = {r.evidence['alpha'] * 1e3:.3g} ms + {r.evidence['beta'] * 1e6:.3g} us x B; "
+        f"memory ceiling {r.evidence['memory_ceiling']}",
+        f"- measuring run: batch {m['batch_size']} (micro-batch {m['micro_batch']}), lr {m['lr']:g}, "
+        f"{m['steps']} steps, {m['examples']:,} examples = {m['fraction_of_projected_run']:.1%} of the projected "
+        f"{m['projected_examples_to_target']:,.0f} examples to the target ({m['stopped_because']})",
+        "",
+        "![step time and memory](hardware.png)",
+        "",
+        "![noise scale against loss](noise_vs_loss.png)",
+        "",
+        "## Candidates",
+        "",
+        "| batch | micro x accum | steps | examples | seconds | time / fastest | compute / E_min |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in r.candidates:
+        mark = " **<-**" if c["batch_size"] == r.batch_size else ""
+        lines.append(f"| {c['batch_size']}{mark} | {c['micro_batch']} x {c['accumulation']} | {c['steps']:,.0f} | "
+                     f"{c['examples']:,.0f} | {c['seconds']:.2f} | {c['relative_time']:.2f} | {c['relative_compute']:.2f} |")
+    lines += ["", "![trade-off](tradeoff.png)", "", "## Growth schedule", "",
+              "| from training loss | B_noise | batch | micro x accum | lr |", "|---:|---:|---:|---:|---:|"]
+    for s in r.schedule:
+        lines.append(f"| {s['from_loss']:.3g} | {s['b_noise']:.0f} | {s['batch_size']} | "
+                     f"{s['micro_batch']} x {s['accumulation']} | {s['lr']:.4g} |")
+    lines += ["", "## Caveats", ""] + [f"- {c}" for c in r.caveats]
+    lines += ["", "## Constraints", ""] + [f"- {c}" for c in r.constraints]
+    path = d / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

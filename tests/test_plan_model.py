@@ -141,3 +141,10 @@ def test_projection_recovers_log_linear_progress():
     assert proj.examples == pytest.approx(math.exp(10.0), rel=1e-6)
     flat = project_examples(e, [0.1, 0.1, 0.09, 0.08], acc_start, acc_target)
     assert flat.examples == math.inf
+
+
+def test_projection_sees_a_plateau_after_a_fast_start():
+    e = [100, 200, 400, 800, 1600, 3200]
+    # fast early progress, then nothing: the whole-curve fit would promise the target soon
+    values = [0.5, 0.8, 0.9, 0.9, 0.9, 0.9]
+    assert project_examples(e, values, 0.0, 1.0).examples == math.inf

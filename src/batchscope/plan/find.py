@@ -24,7 +24,6 @@ from . import growth, recommend as rec
 from .projection import Projection, project_examples
 
 MIN_STEPS = 30            # fewer steps give too few per-step noise estimates for 6 windows
-OVERSPEND = 4             # refuse when the minimum measurement needs more than 4x the budget
 MAX_STEPS = 3000          # the measuring run never trains longer than this
 STALL_EXAMPLES = 20       # x the batch x MIN_STEPS: give up when no progress toward the target by then
 
@@ -103,7 +102,6 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
          ref_lr: Optional[float] = None, memory_budget: Optional[int] = None, seed: int = 0, amp: bool = False,
          n_windows: int = 6, progress: Optional[Callable] = None, callbacks=()) -> FindResult:
     """Measure and recommend. ``progress(stage, fraction)`` is called as the stages go on."""
-    from ..hardware import HardwareProfile, profile_hardware
     from ..noise import NoiseScaleMonitor
 
     task = load_task(task)
@@ -125,6 +123,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     # 1. hardware
     t0 = time.perf_counter()
     if profile is None:
+        from ..hardware import profile_hardware
+
         profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp)
     else:
         check_profile(profile, task, device)
@@ -134,7 +134,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     t0 = time.perf_counter()
     micro = b_ref // 4
     b_ref = micro * 4
-    monitor = NoiseScaleMonitor()
+    # Adam-type optimizers: measure in the geometry the optimizer steps in (the preconditioned variant).
+    monitor = NoiseScaleMonitor(preconditioned=task.optimizer in ("adam", "adamw"))
     stop = BudgetStop(task, budget, MIN_STEPS, STALL_EXAMPLES * MIN_STEPS * b_ref)
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=5,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
@@ -146,12 +147,17 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
             f"the measuring run made no progress toward the target {task.target.describe(task.metric_name)} "
             f"in {run.steps} steps ({run.examples:,} examples; progress {proj.progress:+.2f}); check the target, "
             f"the reference learning rate ({lr_ref:g}) or raise --budget")
-    used = run.examples / proj.examples
-    if used > OVERSPEND * budget:
+    if run.stopped_because == "step limit":
         raise FindError(
-            f"a budget of {budget:.2%} of the projected {proj.examples:,.0f} examples to the target allows "
-            f"{budget * proj.examples:,.0f} examples, far fewer than the {MIN_STEPS} steps x {b_ref} the noise "
-            f"measurement needs; raise --budget to at least {used:.1%}")
+            f"the target {task.target.describe(task.metric_name)} looks out of reach: after {run.steps} steps "
+            f"({run.examples:,} examples) progress toward it is {proj.progress:.0%} and the projected run "
+            f"({proj.examples:,.0f} examples) is too long to measure; check the target or the learning rate")
+    used = run.examples / proj.examples
+    if budget * proj.examples < b_ref:
+        raise FindError(
+            f"a budget of {budget:.3%} of the projected {proj.examples:,.0f} examples to the target is "
+            f"{budget * proj.examples:,.0f} examples, less than one step of batch {b_ref}: nothing can be measured "
+            f"within it; raise --budget to at least {used:.1%} (what the {run.steps}-step measurement used)")
 
     # 3. noise scale against the loss
     raw = [(loss, g2, tr) for (_, loss, g2, tr) in monitor.raw if all(map(math.isfinite, (loss, g2, tr)))]

@@ -2,8 +2,10 @@
 
 The measuring run should cost a small fraction (default 5%) of a full run, which is not known in
 advance. We track progress toward the target, p = (value - start) / (target - start), at each
-evaluation and fit p = a + b ln(examples) on the evaluations made so far: early in training
-progress is close to linear in the logarithm of the examples seen. The projected run length is
+evaluation and fit p = a + b ln(examples) on the later half of the evaluations made so far: progress
+is close to linear in the logarithm of the examples seen, and the later half matters because
+progress curves are concave (a fast start would otherwise promise an early finish, and a plateau
+would go unnoticed). The projected run length is
 where the line reaches p = 1. The projection is rough (it is an extrapolation), so it is reported
 with the progress made; the budget only needs it to the right factor.
 """
@@ -31,7 +33,7 @@ def progress(value: float, start: float, target: float) -> float:
 
 
 def project_examples(examples: Sequence[float], values: Sequence[float], start: float, target: float) -> Projection:
-    """Fit progress against ln(examples) over the evaluations with examples > 0 and extrapolate to 1."""
+    """Fit progress against ln(examples) over the later half of the evaluations; extrapolate to 1."""
     pts = [(e, progress(v, start, target)) for e, v in zip(examples, values) if e > 0 and math.isfinite(v)]
     if not pts:
         return Projection(math.inf, 0.0, 0)
@@ -40,8 +42,9 @@ def project_examples(examples: Sequence[float], values: Sequence[float], start: 
         return Projection(float(pts[-1][0]), latest, len(pts))
     if len(pts) < 2:
         return Projection(math.inf, latest, len(pts))
-    x = np.log([e for e, _ in pts])
-    y = np.array([p for _, p in pts])
+    recent = pts[-max(3, len(pts) // 2):]
+    x = np.log([e for e, _ in recent])
+    y = np.array([p for _, p in recent])
     if np.ptp(x) == 0:
         return Projection(math.inf, latest, len(pts))
     b, a = np.polyfit(x, y, 1)

@@ -48,6 +48,7 @@ def project_examples(examples: Sequence[float], values: Sequence[float], start: 
     if np.ptp(x) == 0:
         return Projection(math.inf, latest, len(pts))
     b, a = np.polyfit(x, y, 1)
-    if b <= 0:
+    log_e = (1.0 - a) / b if b > 1e-9 else math.inf
+    if log_e > math.log(1e15):  # flat or falling: no finite run reaches the target at this pace
         return Projection(math.inf, latest, len(pts))
-    return Projection(float(math.exp(min((1.0 - a) / b, 700.0))), latest, len(pts))
+    return Projection(float(math.exp(log_e)), latest, len(pts))

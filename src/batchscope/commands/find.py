@@ -11,14 +11,6 @@ from ..report.jsonio import dumps, write_json
 from ..tasks import load_task
 
 
-def parse_bytes(text):
-    if text is None:
-        return None
-    from ..hardware import parse_memory
-
-    return parse_memory(text)
-
-
 @click.command("find")
 @task_option
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
@@ -31,7 +23,7 @@ def parse_bytes(text):
 @click.option("--devices", type=int, default=1, show_default=True, help="data-parallel devices")
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
 @click.option("--ref-lr", type=float, default=None, help="learning rate of your known-good setting [default: the task's]")
-@click.option("--memory-budget", default=None, help="memory for one device, e.g. 2GiB [default: most of what is free]")
+@click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40%% [default: 90%% of free GPU memory, half the free RAM]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--amp", is_flag=True, help="profile and measure under mixed precision (CUDA only)")
 @device_option
@@ -47,12 +39,12 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
 
     task = load_task(task_spec)
     console = console_for(as_json)
-    profile = HardwareProfile.load(profile_path) if profile_path else None
+    profile = HardwareProfile.load(profile_path) if profile_path else None  # checked against the task by find
     if profile is None:
         console.print(f"[1/2] profiling the hardware for {task.name} on {device} ...")
     with progress_bar(console) as progress:
         result = find(task, device=device, objective=objective, budget=budget, profile=profile, max_batch=max_batch,
-                      devices=devices, ref_batch=ref_batch, ref_lr=ref_lr, memory_budget=parse_bytes(memory_budget),
+                      devices=devices, ref_batch=ref_batch, ref_lr=ref_lr, memory_budget=memory_budget,
                       seed=seed, amp=amp, callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     doc = result.to_dict()
     if out:

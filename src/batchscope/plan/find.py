@@ -244,13 +244,7 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
 
 def check_profile(profile, task: Task, device: str) -> None:
     """Refuse a saved hardware profile measured for another task or another kind of device."""
-    if profile.task != task.name:
-        raise ConfigError(f"the profile was measured for task {profile.task!r}, not {task.name!r}; "
-                          f"run `batchscope profile --task {task.name}` or drop --profile")
-    params = getattr(profile, "parameters", None)
-    if params is not None and params != task.parameter_count():
-        raise ConfigError(f"the profile's model has {params:,} parameters, task {task.name!r} has "
-                          f"{task.parameter_count():,}: the model changed; profile it again")
+    profile.check_task(task)
     want = "cuda" if device.startswith("cuda") else device
     have = profile.device.get("type") if isinstance(profile.device, dict) else str(profile.device)
     if want != "auto" and have != want:

@@ -11,28 +11,6 @@ from .jsonio import write_json
 from .plots import pyplot, save
 
 
-def _plot_hardware(profile, path: Path) -> Path:
-    plt = pyplot()
-    pts = profile.points
-    b = [p["batch"] if isinstance(p, dict) else p.batch for p in pts]
-    t = [(p["seconds"] if isinstance(p, dict) else p.seconds) * 1e3 for p in pts]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax[0].plot(b, t, "o", label="measured median")
-    grid = np.geomspace(max(1, min(b)), max(b), 100)
-    ax[0].plot(grid, [(profile.alpha + profile.beta * x) * 1e3 for x in grid], "-",
-               label=f"fit: {profile.alpha * 1e3:.3g} ms + {profile.beta * 1e6:.3g} us x B")
-    ax[0].set(xscale="log", yscale="log", xlabel="batch size B", ylabel="step time (ms)", title="step time")
-    ax[0].legend()
-    mem = [p.get("peak_memory") if isinstance(p, dict) else getattr(p, "peak_memory", None) for p in pts]
-    if any(m for m in mem):
-        ax[1].plot([x for x, m in zip(b, mem) if m], [m / 2**20 for m in mem if m], "o", label="measured peak")
-        if getattr(profile, "m1", None):
-            ax[1].plot(grid, [(profile.m0 + profile.m1 * x) / 2**20 for x in grid], "-", label="fit m0 + m1 B")
-        ax[1].legend()
-    ax[1].set(xscale="log", xlabel="batch size B", ylabel="memory (MiB)", title="memory per step")
-    return save(fig, path)
-
-
 def _plot_noise(result, path: Path) -> Path:
     plt = pyplot()
     g = result.growth
@@ -82,7 +60,9 @@ def write_find_report(result, task, directory: "str | Path") -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     write_json(d / "find.json", result.to_dict())
-    plots = {"hardware": _plot_hardware(result.profile, d / "hardware.png"),
+    from ..hardware.plot import plot_profile
+
+    plots = {"hardware": plot_profile(result.profile, d / "hardware.png"),
              "noise": _plot_noise(result, d / "noise_vs_loss.png"),
              "tradeoff": _plot_candidates(result, d / "tradeoff.png")}
     r = result.recommendation

@@ -204,11 +204,11 @@ def make_line(unit_times: Sequence[float], order_quantity: int, *, setups: Seque
 
 
 def example_line() -> Line:
-    """A small machining cell: the press has a long set-up and two parallel resources, the mill is
-    the bottleneck for small batches, inspection is quick. Times in minutes."""
+    """A small machining cell, times in minutes: the press has a long set-up, two parallel presses
+    and variable cycle times; the mill is the bottleneck at this process batch."""
     return Line(
         stations=(Station("saw", unit_time=1.0, setup=10.0),
-                  Station("press", unit_time=3.0, setup=30.0, resources=2),
+                  Station("press", unit_time=3.0, setup=30.0, resources=2, distribution="lognormal", cv=0.5),
                   Station("mill", unit_time=2.0, setup=20.0),
-                  Station("inspect", unit_time=0.5, setup=0.0)),
-        order_quantity=60, process_batch=60, transfer_batch=10, name="example cell", time_unit="min")
+                  Station("inspect", unit_time=0.5)),
+        order_quantity=60, process_batch=20, transfer_batch=5, name="example cell", time_unit="min")

@@ -92,8 +92,8 @@ def _build_line(line_file, example, unit_times, setups, resources, order_quantit
                 distribution, cv):
     from ..flow import example_line, load_line, make_line
 
-    sources = [name for name, given in (("LINE_FILE", line_file), ("--example", example),
-                                        ("--unit-times", unit_times)) if given]
+    sources = [name for name, given in (("LINE_FILE", line_file is not None), ("--example", example),
+                                        ("--unit-times", unit_times is not None)) if given]
     if len(sources) != 1:
         raise ConfigError("Define the line one way: a LINE_FILE (.toml/.json), --example, or --unit-times "
                           f"(with --order). Got {' and '.join(sources) or 'none'}.")

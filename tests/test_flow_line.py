@@ -26,6 +26,7 @@ def test_bottleneck_moves_with_the_process_batch():
 
 
 def test_defaults_and_ragged_batches():
+    assert make_line([1.0], 3, distribution="exponential").stations[0].cv == 1.0
     line = make_line([1.0], 10, process_batch=4)
     assert line.transfer_batch == 4
     assert line.process_batches() == [(0, 4), (4, 8), (8, 10)]
@@ -46,6 +47,8 @@ def test_defaults_and_ragged_batches():
     (lambda: make_line([1.0], 5, distribution="weibull"), r"must be one of deterministic, exponential"),
     (lambda: make_line([1.0], 5, distribution="uniform", cv=0.9), r"needs 0 < cv <= 1/sqrt\(3\)"),
     (lambda: make_line([1.0], 5, distribution="lognormal"), r"needs cv > 0 .* use distribution 'deterministic'"),
+    (lambda: make_line([1.0], 5, cv=0.3), r"A cv of 0\.3 of station 'S1' needs a random distribution"),
+    (lambda: make_line([1.0], 5, distribution="exponential", cv=0.5), r"The exponential distribution of station 'S1' has cv = 1"),
     (lambda: make_line([1.0, 1.0], 5, names=["a", "a"]), r"Station names must be unique\. Got \['a', 'a'\]"),
     (lambda: make_line([1.0, 1.0], 5, setups=[1.0]), r"Give one value per station for 'setups': 2 station"),
     (lambda: Station("s", 1.0, resources=0), r"The 'resources' parameter of station 's' must be a positive integer"),

@@ -28,6 +28,12 @@ def check_distribution(name: str, cv: float, *, where: str = "") -> None:
     if name in ("normal", "lognormal", "gamma") and cv == 0:
         raise ConfigError(f"The '{name}' distribution{at} needs cv > 0 (cv = standard deviation / mean). "
                           f"Got cv=0; use distribution 'deterministic' for fixed times.")
+    if name == "deterministic" and cv > 0:
+        raise ConfigError(f"A cv of {cv!r}{at} needs a random distribution (exponential, normal, lognormal, "
+                          f"uniform, gamma); the distribution is 'deterministic'.")
+    if name == "exponential" and cv not in (0, 1):
+        raise ConfigError(f"The exponential distribution{at} has cv = 1. Got cv={cv!r}; leave cv out or pick "
+                          f"normal, lognormal, uniform or gamma for another spread.")
     if name == "uniform" and not 0 < cv <= 1 / math.sqrt(3):
         raise ConfigError(f"The 'uniform' distribution{at} needs 0 < cv <= 1/sqrt(3) = 0.577 so that times "
                           f"stay >= 0. Got cv={cv!r} instead.")

@@ -58,6 +58,8 @@ class Station:
         object.__setattr__(self, "setup", _time("setup", self.setup, where, positive=False))
         check_positive_int("resources", self.resources, where=where)
         check_distribution(self.distribution, self.cv, where=where)
+        if self.distribution == "exponential":
+            object.__setattr__(self, "cv", 1.0)
         if self.transfer_batch is not None:
             check_positive_int("transfer_batch", self.transfer_batch, where=where)
 

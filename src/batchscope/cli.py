@@ -48,10 +48,14 @@ def json_option(f):
 
 
 def _register() -> None:
-    from .commands import find, tasks, train
+    """Every module in ``batchscope.commands`` is a command: adding one needs no edit here."""
+    import importlib
+    import pkgutil
 
-    for module in (tasks, train, find):
-        cli.add_command(module.command)
+    from . import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        cli.add_command(importlib.import_module(f"{commands.__name__}.{info.name}").command)
 
 
 _register()

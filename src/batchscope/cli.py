@@ -6,8 +6,6 @@ handling every command shares, and the options several commands repeat.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from .errors import BatchscopeError
@@ -65,5 +63,3 @@ def main(argv=None) -> None:
     cli.main(args=argv, prog_name="batchscope")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

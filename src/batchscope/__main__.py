@@ -1,0 +1,5 @@
+"""`python -m batchscope` is the `batchscope` command."""
+
+from .cli import main
+
+main()

@@ -72,9 +72,9 @@ class GradNormCapture:
             g = grad
             if self.transform is not None:
                 g = self.transform(i, grad)
-                if g is None:
+                if g is None:  # still count the pass, so the step is known to have happened
                     self._unusable = True
-                    return None
+                    g = torch.zeros((), device=grad.device)
             self._norms.append(torch.linalg.vector_norm(g.detach(), dtype=torch.float32))
             self._index.append(i)
             return None  # observe only; the gradient flows on unchanged

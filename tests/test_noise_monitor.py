@@ -72,8 +72,9 @@ def test_exact_estimator_matches_the_closed_form():
 class MicroGrads(Callback):
     """Per-micro-batch gradients by differencing .grad (a full copy: what the monitor avoids)."""
 
-    def __init__(self):
+    def __init__(self, limit=None):
         self.expected = []
+        self.limit = limit
 
     def on_train_begin(self, ctx):
         self.prev = None
@@ -86,21 +87,24 @@ class MicroGrads(Callback):
 
     def on_before_step(self, ctx):
         a = ctx.accumulation
-        small = sum(float((a * d).square().sum()) for d in self.micro) / a   # loss was divided by a
+        used = self.micro[: self.limit]
+        small = sum(float((a * d).square().sum()) for d in used) / len(used)   # loss was divided by a
         big = float(self.prev.square().sum())
         self.expected.append(two_batch(small, big, ctx.micro_batch, ctx.batch_size))
         self.prev, self.micro = None, []
 
 
-def test_monitor_in_the_training_loop_accounts_for_the_accumulation_scaling():
+@pytest.mark.parametrize("every, limit", [(1, None), (3, None), (1, 2)])
+def test_monitor_in_the_training_loop_accounts_for_the_accumulation_scaling(every, limit):
     task = linear_task(n=256, d=6, seed=3)
-    ref, monitor = MicroGrads(), NoiseScaleMonitor()
+    ref, monitor = MicroGrads(limit), NoiseScaleMonitor(every=every, max_micro_batches=limit)
     train(task, TrainConfig(batch_size=32, micro_batch=8, steps=12, eval_every=12), [ref, monitor])
-    assert len(monitor.raw) == 12 and [r.step for r in monitor.raw] == list(range(1, 13))
-    for r, (g2, tr) in zip(monitor.raw, ref.expected):
+    assert [r.step for r in monitor.raw] == list(range(1, 13, every))
+    for r in monitor.raw:
+        g2, tr = ref.expected[r.step - 1]
         assert r.g2 == pytest.approx(g2, rel=1e-4, abs=1e-6) and r.trace == pytest.approx(tr, rel=1e-4)
     assert monitor.history[-1].b_simple == pytest.approx(monitor.estimate().b_simple)
-    assert not any(p._backward_hooks for p in task.make_model().parameters())
+    assert not monitor._capture.attached  # hooks removed when training ends
 
 
 def _run_user_loop(monitor, model, x, y, acc, divide=True, scaler=None, opt=None):

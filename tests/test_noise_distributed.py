@@ -43,12 +43,14 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
             monitor.update()
             opt.step()
             opt.zero_grad()
+        dist.destroy_process_group()
         if rank == 0:
             with open(out, "w") as f:
                 json.dump({"raw": [list(r) for r in monitor.raw], "method": monitor.estimate().method,
                            "sizes": list(monitor.sizes)}, f)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -146,10 +146,12 @@ class GradNormCapture:
 class AdamPreconditioner:
     """Divides a gradient elementwise by Adam's sqrt(v̂) + eps, v̂ the bias-corrected second moment.
 
-    Measured this way, B_simple is the noise scale of the update direction Adam actually takes
-    (the geometry its step is taken in, cf. McCandlish et al. 2018 §2.3 on preconditioned noise
-    scales and Malladi et al. 2022 on Adam's batch-size scaling). Before Adam's first step there is
-    no v̂; those steps are not measured.
+    Measured this way, B_simple is the noise scale of the direction Adam actually steps in: with a
+    preconditioner P the step is P·g, so signal and noise are |P·G|² and tr(P Σ P) (the
+    preconditioned form of McCandlish et al. 2018's B_simple). It can be larger or smaller than the
+    raw B_simple, and is noisier. v̂ is Adam's state before this step's update,
+    so the preconditioner is fixed while the step's gradients are measured. Before Adam's first step
+    there is no v̂; those steps are not measured (counted in ``unmeasured``).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]):

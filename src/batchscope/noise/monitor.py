@@ -104,6 +104,7 @@ class NoiseScaleMonitor(Callback):
         self._layer_sums: Optional[torch.Tensor] = None   # (2, P): EMA sums of per-parameter trace, g2
         self._layer_w = 0.0
         self._steps = 0
+        self._world: Optional[int] = None
         self._model: Optional[nn.Module] = None
         self._optimizer = optimizer
         self._capture: Optional[GradNormCapture] = None
@@ -149,8 +150,11 @@ class NoiseScaleMonitor(Callback):
 
     @property
     def method_name(self) -> str:
+        """The estimator in use: the last measured step's, else what the current process would use."""
         if self.method == "exact":
             return "exact"
+        if self._world is not None:  # kept, so the name survives destroy_process_group()
+            return "dataparallel" if self._world > 1 else "microbatch"
         return "dataparallel" if _world_size() > 1 else "microbatch"
 
     def estimate(self) -> NoiseEstimate:
@@ -265,6 +269,7 @@ class NoiseScaleMonitor(Callback):
             t = _all_reduce_sum(torch.tensor(small, dtype=torch.float64, device=self._capture.device))
             small = (t / world).tolist()
         self.sizes = (m, big_b)
+        self._world = world
         pairs = [two_batch(s_, b_, m, big_b) for s_, b_ in zip(small, big)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 

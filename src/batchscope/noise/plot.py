@@ -23,9 +23,11 @@ def plot_trajectory(history: Sequence[NoisePoint], path: "str | Path", title: st
         raise ConfigError("nothing to plot: no step has a finite, positive B_simple yet; train longer")
     loss = [p.loss for p in pts]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    top = max(p.b_simple for p in pts) * 10
-    ax.fill_between(loss, [max(p.low, 1e-12) for p in pts], [min(p.high, top) for p in pts], alpha=0.25,
+    # The interval is clipped to a decade around the trajectory: early on it is [0, inf).
+    bottom, top = min(p.b_simple for p in pts) / 10, max(p.b_simple for p in pts) * 10
+    ax.fill_between(loss, [max(p.low, bottom) for p in pts], [min(p.high, top) for p in pts], alpha=0.25,
                     label=f"{level:.0%} interval")
+    ax.set_ylim(bottom, top)
     ax.plot(loss, [p.b_simple for p in pts], lw=1.5, label="B_simple (EMA of tr Σ / EMA of |G|²)")
     ax.set_xlabel("training loss (smoothed)")
     ax.set_ylabel("B_simple (examples)")

@@ -29,11 +29,14 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
-def squared_norms(tensors: list[Optional[torch.Tensor]], device: torch.device) -> torch.Tensor:
-    """(P,) float64 squared L2 norms; a missing gradient counts as zero."""
-    out = [torch.linalg.vector_norm(t, dtype=torch.float32) if t is not None else torch.zeros((), device=device)
-           for t in tensors]
-    return torch.stack(out).double().square()
+def squared_norms(tensors: list[Optional[torch.Tensor]]) -> list[float]:
+    """Squared L2 norms as Python floats (one device sync); a missing gradient counts as zero."""
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return [0.0] * len(tensors)
+    values = iter(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in present])
+                  .double().square().tolist())
+    return [next(values) if t is not None else 0.0 for t in tensors]
 
 
 class GradNormCapture:
@@ -43,13 +46,17 @@ class GradNormCapture:
     returning ``None`` marks the step as unusable (no optimizer state yet).
     """
 
-    def __init__(self, named_params: list[tuple[str, nn.Parameter]], transform: Optional[Transform] = None):
+    def __init__(self, named_params: list[tuple[str, nn.Parameter]], transform: Optional[Transform] = None,
+                 limit: Optional[int] = None):
         self.names = [n for n, _ in named_params]
         self.params = [p for _, p in named_params]
         self.transform = transform
+        self.limit = limit           # take norms of at most this many backward passes per step
+        self.active = True           # False: count passes only (a step that is not measured)
         self.device = self.params[0].device
         self._handles: list = []
-        self._norms: list[torch.Tensor] = []   # one 0-d float32 tensor per hook call
+        self._calls = [0] * len(self.params)   # backward passes seen per parameter this step
+        self._norms: list[torch.Tensor] = []   # one 0-d float32 tensor per measured hook call
         self._index: list[int] = []            # which parameter each norm belongs to
         self._unusable = False
 
@@ -63,48 +70,88 @@ class GradNormCapture:
             h.remove()
         self._handles = []
 
+    def mark_unusable(self) -> None:
+        """This step cannot be measured (for example: no optimizer second moments yet)."""
+        self._unusable = True
+
+    @property
+    def unusable(self) -> bool:
+        return self._unusable
+
     @property
     def attached(self) -> bool:
         return bool(self._handles)
 
     def _hook(self, i: int):
+        norms, index = self._norms, self._index
+
+        if self.transform is None and self.limit is None:
+            def fast(grad: torch.Tensor) -> None:
+                # The common case, kept to one reduction and two appends: it runs P times per micro-batch.
+                if self.active:
+                    norms.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
+                    index.append(i)
+                else:
+                    self._calls[i] += 1
+                return None
+            return fast
+
         def hook(grad: torch.Tensor) -> None:
-            g = grad
+            k = self._calls[i]
+            self._calls[i] = k + 1
+            if not self.active or (self.limit is not None and k >= self.limit):
+                return None
+            g = grad.detach()
             if self.transform is not None:
-                g = self.transform(i, grad)
+                g = self.transform(i, g)
                 if g is None:
                     self._unusable = True
                     return None
-            self._norms.append(torch.linalg.vector_norm(g.detach(), dtype=torch.float32))
-            self._index.append(i)
+            norms.append(torch.linalg.vector_norm(g, dtype=torch.float32))
+            index.append(i)
             return None  # observe only; the gradient flows on unchanged
         return hook
 
-    def collect(self) -> tuple[torch.Tensor, int, bool]:
-        """(per-parameter Σ over backward passes of |grad|², number of backward passes, usable) and reset.
+    def collect(self, extra: list[Optional[torch.Tensor]] = ()) -> tuple[list[float], list[float], int, int, bool]:
+        """Drain the step: (per-parameter Σ over measured passes of |grad|², squared norms of ``extra``,
+        passes, measured passes, usable).
 
+        ``extra`` (the accumulated gradients) is reduced in the same device sync as the hook norms.
         The pass count is the most hook calls any parameter received (a parameter unused by the
         graph gets none, and contributes zero, as it should).
         """
-        p = len(self.params)
-        sums = torch.zeros(p, dtype=torch.float64, device=self.device)
-        passes = 0
-        if self._norms:
-            index = torch.tensor(self._index, device=self.device)
-            sums.index_add_(0, index, torch.stack(self._norms).double().square())
-            passes = int(torch.bincount(index.cpu(), minlength=p).max())
+        calls = list(self._calls)
+        if self.transform is None and self.limit is None:  # the fast hook counts only idle passes
+            for i in self._index:
+                calls[i] += 1
+        passes = max(calls)
+        measured = passes if self.limit is None else min(passes, self.limit)
+        extra_present = [t for t in extra if t is not None]
+        norms = self._norms + [torch.linalg.vector_norm(t, dtype=torch.float32) for t in extra_present]
+        values = torch.stack(norms).double().square().tolist() if norms else []
+        sums = [0.0] * len(self.params)
+        for i, v in zip(self._index, values):
+            sums[i] += v
+        rest = iter(values[len(self._norms):])
+        extra_sq = [next(rest) if t is not None else 0.0 for t in extra]
         usable = not self._unusable
-        self._norms, self._index, self._unusable = [], [], False
-        return sums, passes, usable
+        # Cleared in place: the hooks hold references to these lists.
+        self._norms.clear()
+        self._index.clear()
+        self._unusable = False
+        self._calls = [0] * len(self.params)
+        return sums, extra_sq, passes, measured, usable
 
 
 class AdamPreconditioner:
     """Divides a gradient elementwise by Adam's sqrt(v̂) + eps, v̂ the bias-corrected second moment.
 
-    Measured this way, B_simple is the noise scale of the update direction Adam actually takes
-    (the geometry its step is taken in, cf. McCandlish et al. 2018 §2.3 on preconditioned noise
-    scales and Malladi et al. 2022 on Adam's batch-size scaling). Before Adam's first step there is
-    no v̂; those steps are not measured.
+    Measured this way, B_simple is the noise scale of the direction Adam actually steps in: with a
+    preconditioner P the step is P·g, so signal and noise are |P·G|² and tr(P Σ P) (the
+    preconditioned form of McCandlish et al. 2018's B_simple). It can be larger or smaller than the
+    raw B_simple, and is noisier. v̂ is Adam's state before this step's update,
+    so the preconditioner is fixed while the step's gradients are measured. Before Adam's first step
+    there is no v̂; those steps are not measured (counted in ``unmeasured``).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]):

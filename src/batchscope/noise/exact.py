@@ -62,10 +62,11 @@ def per_example_moments(model: nn.Module, loss_fn: Callable, inputs, target: tor
         x = tuple(t[start:stop] for t in inputs) if isinstance(inputs, tuple) else inputs[start:stop]
         grads = per_example_grad(params, x, target[start:stop])       # name -> (c, *shape)
         for i, k in enumerate(names):
-            g = grads[k]
+            g = grads[k].float()
             if denominators is not None:
                 g = g / denominators[k]
-            sum_sq[i] += g.double().flatten(1).square().sum()
-            total[k] += g.double().sum(0)
+            flat = g.flatten(1)                                       # (c, numel)
+            sum_sq[i] += torch.linalg.vector_norm(flat, dim=1).double().square().sum()
+            total[k] += g.sum(0).double()
     mean_sq = torch.stack([(total[k] / n).square().sum() for k in names])
     return sum_sq, mean_sq, n

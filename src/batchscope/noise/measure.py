@@ -46,6 +46,7 @@ def measure_noise(task: "Task | str", batch_size: int, micro_batch: Optional[int
                   method: str = "microbatch", lr: Optional[float] = None, seed: int = 0, device: str = "cpu", *,
                   optimizer: Optional[str] = None, preconditioned: bool = False, decay: float = DEFAULT_DECAY,
                   level: float = DEFAULT_LEVEL, per_layer: bool = False, every: int = 1,
+                  max_micro_batches: Optional[int] = None,
                   exact_examples: Optional[int] = None, amp: bool = False, warmup_steps: int = 0,
                   eval_every: Optional[int] = None, eval_examples: Optional[int] = 2048,
                   callbacks: Iterable[Callback] = ()) -> NoiseMeasurement:
@@ -74,7 +75,8 @@ def measure_noise(task: "Task | str", batch_size: int, micro_batch: Optional[int
                              f"smaller than the batch size {b}; use a divisor of {b} below it (for example "
                              f"{max(d for d in range(1, b) if b % d == 0)})")
     monitor = NoiseScaleMonitor(method=method, decay=decay, level=level, preconditioned=preconditioned,
-                                per_layer=per_layer, every=every, exact_examples=exact_examples, seed=seed)
+                                per_layer=per_layer, every=every, max_micro_batches=max_micro_batches,
+                                exact_examples=exact_examples, seed=seed)
     cfg = TrainConfig(batch_size=b, lr=lr, optimizer=optimizer, micro_batch=micro_batch, steps=steps, seed=seed,
                       device=device, amp=amp, warmup_steps=warmup_steps, eval_every=eval_every,
                       eval_examples=eval_examples)

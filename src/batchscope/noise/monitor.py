@@ -59,8 +59,12 @@ class NoiseScaleMonitor(Callback):
     scaler: a ``torch.amp.GradScaler`` in your loop, so micro-batch norms are divided by scale².
         Call ``scaler.unscale_(optimizer)`` before ``update``.
     per_layer: also keep |G|², tr(Σ), B_simple per parameter tensor.
-    every / exact_examples: the exact method inside ``train`` measures every ``every`` steps on a
-        fresh batch of ``exact_examples`` (default: the training batch size) drawn by the monitor.
+    every: measure every ``every``-th step only (the hooks stay idle in between).
+    max_micro_batches: take norms of at most this many micro-batches per step (the first ones).
+        Still unbiased, since the micro-batches of a random batch are exchangeable; fewer means
+        less overhead and a noisier small-batch norm.
+    exact_examples: inside ``train`` the exact method measures on a fresh batch of this many
+        examples (default: the training batch size) drawn by the monitor.
 
     After ``update``: ``history`` (smoothed :class:`NoisePoint` per measured step), ``raw``
     (unsmoothed per-step :class:`RawSample`), ``skipped`` (non-finite steps, never averaged in).
@@ -70,16 +74,15 @@ class NoiseScaleMonitor(Callback):
                  method: str = "microbatch", decay: float = DEFAULT_DECAY, level: float = DEFAULT_LEVEL,
                  optimizer: Optional[torch.optim.Optimizer] = None, preconditioned: bool = False,
                  grad_is_mean: bool = True, scaler=None, loss_fn: Optional[Callable] = None,
-                 per_layer: bool = False, every: int = 1, exact_examples: Optional[int] = None, seed: int = 0):
+                 per_layer: bool = False, every: int = 1, max_micro_batches: Optional[int] = None,
+                 exact_examples: Optional[int] = None, seed: int = 0):
         if method not in METHODS:
             raise ConfigError(f"The 'method' parameter must be one of {', '.join(METHODS)}. Got {method!r} instead.")
         if not 0 < level < 1:
             raise ConfigError(f"The 'level' parameter must be in (0, 1). Got {level!r} instead.")
-        if micro_batch is not None and (isinstance(micro_batch, bool) or not isinstance(micro_batch, int)
-                                        or micro_batch < 1):
-            raise ConfigError(f"The 'micro_batch' parameter must be a positive integer. Got {micro_batch!r} instead.")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ConfigError(f"The 'every' parameter must be a positive integer. Got {every!r} instead.")
+        for name, v in (("every", every), ("max_micro_batches", max_micro_batches), ("micro_batch", micro_batch)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"The '{name}' parameter must be a positive integer. Got {v!r} instead.")
         self.method = method
         self.micro_batch = micro_batch
         self.level = level
@@ -89,6 +92,7 @@ class NoiseScaleMonitor(Callback):
         self.loss_fn = loss_fn
         self.per_layer = per_layer
         self.every = every
+        self.max_micro_batches = max_micro_batches
         self.exact_examples = exact_examples
         self.seed = seed
         self.moments = WeightedMoments(decay)
@@ -100,6 +104,7 @@ class NoiseScaleMonitor(Callback):
         self._layer_sums: Optional[torch.Tensor] = None   # (2, P): EMA sums of per-parameter trace, g2
         self._layer_w = 0.0
         self._steps = 0
+        self._world: Optional[int] = None
         self._model: Optional[nn.Module] = None
         self._optimizer = optimizer
         self._capture: Optional[GradNormCapture] = None
@@ -107,7 +112,7 @@ class NoiseScaleMonitor(Callback):
         # batchscope-loop state
         self._ctx: Optional[TrainContext] = None
         self._step_loss = 0.0
-        self._scaled_big: Optional[torch.Tensor] = None
+        self._scaled_big: Optional[list[float]] = None
         self._generator: Optional[torch.Generator] = None
         if model is not None:
             self.bind(model, optimizer)
@@ -132,7 +137,8 @@ class NoiseScaleMonitor(Callback):
         if self.method == "exact":
             refuse_batch_coupled(model)
         else:
-            self._capture = GradNormCapture(named, self._precond).attach()
+            self._capture = GradNormCapture(named, self._precond, self.max_micro_batches).attach()
+            self._capture.active = self._steps % self.every == 0
         return self
 
     def close(self) -> None:
@@ -144,8 +150,11 @@ class NoiseScaleMonitor(Callback):
 
     @property
     def method_name(self) -> str:
+        """The estimator in use: the last measured step's, else what the current process would use."""
         if self.method == "exact":
             return "exact"
+        if self._world is not None:  # kept, so the name survives destroy_process_group()
+            return "dataparallel" if self._world > 1 else "microbatch"
         return "dataparallel" if _world_size() > 1 else "microbatch"
 
     def estimate(self) -> NoiseEstimate:
@@ -169,8 +178,20 @@ class NoiseScaleMonitor(Callback):
         if self._model is None:
             raise NoiseError("the monitor is not attached to a model: NoiseScaleMonitor(model, ...) or "
                              "monitor.bind(model) before update()")
+        measured = self._steps % self.every == 0
         self._steps += 1
-        step = self._steps if step is None else step
+        try:
+            if not measured:
+                if self._capture is not None:
+                    self._capture.collect()  # count and forget this step's passes
+                self._scaled_big = None
+                return None
+            return self._record(self._steps if step is None else step, loss, batch)
+        finally:
+            if self._capture is not None:
+                self._capture.active = self._steps % self.every == 0  # hooks idle on unmeasured steps
+
+    def _record(self, step: int, loss, batch) -> Optional[NoisePoint]:
         loss_value = float(loss.detach().float()) if isinstance(loss, torch.Tensor) else (
             math.nan if loss is None else float(loss))
         if self.method == "exact":
@@ -182,7 +203,7 @@ class NoiseScaleMonitor(Callback):
         if per_param is None:
             return None
         g2_p, tr_p = per_param
-        g2, trace = float(g2_p.sum()), float(tr_p.sum())
+        g2, trace = math.fsum(g2_p), math.fsum(tr_p)
         if not (math.isfinite(g2) and math.isfinite(trace)):
             self.skipped += 1
             return None
@@ -190,7 +211,7 @@ class NoiseScaleMonitor(Callback):
         self.moments.update(trace, g2, loss_value)
         if self.per_layer:
             d = self.moments.decay
-            pair = torch.stack([tr_p, g2_p]).cpu()
+            pair = torch.tensor([list(tr_p), list(g2_p)], dtype=torch.float64)
             self._layer_sums = pair if self._layer_sums is None else d * self._layer_sums + pair
             self._layer_w = d * self._layer_w + 1.0
         est = self.estimate()
@@ -199,9 +220,16 @@ class NoiseScaleMonitor(Callback):
         self.history.append(point)
         return point
 
-    def _two_batch(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def _two_batch(self) -> Optional[tuple[list[float], list[float]]]:
         assert self._capture is not None
-        small_sums, passes, usable = self._capture.collect()
+        grads = [p.grad for p in self._params]
+        precond = self._precond is not None and not self._capture.unusable
+        denoms = [self._precond.denominator(i) for i in range(len(self._params))] if precond else []
+        if precond and all(d is not None for d in denoms):
+            grads = [None if g is None else g / d for g, d in zip(grads, denoms)]
+        elif self._precond is not None:
+            self._capture.mark_unusable()
+        small_sums, big, passes, measured, usable = self._capture.collect(grads)   # big: |g_B|² per parameter
         world = _world_size()
         if self.method == "dataparallel" and world < 2:
             raise NoiseError("method='dataparallel' needs torch.distributed initialised with at least 2 processes "
@@ -215,40 +243,35 @@ class NoiseScaleMonitor(Callback):
                               "NoiseScaleMonitor(model, micro_batch=m)")
         if world > 1:
             counts = _all_reduce_sum(torch.tensor([float(passes), 1.0 if usable else 0.0], dtype=torch.float64,
-                                                  device=small_sums.device))
+                                                  device=self._capture.device))
             if int(counts[0]) != passes * world:
                 raise NoiseError(f"ranks ran different numbers of backward passes this step (this rank {passes}, "
                                  f"all ranks {int(counts[0])}); every rank must accumulate the same micro-batches")
             usable = int(counts[1]) == world
         big_b = m * passes * world
-        if big_b < 2 or passes * world < 2:
+        if passes * world < 2:
             raise NoiseError(
                 f"the {self.method_name} estimator needs two batch sizes, but this step had one backward pass of "
                 f"{m} example(s) on {world} process(es); use gradient accumulation with at least 2 micro-batches "
                 "per step (a micro-batch smaller than the batch), more processes, or method='exact'")
-        grads = [p.grad for p in self._params]
-        if self._precond is not None:
-            denoms = [self._precond.denominator(i) for i in range(len(self._params))]
-            usable = usable and all(d is not None for d in denoms)
-            if usable:
-                grads = [None if g is None else g / d for g, d in zip(grads, denoms)]
         if not usable:
             if world > 1:  # keep the collective calls in step on every rank
-                _all_reduce_sum(small_sums)
+                _all_reduce_sum(torch.zeros(len(small_sums), dtype=torch.float64, device=self._capture.device))
             self.unmeasured += 1
             return None
-        big = squared_norms(grads, self._capture.device)                   # (P,) |g_B|² per parameter
-        # Hook gradients are in the loss's units: times 1/accumulation, times the AMP loss scale.
-        unit = float(passes) ** 2 if self.grad_is_mean else 1.0
         if not self.grad_is_mean:
-            big = big / float(passes) ** 2
-        unit /= self._loss_scale_squared(big)
-        small = small_sums * unit / passes                                  # mean over micro-batches of |g_m|²
+            big = [v / passes**2 for v in big]
+        # Hook gradients are in the loss's units: times 1/accumulation (grad_is_mean), times the AMP
+        # loss scale. Mean over the measured micro-batches of |g_m|²:
+        unit = (passes**2 if self.grad_is_mean else 1.0) / self._loss_scale_squared(big) / measured
+        small = [v * unit for v in small_sums]
         if world > 1:
-            small = _all_reduce_sum(small) / world
+            t = _all_reduce_sum(torch.tensor(small, dtype=torch.float64, device=self._capture.device))
+            small = (t / world).tolist()
         self.sizes = (m, big_b)
-        g2, trace = two_batch(small, big, m, big_b)
-        return g2, trace
+        self._world = world
+        pairs = [two_batch(s_, b_, m, big_b) for s_, b_ in zip(small, big)]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _loss_scale_squared(self, big: torch.Tensor) -> float:
         if self.scaler is not None and self.scaler.is_enabled():
@@ -256,7 +279,7 @@ class NoiseScaleMonitor(Callback):
         if self._scaled_big is not None:
             # Inside batchscope's loop under AMP: the gradients were unscaled in place after the last
             # micro-batch; the ratio of their squared norms before and after is scale².
-            before, after = float(self._scaled_big.sum()), float(big.sum())
+            before, after = sum(self._scaled_big), sum(big)
             self._scaled_big = None
             return before / after if after > 0 and math.isfinite(before) else math.nan
         return 1.0
@@ -277,11 +300,8 @@ class NoiseScaleMonitor(Callback):
             raise NoiseError(f"the exact estimator needs a batch of at least 2 examples to estimate a variance; "
                              f"got {n}")
         self.sizes = (1, n)
-        g2_p = torch.empty_like(sum_sq)
-        tr_p = torch.empty_like(sum_sq)
-        for i in range(len(sum_sq)):
-            g2_p[i], tr_p[i] = per_example(float(sum_sq[i]), float(mean_sq[i]), n)
-        return g2_p, tr_p
+        pairs = [per_example(a, b, n) for a, b in zip(sum_sq.tolist(), mean_sq.tolist())]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     # ---- batchscope.train callback ------------------------------------------------------------
 
@@ -306,17 +326,17 @@ class NoiseScaleMonitor(Callback):
 
     def on_micro_batch_end(self, ctx: TrainContext, index: int, loss: float) -> None:
         self._step_loss += loss / ctx.accumulation
-        if ctx.config.amp and self.method != "exact" and index == ctx.accumulation - 1:
-            self._scaled_big = squared_norms([p.grad for p in self._params], self._capture.device)
+        if ctx.config.amp and self._capture is not None and self._capture.active and index == ctx.accumulation - 1:
+            self._scaled_big = squared_norms([p.grad for p in self._params])
 
     def on_before_step(self, ctx: TrainContext) -> None:
         loss, self._step_loss = self._step_loss, 0.0
-        if self.method != "exact":
-            self.update(loss, step=ctx.step + 1)
-        elif ctx.step % self.every == 0:
+        batch = None
+        if self.method == "exact" and self._steps % self.every == 0:
             n = min(self.exact_examples or ctx.batch_size, ctx.task.n_train)
             idx = torch.randperm(ctx.task.n_train, generator=self._generator)[:n]
-            self.update(loss, batch=to_device(take(ctx.task.train_data, idx), ctx.device), step=ctx.step + 1)
+            batch = to_device(take(ctx.task.train_data, idx), ctx.device)
+        self.update(loss, batch=batch, step=ctx.step + 1)
 
     def on_train_end(self, ctx: TrainContext, result) -> None:
         self.close()

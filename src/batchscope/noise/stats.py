@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import lru_cache
 from statistics import NormalDist
 from typing import NamedTuple, Optional, Sequence
 
@@ -57,6 +58,12 @@ def ratio(trace: float, g2: float) -> float:
     return trace / g2 if g2 > 0 else math.inf
 
 
+@lru_cache(maxsize=8)
+def _z(level: float) -> float:
+    """Two-sided standard normal quantile for coverage ``level``."""
+    return NormalDist().inv_cdf(0.5 + level / 2.0)
+
+
 def fieller_interval(mean_t: float, mean_g: float, var_t: float, var_g: float, cov_tg: float,
                      level: float = DEFAULT_LEVEL) -> tuple[float, float]:
     """Fieller's confidence interval for the ratio mean_t/mean_g of two jointly normal means.
@@ -66,8 +73,7 @@ def fieller_interval(mean_t: float, mean_g: float, var_t: float, var_g: float, c
     lost in the noise): the set then becomes unbounded and ``high`` is +inf. The ratio is a noise
     scale, so the interval is clipped at 0 from below.
     """
-    z = NormalDist().inv_cdf(0.5 + level / 2.0)
-    z2 = z * z
+    z2 = _z(level) ** 2
     a = mean_g * mean_g - z2 * var_g
     b = -2.0 * (mean_t * mean_g - z2 * cov_tg)
     c = mean_t * mean_t - z2 * var_t
@@ -115,10 +121,13 @@ class NoisePoint:
 
 
 def _float_or_inf(v, name: str = ""):
-    # JSON writes non-finite floats as null; an unbounded upper limit is the only one we produce.
-    if name in ("step", "n_samples", "n_steps", "skipped", "batch_small", "batch_big"):
+    # JSON writes non-finite floats as null. The infinities we produce are an unbounded upper limit
+    # and B_simple while the signal is indistinguishable from zero; other nulls were NaN.
+    if name in ("step", "n_samples", "skipped", "batch_small", "batch_big"):
         return int(v)
-    return math.inf if v is None and name == "high" else (math.nan if v is None else v)
+    if v is None:
+        return math.inf if name in ("high", "b_simple") else math.nan
+    return v
 
 
 @dataclass(frozen=True)

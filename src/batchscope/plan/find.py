@@ -114,8 +114,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
         check_positive_int("max_batch", max_batch)
     b_ref = ref_batch or task.reference_batch
     check_positive_int("ref_batch", b_ref)
-    if b_ref < 4 or b_ref > task.n_train // 4:
-        raise ConfigError(f"the measuring batch {b_ref} must be at least 4 (micro-batches of a quarter) and at most "
+    if b_ref < 8 or b_ref > task.n_train // 4:
+        raise ConfigError(f"the measuring batch {b_ref} must be at least 8 (eight micro-batches) and at most "
                           f"a quarter of the training set ({task.n_train // 4}); pass --ref-batch")
     lr_ref = ref_lr if ref_lr is not None else task.lr
     timings = {}
@@ -132,8 +132,9 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
 
     # 2. the measuring run
     t0 = time.perf_counter()
-    micro = b_ref // 4
-    b_ref = micro * 4
+    # eight micro-batches per step: the two-batch estimate of tr(Sigma) averages over all eight
+    micro = max(1, b_ref // 8)
+    b_ref = micro * (b_ref // micro)
     # Adam-type optimizers: measure in the geometry the optimizer steps in (the preconditioned variant).
     monitor = NoiseScaleMonitor(preconditioned=task.optimizer in ("adam", "adamw"))
     stop = BudgetStop(task, budget, MIN_STEPS, STALL_EXAMPLES * MIN_STEPS * b_ref)
@@ -164,6 +165,7 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     if len(raw) < MIN_STEPS // 2:
         raise FindError(f"only {len(raw)} finite noise estimates from the measuring run; raise --budget")
     losses, g2s, traces = (np.array(col) for col in zip(*raw))
+    n_windows = max(3, min(n_windows, len(raw) // 10))  # at least ten steps behind each window
     loss_target, loss_how = target_training_loss(task, run.history)
     start_loss = float(np.mean(losses[: max(1, len(losses) // n_windows)]))
     try:

@@ -1,0 +1,100 @@
+"""`batchscope profile`: the memory ceiling and step-time curve of a task on this machine."""
+
+from __future__ import annotations
+
+import click
+import torch
+
+from ..cli import device_option, json_option, task_option
+from ..hardware import HardwareProfile, format_bytes, load_profile_for, profile_hardware
+from ..report.console import console_for, make_table, progress_bar
+from ..report.jsonio import dumps
+from ..tasks import load_task
+
+
+def profile_option(f):
+    """``--profile FILE``: for commands that reuse a profile measured elsewhere (e.g. on a GPU)."""
+    return click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+                        help="reuse a hardware profile written by `batchscope profile --out`")(f)
+
+
+def profile_from_option(task, profile_path):
+    """The profile named by ``--profile``, checked against the task (None when not given)."""
+    return None if profile_path is None else load_profile_for(task, profile_path)
+
+
+class _RichProgress:
+    """Adapts profile_hardware's progress(stage, done, total, info) to rich bars."""
+
+    def __init__(self, progress):
+        self.progress, self.ids = progress, {}
+
+    def __call__(self, stage, done, total, info):
+        if stage not in self.ids:
+            self.ids[stage] = self.progress.add_task(stage, total=total, info="")
+        self.progress.update(self.ids[stage], completed=done, total=total, info=info)
+
+
+@click.command("profile")
+@task_option
+@device_option
+@click.option("--memory-budget", default=None,
+              help="memory one step may use: 512MB, 2GiB, 40% [default: 90% of free GPU memory, 50% of available RAM]")
+@click.option("--max-batch", type=int, default=None, help="never probe above this batch size")
+@click.option("--amp", is_flag=True, help="automatic mixed precision (CUDA only); batch sizes in multiples of 8")
+@click.option("--threads", type=int, default=None, help="torch CPU threads while timing [default: torch's]")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the profile JSON here")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="draw step time and memory against B into this PNG (needs matplotlib)")
+@json_option
+def command(task_spec, device, memory_budget, max_batch, amp, threads, out, plot_path, as_json) -> None:
+    """Measure the largest batch that fits and how step time grows with the batch size."""
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter(f"must be a positive integer, got {threads}", param_hint="--threads")
+        torch.set_num_threads(threads)
+    task = load_task(task_spec)
+    console = console_for(as_json)
+    with progress_bar(console) as progress:
+        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch,
+                                   amp=amp, progress=_RichProgress(progress))
+    # Save first: a failing plot must not lose the measurement.
+    if out:
+        profile.save(out)
+    if plot_path:
+        from ..hardware.plot import plot_profile
+
+        plot_profile(profile, plot_path)
+    if as_json:
+        click.echo(dumps(profile.to_dict()))
+        return
+    _print(console, profile, out, plot_path)
+
+
+def _print(console, p: HardwareProfile, out, plot_path) -> None:
+    rows = [(p.batch, f"{p.seconds * 1e3:.3g}", f"{p.spread * 1e3:.2g}", f"{p.throughput:,.0f}",
+             format_bytes(p.peak_bytes)) for p in p.points]
+    console.print(make_table(f"{p.task} on {p.device.get('name')} ({p.device.get('type')}"
+                             f"{', AMP' if p.amp else ''})",
+                             ["batch", "step ms", "IQR ms", "examples/s", "peak memory"], rows))
+    facts = [
+        ("max batch", f"{p.max_batch:,} (limited by {p.limited_by})"),
+        ("memory budget", format_bytes(p.memory_budget)),
+        ("memory(B)", "-" if p.m0 is None else
+         f"{format_bytes(p.m0)} + {format_bytes(p.m1)}·B  (R² {p.memory_r2:.4f}; {p.memory_method})"),
+        ("ceiling search", f"{p.ceiling_steps} probe steps, {p.over_budget_steps} over budget"),
+        ("t(B)", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} µs·B  (R² {p.r2:.3f})"),
+        ("knee", f"B={p.knee} measured, {p.knee_fit:.0f} from the fit" if p.knee_fit is not None
+         else f"B={p.knee} measured"),
+        ("profiling time", f"{p.seconds:.1f} s"),
+    ]
+    load = p.device.get("load_average")
+    usable = p.device.get("usable_cpus")
+    if load is not None and usable and load > usable:
+        facts.append(("warning", f"load average {load} > {usable} CPUs: other work competed with the timing"))
+    if out:
+        facts.append(("written", out))
+    if plot_path:
+        facts.append(("plot", plot_path))
+    console.print(make_table("hardware profile", ["", "value"], facts,
+                             caption="knee: beyond it, doubling the batch gains < 10% throughput"))

@@ -1,0 +1,106 @@
+"""The pure numbers of a hardware profile: straight-line fits and the throughput knee.
+
+Two lines describe a device for one model: memory(B) = m0 + m1*B (bytes) and the step time
+t(B) = alpha + beta*B (seconds). alpha is the fixed cost of a step (kernel launches, the optimizer
+update, synchronisation), beta the cost of one more example (DESIGN.md, "Step time").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LinearFit:
+    """y ≈ intercept + slope*x by (weighted) least squares."""
+
+    intercept: float
+    slope: float
+    r2: float                         # coefficient of determination, with the fit's own weights
+    residuals: tuple[float, ...]      # y - prediction, at each input point, in the order given
+    n: int
+
+    def __call__(self, x: float) -> float:
+        return self.intercept + self.slope * x
+
+    def solve(self, y: float) -> float:
+        """The x where the line reaches y (inf when the line is flat or falls)."""
+        if self.slope <= 0:
+            return math.inf
+        return (y - self.intercept) / self.slope
+
+
+def fit_line(x: Sequence[float], y: Sequence[float], weights: Optional[Sequence[float]] = None) -> LinearFit:
+    """Least-squares line through (x, y), minimising sum(w * residual**2).
+
+    Two points give the exact line through them (r2 = 1); a line needs two distinct x values.
+    """
+    xs = np.asarray(x, dtype=np.float64)
+    ys = np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ConfigError(f"fit_line needs two equally long 1-D sequences; got {xs.shape} and {ys.shape}")
+    if len(np.unique(xs)) < 2:
+        raise ConfigError(f"a straight-line fit needs at least two distinct x values; got {xs.tolist()}")
+    w = np.ones_like(xs) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != xs.shape or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ConfigError(f"fit_line weights must be positive and one per point; got {np.asarray(weights).tolist()}")
+    sw = w.sum()
+    xm, ym = (w * xs).sum() / sw, (w * ys).sum() / sw
+    sxx = (w * (xs - xm) ** 2).sum()
+    slope = float((w * (xs - xm) * (ys - ym)).sum() / sxx)
+    intercept = float(ym - slope * xm)
+    resid = ys - (intercept + slope * xs)
+    ss_tot = float((w * (ys - ym) ** 2).sum())
+    ss_res = float((w * resid**2).sum())
+    r2 = 1.0 if ss_tot == 0 else 1.0 - ss_res / ss_tot
+    return LinearFit(intercept, slope, r2, tuple(float(r) for r in resid), len(xs))
+
+
+def fit_step_time(batches: Sequence[int], seconds: Sequence[float]) -> LinearFit:
+    """t(B) = alpha + beta*B, fitted on *relative* error (weights 1/t**2).
+
+    Timing noise grows roughly in proportion to the time itself, so an unweighted fit would let the
+    slowest, largest batches decide alpha; relative weighting keeps the small-batch end honest.
+    """
+    t = np.asarray(seconds, dtype=np.float64)
+    if np.any(~np.isfinite(t)) or np.any(t <= 0):
+        raise ConfigError(f"step times must be positive finite seconds; got {t.tolist()}")
+    return fit_line(batches, t, 1.0 / t**2)
+
+
+def knee_from_line(alpha: float, beta: float, gain: float = 0.10) -> Optional[float]:
+    """Batch size beyond which doubling B raises throughput by less than ``gain``, for t = alpha + beta*B.
+
+    Throughput X(B) = B / (alpha + beta*B), so X(2B)/X(B) = 2(alpha + beta*B)/(alpha + 2*beta*B), which
+    falls below 1 + gain once B > (1 - gain)*alpha / (2*gain*beta)  (4.5 alpha/beta for 10%).
+    """
+    if beta <= 0:
+        return None
+    return max(0.0, (1.0 - gain) * alpha / (2.0 * gain * beta))
+
+
+def knee_from_points(batches: Sequence[int], throughput: Sequence[float], gain: float = 0.10) -> Optional[int]:
+    """Smallest measured B where doubling it gains less than ``gain`` throughput.
+
+    The throughput at 2B is read off the measured curve, interpolated linearly in log2(B), so the
+    grid need not be exact powers of two. ``None`` when no measured B qualifies (the curve is still
+    climbing at the largest batch that could be doubled within the measured range).
+    """
+    b = np.asarray(batches, dtype=np.float64)
+    x = np.asarray(throughput, dtype=np.float64)
+    order = np.argsort(b)
+    b, x = b[order], x[order]
+    lb = np.log2(b)
+    for bi, xi in zip(b, x):
+        if 2 * bi > b[-1] * (1 + 1e-9):
+            break
+        x2 = float(np.interp(math.log2(2 * bi), lb, x))
+        if x2 < (1.0 + gain) * xi:
+            return int(bi)
+    return None

@@ -1,0 +1,282 @@
+"""HardwareProfile: what one device can do for one model, and :func:`profile_hardware` to measure it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ConfigError, check_positive_int
+from ..report.jsonio import read_json, write_json
+from ..tasks import Task, load_task
+from ..train import resolve_device
+from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling
+from .device import device_facts
+from .fit import fit_step_time, knee_from_line, knee_from_points
+from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_free_memory, cuda_memory_probe
+from .step import StepRunner
+from .timing import StepTiming, TimeProbe, step_time_probe
+from .units import format_bytes, parse_bytes
+
+SCHEMA = "batchscope.hardware/1"
+CPU_BUDGET_FRACTION = 0.5    # of available RAM: the data pipeline, the OS and neighbours need the rest
+CUDA_BUDGET_FRACTION = 0.9   # of free device memory
+KNEE_GAIN = 0.10             # the knee: doubling B gains less than this much throughput
+
+# progress(stage, done, total, info): stage is "memory" or "step time"; total is None while unknown.
+Progress = Callable[[str, int, Optional[int], str], None]
+
+
+@dataclass(frozen=True)
+class ProfilePoint:
+    batch: int
+    seconds: float                 # median step time
+    spread: float                  # interquartile range of the step time, seconds
+    throughput: float              # examples per second, batch / seconds
+    peak_bytes: Optional[int]      # peak memory of one step (None: not measured)
+    repeats: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProfilePoint":
+        return cls(int(d["batch"]), float(d["seconds"]), float(d.get("spread") or 0.0), float(d["throughput"]),
+                   None if d.get("peak_bytes") is None else int(d["peak_bytes"]), int(d.get("repeats") or 0))
+
+
+@dataclass
+class HardwareProfile:
+    """Memory ceiling and step-time curve of one task on one device.
+
+    ``max_batch`` is the largest batch that fits ``memory_budget``; ``limited_by`` says what stopped
+    it: 'memory', 'data set' (the training set is smaller) or 'max_batch' (the cap asked for).
+    """
+
+    task: str
+    parameters: int
+    device: dict
+    amp: bool
+    max_batch: int
+    limited_by: str
+    memory_budget: Optional[int]
+    memory_method: str
+    m0: Optional[float]                # bytes: memory(B) = m0 + m1*B
+    m1: Optional[float]
+    memory_r2: Optional[float]
+    alpha: float                       # seconds: t(B) = alpha + beta*B
+    beta: float
+    r2: float
+    residuals: list[float]             # relative: (measured - fitted) / measured, per point
+    points: list[ProfilePoint]
+    memory_probes: list[ProbeResult]   # every memory probe step, in the order run
+    ceiling_steps: int                 # probe steps the ceiling search took
+    over_budget_steps: int             # of which over the budget (or out of memory)
+    knee: Optional[int]                # measured: smallest B where doubling gains < 10% throughput
+    knee_fit: Optional[float]          # the same from the fit: 4.5 alpha/beta
+    seconds: float                     # wall time of the profiling
+    created: str = ""
+    schema: str = SCHEMA
+
+    # Predictions -------------------------------------------------------------------------------
+    def step_time(self, batch: float) -> float:
+        """Predicted seconds per optimizer step at ``batch``."""
+        return self.alpha + self.beta * batch
+
+    def throughput(self, batch: float) -> float:
+        return batch / self.step_time(batch)
+
+    def memory(self, batch: float) -> float:
+        """Predicted peak bytes of one training step at ``batch``."""
+        if self.m0 is None or self.m1 is None:
+            raise ConfigError(f"this profile has no memory fit ({self.memory_method}); "
+                              "profile again on a machine where memory can be measured")
+        return self.m0 + self.m1 * batch
+
+    def check_task(self, task: Task) -> "HardwareProfile":
+        """Refuse a profile measured for another model: the ceiling and step time would be wrong."""
+        params = task.parameter_count()
+        if task.name != self.task or params != self.parameters:
+            raise ConfigError(f"the profile was measured for task {self.task!r} ({self.parameters:,} parameters), "
+                              f"not for task {task.name!r} ({params:,} parameters); run "
+                              f"`batchscope profile --task {task.name}` to measure this one")
+        return self
+
+    # JSON -------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["points"] = [asdict(p) for p in self.points]
+        d["memory_probes"] = [p.to_dict() for p in self.memory_probes]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HardwareProfile":
+        if d.get("schema", SCHEMA) != SCHEMA:
+            raise ConfigError(f"this is not a batchscope hardware profile (schema {d.get('schema')!r}, "
+                              f"expected {SCHEMA!r})")
+        try:
+            kw = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
+            kw["points"] = [ProfilePoint.from_dict(p) for p in d["points"]]
+            kw["memory_probes"] = [ProbeResult.from_dict(p) for p in d.get("memory_probes", [])]
+            kw.setdefault("residuals", [])
+            return cls(**kw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"the hardware profile is incomplete or malformed ({type(e).__name__}: {e}); "
+                              "write it again with `batchscope profile --out FILE`") from e
+
+    def save(self, path: "str | Path") -> Path:
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "HardwareProfile":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"hardware profile {str(path)!r} does not exist; "
+                              "write one with `batchscope profile --task NAME --out FILE`")
+        try:
+            doc = read_json(path)
+        except ValueError as e:
+            raise ConfigError(f"hardware profile {str(path)!r} is not valid JSON ({e})") from e
+        if not isinstance(doc, dict):
+            raise ConfigError(f"hardware profile {str(path)!r} is not a JSON object")
+        return cls.from_dict(doc)
+
+
+def load_profile_for(task: Task, path: "str | Path") -> HardwareProfile:
+    """A saved profile, checked to belong to ``task`` (for commands taking ``--profile``)."""
+    return HardwareProfile.load(path).check_task(task)
+
+
+def batch_grid(max_batch: int, multiple: int = 1) -> list[int]:
+    """Powers of two from ``multiple`` (1, or 8 under AMP) up to ``max_batch``, and ``max_batch`` itself."""
+    b = 1
+    while b < multiple:
+        b *= 2
+    grid = []
+    while b < max_batch:
+        grid.append(b)
+        b *= 2
+    grid.append(max_batch)
+    return grid
+
+
+def resolve_budget(budget, device: torch.device) -> tuple[int, int]:
+    """(budget in bytes, memory it is a share of) for a user value, None meaning the default."""
+    if device.type == "cuda":
+        free, _total = cuda_free_memory(device)
+        base, fraction = free, CUDA_BUDGET_FRACTION
+    else:
+        base, fraction = available_ram(), CPU_BUDGET_FRACTION
+    if budget is None:
+        if base is None:
+            raise ConfigError("the available memory is unknown on this machine; give --memory-budget (e.g. 4GB)")
+        return int(base * fraction), base
+    return parse_bytes(budget, base), base
+
+
+def _noop(stage: str, done: int, total: Optional[int], info: str) -> None:
+    return None
+
+
+def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None, max_batch: Optional[int] = None,
+                     amp: bool = False, progress: Optional[Progress] = None, *, seed: int = 0,
+                     warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
+                     memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
+                     grid: Optional[list[int]] = None) -> HardwareProfile:
+    """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
+
+    ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the
+    free memory on CUDA, half the available RAM on the CPU. ``max_batch`` caps the search.
+    ``memory_probe`` / ``time_probe`` replace the PyTorch probes (tests, other devices).
+    """
+    t_start = time.perf_counter()
+    task = load_task(task)
+    report = progress or _noop
+    dev = resolve_device(device)
+    multiple = 8 if amp and dev.type == "cuda" else 1
+    limit, limit_reason = task.n_train, "data set"
+    if max_batch is not None:
+        check_positive_int("max_batch", max_batch, where="profile_hardware")
+        if max_batch < limit:
+            limit, limit_reason = max_batch, "max_batch"
+    if amp and dev.type != "cuda":
+        raise ConfigError("automatic mixed precision (--amp) needs a CUDA device; drop --amp on the CPU")
+    facts = device_facts(dev)
+
+    # Memory ceiling ------------------------------------------------------------------------
+    budget, _ = resolve_budget(memory_budget, dev)
+    if memory_probe is None:
+        if dev.type == "cuda":
+            memory_probe, method = cuda_memory_probe(task, dev, amp, seed), "cuda peak reserved bytes"
+        else:
+            ok, why = cpu_memory_supported()
+            memory_probe = cpu_memory_probe(task, amp, seed) if ok else None
+            method = "cpu peak resident size of a forked child" if ok else f"not measured: {why}"
+    else:
+        method = "custom probe"
+    cache: dict[int, ProbeResult] = {}
+
+    def counted(b: int) -> ProbeResult:
+        if b not in cache:
+            cache[b] = memory_probe(b)
+            r = cache[b]
+            report("memory", len(cache), None,
+                   f"B={b}: {'out of memory' if r.oom else format_bytes(r.peak_bytes)}")
+        return cache[b]
+
+    ceiling: Optional[Ceiling] = None
+    if memory_probe is not None:
+        ceiling = find_ceiling(counted, budget, limit, limit_reason=limit_reason, multiple=multiple)
+        top, limited_by = ceiling.max_batch, ceiling.limited_by
+    else:
+        top, limited_by = limit - (limit % multiple if limit >= multiple else 0), limit_reason
+
+    # Step-time curve ------------------------------------------------------------------------
+    sizes = sorted({b for b in (grid or batch_grid(top, multiple)) if 1 <= b <= top})
+    if len(sizes) < 2:
+        sizes = sorted({1, top}) if top > 1 else [1]
+    runner = None
+    if time_probe is None:
+        runner = StepRunner(task, dev, amp, seed)
+        time_probe = step_time_probe(runner, warmup, repeats, max_seconds_per_point)
+    timings: list[StepTiming] = []
+    for i, b in enumerate(sizes):
+        timing = time_probe(b)
+        timings.append(timing)
+        report("step time", i + 1, len(sizes), f"B={b}: {timing.seconds * 1e3:.3g} ms")
+    del runner
+    gc.collect()
+    peaks = {}
+    if memory_probe is not None:
+        for b in sizes:
+            r = counted(b)
+            peaks[b] = r.peak_bytes
+    points = [ProfilePoint(t.batch, t.seconds, t.spread, t.batch / t.seconds, peaks.get(t.batch), t.repeats)
+              for t in timings]
+
+    if len(points) >= 2:
+        tfit = fit_step_time([p.batch for p in points], [p.seconds for p in points])
+        alpha, beta, r2 = tfit.intercept, tfit.slope, tfit.r2
+        residuals = [r / p.seconds for r, p in zip(tfit.residuals, points)]
+    else:  # a one-example training set: no slope to fit
+        alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
+    probes = list(cache.values())
+    mfit = ceiling.fit if ceiling is not None else None
+    if ceiling is not None:
+        from .ceiling import _memory_fit  # every probe, the step-time grid's included
+        mfit = _memory_fit(probes) or mfit
+    return HardwareProfile(
+        task=task.name, parameters=task.parameter_count(), device=facts, amp=amp,
+        max_batch=top, limited_by=limited_by, memory_budget=budget if memory_probe is not None else None,
+        memory_method=method,
+        m0=mfit.intercept if mfit else None, m1=mfit.slope if mfit else None, memory_r2=mfit.r2 if mfit else None,
+        alpha=alpha, beta=beta, r2=r2, residuals=residuals, points=points, memory_probes=probes,
+        ceiling_steps=ceiling.steps if ceiling else 0, over_budget_steps=ceiling.over_budget if ceiling else 0,
+        knee=knee_from_points([p.batch for p in points], [p.throughput for p in points], KNEE_GAIN),
+        knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
+        seconds=time.perf_counter() - t_start,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )

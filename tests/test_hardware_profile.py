@@ -1,0 +1,136 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from batchscope import Target, Task
+from batchscope.errors import ConfigError, TaskError
+from batchscope.hardware import (HardwareProfile, ProbeResult, StepTiming, batch_grid, load_profile_for,
+                                 probe_indices, profile_hardware)
+from batchscope.hardware.memory import cpu_memory_supported
+from tests.conftest import linear_task
+
+MiB = 2**20
+
+
+def fake_profile(task, **kw):
+    """profile_hardware on a fake device: memory 1 MiB + 1 KiB*B, step time 2 ms + 3 us*B."""
+    mem = lambda b: ProbeResult(b, MiB + 1024 * b)  # noqa: E731
+    time = lambda b: StepTiming(b, 2e-3 + 3e-6 * b, 1e-5, 5)  # noqa: E731
+    return profile_hardware(task, memory_probe=mem, time_probe=time, **kw)
+
+
+def test_profile_recovers_the_device_lines_and_the_ceiling(tiny_task):
+    stages = []
+    p = fake_profile(tiny_task, memory_budget=MiB + 300 * 1024, progress=lambda *a: stages.append(a[0]))
+    assert 294 <= p.max_batch <= 300 and p.limited_by == "memory"
+    assert (p.alpha, p.beta) == (pytest.approx(2e-3), pytest.approx(3e-6))
+    assert (p.m0, p.m1) == (pytest.approx(MiB), pytest.approx(1024))
+    assert p.r2 == pytest.approx(1.0) and p.memory_r2 == pytest.approx(1.0)
+    assert [q.batch for q in p.points] == batch_grid(p.max_batch)
+    for q in p.points:
+        assert q.throughput == pytest.approx(q.batch / q.seconds)
+        assert q.peak_bytes == MiB + 1024 * q.batch
+    assert p.step_time(100) == pytest.approx(2.3e-3) and p.memory(100) == pytest.approx(MiB + 102400)
+    assert p.knee_fit == pytest.approx(4.5 * 2e-3 / 3e-6)
+    assert p.device["type"] == "cpu" and p.parameters == 5
+    assert "memory" in stages and "step time" in stages
+
+
+def test_the_data_set_and_the_cap_bind(tiny_task):
+    assert (fake_profile(tiny_task, memory_budget="1GB").max_batch, "data set") == (512, "data set")
+    p = fake_profile(tiny_task, memory_budget="1GB", max_batch=100)
+    assert (p.max_batch, p.limited_by, p.points[-1].batch) == (100, "max_batch", 100)
+
+
+def test_json_round_trip(tmp_path, tiny_task):
+    p = fake_profile(tiny_task, memory_budget="2MiB")
+    path = p.save(tmp_path / "profile.json")
+    doc = json.loads(path.read_text())
+    assert {"max_batch", "alpha", "beta", "device", "points", "knee", "m0", "m1"} <= set(doc)
+    q = HardwareProfile.load(path)
+    assert q == p
+    assert HardwareProfile.from_dict(p.to_dict()).to_dict() == p.to_dict()
+    assert load_profile_for(tiny_task, path).max_batch == p.max_batch
+
+
+def test_a_profile_for_another_task_is_refused(tmp_path, tiny_task):
+    path = fake_profile(tiny_task, memory_budget="2MiB").save(tmp_path / "p.json")
+    other = linear_task(d=7, name="linear")
+    with pytest.raises(ConfigError, match=r"the profile was measured for task 'linear' \(5 parameters\), not for "
+                       r"task 'linear' \(7 parameters\); run `batchscope profile --task linear`"):
+        load_profile_for(other, path)
+
+
+def test_bad_profile_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"hardware profile '.*nope.json' does not exist; write one with"):
+        HardwareProfile.load(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        HardwareProfile.load(tmp_path / "bad.json")
+    (tmp_path / "part.json").write_text(json.dumps({"task": "x", "points": []}))
+    with pytest.raises(ConfigError, match=r"incomplete or malformed \(TypeError"):
+        HardwareProfile.load(tmp_path / "part.json")
+
+
+def test_bad_arguments(tiny_task):
+    with pytest.raises(ConfigError, match=r"needs a CUDA device; drop --amp"):
+        fake_profile(tiny_task, amp=True)
+    with pytest.raises(ConfigError, match=r"The 'max_batch' parameter of profile_hardware must be a positive integer"):
+        fake_profile(tiny_task, max_batch=0)
+    with pytest.raises(ConfigError, match=r"The 'memory_budget' parameter must be a size"):
+        fake_profile(tiny_task, memory_budget="big")
+
+
+def test_batch_grid():
+    assert batch_grid(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert batch_grid(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert batch_grid(200, multiple=8) == [8, 16, 32, 64, 128, 200]
+    assert batch_grid(1) == [1]
+
+
+def test_largest_example_hook(tiny_task):
+    assert probe_indices(tiny_task, 4).tolist() == [0, 1, 2, 3]
+    task = Task(**{**tiny_task.__dict__, "extra": {"largest_example": 7}})
+    assert probe_indices(task, 3).tolist() == [7, 7, 7]
+    task = Task(**{**tiny_task.__dict__, "extra": {"largest_example": 10**6}})
+    with pytest.raises(TaskError, match=r"extra\['largest_example'\] must be the index of one training example "
+                       r"\(0..511\); got 1000000"):
+        probe_indices(task, 3)
+
+
+@pytest.mark.skipif(not cpu_memory_supported()[0], reason="CPU memory probe needs Linux")
+def test_real_profile_end_to_end():
+    # A model wide enough that a larger batch clearly costs time and memory even on a busy machine.
+    from tests.test_hardware_memory import wide_task
+
+    torch.set_num_threads(1)
+    p = profile_hardware(wide_task(), max_batch=512, repeats=3, warmup=1)
+    assert (p.max_batch, p.limited_by) == (512, "max_batch")
+    assert [q.batch for q in p.points] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert all(q.seconds > 0 and q.peak_bytes is not None for q in p.points)
+    assert p.beta > 0 and 8 * 1024 < p.m1 < 32 * 1024
+    assert p.memory_method == "cpu peak resident size of a forked child"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_ceiling_matches_bisection_and_survives_oom():
+    from batchscope.hardware import bisect_ceiling, cuda_memory_probe, find_ceiling
+    from batchscope.tasks import load_task
+
+    task = load_task("mnist1d")
+    probe = cuda_memory_probe(task, "cuda")
+    budget = 16 * MiB
+    predicted = find_ceiling(probe, budget, task.n_train)
+    truth = bisect_ceiling(probe, budget, task.n_train)
+    assert truth.max_batch * 0.95 <= predicted.max_batch <= truth.max_batch
+    assert predicted.over_budget <= 2
+    huge = Task(name="huge", make_model=lambda: nn.Linear(1, 1), loss_fn=nn.functional.mse_loss,
+                train_data=TensorDataset(torch.randn(2**16, 1), torch.randn(2**16, 1)),
+                target=Target("loss", 0.1, "train"))
+    free = torch.cuda.mem_get_info()[0]
+    r = cuda_memory_probe(Task(**{**huge.__dict__, "make_model": lambda: nn.Linear(1, free // 4)}), "cuda")(8)
+    assert r.oom and torch.cuda.memory_allocated() < 64 * MiB  # everything was released

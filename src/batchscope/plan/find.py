@@ -21,7 +21,7 @@ from ..errors import BatchscopeError, ConfigError, check_positive_int
 from ..tasks import Task, load_task
 from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, train
 from . import growth, recommend as rec
-from .projection import Projection, project_examples
+from .projection import Projection, loss_at_metric, project_examples
 
 MIN_STEPS = 30            # fewer steps give too few per-step noise estimates for 6 windows
 MAX_STEPS = 3000          # the measuring run never trains longer than this
@@ -33,21 +33,34 @@ class FindError(BatchscopeError):
 
 
 class BudgetStop(Callback):
-    """Stops the measuring run once it has used ``fraction`` of the projected examples to the target."""
+    """Stops the measuring run once it has used ``fraction`` of the projected examples to the target.
+
+    Progress is measured on the log of the evaluation loss: for a metric target, the loss at which
+    the metric reaches its target is read off ln(loss) = c + d * metric fitted on the evaluations so far.
+    """
 
     def __init__(self, task: Task, fraction: float, min_steps: int, stall_examples: int):
         self.task, self.fraction, self.min_steps, self.stall_examples = task, fraction, min_steps, stall_examples
         self.projection = Projection(math.inf, 0.0, 0)
         self.points: list[HistoryPoint] = []
 
-    def _value(self, p: HistoryPoint) -> Optional[float]:
-        return p.eval_loss if self.task.target.kind == "loss" else p.metric
+    def _target_loss(self) -> Optional[float]:
+        t = self.task.target
+        if t.kind == "loss":
+            return t.value
+        fit = loss_at_metric([p.metric for p in self.points[1:]], [p.eval_loss for p in self.points[1:]], t.value)
+        return None if fit is None else fit[0]
 
     def on_evaluate(self, ctx: TrainContext, point: HistoryPoint) -> None:
+        if ctx.stop:  # the decision is made: keep the projection it was made on
+            return
         self.points.append(point)
-        start = self._value(self.points[0])
-        self.projection = project_examples([p.examples for p in self.points],
-                                           [self._value(p) for p in self.points], start, self.task.target.value)
+        target = self._target_loss()
+        if target is not None and target > 0:
+            # in log-loss: losses fall by factors, and a floor far above a near-zero target then shows
+            self.projection = project_examples([p.examples for p in self.points],
+                                               [math.log(max(p.eval_loss, 1e-12)) for p in self.points],
+                                               math.log(self.points[0].eval_loss), math.log(target))
         if ctx.step < self.min_steps:
             return
         if ctx.examples >= self.fraction * self.projection.examples:
@@ -76,23 +89,19 @@ class FindResult:
 def target_training_loss(task: Task, points: list[HistoryPoint]) -> tuple[float, str]:
     """The training loss at which the target will be reached, and how that was worked out.
 
-    Loss targets are used as they are. Metric targets are mapped to a loss by fitting
-    ln(training loss) = c + d * metric over the measuring run's evaluations and reading it at the
-    target metric, an extrapolation said as such in the report.
+    Loss targets are used as they are. Metric targets are mapped to a loss through
+    ln(training loss) = c + d * metric fitted over the measuring run's evaluations, an
+    extrapolation said as such in the report.
     """
     t = task.target
     if t.kind == "loss":
         return t.value, f"the target is a loss: {t.describe(task.metric_name)}"
-    pts = [(p.metric, p.loss) for p in points[1:] if p.metric is not None and p.loss > 0]
-    if len(pts) < 3:
-        raise FindError("too few evaluations in the measuring run to relate the metric to the loss; raise --budget")
-    m = np.array([a for a, _ in pts])
-    y = np.log([b for _, b in pts])
-    if np.ptp(m) < 1e-6:
-        raise FindError(f"the {task.metric_name or 'metric'} did not move during the measuring run; raise --budget "
-                        "or lower the target")
-    d, c = np.polyfit(m, y, 1)
-    loss = float(math.exp(c + d * t.value))
+    pts = points[1:]
+    fit = loss_at_metric([p.metric for p in pts], [p.loss for p in pts], t.value)
+    if fit is None:
+        raise FindError(f"the {task.metric_name or 'metric'} and the training loss did not move together during "
+                        "the measuring run, so the loss at the target cannot be worked out; raise --budget")
+    loss, c, d = fit
     return loss, (f"ln(train loss) = {c:.3g} + {d:.3g} * {task.metric_name or 'metric'} fitted on {len(pts)} "
                   f"evaluations, read at {t.value:g}")
 

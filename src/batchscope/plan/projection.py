@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -33,7 +33,8 @@ def progress(value: float, start: float, target: float) -> float:
 
 
 def project_examples(examples: Sequence[float], values: Sequence[float], start: float, target: float) -> Projection:
-    """Fit progress against ln(examples) over the later half of the evaluations; extrapolate to 1."""
+    """Fit progress against ln(examples) over the later half of the evaluations (at least four);
+    extrapolate to 1. Infinite when the slope is not clearly positive."""
     pts = [(e, progress(v, start, target)) for e, v in zip(examples, values) if e > 0 and math.isfinite(v)]
     if not pts:
         return Projection(math.inf, 0.0, 0)
@@ -42,13 +43,40 @@ def project_examples(examples: Sequence[float], values: Sequence[float], start: 
         return Projection(float(pts[-1][0]), latest, len(pts))
     if len(pts) < 2:
         return Projection(math.inf, latest, len(pts))
-    recent = pts[-max(3, len(pts) // 2):]
+    recent = pts[-max(4, len(pts) // 2):]
+    if len(recent) < 4:
+        return Projection(math.inf, latest, len(pts))
     x = np.log([e for e, _ in recent])
     y = np.array([p for _, p in recent])
     if np.ptp(x) == 0:
         return Projection(math.inf, latest, len(pts))
     b, a = np.polyfit(x, y, 1)
-    log_e = (1.0 - a) / b if b > 1e-9 else math.inf
+    # Progress must be measurable: a slope within two standard errors of zero is a plateau with noise.
+    resid = y - (a + b * x)
+    se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+    log_e = (1.0 - a) / b if b > max(2 * se, 1e-9) else math.inf
     if log_e > math.log(1e15):  # flat or falling: no finite run reaches the target at this pace
         return Projection(math.inf, latest, len(pts))
     return Projection(float(math.exp(log_e)), latest, len(pts))
+
+
+def loss_at_metric(metrics: Sequence[float], losses: Sequence[float], target_metric: float) -> Optional[tuple[float, float, float]]:
+    """Fit ln(loss) = c + d * metric and read the loss at ``target_metric``: (loss, c, d).
+
+    Loss curves are smooth where accuracy is noisy near its target, so both the projection and the
+    noise-scale extrapolation work in loss units; this is the bridge for metric targets. Returns
+    None when the points cannot support it (fewer than three, no spread, or a loss that does not
+    fall as the metric rises).
+    """
+    pts = [(m, l) for m, l in zip(metrics, losses) if m is not None and l is not None and l > 0
+           and math.isfinite(m) and math.isfinite(l)]
+    if len(pts) < 3:
+        return None
+    m = np.array([a for a, _ in pts])
+    y = np.log([b for _, b in pts])
+    if np.ptp(m) < 1e-6:
+        return None
+    d, c = np.polyfit(m, y, 1)
+    if d >= 0:
+        return None
+    return float(math.exp(c + d * target_metric)), float(c), float(d)

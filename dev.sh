@@ -35,7 +35,7 @@ cmd=${1:-demo}
 shift || true
 case "$cmd" in
     setup) setup ;;
-    demo)  setup; exec "$VENV/bin/batchscope" train --task mnist1d --batch-size 64 --until-target --epochs 20 "$@" ;;
+    demo)  setup; exec "$VENV/bin/batchscope" find --task mnist1d "$@" ;;
     test)  setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
     *) echo "usage: bash dev.sh [demo|test|setup] [ARGS...]" >&2; exit 2 ;;
 esac

@@ -5,7 +5,7 @@ from torch.utils.data import TensorDataset
 
 from batchscope import Target, Task
 from batchscope.errors import ConfigError
-from batchscope.hardware import HardwareProfile
+from batchscope.hardware import HardwareProfile, ProfilePoint
 from batchscope.plan.find import FindError, check_profile, find, target_training_loss
 from batchscope.tasks import accuracy
 
@@ -18,7 +18,8 @@ def fake_profile(task, alpha=1e-3, beta=1e-5, ceiling=100_000, limited_by="data 
         task=task.name, parameters=task.parameter_count() if parameters is None else parameters,
         device={"type": device}, amp=False, max_batch=ceiling, limited_by=limited_by, memory_budget=None,
         memory_method="given", m0=None, m1=None, memory_r2=None, alpha=alpha, beta=beta, r2=1.0, residuals=[],
-        points=[], memory_probes=[], ceiling_steps=0, over_budget_steps=0, knee=None, knee_fit=None, seconds=0.0)
+        points=[ProfilePoint(b, alpha + beta * b, 0.0, b / (alpha + beta * b), None) for b in (1, 4, 16, 64, 256)],
+        memory_probes=[], ceiling_steps=0, over_budget_steps=0, knee=None, knee_fit=None, seconds=0.0)
 
 
 def blobs_task(n=6000, seed=0):

@@ -144,8 +144,9 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     # eight micro-batches per step: the two-batch estimate of tr(Sigma) averages over all eight
     micro = max(1, b_ref // 8)
     b_ref = micro * (b_ref // micro)
-    # Adam-type optimizers: measure in the geometry the optimizer steps in (the preconditioned variant).
-    monitor = NoiseScaleMonitor(preconditioned=task.optimizer in ("adam", "adamw"))
+    # The raw gradient's noise scale, for Adam too: the preconditioned variant needs far longer runs
+    # than a 5% budget before its interval closes (benchmarks/results/noise_trajectory.json).
+    monitor = NoiseScaleMonitor()
     stop = BudgetStop(task, budget, MIN_STEPS, STALL_EXAMPLES * MIN_STEPS * b_ref)
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=5,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
@@ -205,6 +206,9 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     if at_target.extrapolation > 1.5:
         caveats.append(f"B_crit at the target is extrapolated {at_target.extrapolation:.1f}x beyond the losses "
                        "measured; grow the batch by the schedule and re-measure with the monitor as training goes.")
+    if task.optimizer != "sgd":
+        caveats.append(f"{task.optimizer} is adaptive: the noise scale is measured on the raw gradient, which "
+                       "orders batch sizes the same way but is not the noise of the preconditioned step.")
     if used > budget * 1.05:
         caveats.append(f"the measuring run used {used:.1%} of the projected run, more than the {budget:.0%} budget: "
                        f"the noise measurement needs at least {MIN_STEPS} steps and this run is short.")

@@ -134,3 +134,10 @@ def test_cuda_ceiling_matches_bisection_and_survives_oom():
     free = torch.cuda.mem_get_info()[0]
     r = cuda_memory_probe(Task(**{**huge.__dict__, "make_model": lambda: nn.Linear(1, free // 4)}), "cuda")(8)
     assert r.oom and torch.cuda.memory_allocated() < 64 * MiB  # everything was released
+
+
+def test_slow_steps_cut_the_grid_short_and_say_so(tiny_task):
+    p = fake_profile(tiny_task, memory_budget="1GB", max_step_seconds=2.5e-3)  # 2 ms + 3 us*B > 2.5 ms at B=256
+    assert [q.batch for q in p.points] == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert any("step-time grid stopped after B=256" in n for n in p.notes)
+    assert p.max_batch == 512 and p.beta == pytest.approx(3e-6)

@@ -88,10 +88,7 @@ def _print(console, p: HardwareProfile, out, plot_path) -> None:
          else f"B={p.knee} measured"),
         ("profiling time", f"{p.seconds:.1f} s"),
     ]
-    load = p.device.get("load_average")
-    usable = p.device.get("usable_cpus")
-    if load is not None and usable and load > usable:
-        facts.append(("warning", f"load average {load} > {usable} CPUs: other work competed with the timing"))
+    facts += [("note", note) for note in p.notes]
     if out:
         facts.append(("written", out))
     if plot_path:

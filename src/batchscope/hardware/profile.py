@@ -75,7 +75,7 @@ class HardwareProfile:
     memory_probes: list[ProbeResult]   # every memory probe step, in the order run
     ceiling_steps: int                 # probe steps the ceiling search took
     over_budget_steps: int             # of which over the budget (or out of memory)
-    knee: Optional[int]                # measured: smallest B where doubling gains < 10% throughput
+    knee: Optional[int]                # measured: smallest B from which on doubling gains < 10% throughput
     knee_fit: Optional[float]          # the same from the fit: 4.5 alpha/beta
     seconds: float                     # wall time of the profiling
     created: str = ""

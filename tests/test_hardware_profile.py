@@ -126,7 +126,7 @@ def test_cuda_ceiling_matches_bisection_and_survives_oom():
     budget = 16 * MiB
     predicted = find_ceiling(probe, budget, task.n_train)
     truth = bisect_ceiling(probe, budget, task.n_train)
-    assert truth.max_batch * 0.95 <= predicted.max_batch <= truth.max_batch
+    assert truth.max_batch * 0.95 <= predicted.max_batch <= truth.max_batch * 1.02
     assert predicted.over_budget <= 2
     free = torch.cuda.mem_get_info()[0]
 

@@ -13,7 +13,7 @@ nearest the budget. Aiming a little under the budget keeps steps that overshoot 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from ..errors import BatchscopeError, check_positive_int

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -73,6 +73,18 @@ def test_knee_from_points_on_a_saturating_curve():
     assert knee_from_points([48, 64, 100, 128], [48, 64, 64, 64]) == 64
 
 
+def test_one_noisy_point_at_small_batch_is_not_the_knee():
+    b = [1, 2, 4, 8, 16, 32, 64]
+    thr = [100.0, 104.0, 400.0, 800.0, 1600.0, 1650.0, 1700.0]  # a stall at B=1->2, then real growth
+    assert knee_from_points(b, thr) == 16
+
+
+def test_a_slow_outlier_after_the_knee_does_not_move_it():
+    b = [1, 2, 4, 8, 16, 32, 64, 128]
+    thr = [100.0, 200.0, 400.0, 800.0, 1600.0, 800.0, 1700.0, 1750.0]  # B=32 was slowed by other work
+    assert knee_from_points(b, thr) == 16
+
+
 def test_knee_from_points_none_while_still_climbing():
     b = [1, 2, 4, 8]
     assert knee_from_points(b, [float(x) for x in b]) is None

@@ -84,17 +84,14 @@ def _print(console, p: HardwareProfile, out, plot_path) -> None:
          f"{format_bytes(p.m0)} + {format_bytes(p.m1)}·B  (R² {p.memory_r2:.4f}; {p.memory_method})"),
         ("ceiling search", f"{p.ceiling_steps} probe steps, {p.over_budget_steps} over budget"),
         ("t(B)", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} µs·B  (R² {p.r2:.3f})"),
-        ("knee", f"B={p.knee} measured, {p.knee_fit:.0f} from the fit" if p.knee_fit is not None
-         else f"B={p.knee} measured"),
+        ("knee", ("not reached in the measured range" if p.knee is None else f"B={p.knee} measured")
+         + ("" if p.knee_fit is None else f", {p.knee_fit:.0f} from the fit")),
         ("profiling time", f"{p.seconds:.1f} s"),
     ]
-    load = p.device.get("load_average")
-    usable = p.device.get("usable_cpus")
-    if load is not None and usable and load > usable:
-        facts.append(("warning", f"load average {load} > {usable} CPUs: other work competed with the timing"))
+    facts += [("note", note) for note in p.notes]
     if out:
         facts.append(("written", out))
     if plot_path:
         facts.append(("plot", plot_path))
     console.print(make_table("hardware profile", ["", "value"], facts,
-                             caption="knee: beyond it, doubling the batch gains < 10% throughput"))
+                             caption="knee: from there on, doubling the batch gains < 10% throughput"))

@@ -4,7 +4,7 @@
 which later commands reuse with ``--profile profile.json``.
 """
 
-from .ceiling import Ceiling, MemoryBudgetError, Probe, ProbeResult, bisect_ceiling, find_ceiling
+from .ceiling import Ceiling, MemoryBudgetError, Probe, ProbeResult, bisect_ceiling, find_ceiling, fit_memory
 from .device import cpu_facts, cuda_facts, device_facts
 from .fit import LinearFit, fit_line, fit_step_time, knee_from_line, knee_from_points
 from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_memory_probe
@@ -16,7 +16,7 @@ from .units import format_bytes, parse_bytes
 
 __all__ = [
     "HardwareProfile", "ProfilePoint", "profile_hardware", "load_profile_for", "batch_grid", "resolve_budget",
-    "Ceiling", "MemoryBudgetError", "Probe", "ProbeResult", "find_ceiling", "bisect_ceiling",
+    "Ceiling", "MemoryBudgetError", "Probe", "ProbeResult", "find_ceiling", "bisect_ceiling", "fit_memory",
     "LinearFit", "fit_line", "fit_step_time", "knee_from_line", "knee_from_points",
     "cpu_memory_probe", "cuda_memory_probe", "cpu_memory_supported", "available_ram",
     "StepRunner", "probe_indices", "StepTiming", "step_time_probe",

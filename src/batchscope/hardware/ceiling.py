@@ -13,7 +13,7 @@ nearest the budget. Aiming a little under the budget keeps steps that overshoot 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from ..errors import BatchscopeError, check_positive_int
@@ -76,7 +76,8 @@ def _check(result: ProbeResult, batch: int) -> ProbeResult:
     return result
 
 
-def _memory_fit(probes) -> Optional[LinearFit]:
+def fit_memory(probes) -> Optional[LinearFit]:
+    """memory(B) = m0 + m1*B by least squares over every probe with a measured peak."""
     pts = {p.batch: p.peak_bytes for p in probes if p.peak_bytes is not None and not p.oom}
     if len(pts) < 2:
         return None
@@ -150,7 +151,7 @@ def find_ceiling(probe: Probe, budget: int, limit: int, *, limit_reason: str = "
     def done(lo: int, hi: Optional[int], first: Optional[int]) -> Ceiling:
         best = lo if lo < multiple else lo - lo % multiple
         reason = limit_reason if hi is None and lo == limit else "memory"
-        return Ceiling(best, reason, budget, tuple(probes), _memory_fit(probes), first)
+        return Ceiling(best, reason, budget, tuple(probes), fit_memory(probes), first)
 
     # Phase 1: a few small probes, growing geometrically.
     b = min(start, limit)
@@ -247,4 +248,4 @@ def bisect_ceiling(probe: Probe, budget: int, limit: int, *, limit_reason: str =
         else:
             hi = mid
     reason = limit_reason if hi is None else "memory"
-    return Ceiling(lo, reason, budget, tuple(probes), _memory_fit(probes), None)
+    return Ceiling(lo, reason, budget, tuple(probes), fit_memory(probes), None)

@@ -1,19 +1,25 @@
 """Probes that measure the peak memory of one training step: a forked child on the CPU, the
 caching allocator's statistics on CUDA.
 
-CPU method (Linux). Each probe forks the profiling process; the child
-  1. runs one step on one thread (an OpenMP pool must not be used across ``fork``) with glibc's
-     mmap threshold fixed at 16 KiB, so every tensor larger than that gets its own pages and gives
-     them back when freed (glibc's default threshold adapts to past frees, which would make the
-     number depend on what the parent did before);
+CPU method (Linux). The parent runs one small step first (lazy imports, code paging), then each
+probe forks it; the child
+  1. runs on one thread (an OpenMP pool must not be used across ``fork``) pinned to one CPU, with
+     glibc's mmap threshold fixed at 16 KiB, so every tensor of that size or more gets its own
+     pages and gives them back when freed (glibc's default threshold adapts to past frees, which
+     would make the number depend on what the parent did before);
   2. runs a warm-up step at the same batch size with a throw-away model, so the library code that
      step needs is paged in (code pages count towards the resident size);
-  3. gives the free heap back to the kernel (``malloc_trim``), resets the kernel's peak-resident counter (``/proc/self/clear_refs``, value 5), reads the
+  3. occupies the free chunks the parent's heap left (without touching them), so tensors cannot
+     land in holes, and gives the remaining free heap back to the kernel (``malloc_trim``);
+  4. resets the kernel's peak-resident counter (``/proc/self/clear_refs``, value 5), reads the
      resident size, builds a fresh model and optimizer and runs one step;
-  4. reports the peak resident size (VmHWM) minus the resident size before the model was built.
-The number is therefore what a step adds on top of the process and its data set: parameters,
-gradients, optimizer state, the batch, activations and workspace, rounded to pages. Memory that
-glibc keeps cached after frees in a long run is not counted (it is reusable).
+  5. reports the peak resident size (VmHWM) minus the resident size before the model was built.
+The number is what a step adds on top of the process and its data set: parameters, gradients,
+optimizer state, the batch, activations and workspace, rounded to pages. Memory that glibc keeps
+cached after frees in a long run is not counted (it is reusable). Resolution: the kernel folds its
+per-CPU page counts into the total in batches, and allocations under 16 KiB may reuse small
+holes, so repeated probes of the same step differ by up to ~100 KiB; budgets of a few MiB and up
+are resolved to a few percent.
 
 CUDA method. In process: empty the cache, reset the peak statistics, build a fresh model and
 optimizer, run two steps, synchronise, and report the peak *reserved* bytes (what the caching

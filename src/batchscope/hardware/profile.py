@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from ..errors import ConfigError, check_positive_int
 from ..report.jsonio import read_json, write_json
 from ..tasks import Task, load_task
 from ..train import resolve_device
-from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling
+from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling, fit_memory
 from .device import device_facts
 from .fit import fit_step_time, knee_from_line, knee_from_points
 from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_free_memory, cuda_memory_probe
@@ -75,10 +74,11 @@ class HardwareProfile:
     memory_probes: list[ProbeResult]   # every memory probe step, in the order run
     ceiling_steps: int                 # probe steps the ceiling search took
     over_budget_steps: int             # of which over the budget (or out of memory)
-    knee: Optional[int]                # measured: smallest B where doubling gains < 10% throughput
+    knee: Optional[int]                # measured: smallest B from which on doubling gains < 10% throughput
     knee_fit: Optional[float]          # the same from the fit: 4.5 alpha/beta
     seconds: float                     # wall time of the profiling
     created: str = ""
+    notes: list[str] = field(default_factory=list)   # what a reader should know (grid cut short, load)
     schema: str = SCHEMA
 
     # Predictions -------------------------------------------------------------------------------
@@ -177,6 +177,14 @@ def resolve_budget(budget, device: torch.device) -> tuple[int, int]:
     return parse_bytes(budget, base), base
 
 
+def _load_note(facts: dict) -> list[str]:
+    load, cpus = facts.get("load_average"), facts.get("usable_cpus")
+    if facts.get("type") == "cpu" and load is not None and cpus and load > cpus:
+        return [f"load average {load} on {cpus} usable CPUs while profiling: other work competed "
+                "with the timed steps, so step times are noisy"]
+    return []
+
+
 def _noop(stage: str, done: int, total: Optional[int], info: str) -> None:
     return None
 
@@ -184,12 +192,14 @@ def _noop(stage: str, done: int, total: Optional[int], info: str) -> None:
 def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None, max_batch: Optional[int] = None,
                      amp: bool = False, progress: Optional[Progress] = None, *, seed: int = 0,
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
+                     max_step_seconds: Optional[float] = 10.0,
                      memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
                      grid: Optional[list[int]] = None) -> HardwareProfile:
     """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
 
     ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the
     free memory on CUDA, half the available RAM on the CPU. ``max_batch`` caps the search.
+    ``max_step_seconds``: the step-time grid stops once one step takes longer (the fit extrapolates).
     ``memory_probe`` / ``time_probe`` replace the PyTorch probes (tests, other devices).
     """
     t_start = time.perf_counter()
@@ -243,12 +253,21 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         runner = StepRunner(task, dev, amp, seed)
         time_probe = step_time_probe(runner, warmup, repeats, max_seconds_per_point)
     timings: list[StepTiming] = []
+    notes: list[str] = []
     for i, b in enumerate(sizes):
         timing = time_probe(b)
         timings.append(timing)
         report("step time", i + 1, len(sizes), f"B={b}: {timing.seconds * 1e3:.3g} ms")
-    del runner
+        if max_step_seconds is not None and timing.seconds > max_step_seconds and b != sizes[-1]:
+            notes.append(f"step-time grid stopped after B={b}: one step took {timing.seconds:.3g} s "
+                         f"(> {max_step_seconds:g} s); larger batches are extrapolated from the fit")
+            break
+    sizes = [t.batch for t in timings]
+    # Release the timing model (and, on CUDA, its cached blocks) before more memory probes run.
+    del runner, time_probe
     gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
     peaks = {}
     if memory_probe is not None:
         for b in sizes:
@@ -264,10 +283,7 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
     else:  # a one-example training set: no slope to fit
         alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
     probes = list(cache.values())
-    mfit = ceiling.fit if ceiling is not None else None
-    if ceiling is not None:
-        from .ceiling import _memory_fit  # every probe, the step-time grid's included
-        mfit = _memory_fit(probes) or mfit
+    mfit = fit_memory(probes) if ceiling is not None else None  # every probe, the grid's included
     return HardwareProfile(
         task=task.name, parameters=task.parameter_count(), device=facts, amp=amp,
         max_batch=top, limited_by=limited_by, memory_budget=budget if memory_probe is not None else None,
@@ -277,6 +293,6 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         ceiling_steps=ceiling.steps if ceiling else 0, over_budget_steps=ceiling.over_budget if ceiling else 0,
         knee=knee_from_points([p.batch for p in points], [p.throughput for p in points], KNEE_GAIN),
         knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
-        seconds=time.perf_counter() - t_start,
+        seconds=time.perf_counter() - t_start, notes=notes + _load_note(facts),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

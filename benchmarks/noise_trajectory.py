@@ -62,12 +62,16 @@ def main(argv=None) -> dict:
             windows.append({"steps": f"{part[0].step}-{part[-1].step}", "loss": statistics.fmean(p.loss for p in part),
                             "b_simple": est.b_simple, "low": est.low, "high": est.high, "g2": est.g2,
                             "trace": est.trace})
+        head = r.raw[:10]  # the very start: the model at (almost) its initialisation
+        est = estimate_from_samples([p.g2 for p in head], [p.trace for p in head], level=0.9)
+        start = {"steps": f"{head[0].step}-{head[-1].step}", "loss": statistics.fmean(p.loss for p in head),
+                 "b_simple": est.b_simple, "low": est.low, "high": est.high, "g2": est.g2, "trace": est.trace}
         first, last = windows[0], windows[-1]
         rho = _spearman([-w["loss"] for w in windows], [w["b_simple"] for w in windows])
         results[name] = {
             "batch_size": b, "micro_batch": m, "steps": steps, "optimizer": r.train.config["optimizer"],
             "lr": r.train.config["lr"], "seconds": secs, "final_metric": r.train.final.metric,
-            "windows": windows, "spearman_b_vs_minus_loss": rho,
+            "first_10_steps": start, "windows": windows, "spearman_b_vs_minus_loss": rho,
             "grows_as_loss_falls": last["b_simple"] > first["b_simple"] and last["loss"] < first["loss"],
             "intervals_separate": last["low"] > first["high"],
             "final_estimate": r.estimate.to_dict(),
@@ -76,9 +80,10 @@ def main(argv=None) -> dict:
         print(f"\n{name}: B={res['batch_size']}, micro-batch {res['micro_batch']}, {res['steps']} steps, "
               f"{res['optimizer']} lr={res['lr']:g} ({res['seconds']:.0f} s)")
         print(f"  {'steps':<12}{'loss':>8}{'|G|^2':>11}{'tr(S)':>11}{'B_simple':>10}{'90% interval':>22}")
-        for w in res["windows"]:
+        for w in [res["first_10_steps"], *res["windows"]]:
             print(f"  {w['steps']:<12}{w['loss']:>8.3f}{w['g2']:>11.4g}{w['trace']:>11.4g}{w['b_simple']:>10.4g}"
                   f"{w['low']:>12.4g}..{w['high']:<10.4g}")
+        print(f"  (first row: the first 10 steps alone; then {len(res['windows'])} equal windows)")
         print(f"  grows as the loss falls: {res['grows_as_loss_falls']} (first vs last window intervals separate: "
               f"{res['intervals_separate']}; Spearman over windows {res['spearman_b_vs_minus_loss']:+.2f})")
     write_json(args.out, {"configs": {k: CONFIGS[k] for k in results}, "tasks": results})

@@ -1,7 +1,9 @@
 """The data-parallel estimator on 2 CPU processes (gloo, DDP) equals the micro-batch one on the same split."""
 
 import json
+import tempfile
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -54,10 +56,13 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
 
 
 @pytest.mark.slow
-def test_data_parallel_equals_micro_batch_on_the_same_split(tmp_path):
-    out = tmp_path / "rank0.json"
-    mp.spawn(_rank_main, args=(str(tmp_path / "store"), str(out)), nprocs=WORLD, join=True)
-    got = json.loads(out.read_text())
+def test_data_parallel_equals_micro_batch_on_the_same_split():
+    # A private directory, not tmp_path: pytest prunes old numbered temp roots, and other pytest
+    # sessions on a shared machine could remove the rendezvous file under the running ranks.
+    with tempfile.TemporaryDirectory(prefix="batchscope-ddp-") as d:
+        out = Path(d) / "rank0.json"
+        mp.spawn(_rank_main, args=(str(Path(d) / "store"), str(out)), nprocs=WORLD, join=True)
+        got = json.loads(out.read_text())
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

@@ -141,16 +141,20 @@ def test_summed_gradients_and_loss_scaling_give_the_same_estimate():
     assert blind.raw[0].trace > 1e4 * plain.raw[0].trace
 
 
-def test_amp_inside_the_training_loop_divides_by_the_loss_scale():
+@pytest.mark.parametrize("preconditioned", [False, True])
+def test_amp_inside_the_training_loop_divides_by_the_loss_scale(preconditioned):
     # The callback order of train() under AMP: scaled backward per micro-batch, unscale_, on_before_step.
     model, batch, _, _ = linear_problem(seed=4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model(batch(8)[0]).sum().backward()
+    opt.step()  # Adam now has second moments to precondition with
+    opt.zero_grad()
     x, y = batch(32)
-    plain = NoiseScaleMonitor(model, micro_batch=8)
+    plain = NoiseScaleMonitor(model, micro_batch=8, optimizer=opt, preconditioned=preconditioned)
     _run_user_loop(plain, model, x, y, 4)
     plain.close()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    monitor = NoiseScaleMonitor(model, micro_batch=8)
+    monitor = NoiseScaleMonitor(model, micro_batch=8, optimizer=opt, preconditioned=preconditioned)
     ctx = SimpleNamespace(accumulation=4, config=SimpleNamespace(amp=True), step=0)
     for i, (xs, ys) in enumerate(zip(x.split(8), y.split(8))):
         scaler.scale(nn.functional.mse_loss(model(xs), ys) / 4).backward()

@@ -222,14 +222,18 @@ class NoiseScaleMonitor(Callback):
 
     def _two_batch(self) -> Optional[tuple[list[float], list[float]]]:
         assert self._capture is not None
-        grads = [p.grad for p in self._params]
+        raw = [p.grad for p in self._params]
+        grads = raw
         precond = self._precond is not None and not self._capture.unusable
         denoms = [self._precond.denominator(i) for i in range(len(self._params))] if precond else []
         if precond and all(d is not None for d in denoms):
             grads = [None if g is None else g / d for g, d in zip(grads, denoms)]
         elif self._precond is not None:
             self._capture.mark_unusable()
-        small_sums, big, passes, measured, usable = self._capture.collect(grads)   # big: |g_B|² per parameter
+        # Under AMP in batchscope's loop the loss scale is found from the raw gradients' norms.
+        scale_ref = raw if self._scaled_big is not None and grads is not raw else []
+        small_sums, big, passes, measured, usable = self._capture.collect(grads + scale_ref)
+        big, raw_sq = big[:len(grads)], (big[len(grads):] or big)                   # |g_B|² per parameter
         world = _world_size()
         if self.method == "dataparallel" and world < 2:
             raise NoiseError("method='dataparallel' needs torch.distributed initialised with at least 2 processes "
@@ -263,7 +267,7 @@ class NoiseScaleMonitor(Callback):
             big = [v / passes**2 for v in big]
         # Hook gradients are in the loss's units: times 1/accumulation (grad_is_mean), times the AMP
         # loss scale. Mean over the measured micro-batches of |g_m|²:
-        unit = (passes**2 if self.grad_is_mean else 1.0) / self._loss_scale_squared(big) / measured
+        unit = (passes**2 if self.grad_is_mean else 1.0) / self._loss_scale_squared(raw_sq) / measured
         small = [v * unit for v in small_sums]
         if world > 1:
             t = _all_reduce_sum(torch.tensor(small, dtype=torch.float64, device=self._capture.device))
@@ -273,18 +277,18 @@ class NoiseScaleMonitor(Callback):
         pairs = [two_batch(s_, b_, m, big_b) for s_, b_ in zip(small, big)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def _loss_scale_squared(self, big: torch.Tensor) -> float:
+    def _loss_scale_squared(self, unscaled_sq: list[float]) -> float:
         if self.scaler is not None and self.scaler.is_enabled():
             return float(self.scaler.get_scale()) ** 2
         if self._scaled_big is not None:
             # Inside batchscope's loop under AMP: the gradients were unscaled in place after the last
             # micro-batch; the ratio of their squared norms before and after is scale².
-            before, after = sum(self._scaled_big), sum(big)
+            before, after = sum(self._scaled_big), sum(unscaled_sq)
             self._scaled_big = None
             return before / after if after > 0 and math.isfinite(before) else math.nan
         return 1.0
 
-    def _exact(self, batch) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def _exact(self, batch) -> Optional[tuple[list[float], list[float]]]:
         if self.loss_fn is None:
             raise ConfigError("method='exact' needs the loss: NoiseScaleMonitor(model, method='exact', loss_fn=...)")
         inputs, target = split_batch(batch)

@@ -48,9 +48,9 @@ def json_option(f):
 
 
 def _register() -> None:
-    from .commands import report, study, tasks, train
+    from .commands import noise, report, study, tasks, train
 
-    for module in (tasks, train, study, report):
+    for module in (tasks, train, noise, study, report):
         cli.add_command(module.command)
 
 

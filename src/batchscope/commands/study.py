@@ -59,6 +59,8 @@ def _lrs(ctx, param, values):
 @click.option("--target", type=float, default=None, help="target value for steps-to-target [default: the task's]")
 @click.option("--grad-norm-batches", type=int, default=1000, show_default=True,
               help="N fresh batches per gradient-norm checkpoint (0 skips it)")
+@click.option("--noise-steps", type=int, default=500, show_default=True,
+              help="steps of the B_simple measurement set beside B_crit (0 skips it)")
 @click.option("--evals", "evals_per_run", type=int, default=50, show_default=True, help="evaluations per run")
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel worker processes")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True,
@@ -66,7 +68,7 @@ def _lrs(ctx, param, values):
 @device_option
 @json_option
 def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch,
-            lr_grid, warmup_epochs, seeds, target, grad_norm_batches, evals_per_run, workers, make_report, device,
+            lr_grid, warmup_epochs, seeds, target, grad_norm_batches, noise_steps, evals_per_run, workers, make_report, device,
             as_json) -> None:
     """Sweep batch sizes (with lr rules, warm-up, optimizers, seeds) and save every run as it finishes."""
     from rich.progress import Progress
@@ -89,7 +91,8 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
                          epochs=epochs if epochs is not None else 10.0, steps=steps, optimizers=opts, lrs=given,
                          lr_rules=tuple(r.strip() for r in lr_rules.split(",") if r.strip()),
                          reference_batch=reference_batch, lr_grid=lr_grid, warmup_epochs=warmup_epochs, seeds=seeds,
-                         target=target, grad_norm_batches=grad_norm_batches, evals_per_run=evals_per_run,
+                         target=target, grad_norm_batches=grad_norm_batches, noise_steps=noise_steps,
+                         evals_per_run=evals_per_run,
                          device=device)
     where = directory or resume_dir
     with progress_bar(console) as progress:
@@ -103,7 +106,11 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
             info = f"{rec.key}: {rec.status}" + (f", val {acc:.3f}" if acc is not None else "")
             progress.update(bar["id"], completed=done, info=info)
 
-        summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run, on_start=on_start)
+        def on_noise() -> None:
+            progress.update(bar["id"], info="measuring B_simple")
+
+        summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run, on_start=on_start,
+                            on_noise=on_noise)
     files = None
     if make_report:
         from ..report.study_report import write_report

@@ -224,10 +224,18 @@ def _bcrit(page: Page, plan: StudyPlan, findings: StudyFindings, facts: dict, no
             fits.append((opt, "-", "-", "-", "-", v["note"]))
     page.table(["optimizer", "B", "steps to target", "examples to target", "lr", "arm"], rows)
     page.table(["optimizer", "S_min [95%]", "E_min [95%]", "B_crit [95%]", "residual sd of log S", "note"], fits)
-    if noise:
+    if noise and noise.get("b_simple") is not None:
+        ratios = ", ".join(f"{o}: B_crit/B_simple = {v['fit']['b_crit'] / noise['b_simple']:.2g}"
+                           for o, v in findings.bcrit.items() if v["fit"])
+        end = noise.get("end") or {}
         page.p(f"Measured gradient noise scale beside it: B_simple = {noise['b_simple']:.3g} "
-               f"[{noise['low']:.3g}, {noise['high']:.3g}] ({noise.get('where', '')}). McCandlish et al. find "
-               "B_crit within a small factor of B_simple, B_simple usually the larger.")
+               f"({100 * noise.get('level', 0.9):.0f}% interval {noise['low']:.3g} to {noise['high']:.3g}; "
+               f"{noise.get('where', '')})" + (f", {end['b_simple']:.3g} at the end of that run" if end else "") +
+               (f". {ratios}" if ratios else "") + ". McCandlish et al. (2018) use B_simple as an estimate of the "
+               "noise scale B_noise, which B_crit equals on the ideal hyperbola; they report the two within an "
+               "order of magnitude of each other, with B_simple growing as the loss falls.")
+    elif noise and noise.get("error"):
+        page.p(f"B_simple could not be measured ({noise['where']}): {noise['error']}")
     return path
 
 

@@ -88,6 +88,8 @@ class StudyPlan:
     target: Optional[float] = None            # override of the task's target value (same kind and split)
     grad_norm_batches: int = 1000             # N fresh batches per gradient-norm checkpoint (0: none)
     grad_norm_early: float = 0.1              # the early checkpoint, as a fraction of the run
+    noise_steps: int = 500                    # steps of the B_simple measurement (0: none)
+    noise_batch: Optional[int] = None         # its batch size (default: the middle of batch_sizes)
     evals_per_run: int = 50
     train_eval_examples: int = 2048           # training examples evaluated at each point of the curve
     device: str = "cpu"
@@ -132,6 +134,10 @@ class StudyPlan:
         if not 0 < self.grad_norm_early < 1:
             raise ConfigError(f"The 'grad_norm_early' parameter must lie in (0, 1). Got {self.grad_norm_early!r} instead.")
         check_positive_int("evals_per_run", self.evals_per_run)
+        if self.noise_steps < 0:
+            raise ConfigError(f"The 'noise_steps' parameter must be >= 0. Got {self.noise_steps!r} instead.")
+        if self.noise_batch is not None:
+            check_positive_int("noise_batch", self.noise_batch)
         check_positive_int("train_eval_examples", self.train_eval_examples)
 
     @property

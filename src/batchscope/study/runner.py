@@ -154,12 +154,14 @@ def prepare(directory: "str | Path", plan: Optional[StudyPlan], resume: bool) ->
 def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resume: bool = False,
               workers: int = 1, task: Optional[Task] = None,
               on_run: Optional[Callable[[RunRecord, int, int], None]] = None,
-              on_start: Optional[Callable[[int, int], None]] = None) -> StudySummary:
+              on_start: Optional[Callable[[int, int], None]] = None,
+              on_noise: Optional[Callable[[], None]] = None) -> StudySummary:
     """Run every missing run of the study in ``directory``; each is saved the moment it finishes.
 
     ``plan`` starts a new study (the directory must not hold one); ``resume=True`` reads the plan
     from the directory. ``task`` may pass the Task object when ``plan.task`` names it only for the
-    record (one worker only: spawned workers load the task by name).
+    record (one worker only: spawned workers load the task by name). After the runs, B_simple is
+    measured once (``plan.noise_steps`` steps) and stored beside them; a resume measures it if missing.
     """
     if workers < 1:
         raise ConfigError(f"The 'workers' parameter must be a positive integer. Got {workers!r} instead.")
@@ -199,6 +201,12 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                     save(execute_run(task, plan, spec))
             else:
                 _run_parallel(plan, todo, workers, save)
+            if plan.noise_steps and store.get_meta("noise") is None:
+                from .noise_ref import measure_study_noise
+
+                if on_noise:
+                    on_noise()
+                store.set_meta("noise", measure_study_noise(plan, task))
     return StudySummary(str(directory), len(specs), len(specs) - len(todo), ran, diverged,
                         time.perf_counter() - t_start)
 

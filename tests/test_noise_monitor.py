@@ -1,0 +1,246 @@
+"""The estimators against closed forms, against hand computations, and their refusals."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from batchscope import Callback, ConfigError, TrainConfig, train
+from batchscope.noise import NoiseError, NoiseScaleMonitor, measure_noise, two_batch
+
+from .conftest import linear_task
+
+D, NOISE = 5, 0.5
+
+
+def linear_problem(seed: int = 0):
+    """y = x·w + 0.5ε with x ~ N(0, I_5); the model sits at w + δ with |δ|² = 1.
+
+    Per-example gradient of (x·w' − y)² is 2x(x·δ − ε), so G = 2δ and, for Gaussian x,
+    |G|² = 4|δ|², tr(Σ) = 4(|δ|²(d + 1) + s²d): here 4 and 29 (B_simple = 7.25).
+    """
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(D, 1, generator=g)
+    delta = torch.randn(D, 1, generator=g)
+    delta /= delta.norm()
+    model = nn.Linear(D, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_((w + delta).T)
+
+    def batch(n):
+        x = torch.randn(n, D, generator=g)
+        return x, x @ w + NOISE * torch.randn(n, 1, generator=g)
+
+    return model, batch, 4.0, 4.0 * ((D + 1) + NOISE**2 * D)
+
+
+def _check_unbiased(raw, g2_true, tr_true):
+    g2 = torch.tensor([r.g2 for r in raw], dtype=torch.float64)
+    tr = torch.tensor([r.trace for r in raw], dtype=torch.float64)
+    k = len(raw)
+    for est, truth in ((g2, g2_true), (tr, tr_true)):
+        se = float(est.std() / math.sqrt(k))
+        assert se < 0.06 * truth, "too few steps for the test to say anything"
+        assert abs(float(est.mean()) - truth) < 4 * se, (float(est.mean()), truth, se)
+
+
+def test_microbatch_estimator_in_a_user_loop_matches_the_closed_form():
+    model, batch, g2_true, tr_true = linear_problem()
+    m, acc = 4, 8
+    monitor = NoiseScaleMonitor(model, micro_batch=m)
+    for _ in range(400):
+        x, y = batch(m * acc)
+        for xs, ys in zip(x.split(m), y.split(m)):
+            (nn.functional.mse_loss(model(xs), ys) / acc).backward()
+        monitor.update()
+        model.zero_grad(set_to_none=True)
+    assert monitor.sizes == (4, 32) and monitor.estimate().method == "microbatch"
+    _check_unbiased(monitor.raw, g2_true, tr_true)
+
+
+def test_exact_estimator_matches_the_closed_form():
+    model, batch, g2_true, tr_true = linear_problem(seed=1)
+    monitor = NoiseScaleMonitor(model, method="exact", loss_fn=nn.functional.mse_loss)
+    for _ in range(300):
+        monitor.update(batch=batch(16))
+    assert monitor.sizes == (1, 16)
+    _check_unbiased(monitor.raw, g2_true, tr_true)
+
+
+class MicroGrads(Callback):
+    """Per-micro-batch gradients by differencing .grad (a full copy: what the monitor avoids)."""
+
+    def __init__(self):
+        self.expected = []
+
+    def on_train_begin(self, ctx):
+        self.prev = None
+        self.micro = []
+
+    def on_micro_batch_end(self, ctx, index, loss):
+        g = torch.cat([p.grad.flatten() for p in ctx.model.parameters()]).double().clone()
+        self.micro.append(g - (self.prev if self.prev is not None else 0.0))
+        self.prev = g
+
+    def on_before_step(self, ctx):
+        a = ctx.accumulation
+        small = sum(float((a * d).square().sum()) for d in self.micro) / a   # loss was divided by a
+        big = float(self.prev.square().sum())
+        self.expected.append(two_batch(small, big, ctx.micro_batch, ctx.batch_size))
+        self.prev, self.micro = None, []
+
+
+def test_monitor_in_the_training_loop_accounts_for_the_accumulation_scaling():
+    task = linear_task(n=256, d=6, seed=3)
+    ref, monitor = MicroGrads(), NoiseScaleMonitor()
+    train(task, TrainConfig(batch_size=32, micro_batch=8, steps=12, eval_every=12), [ref, monitor])
+    assert len(monitor.raw) == 12 and [r.step for r in monitor.raw] == list(range(1, 13))
+    for r, (g2, tr) in zip(monitor.raw, ref.expected):
+        assert r.g2 == pytest.approx(g2, rel=1e-4, abs=1e-6) and r.trace == pytest.approx(tr, rel=1e-4)
+    assert monitor.history[-1].b_simple == pytest.approx(monitor.estimate().b_simple)
+    assert not any(p._backward_hooks for p in task.make_model().parameters())
+
+
+def _run_user_loop(monitor, model, x, y, acc, divide=True, scaler=None, opt=None):
+    for xs, ys in zip(x.split(len(x) // acc), y.split(len(y) // acc)):
+        loss = nn.functional.mse_loss(model(xs), ys) / (acc if divide else 1)
+        (scaler.scale(loss) if scaler else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(opt)
+    point = monitor.update()
+    model.zero_grad(set_to_none=True)
+    return point
+
+
+def test_summed_gradients_and_loss_scaling_give_the_same_estimate():
+    model, batch, _, _ = linear_problem(seed=2)
+    x, y = batch(32)
+    plain = NoiseScaleMonitor(model, micro_batch=8)
+    _run_user_loop(plain, model, x, y, 4)
+    plain.close()
+    summed = NoiseScaleMonitor(model, micro_batch=8, grad_is_mean=False)
+    _run_user_loop(summed, model, x, y, 4, divide=False)
+    summed.close()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaled = NoiseScaleMonitor(model, micro_batch=8, scaler=scaler)
+    _run_user_loop(scaled, model, x, y, 4, scaler=scaler, opt=opt)
+    scaled.close()
+    for other in (summed, scaled):
+        assert other.raw[0].g2 == pytest.approx(plain.raw[0].g2, rel=1e-5)
+        assert other.raw[0].trace == pytest.approx(plain.raw[0].trace, rel=1e-5)
+    # Forgetting the scaler would be off by scale² in the micro-batch norms.
+    blind = NoiseScaleMonitor(model, micro_batch=8)
+    _run_user_loop(blind, model, x, y, 4, scaler=torch.amp.GradScaler("cpu", init_scale=1024.0), opt=opt)
+    assert blind.raw[0].trace > 1e4 * plain.raw[0].trace
+
+
+def test_amp_inside_the_training_loop_divides_by_the_loss_scale():
+    # The callback order of train() under AMP: scaled backward per micro-batch, unscale_, on_before_step.
+    model, batch, _, _ = linear_problem(seed=4)
+    x, y = batch(32)
+    plain = NoiseScaleMonitor(model, micro_batch=8)
+    _run_user_loop(plain, model, x, y, 4)
+    plain.close()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    monitor = NoiseScaleMonitor(model, micro_batch=8)
+    ctx = SimpleNamespace(accumulation=4, config=SimpleNamespace(amp=True), step=0)
+    for i, (xs, ys) in enumerate(zip(x.split(8), y.split(8))):
+        scaler.scale(nn.functional.mse_loss(model(xs), ys) / 4).backward()
+        monitor.on_micro_batch_end(ctx, i, 0.0)
+    scaler.unscale_(opt)
+    monitor.on_before_step(ctx)
+    assert monitor.raw[0].trace == pytest.approx(plain.raw[0].trace, rel=1e-5)
+    assert monitor.raw[0].g2 == pytest.approx(plain.raw[0].g2, rel=1e-5)
+
+
+def test_adam_preconditioned_estimate_divides_by_sqrt_v_hat():
+    model, batch, _, _ = linear_problem(seed=5)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, eps=1e-3)
+    monitor = NoiseScaleMonitor(model, micro_batch=4, optimizer=opt, preconditioned=True)
+    x, y = batch(16)
+    for xs, ys in zip(x.split(4), y.split(4)):
+        (nn.functional.mse_loss(model(xs), ys) / 4).backward()
+    assert monitor.update() is None  # no second moments before Adam's first step
+    assert monitor.unmeasured == 1 and not monitor.raw
+    opt.step()
+    opt.zero_grad()
+    x, y = batch(16)
+    state = opt.state[model.weight]
+    denom = (state["exp_avg_sq"] / (1 - 0.999 ** float(state["step"]))).sqrt() + 1e-3
+    ref = nn.Linear(D, 1, bias=False)
+    ref.load_state_dict(model.state_dict())
+    micro = [torch.autograd.grad(nn.functional.mse_loss(ref(xs), ys), ref.weight)[0] / denom
+             for xs, ys in zip(x.split(4), y.split(4))]
+    expected = two_batch(sum(float(g.square().sum()) for g in micro) / 4,
+                         float((sum(micro) / 4).square().sum()), 4, 16)
+    _run_user_loop(monitor, model, x, y, 4)
+    assert (monitor.raw[0].g2, monitor.raw[0].trace) == pytest.approx(expected, rel=1e-5)
+    assert monitor.estimate().preconditioned
+    with pytest.raises(ConfigError, match="preconditioned=True needs an Adam-type optimizer .* got SGD"):
+        NoiseScaleMonitor(model, micro_batch=4, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                          preconditioned=True)
+
+
+def test_non_finite_gradients_are_skipped_and_counted():
+    model, batch, _, _ = linear_problem(seed=6)
+    monitor = NoiseScaleMonitor(model, micro_batch=4)
+    x, y = batch(16)
+    _run_user_loop(monitor, model, x, y, 4)
+    before = monitor.estimate()
+    x[5, 0] = float("inf")
+    assert _run_user_loop(monitor, model, x, y, 4) is None
+    assert monitor.skipped == 1 and len(monitor.raw) == 1
+    after = monitor.estimate()
+    assert after.skipped == 1 and (after.g2, after.trace, after.n_samples) == (before.g2, before.trace, 1)
+
+
+def test_per_layer_breakdown_adds_up():
+    task = linear_task(n=256, d=4)
+    r = measure_noise(task, 32, 8, steps=6, per_layer=True, eval_every=6)
+    layers = r.estimate.layers
+    assert set(layers) == {"weight"}
+    assert layers["weight"]["g2"] == pytest.approx(r.estimate.g2) and layers["weight"]["trace"] == pytest.approx(
+        r.estimate.trace)
+
+
+class BatchNormNet(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: NoiseScaleMonitor(nn.ReLU(), micro_batch=2),
+     "the model ReLU has no trainable parameters, so it has no gradient to measure"),
+    (lambda: NoiseScaleMonitor(BatchNormNet(), method="exact"),
+     r"the exact per-example estimator cannot measure a model with BatchNorm \(layer '1': BatchNorm1d\).*"
+     r"use the micro-batch estimator instead \(method='microbatch', CLI --method microbatch\)"),
+    (lambda: measure_noise(linear_task(), 1, steps=2), "needs two batch sizes, so a batch of at least 2; got batch size 1"),
+    (lambda: measure_noise(linear_task(), 32, 32, steps=2), "micro-batch 32 is not smaller than the batch size 32"),
+    (lambda: train(linear_task(), TrainConfig(batch_size=32, steps=2), [NoiseScaleMonitor()]),
+     "micro-batch 32 equals the batch size 32 .*for example 16"),
+    (lambda: NoiseScaleMonitor(nn.Linear(2, 1), method="median"),
+     "The 'method' parameter must be one of microbatch, dataparallel, exact. Got 'median' instead."),
+])
+def test_refusals_say_what_and_how_to_fix(make, message):
+    with pytest.raises((NoiseError, ConfigError), match=message):
+        make()
+
+
+def test_micro_batch_must_divide_the_batch():
+    with pytest.raises(ConfigError, match=r"micro-batch 5 does not divide batch size 32; pick a divisor of 32 "
+                                          r"\(for example 4\)"):
+        measure_noise(linear_task(), 32, 5, steps=2)
+
+
+def test_update_without_backward_or_on_one_process_as_data_parallel_is_refused():
+    model = nn.Linear(3, 1)
+    with pytest.raises(NoiseError, match=r"no backward pass reached the model since the last update\(\)"):
+        NoiseScaleMonitor(model, micro_batch=2).update()
+    dp = NoiseScaleMonitor(model, micro_batch=2, method="dataparallel")
+    model(torch.randn(2, 3)).sum().backward()
+    with pytest.raises(NoiseError, match="method='dataparallel' needs torch.distributed initialised"):
+        dp.update()

@@ -111,6 +111,21 @@ def execute_run(task: Task, plan: StudyPlan, spec: RunSpec) -> RunRecord:
 _TASKS: dict = {}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave as soon as the study process is gone (even after SIGKILL).
+
+    An orphaned worker would otherwise finish its run for nobody and keep a CPU busy.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker(task_spec: str, plan_dict: dict, spec_dict: dict, threads: int) -> dict:
     """Entry point in a spawned worker: load the task once per process, run, return plain data."""
     torch.set_num_threads(threads)
@@ -219,7 +234,8 @@ def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Call
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     plan_dict = plan.to_dict()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(_worker, plan.task, plan_dict, s.to_dict(), threads) for s in todo}
         try:
             while pending:

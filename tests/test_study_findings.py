@@ -1,8 +1,8 @@
 import pytest
 
-from batchscope.study.findings import (HELD, MIXED, NOT_HELD, NOT_TESTED, analyse, finding_adam_vs_sgd,
+from batchscope.study.findings import (HELD, INCONCLUSIVE, MIXED, NOT_HELD, NOT_TESTED, analyse, finding_adam_vs_sgd,
                                        finding_distance, finding_large_batch_accuracy, finding_lr_scaling,
-                                       finding_warmup, spearman, steps_to_target)
+                                       finding_warmup, sign_test, spearman, steps_to_target)
 from batchscope.study.plan import RunSpec, StudyPlan
 from batchscope.study.runner import RunRecord
 
@@ -66,17 +66,28 @@ def test_distance_and_optimizers():
     assert finding_adam_vs_sgd(plan(), runs).verdict == NOT_TESTED
 
 
+def test_sign_test():
+    assert sign_test(3, 0) == pytest.approx(1 / 8)
+    assert sign_test(4, 1) == pytest.approx(6 / 32)
+    assert sign_test(0, 0) == 1.0
+
+
 def test_warmup_steadies_only_when_there_was_something_to_steady():
-    p = plan(lr_rules=("linear",), warmup_epochs=(0, 2))
-    spiky = [rec(b, 0.8, rule="linear", peak=3.0) for b in (128, 512)]
-    calm = [rec(b, 0.85, rule="linear", warmup=2.0) for b in (128, 512)]
+    p = plan(lr_rules=("linear",), warmup_epochs=(0, 2), seeds=(0, 1))
+    calm = [rec(b, 0.85, rule="linear", warmup=2.0, seed=s) for b in (128, 512) for s in (0, 1)]
+    spiky = [rec(b, 0.8, rule="linear", peak=3.0, seed=s) for b in (128, 512) for s in (0, 1)]
     f = finding_warmup(p, spiky + calm)
-    assert f.verdict == HELD and (f.numbers["unsteady_without"], f.numbers["unsteady_with"]) == (2, 0)
-    diverged = [rec(512, None, rule="linear", status="diverged"), rec(128, 0.8, rule="linear")]
+    assert f.verdict == HELD and (f.numbers["unsteady_without"], f.numbers["unsteady_with"]) == (4, 0)
+    assert f.numbers["p_value"] == pytest.approx(1 / 16)
+    one = spiky[:1] + [rec(b, 0.8, rule="linear", seed=s) for b, s in ((128, 1), (512, 0), (512, 1))]
+    assert finding_warmup(p, one + calm).verdict == INCONCLUSIVE     # one win is not evidence
+    diverged = [rec(b, None, rule="linear", status="diverged", seed=s) for b in (128, 512) for s in (0, 1)]
     assert finding_warmup(p, diverged + calm).verdict == HELD
-    steady = [rec(b, 0.8, rule="linear") for b in (128, 512)]
+    steady = [rec(b, 0.8, rule="linear", seed=s) for b in (128, 512) for s in (0, 1)]
     f = finding_warmup(p, steady + calm)
     assert f.verdict == NOT_HELD and "nothing to steady" in f.summary
+    worse = [rec(b, 0.8, rule="linear", warmup=2.0, peak=2.0, seed=s) for b in (128, 512) for s in (0, 1)]
+    assert finding_warmup(p, steady + worse).verdict == NOT_HELD
     assert finding_warmup(plan(), steady).verdict == NOT_TESTED
 
 

@@ -38,7 +38,7 @@ def test_report_files_and_content(study_dir, tmp_path):
     assert names[0] == "large_batches_lower_accuracy" and len(names) == 5
     assert doc["findings"][4]["verdict"] == "not tested"   # no warm-up arm in this study
     for f in doc["findings"]:
-        assert f["verdict"] in ("held", "did not hold", "mixed", "not tested")
+        assert f["verdict"] in ("held", "did not hold", "mixed", "inconclusive", "not tested")
         assert f["verdict"].upper() in md
     assert doc["plan"]["lrs"] == {"sgd": 0.05, "adam": 0.001}
     assert doc["noise"]["batch_size"] == 32 and "b_simple" in doc["noise"]

@@ -130,7 +130,9 @@ def _findings(page: Page, findings: StudyFindings, plan: StudyPlan) -> None:
     page.table(["finding", "verdict", "numbers"], [(f.claim, f.verdict.upper(), f.summary) for f in findings.findings])
     note = (f"A difference counts when it exceeds twice the standard error between seeds and a floor "
             f"({100 * ACC_FLOOR:g} accuracy points, {100 * REL_FLOOR:g}% of a distance). A run is unsteady when its "
-            f"mini-batch loss rose above {SPIKE:g}x its initial loss (or diverged).")
+            f"mini-batch loss rose above {SPIKE:g}x its initial loss (or diverged); warm-up is judged on pairs of runs that "
+            "differ only in warm-up. Mixed: held for some optimizers or batch sizes, not for others. Inconclusive: "
+            "the direction held but a sign test cannot rule out chance (p > 0.1).")
     if len(plan.seeds) == 1:
         note += " This study has one seed, so only the floors guard against noise."
     page.p(note)

@@ -19,6 +19,7 @@ from .plan import StudyPlan
 from .runner import RunRecord
 
 HELD, NOT_HELD, MIXED, NOT_TESTED = "held", "did not hold", "mixed", "not tested"
+INCONCLUSIVE = "inconclusive"   # the direction held, but within what chance gives
 ACC_FLOOR = 0.005      # half a percentage point
 REL_FLOOR = 0.02       # 2 % of a distance or a loss ratio
 SPIKE = 1.5            # a run whose loss rose above 1.5x its initial value was not steady
@@ -236,7 +237,19 @@ def finding_adam_vs_sgd(plan: StudyPlan, records: list[RunRecord]) -> Finding:
     return Finding(name, claim, verdict, summary, {"ratios": ratios, "farther": farther, "nearer": nearer})
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """One-sided p-value of at least ``wins`` successes in ``wins + losses`` fair coin flips."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
+
+
 def finding_warmup(plan: StudyPlan, records: list[RunRecord]) -> Finding:
+    """Paired comparison: the same optimizer, rule, multiplier, batch size and seed with and without warm-up.
+
+    Only pairs in which at least one run was unsteady (a loss spike above SPIKE x the initial loss,
+    or divergence) can show steadying; among them, warm-up wins when its peak loss is lower. A
+    one-sided sign test says whether the wins could be chance.
+    """
     claim = "Warm-up steadies large-batch training."
     name = "warmup_steadies_large_batches"
     warm = [w for w in plan.warmup_epochs if w > 0]
@@ -244,41 +257,36 @@ def finding_warmup(plan: StudyPlan, records: list[RunRecord]) -> Finding:
         return Finding(name, claim, NOT_TESTED, "needs runs with and without warm-up (for example --warmup-epochs 0,2)")
     w = max(warm)
     large = sorted(plan.batch_sizes)[len(plan.batch_sizes) // 2:]
-    arms = {}
-    for opt in plan.optimizers:
-        for rule in plan.lr_rules:
-            for mult in plan.lr_grid:
-                pair = []
-                for wu in (0.0, w):
-                    rs = [r for r in select(records, optimizer=opt, rule=rule, multiplier=mult, warmup=wu)
-                          if r.spec.batch_size in large]
-                    if not rs:
-                        break
-                    peaks = [peak_loss_ratio(r) for r in rs]
-                    accs = [val_metric(r) for r in rs if r.status == "ok" and val_metric(r) is not None]
-                    pair.append({"runs": len(rs), "diverged": sum(r.status == "diverged" for r in rs),
-                                 "unsteady": sum(p > SPIKE for p in peaks),
-                                 "median_peak": float(np.median(peaks)),
-                                 "acc": float(np.mean(accs)) if accs else None})
-                if len(pair) == 2:
-                    arms[f"{opt}/{rule}/x{mult:g}"] = {"without": pair[0], "with": pair[1]}
-    if not arms:
-        return Finding(name, claim, NOT_TESTED, "no finished runs with and without warm-up at the large batch sizes")
-    unsteady_without = sum(a["without"]["unsteady"] for a in arms.values())
-    unsteady_with = sum(a["with"]["unsteady"] for a in arms.values())
-    runs = sum(a["without"]["runs"] for a in arms.values())
-    div_without = sum(a["without"]["diverged"] for a in arms.values())
-    div_with = sum(a["with"]["diverged"] for a in arms.values())
-    numbers = {"warmup_epochs": w, "batch_sizes": large, "arms": arms, "unsteady_without": unsteady_without,
-               "unsteady_with": unsteady_with, "diverged_without": div_without, "diverged_with": div_with}
-    head = (f"at B >= {large[0]}: {unsteady_without} of {runs} runs without warm-up had a loss spike above "
-            f"{SPIKE:g}x the initial loss ({div_without} diverged), {unsteady_with} with {w:g} epochs of warm-up "
-            f"({div_with} diverged)")
-    if unsteady_without == 0:
-        return Finding(name, claim, NOT_HELD, head + "; no run was unsteady without warm-up, so there was nothing "
-                       "to steady at these learning rates", numbers)
-    verdict = HELD if unsteady_with < unsteady_without else NOT_HELD
-    return Finding(name, claim, verdict, head, numbers)
+    index = {(r.spec.optimizer, r.spec.lr_rule, r.spec.lr_multiplier, r.spec.batch_size, r.spec.seed,
+              r.spec.warmup_epochs): r for r in records if r.spec.batch_size in large}
+    pairs = []
+    for (opt, rule, mult, b, seed, wu), r0 in index.items():
+        r1 = index.get((opt, rule, mult, b, seed, w)) if wu == 0 else None
+        if r1 is not None:
+            pairs.append((f"{opt}/{rule}/x{mult:g}/B{b}/s{seed}", peak_loss_ratio(r0), peak_loss_ratio(r1),
+                          r0.status == "diverged", r1.status == "diverged"))
+    if not pairs:
+        return Finding(name, claim, NOT_TESTED, "no finished pairs of runs with and without warm-up at the large "
+                       "batch sizes")
+    unsteady = [p for p in pairs if p[1] > SPIKE or p[2] > SPIKE]
+    wins = [p[0] for p in unsteady if p[2] < p[1]]
+    losses = [p[0] for p in unsteady if p[2] > p[1]]
+    p_value = sign_test(len(wins), len(losses))
+    numbers = {"warmup_epochs": w, "batch_sizes": large, "pairs": len(pairs), "unsteady_pairs": len(unsteady),
+               "unsteady_without": sum(p[1] > SPIKE for p in pairs), "unsteady_with": sum(p[2] > SPIKE for p in pairs),
+               "diverged_without": sum(p[3] for p in pairs), "diverged_with": sum(p[4] for p in pairs),
+               "warmup_lower_peak": wins, "warmup_higher_peak": losses, "p_value": p_value}
+    head = (f"{len(pairs)} paired runs at B >= {large[0]} with and without {w:g} epochs of warm-up: "
+            f"{numbers['unsteady_without']} unsteady without ({numbers['diverged_without']} diverged), "
+            f"{numbers['unsteady_with']} with ({numbers['diverged_with']} diverged)")
+    if not unsteady:
+        return Finding(name, claim, NOT_HELD, head + "; no run was unsteady either way, so there was nothing to "
+                       "steady at these learning rates", numbers)
+    head += (f"; of the {len(unsteady)} pairs with an unsteady run, warm-up lowered the peak loss in {len(wins)} and "
+             f"raised it in {len(losses)} (sign test p = {p_value:.2g})")
+    if len(wins) <= len(losses):
+        return Finding(name, claim, NOT_HELD, head, numbers)
+    return Finding(name, claim, HELD if p_value <= 0.1 else INCONCLUSIVE, head, numbers)
 
 
 def steps_to_target(records: list[RunRecord], optimizer: str) -> dict[int, dict]:

@@ -111,6 +111,9 @@ def grad_norm_histograms(plan: StudyPlan, records: list[RunRecord], path: Path) 
                 ax.hist(st.norms, bins=bins, histtype="step", color=colors[r.spec.batch_size], density=True,
                         label=f"B={r.spec.batch_size} (step {st.step})")
             ax.set_xscale("log")
+            from matplotlib.ticker import NullFormatter
+
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_title(f"{opt}: {label} checkpoint")
             ax.set_xlabel("|g_B| of one batch")
             _legend(ax, fontsize=7)
@@ -141,6 +144,9 @@ def steps_vs_examples(bcrit: dict, path: Path) -> Optional[Path]:
             ax.axhline(fit.e_min, color="0.6", ls="--", label=f"E_min = {fit.e_min:.3g}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        from matplotlib.ticker import NullFormatter
+
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("optimizer steps to target S")
         ax.set_ylabel("examples to target E = B S")
         ax.set_title(f"{opt}: best learning rate per batch size")

@@ -71,8 +71,6 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
             lr_grid, warmup_epochs, seeds, target, grad_norm_batches, noise_steps, evals_per_run, workers, make_report, device,
             as_json) -> None:
     """Sweep batch sizes (with lr rules, warm-up, optimizers, seeds) and save every run as it finishes."""
-    from rich.progress import Progress
-
     from ..report.console import progress_bar
 
     if bool(directory) == bool(resume_dir):

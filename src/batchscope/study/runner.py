@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError, DivergedError
 from ..tasks import Target, Task, load_task
-from ..train import TrainConfig, resolve_device, total_steps, train
+from ..train import TrainConfig, total_steps, train
 from .measure import CurveRecorder, GradNormProbe, GradNormStats, crossing_step
 from .plan import RunSpec, StudyPlan
 from .store import ResultStore, StudyError, StudyLock

@@ -1,0 +1,35 @@
+"""`batchscope report DIR`: Markdown + HTML + PNG plots for a study directory."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import json_option
+from ..report.console import console_for, make_table
+from ..report.jsonio import dumps, read_json
+
+
+@click.command("report")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="write here instead of DIRECTORY")
+@json_option
+def command(directory, out, as_json) -> None:
+    """Write report.md, report.html, findings.json and the plots for the study in DIRECTORY."""
+    from ..report.study_report import write_report
+
+    files = write_report(directory, out)
+    doc = read_json(files.json)
+    if as_json:
+        click.echo(dumps({"files": files, **doc}))
+        return
+    console = console_for(False)
+    console.print(make_table(f"study {directory}: what the experiments show", ["finding", "verdict"],
+                             [(f["claim"], f["verdict"]) for f in doc["findings"]]))
+    for opt, v in doc["bcrit"].items():
+        fit = v["fit"]
+        if fit:
+            console.print(f"{opt}: B_crit = {fit['b_crit']:.3g} [{fit['b_crit_low']:.3g}, {fit['b_crit_high']:.3g}], "
+                          f"S_min = {fit['s_min']:.4g}, E_min = {fit['e_min']:.4g}")
+        else:
+            console.print(v["note"])
+    console.print(f"report: {files.markdown} (and {files.html.name}, {len(files.plots)} plots)")

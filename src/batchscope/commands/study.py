@@ -1,0 +1,125 @@
+"""`batchscope study`: the batch-size experiments, saved run by run, resumable."""
+
+from __future__ import annotations
+
+import click
+
+from ..cli import device_option, json_option, task_option
+from ..errors import ConfigError
+from ..report.console import console_for, make_table
+from ..report.jsonio import dumps
+from ..study.plan import DEFAULT_BATCH_SIZES, LR_RULES, StudyPlan
+from ..study.runner import RunRecord, run_study
+
+
+def _numbers(kind, name):
+    def parse(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return tuple(kind(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated numbers like 1,2,4; got {value!r}", param_hint=name)
+    return parse
+
+
+def _lrs(ctx, param, values):
+    out = {}
+    for v in values:
+        name, sep, num = v.rpartition("=")
+        try:
+            rate = float(num)
+        except ValueError:
+            raise click.BadParameter(f"expected OPTIMIZER=RATE or RATE, like adam=0.001; got {v!r}", param_hint="--lr")
+        out[name.strip().lower() if sep else "*"] = rate
+    return out
+
+
+@click.command("study")
+@task_option
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="study directory (study.db, lock, report); required unless --resume")
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="continue the study in this directory: run only what is missing")
+@click.option("--batch-sizes", callback=_numbers(int, "--batch-sizes"), default=",".join(map(str, DEFAULT_BATCH_SIZES)),
+              show_default=True)
+@click.option("--epochs", type=float, default=None, help="budget: passes over the training set (default 10)")
+@click.option("--steps", type=int, default=None, help="budget: optimizer steps, the same for every batch size")
+@click.option("--optimizers", default="sgd,adam", show_default=True, help="comma-separated: sgd, adam, adamw")
+@click.option("--lr", "lrs", multiple=True, callback=_lrs,
+              help="lr at the reference batch: RATE for all, or OPTIMIZER=RATE (repeat) [default: task's / adam 1e-3]")
+@click.option("--lr-rules", default="none,linear,sqrt", show_default=True,
+              help=f"how lr follows B: {', '.join(LR_RULES)}")
+@click.option("--reference-batch", type=int, default=None, help="B_ref of the lr rules [default: smallest batch size]")
+@click.option("--lr-grid", callback=_numbers(float, "--lr-grid"), default="1", show_default=True,
+              help="multipliers on each rule's lr, e.g. 0.5,1,2")
+@click.option("--warmup-epochs", callback=_numbers(float, "--warmup-epochs"), default="0", show_default=True,
+              help="gradual linear warm-up lengths to compare, e.g. 0,2")
+@click.option("--seeds", callback=_numbers(int, "--seeds"), default="0", show_default=True, help="e.g. 0,1,2")
+@click.option("--target", type=float, default=None, help="target value for steps-to-target [default: the task's]")
+@click.option("--grad-norm-batches", type=int, default=1000, show_default=True,
+              help="N fresh batches per gradient-norm checkpoint (0 skips it)")
+@click.option("--noise-steps", type=int, default=500, show_default=True,
+              help="steps of the B_simple measurement set beside B_crit (0 skips it)")
+@click.option("--evals", "evals_per_run", type=int, default=50, show_default=True, help="evaluations per run")
+@click.option("--workers", type=int, default=1, show_default=True, help="parallel worker processes")
+@click.option("--report/--no-report", "make_report", default=True, show_default=True,
+              help="write report.md, report.html and plots into the directory at the end")
+@device_option
+@json_option
+def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch,
+            lr_grid, warmup_epochs, seeds, target, grad_norm_batches, noise_steps, evals_per_run, workers, make_report, device,
+            as_json) -> None:
+    """Sweep batch sizes (with lr rules, warm-up, optimizers, seeds) and save every run as it finishes."""
+    from ..report.console import progress_bar
+
+    if bool(directory) == bool(resume_dir):
+        raise ConfigError("give exactly one of --dir DIR (a new study) or --resume DIR (continue one)")
+    console = console_for(as_json)
+    plan = None
+    if directory:
+        if epochs is not None and steps is not None:
+            raise ConfigError("give a budget in --epochs or in --steps, not both")
+        opts = tuple(o.strip() for o in optimizers.split(",") if o.strip())
+        given = dict(lrs)
+        common = given.pop("*", None)
+        if common is not None:
+            given = {**{o: common for o in opts}, **given}
+        plan = StudyPlan(task=task_spec, batch_sizes=batch_sizes, budget="steps" if steps is not None else "epochs",
+                         epochs=epochs if epochs is not None else 10.0, steps=steps, optimizers=opts, lrs=given,
+                         lr_rules=tuple(r.strip() for r in lr_rules.split(",") if r.strip()),
+                         reference_batch=reference_batch, lr_grid=lr_grid, warmup_epochs=warmup_epochs, seeds=seeds,
+                         target=target, grad_norm_batches=grad_norm_batches, noise_steps=noise_steps,
+                         evals_per_run=evals_per_run,
+                         device=device)
+    where = directory or resume_dir
+    with progress_bar(console) as progress:
+        bar = {}
+
+        def on_start(total: int, done: int) -> None:
+            bar["id"] = progress.add_task(f"study {where}", total=total, completed=done, info="")
+
+        def on_run(rec: RunRecord, done: int, total: int) -> None:
+            acc = rec.final.get("val_metric")
+            info = f"{rec.key}: {rec.status}" + (f", val {acc:.3f}" if acc is not None else "")
+            progress.update(bar["id"], completed=done, info=info)
+
+        def on_noise() -> None:
+            progress.update(bar["id"], info="measuring B_simple")
+
+        summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run, on_start=on_start,
+                            on_noise=on_noise)
+    files = None
+    if make_report:
+        from ..report.study_report import write_report
+
+        files = write_report(where)
+    doc = {"summary": summary, "report": files.markdown if files else None}
+    if as_json:
+        click.echo(dumps(doc))
+        return
+    rows = [("runs in the study", summary.total), ("already done before", summary.done_before),
+            ("run now", summary.ran), ("diverged", summary.diverged), ("time", f"{summary.seconds / 60:.1f} min")]
+    if files:
+        rows.append(("report", str(files.markdown)))
+    console.print(make_table(f"study {where}", ["", "value"], rows))

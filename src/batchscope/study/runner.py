@@ -1,0 +1,263 @@
+"""Run the study: each :class:`RunSpec` through :func:`batchscope.train.train` with the study's
+measurement callbacks, in this process or in ``workers`` spawned processes, saving every finished
+run to the store before starting to wait for the next.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import ConfigError, DivergedError
+from ..tasks import Target, Task, load_task
+from ..train import TrainConfig, total_steps, train
+from .measure import CurveRecorder, GradNormProbe, GradNormStats, crossing_step
+from .plan import RunSpec, StudyPlan
+from .store import ResultStore, StudyError, StudyLock
+
+
+@dataclass
+class RunRecord:
+    """Everything one run measured. ``status`` is 'ok' or 'diverged' (a diverged run is a result too)."""
+
+    key: str
+    spec: RunSpec
+    status: str
+    steps: int
+    examples: int
+    seconds: float
+    initial_loss: float
+    curve: list                      # one dict per evaluation (see CurveRecorder)
+    step_losses: list                # the mini-batch loss of every optimizer step
+    final: dict                      # train/val loss and metric on the whole splits, and the gap
+    distance: dict                   # final |w - w0| per layer and 'total'
+    cosine: dict                     # final cos(w, w0) per layer and 'total'
+    grad_norms: dict = field(default_factory=dict)   # 'early'/'late' -> GradNormStats
+    target_step: Optional[float] = None              # interpolated between evaluations
+    target_examples: Optional[float] = None
+    message: str = ""
+    wall_seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spec"] = self.spec.to_dict()
+        d["grad_norms"] = {k: v.to_dict() for k, v in self.grad_norms.items()}
+        d["step_losses"] = [float(f"{x:.5g}") for x in self.step_losses]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunRecord":
+        return cls(**{**d, "spec": RunSpec.from_dict(d["spec"]),
+                      "grad_norms": {k: GradNormStats.from_dict(v) for k, v in d.get("grad_norms", {}).items()}})
+
+
+def study_target(task: Task, plan: StudyPlan) -> Target:
+    t = task.target
+    return t if plan.target is None else Target(t.kind, plan.target, t.split)
+
+
+def execute_run(task: Task, plan: StudyPlan, spec: RunSpec) -> RunRecord:
+    """One run of the study with all its measurements."""
+    cfg = TrainConfig(batch_size=spec.batch_size, lr=spec.lr, optimizer=spec.optimizer, steps=spec.steps,
+                      epochs=spec.epochs, warmup_steps=spec.warmup_steps, seed=spec.seed, device=plan.device)
+    total = total_steps(task, cfg, spec.batch_size)
+    cfg.eval_every = max(1, total // plan.evals_per_run)
+    recorder = CurveRecorder(plan.train_eval_examples)
+    callbacks = [recorder]
+    probe = None
+    if spec.grad_norms and plan.grad_norm_batches:
+        probe = GradNormProbe(plan.grad_norm_batches, round(plan.grad_norm_early * total), seed=spec.seed)
+        callbacks.append(probe)
+    t0 = time.perf_counter()
+    status, message = "ok", ""
+    try:
+        result = train(task, cfg, callbacks)
+        steps, examples, seconds = result.steps, result.examples, result.seconds
+        model = result.model
+    except DivergedError as e:
+        status, message = "diverged", str(e)
+        steps = len(recorder.step_losses)
+        examples, seconds = steps * spec.batch_size, float("nan")
+        model = None
+    if model is None:
+        final = {"train_loss": None, "train_metric": None, "val_loss": None, "val_metric": None, "gap": None}
+        distance, cosine = {}, {}
+        if recorder.curve:  # the last evaluation before the blow-up is the run's last finite state
+            last = recorder.curve[-1]
+            final = {"train_loss": last["train_loss"], "train_metric": last["train_metric"],
+                     "val_loss": last["eval_loss"], "val_metric": last["eval_metric"], "gap": None}
+            distance = {"total": last["distance"], **last["layer_distance"]}
+    else:
+        final, distance, cosine = recorder.final, recorder.distance, recorder.cosine
+    target = study_target(task, plan)
+    value = "eval_metric" if target.kind == "metric" else "eval_loss"
+    hit = crossing_step([(p["step"], p[value]) for p in recorder.curve], target.value, target.kind == "metric")
+    initial = recorder.curve[0]["train_loss"] if recorder.curve else float("nan")
+    return RunRecord(
+        key=spec.key, spec=spec, status=status, steps=steps, examples=examples, seconds=seconds,
+        initial_loss=initial, curve=recorder.curve, step_losses=recorder.step_losses, final=final,
+        distance=distance, cosine=cosine, grad_norms=probe.stats if probe else {},
+        target_step=hit, target_examples=None if hit is None else hit * spec.batch_size,
+        message=message, wall_seconds=time.perf_counter() - t0,
+    )
+
+
+_TASKS: dict = {}
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: leave as soon as the study process is gone (even after SIGKILL).
+
+    An orphaned worker would otherwise finish its run for nobody and keep a CPU busy.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker(task_spec: str, plan_dict: dict, spec_dict: dict, threads: int) -> dict:
+    """Entry point in a spawned worker: load the task once per process, run, return plain data."""
+    torch.set_num_threads(threads)
+    if task_spec not in _TASKS:
+        _TASKS[task_spec] = load_task(task_spec)
+    return execute_run(_TASKS[task_spec], StudyPlan.from_dict(plan_dict), RunSpec.from_dict(spec_dict)).to_dict()
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    directory: str
+    total: int
+    done_before: int
+    ran: int
+    diverged: int
+    seconds: float
+
+
+def prepare(directory: "str | Path", plan: Optional[StudyPlan], resume: bool) -> tuple[StudyPlan, Task]:
+    """Check the directory against what was asked: a new study needs a fresh directory, a resume an old one."""
+    directory = Path(directory)
+    has = ResultStore.exists(directory)
+    if resume:
+        if not has:
+            raise StudyError(f"nothing to resume in {directory}: it holds no study.db; start a study there with "
+                             f"`batchscope study --dir {directory} ...`")
+        with ResultStore(directory) as store:
+            stored = store.get_meta("plan")
+        if stored is None:
+            raise StudyError(f"{directory}/study.db has no plan; it was not written by `batchscope study`")
+        plan = StudyPlan.from_dict(stored)
+    elif has:
+        raise StudyError(f"{directory} already holds a study; continue it with `batchscope study --resume "
+                         f"{directory}` or choose another --dir")
+    if plan is None:
+        raise ConfigError("say what to study (a StudyPlan) or pass resume=True to continue the study in the directory")
+    task = load_task(plan.task)
+    return plan.resolved(task), task
+
+
+def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resume: bool = False,
+              workers: int = 1, task: Optional[Task] = None,
+              on_run: Optional[Callable[[RunRecord, int, int], None]] = None,
+              on_start: Optional[Callable[[int, int], None]] = None,
+              on_noise: Optional[Callable[[], None]] = None) -> StudySummary:
+    """Run every missing run of the study in ``directory``; each is saved the moment it finishes.
+
+    ``plan`` starts a new study (the directory must not hold one); ``resume=True`` reads the plan
+    from the directory. ``task`` may pass the Task object when ``plan.task`` names it only for the
+    record (one worker only: spawned workers load the task by name). After the runs, B_simple is
+    measured once (``plan.noise_steps`` steps) and stored beside them; a resume measures it if missing.
+    """
+    if workers < 1:
+        raise ConfigError(f"The 'workers' parameter must be a positive integer. Got {workers!r} instead.")
+    directory = Path(directory)
+    t_start = time.perf_counter()
+    with StudyLock(directory):
+        if task is not None and plan is not None:
+            if workers > 1:
+                raise ConfigError("a Task object cannot be sent to worker processes; pass the task by name "
+                                  "(built-in, file.py:function or module:function) or use workers=1")
+            if ResultStore.exists(directory) and not resume:
+                raise StudyError(f"{directory} already holds a study; resume it or choose another directory")
+            plan = plan.resolved(task)
+        else:
+            plan, task = prepare(directory, plan, resume)
+        specs = plan.expand(task)
+        with ResultStore(directory) as store:
+            if store.get_meta("plan") is None:
+                store.set_meta("plan", plan.to_dict())
+                store.set_meta("task", task.facts())
+            done = store.keys()
+            todo = [s for s in specs if s.key not in done]
+            if on_start:
+                on_start(len(specs), len(specs) - len(todo))
+            ran = diverged = 0
+
+            def save(rec: RunRecord) -> None:
+                nonlocal ran, diverged
+                store.save_run(rec.key, rec.status, rec.to_dict())
+                ran += 1
+                diverged += rec.status == "diverged"
+                if on_run:
+                    on_run(rec, len(specs) - len(todo) + ran, len(specs))
+
+            if workers == 1:
+                for spec in todo:
+                    save(execute_run(task, plan, spec))
+            else:
+                _run_parallel(plan, todo, workers, save)
+            if plan.noise_steps and store.get_meta("noise") is None:
+                from .noise_ref import measure_study_noise
+
+                if on_noise:
+                    on_noise()
+                store.set_meta("noise", measure_study_noise(plan, task))
+    return StudySummary(str(directory), len(specs), len(specs) - len(todo), ran, diverged,
+                        time.perf_counter() - t_start)
+
+
+def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Callable[[RunRecord], None]) -> None:
+    import multiprocessing as mp
+
+    # Spawned, not forked: a forked child would inherit the lock's file descriptor and keep the
+    # directory locked after this process died.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    ctx = mp.get_context("spawn")
+    plan_dict = plan.to_dict()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        pending = {pool.submit(_worker, plan.task, plan_dict, s.to_dict(), threads) for s in todo}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    save(RunRecord.from_dict(f.result()))
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
+
+
+def load_records(directory: "str | Path") -> tuple[StudyPlan, dict, list[RunRecord]]:
+    """The plan, the task facts and every saved run of a study directory (no lock needed to read)."""
+    directory = Path(directory)
+    if not ResultStore.exists(directory):
+        raise StudyError(f"{directory} holds no study.db; run `batchscope study --dir {directory} ...` first")
+    with ResultStore(directory) as store:
+        plan = store.get_meta("plan")
+        if plan is None:
+            raise StudyError(f"{directory}/study.db has no plan; it was not written by `batchscope study`")
+        facts = store.get_meta("task") or {}
+        records = [RunRecord.from_dict(r) for r in store.records()]
+    return StudyPlan.from_dict(plan), facts, records
+

@@ -127,7 +127,8 @@ def evaluate_task(name: str) -> dict:
 
     print(f"[{name}] find", flush=True)
     t0 = time.perf_counter()
-    result = find(task)
+    # capped at the sweep's largest batch, so every recommendation can be checked against the sweep
+    result = find(task, max_batch=max(batches_for(task)))
     find_seconds = time.perf_counter() - t0
     rec = result.recommendation
     print(f"[{name}] training at the recommendation B={rec.batch_size} lr={rec.lr:.4g} warm-up {rec.warmup_steps}",

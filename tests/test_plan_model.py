@@ -148,3 +148,12 @@ def test_projection_sees_a_plateau_after_a_fast_start():
     # fast early progress, then nothing: the whole-curve fit would promise the target soon
     values = [0.5, 0.8, 0.9, 0.9, 0.9, 0.9]
     assert project_examples(e, values, 0.0, 1.0).examples == math.inf
+
+
+def test_step_time_curve_uses_measurements_inside_their_range():
+    curve = model.step_time_curve(1.0, 0.01, measured=[(8, 2.0), (32, 8.0), (16, 2.0)])
+    assert curve(16) == pytest.approx(2.0)          # a measured point, not the line (1.16)
+    assert curve(8 * 2 ** 0.5) == pytest.approx(2.0)
+    assert curve(np.sqrt(16 * 32)) == pytest.approx(4.0)  # log-log halfway between 2 and 8
+    assert curve(64) == pytest.approx(1.64)         # beyond the measurements: alpha + beta m
+    assert model.step_time_curve(1.0, 0.01)(100) == pytest.approx(2.0)

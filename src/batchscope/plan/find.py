@@ -191,7 +191,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     ceiling = profile.max_batch if getattr(profile, "limited_by", "memory") == "memory" else None
     cons = rec.Constraints(n_train=task.n_train, memory_ceiling=ceiling, max_batch=max_batch, devices=devices)
     inp = rec.Inputs(alpha=profile.alpha, beta=profile.beta, b_noise=b_noise, b_noise_low=low, b_noise_high=high,
-                     b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=lr_ref, optimizer=task.optimizer)
+                     b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=lr_ref, optimizer=task.optimizer,
+                     measured=tuple((p.batch, p.seconds) for p in profile.points))
     best, cands, lr = rec.recommend(inp, cons, objective)
     levels = list(np.exp(np.linspace(math.log(start_loss), math.log(end_loss), 6)))
     schedule = rec.growth_schedule(fit.predict, levels, inp, cons, objective)

@@ -15,6 +15,9 @@ k = ceil(B / m) passes) a step costs k * (alpha + beta * m) instead: the fixed c
 from __future__ import annotations
 
 import math
+from typing import Callable, Sequence
+
+import numpy as np
 
 
 def steps_to_target(b: float, s_min: float, b_noise: float) -> float:
@@ -30,7 +33,29 @@ def s_min_from_reference(steps_ref: float, b_ref: float, b_noise: float) -> floa
     return steps_ref / (1.0 + b_noise / b_ref)
 
 
-def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1) -> float:
+def step_time_curve(alpha: float, beta: float, measured: Sequence[tuple[float, float]] = ()) -> Callable[[float], float]:
+    """Seconds for one forward/backward pass of ``m`` examples.
+
+    Inside the measured range the measured medians are interpolated (log-log), since real curves
+    have steps (cache sizes, kernel choices) that the line alpha + beta m smooths over; outside it
+    the fitted line is used.
+    """
+    pts = sorted((float(b), float(t)) for b, t in measured if b > 0 and t > 0)
+    if len(pts) < 2:
+        return lambda m: alpha + beta * m
+    xs = np.log([b for b, _ in pts])
+    ys = np.log([t for _, t in pts])
+
+    def curve(m: float) -> float:
+        if m < pts[0][0] or m > pts[-1][0]:
+            return alpha + beta * m
+        return float(math.exp(np.interp(math.log(m), xs, ys)))
+
+    return curve
+
+
+def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1,
+                 curve: Callable[[float], float] | None = None) -> float:
     """Seconds per optimizer step for a global batch ``b`` over ``devices`` data-parallel workers.
 
     Each device processes b / devices examples as ceil((b / devices) / micro_batch) passes; every pass
@@ -39,7 +64,7 @@ def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = No
     per_device = b / devices
     m = per_device if micro_batch is None else min(micro_batch, per_device)
     passes = math.ceil(per_device / m - 1e-9)
-    return passes * (alpha + beta * m)
+    return passes * (curve(m) if curve is not None else alpha + beta * m)
 
 
 def time_to_target(b: int, s_min: float, b_noise: float, alpha: float, beta: float,

@@ -37,6 +37,7 @@ class Inputs:
     steps_ref: float          # projected steps to target at b_ref
     lr_ref: float             # known-good learning rate at b_ref
     optimizer: str            # sgd | adam | adamw
+    measured: tuple = ()      # (batch, median seconds) from the profile: used inside its range
 
 
 @dataclass(frozen=True)
@@ -108,11 +109,12 @@ def candidate_batches(c: Constraints, smallest: int = 1) -> list[int]:
 def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> list[Candidate]:
     s_min = model.s_min_from_reference(inp.steps_ref, inp.b_ref, inp.b_noise)
     e_min = s_min * inp.b_noise
+    curve = model.step_time_curve(inp.alpha, inp.beta, inp.measured)
     rows = []
     for b in batches:
         lay = layout(b, c)
         steps = model.steps_to_target(lay.batch_size, s_min, inp.b_noise)
-        secs = steps * model.step_seconds(lay.batch_size, inp.alpha, inp.beta, lay.micro_batch, c.devices)
+        secs = steps * model.step_seconds(lay.batch_size, inp.alpha, inp.beta, lay.micro_batch, c.devices, curve)
         rows.append((lay, steps, secs))
     fastest = min(s for _, _, s in rows)
     return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, steps * lay.batch_size, secs,

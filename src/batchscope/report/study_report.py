@@ -155,6 +155,21 @@ def _accuracy(page: Page, plan: StudyPlan, records: list[RunRecord], out: Path) 
             rows.append((opt, c.batch_size, _pm(tr[c.batch_size], True), _pm(c, True), _pm(gap[c.batch_size], True),
                          _f(steps[c.batch_size].mean), c.n, c.diverged))
     page.table(["optimizer", "B", "train acc", "val acc", "gap", "steps", "seeds", "diverged"], rows)
+    notes = []
+    for opt in plan.optimizers:
+        rs = select(records, optimizer=opt)
+        tr = [c for c in by_batch(rs, lambda r: r.final.get("train_metric")) if c.mean is not None]
+        gap = [c for c in by_batch(rs, lambda r: r.final.get("gap")) if c.mean is not None]
+        if len(tr) < 2 or len(gap) < 2:
+            continue
+        lost_train = tr[0].mean - tr[-1].mean
+        notes.append(f"{opt}: from B={tr[0].batch_size} to B={tr[-1].batch_size} the training accuracy changes by "
+                     f"{-100 * lost_train:+.1f} points and the gap by {100 * (gap[-1].mean - gap[0].mean):+.1f} points"
+                     + (" - the large batches lose accuracy on the training set too, so at this budget they are "
+                        "under-trained rather than generalizing worse" if lost_train > ACC_FLOOR and
+                        gap[-1].mean < gap[0].mean else ""))
+    if notes:
+        page.p("; ".join(notes) + ".")
     return path
 
 

@@ -120,7 +120,8 @@ def _setup(page: Page, plan: StudyPlan, facts: dict, records: list[RunRecord]) -
         ("seeds", ", ".join(map(str, plan.seeds))),
         ("gradient norms", f"{plan.grad_norm_batches} fresh batches at {100 * plan.grad_norm_early:g}% of the run "
                            "and at its end (fixed-lr arm, first seed)"),
-        ("runs", f"{len(records)} of {total} finished, {diverged} diverged; {train_min:.1f} min of run time"),
+        ("runs", f"{len(records)} of {total} finished, {diverged} diverged; {train_min:.1f} min of run time "
+                 "(summed over runs)"),
     ]
     page.table(["", "value"], rows)
 
@@ -153,7 +154,7 @@ def _accuracy(page: Page, plan: StudyPlan, records: list[RunRecord], out: Path) 
         steps = {c.batch_size: c for c in by_batch(rs, lambda r: float(r.steps))}
         for c in acc:
             rows.append((opt, c.batch_size, _pm(tr[c.batch_size], True), _pm(c, True), _pm(gap[c.batch_size], True),
-                         _f(steps[c.batch_size].mean), c.n, c.diverged))
+                         f"{steps[c.batch_size].mean:,.0f}", c.n, c.diverged))
     page.table(["optimizer", "B", "train acc", "val acc", "gap", "steps", "seeds", "diverged"], rows)
     notes = []
     for opt in plan.optimizers:

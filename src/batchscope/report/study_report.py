@@ -114,7 +114,8 @@ def _setup(page: Page, plan: StudyPlan, facts: dict, records: list[RunRecord]) -
         ("batch sizes", ", ".join(map(str, plan.batch_sizes))),
         ("budget", budget),
         ("optimizers (lr at B_ref)", ", ".join(f"{o} {plan.lrs.get(o, float('nan')):g}" for o in plan.optimizers)),
-        ("lr rules", ", ".join(plan.lr_rules) + f" (lr = lr_ref x (B/{plan.b_ref})^p, p = 0, 1, 1/2)"),
+        ("lr rules", ", ".join(plan.lr_rules) + f" (lr = lr_ref x (B/{plan.b_ref})^p with p = 0 for none, 1/2 for "
+                     "sqrt, 1 for linear)"),
         ("lr multipliers", ", ".join(f"{m:g}" for m in plan.lr_grid)),
         ("warm-up (epochs, linear)", ", ".join(f"{w:g}" for w in plan.warmup_epochs)),
         ("seeds", ", ".join(map(str, plan.seeds))),

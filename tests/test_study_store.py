@@ -118,3 +118,16 @@ def test_parallel_workers_run_everything_once(tmp_path):
     _, _, records = load_records(tmp_path)
     assert sorted(r.spec.batch_size for r in records) == [8, 16]
     assert all(r.status == "ok" and len(r.step_losses) == 10 for r in records)
+
+
+def test_a_task_object_runs_in_process_only(tmp_path):
+    from .study_tasks import blobs
+
+    from batchscope import ConfigError
+
+    p = plan(task="blobs-object", batch_sizes=(8,), lr_rules=("none",), steps=5)
+    with pytest.raises(ConfigError, match="a Task object cannot be sent to worker processes; pass the task by name"):
+        run_study(tmp_path / "a", p, task=blobs(), workers=2)
+    summary = run_study(tmp_path / "b", p, task=blobs())
+    assert summary.ran == 1
+    assert load_records(tmp_path / "b")[2][0].steps == 5

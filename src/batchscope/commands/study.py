@@ -40,7 +40,8 @@ def _lrs(ctx, param, values):
 @click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
               help="study directory (study.db, lock, report); required unless --resume")
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
-              help="continue the study in this directory: run only what is missing")
+              help="continue the study in this directory with its stored plan (grid options are "
+                   "ignored): run only what is missing")
 @click.option("--batch-sizes", callback=_numbers(int, "--batch-sizes"), default=",".join(map(str, DEFAULT_BATCH_SIZES)),
               show_default=True)
 @click.option("--epochs", type=float, default=None, help="budget: passes over the training set (default 10)")

@@ -114,13 +114,15 @@ def _setup(page: Page, plan: StudyPlan, facts: dict, records: list[RunRecord]) -
         ("batch sizes", ", ".join(map(str, plan.batch_sizes))),
         ("budget", budget),
         ("optimizers (lr at B_ref)", ", ".join(f"{o} {plan.lrs.get(o, float('nan')):g}" for o in plan.optimizers)),
-        ("lr rules", ", ".join(plan.lr_rules) + f" (lr = lr_ref x (B/{plan.b_ref})^p, p = 0, 1, 1/2)"),
+        ("lr rules", ", ".join(plan.lr_rules) + f" (lr = lr_ref x (B/{plan.b_ref})^p with p = 0 for none, 1/2 for "
+                     "sqrt, 1 for linear)"),
         ("lr multipliers", ", ".join(f"{m:g}" for m in plan.lr_grid)),
         ("warm-up (epochs, linear)", ", ".join(f"{w:g}" for w in plan.warmup_epochs)),
         ("seeds", ", ".join(map(str, plan.seeds))),
         ("gradient norms", f"{plan.grad_norm_batches} fresh batches at {100 * plan.grad_norm_early:g}% of the run "
                            "and at its end (fixed-lr arm, first seed)"),
-        ("runs", f"{len(records)} of {total} finished, {diverged} diverged; {train_min:.1f} min of run time"),
+        ("runs", f"{len(records)} of {total} finished, {diverged} diverged; {train_min:.1f} min of run time "
+                 "(summed over runs)"),
     ]
     page.table(["", "value"], rows)
 
@@ -153,8 +155,23 @@ def _accuracy(page: Page, plan: StudyPlan, records: list[RunRecord], out: Path) 
         steps = {c.batch_size: c for c in by_batch(rs, lambda r: float(r.steps))}
         for c in acc:
             rows.append((opt, c.batch_size, _pm(tr[c.batch_size], True), _pm(c, True), _pm(gap[c.batch_size], True),
-                         _f(steps[c.batch_size].mean), c.n, c.diverged))
+                         f"{steps[c.batch_size].mean:,.0f}", c.n, c.diverged))
     page.table(["optimizer", "B", "train acc", "val acc", "gap", "steps", "seeds", "diverged"], rows)
+    notes = []
+    for opt in plan.optimizers:
+        rs = select(records, optimizer=opt)
+        tr = [c for c in by_batch(rs, lambda r: r.final.get("train_metric")) if c.mean is not None]
+        gap = [c for c in by_batch(rs, lambda r: r.final.get("gap")) if c.mean is not None]
+        if len(tr) < 2 or len(gap) < 2:
+            continue
+        lost_train = tr[0].mean - tr[-1].mean
+        notes.append(f"{opt}: from B={tr[0].batch_size} to B={tr[-1].batch_size} the training accuracy changes by "
+                     f"{-100 * lost_train:+.1f} points and the gap by {100 * (gap[-1].mean - gap[0].mean):+.1f} points"
+                     + (" - the large batches lose accuracy on the training set too, so at this budget they are "
+                        "under-trained rather than generalizing worse" if lost_train > ACC_FLOOR and
+                        gap[-1].mean < gap[0].mean else ""))
+    if notes:
+        page.p("; ".join(notes) + ".")
     return path
 
 

@@ -150,7 +150,8 @@ def finding_large_batch_accuracy(plan: StudyPlan, records: list[RunRecord]) -> F
         numbers[opt] = {"acc_small": lo.mean, "acc_large": hi.mean, "b_small": lo.batch_size,
                         "b_large": hi.batch_size, "drop": drop, "spearman": rho}
         texts.append(f"{opt}: {_fmt(lo.mean, True)} at B={lo.batch_size} vs {_fmt(hi.mean, True)} at "
-                     f"B={hi.batch_size} (drop {100 * drop:.1f} points, rank correlation {rho:+.2f})")
+                     f"B={hi.batch_size} (drop {100 * drop:.1f} points, needed > {100 * _tol(lo, hi, ACC_FLOOR):.1f}; "
+                     f"rank correlation {rho:+.2f}) [{parts[-1]}]")
     return Finding(name, claim, _combine(parts), "; ".join(texts) or "no runs", numbers)
 
 
@@ -191,7 +192,7 @@ def finding_lr_scaling(plan: StudyPlan, records: list[RunRecord]) -> Finding:
         parts.append(HELD if ok else NOT_HELD)
         texts.append(f"{opt}: mean gap to B={b0} over larger batches {100 * gap_none:.1f} points at a fixed lr; "
                      f"best rule {rule}" + (f" with {w:g} warm-up epochs" if w else "") +
-                     f" leaves {100 * gap_rule:.1f} points (closes {_fmt(closed, True)})")
+                     f" leaves {100 * gap_rule:.1f} points (closes {_fmt(closed, True)}) [{parts[-1]}]")
     return Finding(name, claim, _combine(parts), "; ".join(texts) or "no runs", numbers)
 
 
@@ -210,7 +211,7 @@ def finding_distance(plan: StudyPlan, records: list[RunRecord]) -> Finding:
         parts.append(HELD if ok else NOT_HELD)
         numbers[opt] = {"dist_small": lo.mean, "dist_large": hi.mean, "ratio": lo.mean / hi.mean, "spearman": rho}
         texts.append(f"{opt}: ‖w − w0‖ = {lo.mean:.3g} at B={lo.batch_size} vs {hi.mean:.3g} at B={hi.batch_size} "
-                     f"({lo.mean / hi.mean:.2f}x, rank correlation {rho:+.2f})")
+                     f"({lo.mean / hi.mean:.2f}x, rank correlation {rho:+.2f}) [{parts[-1]}]")
     if not texts:
         return Finding(name, claim, NOT_TESTED, "needs the fixed-lr arm at two or more batch sizes")
     return Finding(name, claim, _combine(parts), "; ".join(texts), numbers)

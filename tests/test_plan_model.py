@@ -157,3 +157,6 @@ def test_step_time_curve_uses_measurements_inside_their_range():
     assert curve(np.sqrt(16 * 32)) == pytest.approx(4.0)  # log-log halfway between 2 and 8
     assert curve(64) == pytest.approx(1.64)         # beyond the measurements: alpha + beta m
     assert model.step_time_curve(1.0, 0.01)(100) == pytest.approx(2.0)
+    # a load spike at a small batch is lowered to what a larger batch took
+    spiky = model.step_time_curve(1.0, 0.01, measured=[(1, 90.0), (2, 1.0), (4, 1.5)])
+    assert spiky(1) == pytest.approx(1.0) and spiky(4) == pytest.approx(1.5)

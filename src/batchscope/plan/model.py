@@ -38,13 +38,15 @@ def step_time_curve(alpha: float, beta: float, measured: Sequence[tuple[float, f
 
     Inside the measured range the measured medians are interpolated (log-log), since real curves
     have steps (cache sizes, kernel choices) that the line alpha + beta m smooths over; outside it
-    the fitted line is used.
+    the fitted line is used. Timing noise only ever slows a step, and a batch never takes less time
+    than a smaller one, so each median is first lowered to the smallest measured at any batch at
+    least as large (a load spike at B=2 then cannot make B=2 look slower than B=64).
     """
     pts = sorted((float(b), float(t)) for b, t in measured if b > 0 and t > 0)
     if len(pts) < 2:
         return lambda m: alpha + beta * m
     xs = np.log([b for b, _ in pts])
-    ys = np.log([t for _, t in pts])
+    ys = np.log(np.minimum.accumulate([t for _, t in pts][::-1])[::-1])
 
     def curve(m: float) -> float:
         if m < pts[0][0] or m > pts[-1][0]:

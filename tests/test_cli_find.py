@@ -34,3 +34,25 @@ def test_find_cli_refuses_a_profile_of_another_task(tmp_path):
     r = CliRunner().invoke(cli, ["find", "--task", "dots", "--profile", str(prof)])
     assert r.exit_code == 2
     assert "error: the profile was measured for task 'mnist1d'" in r.stderr
+
+
+def test_find_cli_keeps_what_it_measured_when_it_fails(tmp_path):
+    # the linear task cannot reach a loss below its noise floor: find fails after measuring
+    task_file = tmp_path / "floor.py"
+    task_file.write_text(
+        "from tests.conftest import linear_task\n"
+        "from batchscope import Target, Task\n"
+        "def make_task():\n"
+        "    t = linear_task()\n"
+        "    return Task(**{**t.__dict__, 'target': Target('loss', 1e-6, 'val')})\n")
+    prof = tmp_path / "linear.json"
+    from tests.conftest import linear_task
+
+    fake_profile(linear_task()).save(prof)
+    out = tmp_path / "partial.json"
+    r = CliRunner().invoke(cli, ["find", "--task", f"{task_file}:make_task", "--profile", str(prof), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "measurements so far written to" in r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["error"].startswith("the target val loss <= 1e-06 looks out of reach") or "no progress" in doc["error"]
+    assert doc["profile"]["task"] == "linear" and len(doc["measuring_history"]) > 1 and doc["measuring_noise"]

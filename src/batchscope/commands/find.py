@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ..cli import device_option, json_option, task_option
+from ..errors import BatchscopeError
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..report.jsonio import dumps, write_json
@@ -42,10 +45,20 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
     profile = HardwareProfile.load(profile_path) if profile_path else None  # checked against the task by find
     if profile is None:
         console.print(f"[1/2] profiling the hardware for {task.name} on {device} ...")
-    with progress_bar(console) as progress:
-        result = find(task, device=device, objective=objective, budget=budget, profile=profile, max_batch=max_batch,
-                      devices=devices, ref_batch=ref_batch, ref_lr=ref_lr, memory_budget=memory_budget,
-                      seed=seed, amp=amp, callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
+    try:
+        with progress_bar(console) as progress:
+            result = find(task, device=device, objective=objective, budget=budget, profile=profile,
+                          max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
+                          memory_budget=memory_budget, seed=seed, amp=amp,
+                          callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
+    except BatchscopeError as e:
+        # what was measured before the failure is kept where the user asked results to go
+        partial = getattr(e, "partial", None)
+        target = out or (report_dir and str(Path(report_dir) / "find-partial.json"))
+        if partial and target:
+            write_json(target, {"error": str(e), **partial})
+            e.args = (f"{e} (measurements so far written to {target})",)
+        raise
     doc = result.to_dict()
     if out:
         write_json(out, doc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -30,6 +30,12 @@ STALL_EXAMPLES = 20       # x the batch x MIN_STEPS: give up when no progress to
 
 class FindError(BatchscopeError):
     """The measurement could not support a recommendation; the message says why and what to change."""
+
+    @classmethod
+    def keeping(cls, partial: dict, message: str) -> "FindError":
+        error = cls(message)
+        error.partial = dict(partial)
+        return error
 
 
 class BudgetStop(Callback):
@@ -108,12 +114,34 @@ def target_training_loss(task: Task, points: list[HistoryPoint]) -> tuple[float,
 
 def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced", budget: float = 0.05,
          profile=None, max_batch: Optional[int] = None, devices: int = 1, ref_batch: Optional[int] = None,
-         ref_lr: Optional[float] = None, memory_budget: Optional[int] = None, seed: int = 0, amp: bool = False,
-         n_windows: int = 6, progress: Optional[Callable] = None, callbacks=()) -> FindResult:
-    """Measure and recommend. ``progress(stage, fraction)`` is called as the stages go on."""
-    from ..noise import NoiseScaleMonitor
+         ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0, amp: bool = False,
+         n_windows: int = 6, callbacks=()) -> FindResult:
+    """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
 
+    ``memory_budget``: bytes or a string such as "2GiB" or "40%" (see :func:`profile_hardware`).
+    A failure after the hardware was profiled carries what was measured in ``error.partial``.
+    """
     task = load_task(task)
+    t0 = time.perf_counter()
+    if profile is None:
+        _validate(task, objective, budget, devices, max_batch, ref_batch)
+        from ..hardware import profile_hardware
+
+        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp)
+    else:
+        check_profile(profile, task, device)
+    seconds = {"profile": time.perf_counter() - t0}
+    try:
+        return _measure_and_recommend(task, profile, seconds, device=device, objective=objective, budget=budget,
+                                      max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
+                                      seed=seed, amp=amp, n_windows=n_windows, callbacks=callbacks)
+    except BatchscopeError as e:
+        e.partial = {"profile": profile.to_dict(), **getattr(e, "partial", {})}
+        raise
+
+
+def _validate(task: Task, objective: str, budget: float, devices: int, max_batch: Optional[int],
+              ref_batch: Optional[int]) -> int:
     if objective not in rec.OBJECTIVES:
         raise ConfigError(f"The 'objective' parameter must be one of {', '.join(rec.OBJECTIVES)}. Got {objective!r} instead.")
     if not (0 < budget <= 1):
@@ -126,20 +154,18 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     if b_ref < 8 or b_ref > task.n_train // 4:
         raise ConfigError(f"the measuring batch {b_ref} must be at least 8 (eight micro-batches) and at most "
                           f"a quarter of the training set ({task.n_train // 4}); pass --ref-batch")
+    return b_ref
+
+
+def _measure_and_recommend(task: Task, profile, timings: dict, *, device: str, objective: str, budget: float,
+                           max_batch: Optional[int], devices: int, ref_batch: Optional[int],
+                           ref_lr: Optional[float], seed: int, amp: bool, n_windows: int, callbacks) -> FindResult:
+    from ..noise import NoiseScaleMonitor
+
+    b_ref = _validate(task, objective, budget, devices, max_batch, ref_batch)
     lr_ref = ref_lr if ref_lr is not None else task.lr
-    timings = {}
 
-    # 1. hardware
-    t0 = time.perf_counter()
-    if profile is None:
-        from ..hardware import profile_hardware
-
-        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp)
-    else:
-        check_profile(profile, task, device)
-    timings["profile"] = time.perf_counter() - t0
-
-    # 2. the measuring run
+    # 2. the measuring run (1., the hardware, is done by the caller)
     t0 = time.perf_counter()
     # eight micro-batches per step: the two-batch estimate of tr(Sigma) averages over all eight
     micro = max(1, b_ref // 8)
@@ -150,22 +176,31 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     stop = BudgetStop(task, budget, MIN_STEPS, STALL_EXAMPLES * MIN_STEPS * b_ref)
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=5,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
-    run = train(task, cfg, [monitor, stop, *callbacks])
+    try:
+        run = train(task, cfg, [monitor, stop, *callbacks])
+    except BatchscopeError as e:
+        e.partial = {"measuring_noise": [r._asdict() for r in monitor.raw]}
+        raise
     timings["measuring"] = time.perf_counter() - t0
+    kept = {"measuring_history": [p.__dict__ for p in run.history],
+            "measuring_noise": [r._asdict() for r in monitor.raw]}
     proj = stop.projection
     if run.stopped_because == "no progress toward the target" or not math.isfinite(proj.examples):
-        raise FindError(
+        raise FindError.keeping(
+            kept,
             f"the measuring run made no progress toward the target {task.target.describe(task.metric_name)} "
             f"in {run.steps} steps ({run.examples:,} examples; progress {proj.progress:+.2f}); check the target, "
             f"the reference learning rate ({lr_ref:g}) or raise --budget")
     if run.stopped_because == "step limit":
-        raise FindError(
+        raise FindError.keeping(
+            kept,
             f"the target {task.target.describe(task.metric_name)} looks out of reach: after {run.steps} steps "
             f"({run.examples:,} examples) progress toward it is {proj.progress:.0%} and the projected run "
             f"({proj.examples:,.0f} examples) is too long to measure; check the target or the learning rate")
     used = run.examples / proj.examples
     if budget * proj.examples < b_ref:
-        raise FindError(
+        raise FindError.keeping(
+            kept,
             f"a budget of {budget:.3%} of the projected {proj.examples:,.0f} examples to the target is "
             f"{budget * proj.examples:,.0f} examples, less than one step of batch {b_ref}: nothing can be measured "
             f"within it; raise --budget to at least {used:.1%} (what the {run.steps}-step measurement used)")
@@ -173,16 +208,19 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     # 3. noise scale against the loss
     raw = [(loss, g2, tr) for (_, loss, g2, tr) in monitor.raw if all(map(math.isfinite, (loss, g2, tr)))]
     if len(raw) < MIN_STEPS // 2:
-        raise FindError(f"only {len(raw)} finite noise estimates from the measuring run; raise --budget")
+        raise FindError.keeping(kept, f"only {len(raw)} finite noise estimates from the measuring run; raise --budget")
     losses, g2s, traces = (np.array(col) for col in zip(*raw))
     n_windows = max(3, min(n_windows, len(raw) // 10))  # at least ten steps behind each window
-    loss_target, loss_how = target_training_loss(task, run.history)
+    try:
+        loss_target, loss_how = target_training_loss(task, run.history)
+    except FindError as e:
+        raise FindError.keeping(kept, str(e)) from e
     start_loss = float(np.mean(losses[: max(1, len(losses) // n_windows)]))
     try:
         fit, at_target = growth.predict_at_loss(losses, g2s, traces, loss_target, n_windows, seed=seed)
         boots = growth.bootstrap_fits(losses, g2s, traces, n_windows, seed=seed + 1)
     except ValueError as e:
-        raise FindError(f"the noise scale could not be fitted: {e}; raise --budget") from e
+        raise FindError.keeping(kept, f"the noise scale could not be fitted: {e}; raise --budget") from e
     end_loss = min(loss_target, start_loss)
     b_noise = growth.path_average(fit, start_loss, end_loss)
     low, high = growth.interval([growth.path_average(b, start_loss, end_loss) for b in boots], 0.9)

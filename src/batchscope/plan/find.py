@@ -248,9 +248,13 @@ def _measure_and_recommend(task: Task, profile, timings: dict, *, device: str, o
     if task.optimizer != "sgd":
         caveats.append(f"{task.optimizer} is adaptive: the noise scale is measured on the raw gradient, which "
                        "orders batch sizes the same way but is not the noise of the preconditioned step.")
-    if used > budget * 1.05:
+    if used > budget * 1.05 and run.steps <= MIN_STEPS + cfg.eval_every:
         caveats.append(f"the measuring run used {used:.1%} of the projected run, more than the {budget:.0%} budget: "
                        f"the noise measurement needs at least {MIN_STEPS} steps and this run is short.")
+    elif used > budget * 1.05:
+        caveats.append(f"the measuring run used {used:.1%} of the projected run ({budget:.0%} budget): it stops at "
+                       f"the first evaluation (every {cfg.eval_every} steps) past the budget, and the projection "
+                       "moved while it ran.")
     if fit.constant:
         caveats.append("too few usable noise windows to fit a growth law; the noise scale was taken as constant.")
     if fit.slope > 0:

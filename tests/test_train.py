@@ -1,12 +1,8 @@
-import math
-
 import pytest
 import torch
 
 from batchscope import Callback, ConfigError, DivergedError, TrainConfig, train
 from batchscope.train import lr_factor
-
-from .conftest import linear_task
 
 
 class GradCapture(Callback):

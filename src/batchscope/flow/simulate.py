@@ -10,7 +10,6 @@ station whenever it is full or the process batch is done.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 

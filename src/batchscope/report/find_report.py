@@ -62,9 +62,9 @@ def write_find_report(result, task, directory: "str | Path") -> Path:
     write_json(d / "find.json", result.to_dict())
     from ..hardware.plot import plot_profile
 
-    plots = {"hardware": plot_profile(result.profile, d / "hardware.png"),
-             "noise": _plot_noise(result, d / "noise_vs_loss.png"),
-             "tradeoff": _plot_candidates(result, d / "tradeoff.png")}
+    plot_profile(result.profile, d / "hardware.png")
+    _plot_noise(result, d / "noise_vs_loss.png")
+    _plot_candidates(result, d / "tradeoff.png")
     r = result.recommendation
     m = result.measuring
     lines = [

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from ..study.bcrit import BcritFit
-from ..study.findings import by_batch, distance, select, val_metric
+from ..study.findings import by_batch, select, val_metric
 from ..study.plan import StudyPlan
 from ..study.runner import RunRecord
 

@@ -7,6 +7,7 @@ import click
 from ..cli import device_option, json_option, task_option
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..report.jsonio import dumps, write_json
+from ..errors import DivergedError
 from ..tasks import load_task
 from ..train import SCHEDULES, TrainConfig, train
 
@@ -50,8 +51,14 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
                       eval_every=eval_every, seed=seed, device=device, amp=amp)
     console = console_for(as_json)
-    with progress_bar(console) as progress:
-        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
+    try:
+        with progress_bar(console) as progress:
+            result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
+    except DivergedError as e:
+        if out:  # keep the history measured before the loss blew up
+            write_json(out, {"error": str(e), "history": e.history})
+            e.args = (f"{e} (history so far written to {out})",)
+        raise
     doc = result.to_dict()
     if out:
         write_json(out, doc)

@@ -4,8 +4,9 @@
 #   bash dev.sh test [ARGS...]   set up, then run the test suite
 #   bash dev.sh setup            set up only
 # The virtual environment (.venv) is reused; packages are installed again only when
-# pyproject.toml changed. torch is installed first, pinned to the CPU build where no GPU is
-# present, so that resolving the other packages never pulls CUDA wheels onto a CPU machine.
+# pyproject.toml changed. torch is installed first, pinned (BATCHSCOPE_TORCH, default 2.13.0, the
+# CPU build on machines that carry its wheel), so that resolving the other packages finds torch
+# already satisfied and never pulls CUDA wheels onto a CPU machine.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}

@@ -44,6 +44,6 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
 def test_a_diverged_run_keeps_its_history(tmp_path):
     out = tmp_path / "run.json"
     r = run("train", "--task", "dots", "--lr", "1e9", "--steps", "50", "--eval-every", "1", "--out", str(out))
-    assert r.exit_code == 2 and f"history so far written to {out}" in r.stderr
+    assert r.exit_code == 2 and f"measurements so far written to {out}" in r.stderr
     doc = json.loads(out.read_text())
     assert doc["error"].startswith("the training loss") and doc["history"][0]["step"] == 0

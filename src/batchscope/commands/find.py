@@ -10,7 +10,7 @@ from ..cli import device_option, json_option, task_option
 from ..errors import BatchscopeError
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
-from ..report.jsonio import dumps, write_json
+from ..report.jsonio import dumps, keep_measured, write_json
 from ..tasks import load_task
 
 
@@ -56,8 +56,7 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
         partial = getattr(e, "partial", None)
         target = out or (report_dir and str(Path(report_dir) / "find-partial.json"))
         if partial and target:
-            write_json(target, {"error": str(e), **partial})
-            e.args = (f"{e} (measurements so far written to {target})",)
+            keep_measured(target, e, partial)
         raise
     doc = result.to_dict()
     if out:

@@ -6,7 +6,7 @@ import click
 
 from ..cli import device_option, json_option, task_option
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
-from ..report.jsonio import dumps, write_json
+from ..report.jsonio import dumps, keep_measured, write_json
 from ..errors import DivergedError
 from ..tasks import load_task
 from ..train import SCHEDULES, TrainConfig, train
@@ -56,8 +56,7 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
             result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
     except DivergedError as e:
         if out:  # keep the history measured before the loss blew up
-            write_json(out, {"error": str(e), "history": e.history})
-            e.args = (f"{e} (history so far written to {out})",)
+            keep_measured(out, e, {"history": e.history})
         raise
     doc = result.to_dict()
     if out:

@@ -47,3 +47,9 @@ def write_json(path: "str | Path", obj: Any) -> Path:
 
 def read_json(path: "str | Path") -> Any:
     return json.loads(Path(path).read_text())
+
+
+def keep_measured(path: "str | Path", error: Exception, measured: dict) -> None:
+    """Save what a failed command measured beside its error, and say where in the error's message."""
+    write_json(path, {"error": str(error), **measured})
+    error.args = (f"{error} (measurements so far written to {path})",)

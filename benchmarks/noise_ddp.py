@@ -10,6 +10,7 @@ two runs must give the same per-step |G|² and tr(Σ).
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -54,6 +55,9 @@ def main() -> None:
         monitor.update(loss)                                                 # line 2
         opt.step()
         opt.zero_grad(set_to_none=True)
+    del ddp, opt  # the DDP reducer's threads end before the group goes, or the process aborts at exit
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
     if rank != 0:
         return

@@ -1,6 +1,8 @@
 """The data-parallel estimator on 2 CPU processes (gloo, DDP) equals the micro-batch one on the same split."""
 
+import gc
 import json
+import socket
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,9 +30,15 @@ def _data():
     return x, x.sin().sum(-1, keepdim=True) + 0.3 * torch.randn(STEPS, WORLD * ACC * MICRO, 1, generator=g)
 
 
-def _rank_main(rank: int, init_file: str, out: str) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
         model = _model()
         ddp = DistributedDataParallel(model)
@@ -45,11 +53,16 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
             monitor.update()
             opt.step()
             opt.zero_grad()
-        dist.destroy_process_group()
         if rank == 0:
             with open(out, "w") as f:
                 json.dump({"raw": [list(r) for r in monitor.raw], "method": monitor.estimate().method,
                            "sizes": list(monitor.sizes)}, f)
+        # Tear down in order: the DDP reducer's threads must end before the process group goes,
+        # or the process aborts at exit ("terminate called without an active exception").
+        monitor.close()
+        del ddp, opt, monitor
+        gc.collect()
+        dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -57,11 +70,11 @@ def _rank_main(rank: int, init_file: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_data_parallel_equals_micro_batch_on_the_same_split():
-    # A private directory, not tmp_path: pytest prunes old numbered temp roots, and other pytest
-    # sessions on a shared machine could remove the rendezvous file under the running ranks.
+    # A private directory, not tmp_path: pytest prunes old numbered temp roots, and another pytest
+    # run on the same machine could remove the result file under the running ranks.
     with tempfile.TemporaryDirectory(prefix="batchscope-ddp-") as d:
         out = Path(d) / "rank0.json"
-        mp.spawn(_rank_main, args=(str(Path(d) / "store"), str(out)), nprocs=WORLD, join=True)
+        mp.spawn(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
         got = json.loads(out.read_text())
 
     model = _model()

@@ -51,11 +51,11 @@ class Link:
 
 def check_link(bandwidth: float, latency: float, name: str = "link") -> None:
     if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
-        raise ConfigError(f"the bandwidth of {name} must be a positive number of GB/s. Got {bandwidth!r} "
-                          "bytes/s instead; pass --bandwidth (GB/s) or a preset with --link")
+        raise ConfigError(f"the bandwidth of {name} must be a positive number of GB/s. Got {bandwidth / GB:g} GB/s "
+                          "instead; give a positive --bandwidth (--network-bandwidth between nodes) or a preset")
     if not (isinstance(latency, (int, float)) and math.isfinite(latency) and latency >= 0):
         raise ConfigError(f"the latency of {name} must be zero or a positive number of microseconds. Got "
-                          f"{latency!r} s instead; pass --latency (us)")
+                          f"{latency / US:g} us instead; give --latency (--network-latency between nodes) >= 0")
 
 
 # Peak figures from the vendors' data sheets unless said otherwise. Achieved all-reduce bus bandwidth

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..errors import ConfigError
+from ..hardware.units import format_bytes
 from .comm import Cluster, overlapped
 
 # Bytes of optimizer state per parameter element, on top of weights and gradients (fp32 master copies).
@@ -90,16 +91,16 @@ def ceiling_on(device_memory: float, m0: Optional[float], m1: Optional[float], p
     floor = max(static, m0 or 0.0)
     if floor >= device_memory:
         raise DeviceMemoryError(
-            f"one replica needs {floor / 2**30:.3g} GiB before any activations (weights, gradients and "
-            f"{optimizer} state of {parameters:,} parameters) but a device has {device_memory / 2**30:.3g} GiB; "
+            f"one replica needs {format_bytes(floor)} before any activations (weights, gradients and "
+            f"{optimizer} state of {parameters:,} parameters) but a device has {format_bytes(device_memory)}; "
             "data parallelism copies the whole model to every device: shard it (FSDP, ZeRO) or choose a "
             "device with more memory (--device-memory)")
     if not m1 or m1 <= 0:
         return 2**62
     fit = int((device_memory - floor) // m1)
     if fit < 1:
-        raise DeviceMemoryError(f"not even one example fits in {device_memory / 2**30:.3g} GiB with this model "
-                                f"({m1 / 2**20:.3g} MiB per example above {floor / 2**30:.3g} GiB); "
+        raise DeviceMemoryError(f"not even one example fits in {format_bytes(device_memory)} with this model "
+                                f"({format_bytes(m1)} per example above {format_bytes(floor)}); "
                                 "choose a device with more memory (--device-memory)")
     return fit
 

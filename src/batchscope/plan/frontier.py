@@ -48,7 +48,7 @@ class Plan:
     best: list                 # the fastest batch for each N, in increasing N
     fastest: PlanRow
     cheapest: PlanRow
-    knee: PlanRow
+    knee: Optional[PlanRow]    # None: every doubling planned saved more than the fraction
     knee_fraction: float
     pareto: list               # device counts on the time / device-hours frontier
     b_noise: float
@@ -78,7 +78,7 @@ def evaluate(n: int, b: int, s_min: float, b_noise: float, step: Callable[[int, 
                    seconds, hours, None if price is None else hours * price)
 
 
-def knee(best: Sequence[PlanRow], fraction: float) -> PlanRow:
+def knee(best: Sequence[PlanRow], fraction: float) -> Optional[PlanRow]:
     """The smallest N from which doubling N saves at most ``fraction`` of the time.
 
     Between listed counts that are not doublings the saving is taken per doubling:
@@ -88,7 +88,7 @@ def knee(best: Sequence[PlanRow], fraction: float) -> PlanRow:
         per_doubling = 1.0 - (b.seconds / a.seconds) ** (1.0 / math.log2(b.devices / a.devices))
         if per_doubling <= fraction:
             return a
-    return best[-1]
+    return None
 
 
 def pareto(best: Sequence[PlanRow]) -> list[int]:

@@ -141,7 +141,9 @@ def _ddp_main(rank: int, world: int, port: int, task_spec: str, micro: int, step
                 ts.append(time.perf_counter() - t0)
             return statistics.median(ts[1:])
 
-        got = {"local": [], "flat": [], "ddp": [], "allreduce": [], "bytes": nbytes}
+        sizes = [nbytes // 4, nbytes, nbytes * 4]
+        got = {"local": [], "flat": [], "ddp": [], "allreduce": [], "bytes": nbytes, "sizes": sizes,
+               "allreduce_sizes": [[] for _ in sizes]}
         for _ in range(rounds):
             dist.barrier()
             got["local"].append(timed(twin))
@@ -149,7 +151,10 @@ def _ddp_main(rank: int, world: int, port: int, task_spec: str, micro: int, step
             got["flat"].append(timed(twin, flat_sync=world > 1))
             dist.barrier()
             got["ddp"].append(timed(ddp))
-            got["allreduce"].append(time_allreduce(nbytes, device, iters=steps, rounds=1) if world > 1 else 0.0)
+            if world > 1:
+                for size, times in zip(sizes, got["allreduce_sizes"]):
+                    times.append(time_allreduce(size, device, iters=steps, rounds=1))
+            got["allreduce"].append(got["allreduce_sizes"][1][-1] if world > 1 else 0.0)
         if rank == 0:
             Path(out).write_text(json.dumps(got))
         del ddp, opts  # the DDP reducer's threads end before the process group goes
@@ -165,6 +170,7 @@ def time_data_parallel(task_spec: str, ranks: int, micro_batch: int, steps: int 
     Returns lists, one entry per round: 'local' (a step without synchronisation), 'flat' (the same
     step with one all-reduce of all gradients after the backward pass), 'ddp' (the
     DistributedDataParallel step: bucketed all-reduces overlapping the backward pass), 'allreduce'
-    (one all-reduce of the gradient bytes alone); and 'bytes', the gradient bytes.
+    (one all-reduce of the gradient bytes alone), 'allreduce_sizes' (the same at a quarter, one and
+    four times 'bytes', listed in 'sizes').
     """
     return _spawn(_ddp_main, ranks, (task_spec, micro_batch, steps, rounds))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import socket
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -54,7 +53,11 @@ def _sync(device: torch.device) -> None:
 
 
 def time_allreduce(nbytes: int, device: torch.device, iters: int, rounds: int = 5) -> float:
-    """Median over ``rounds`` of the mean seconds of ``iters`` back-to-back all-reduces (nccl-tests' way)."""
+    """The fastest of ``rounds`` means of ``iters`` back-to-back all-reduces (nccl-tests' way).
+
+    The fastest, not the median: other work on the machine only ever slows an all-reduce, so the
+    least disturbed round is the closest to what the link does (the same holds for the step times).
+    """
     x = torch.ones(max(1, nbytes // 4), dtype=torch.float32, device=device)
     dist.all_reduce(x)  # warm-up: connection set-up and buffers
     out = []
@@ -66,7 +69,7 @@ def time_allreduce(nbytes: int, device: torch.device, iters: int, rounds: int = 
             dist.all_reduce(x)
         _sync(device)
         out.append((time.perf_counter() - t0) / iters)
-    return statistics.median(out)
+    return min(out)
 
 
 def _allreduce_main(rank: int, world: int, port: int, backend: str, sizes, out: str) -> None:
@@ -104,12 +107,40 @@ def measure_allreduce(ranks: Optional[int] = None, backend: Optional[str] = None
     return fit_allreduce(got["sizes"], got["seconds"], ranks, name=f"{backend}-measured")
 
 
+def _flat_gradients(model: torch.nn.Module) -> torch.Tensor:
+    """One buffer holding every gradient as a view (DDP's gradient_as_bucket_view): no copies to sync."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    flat = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return flat
+
+
+def _timed_steps(task, net, opt, inputs, target, steps: int, flat: Optional[torch.Tensor] = None) -> float:
+    """Fastest of ``steps`` training steps; with ``flat``, one all-reduce of it after the backward pass."""
+    from ..data import forward
+
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        task.loss_fn(forward(net, inputs), target).backward()
+        if flat is not None:
+            dist.all_reduce(flat)
+            flat.div_(dist.get_world_size())
+        opt.step()
+        opt.zero_grad(set_to_none=flat is None)      # the flat buffer's views must stay the gradients
+        ts.append(time.perf_counter() - t0)
+    return min(ts[1:])
+
+
 def _ddp_main(rank: int, world: int, port: int, task_spec: str, micro: int, steps: int, rounds: int,
               out: str) -> None:
-    """Interleaved rounds on every rank: local steps (no sync), all-reduce of the gradient bytes, DDP steps."""
+    """Interleaved rounds on every rank: local steps, flat-sync steps, DDP steps, all-reduces alone."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from ..data import forward, split_batch, take
+    from ..data import split_batch, take
     from ..tasks import load_task
     from ..train import make_optimizer
     from .devices import gradient_bytes
@@ -118,46 +149,27 @@ def _ddp_main(rank: int, world: int, port: int, task_spec: str, micro: int, step
     try:
         task = load_task(task_spec)
         torch.manual_seed(0)
-        model, twin = task.make_model(), task.make_model()   # twin: the same model, never synchronised
-        ddp = DistributedDataParallel(model) if world > 1 else model
-        opts = {id(net): make_optimizer(task.optimizer, net.parameters(), task.lr, task.momentum, task.weight_decay)
-                for net in (ddp, twin)}
+        nets = {k: task.make_model() for k in ("local", "flat", "ddp")}   # the same model three times
+        flat = _flat_gradients(nets["flat"]) if world > 1 else None
+        nets["ddp"] = DistributedDataParallel(nets["ddp"]) if world > 1 else nets["ddp"]
+        opts = {k: make_optimizer(task.optimizer, n.parameters(), task.lr, task.momentum, task.weight_decay)
+                for k, n in nets.items()}
         inputs, target = split_batch(take(task.train_data, torch.arange(rank * micro, (rank + 1) * micro)))
-        nbytes = gradient_bytes(model)
-
-        def timed(net, flat_sync: bool = False) -> float:
-            ts, opt = [], opts[id(net)]
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                task.loss_fn(forward(net, inputs), target).backward()
-                if flat_sync:  # one all-reduce of all gradients after the backward pass: no overlap
-                    grads = [p.grad for p in net.parameters()]
-                    flat = torch.cat([g.reshape(-1) for g in grads])
-                    dist.all_reduce(flat)
-                    for g, v in zip(grads, torch._utils._unflatten_dense_tensors(flat.div_(world), grads)):
-                        g.copy_(v)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                ts.append(time.perf_counter() - t0)
-            return statistics.median(ts[1:])
-
+        nbytes = gradient_bytes(nets["local"])
         sizes = [nbytes // 4, nbytes, nbytes * 4]
         got = {"local": [], "flat": [], "ddp": [], "allreduce": [], "bytes": nbytes, "sizes": sizes,
                "allreduce_sizes": [[] for _ in sizes]}
         for _ in range(rounds):
-            dist.barrier()
-            got["local"].append(timed(twin))
-            dist.barrier()
-            got["flat"].append(timed(twin, flat_sync=world > 1))
-            dist.barrier()
-            got["ddp"].append(timed(ddp))
+            for k in ("local", "flat", "ddp"):
+                dist.barrier()
+                got[k].append(_timed_steps(task, nets[k], opts[k], inputs, target, steps, flat if k == "flat" else None))
             if world > 1:
                 for size, times in zip(sizes, got["allreduce_sizes"]):
                     times.append(time_allreduce(size, device, iters=steps, rounds=1))
             got["allreduce"].append(got["allreduce_sizes"][1][-1] if world > 1 else 0.0)
         if rank == 0:
             Path(out).write_text(json.dumps(got))
-        del ddp, opts  # the DDP reducer's threads end before the process group goes
+        del nets, opts  # the DDP reducer's threads end before the process group goes
         gc.collect()
         dist.barrier()
     finally:
@@ -165,10 +177,10 @@ def _ddp_main(rank: int, world: int, port: int, task_spec: str, micro: int, step
 
 
 def time_data_parallel(task_spec: str, ranks: int, micro_batch: int, steps: int = 20, rounds: int = 3) -> dict:
-    """Median step times on ``ranks`` gloo CPU processes at ``micro_batch`` examples per rank.
+    """Step times (the fastest of ``steps``) on ``ranks`` gloo CPU processes, ``micro_batch`` examples per rank.
 
     Returns lists, one entry per round: 'local' (a step without synchronisation), 'flat' (the same
-    step with one all-reduce of all gradients after the backward pass), 'ddp' (the
+    step with one in-place all-reduce of all gradients after the backward pass), 'ddp' (the
     DistributedDataParallel step: bucketed all-reduces overlapping the backward pass), 'allreduce'
     (one all-reduce of the gradient bytes alone), 'allreduce_sizes' (the same at a quarter, one and
     four times 'bytes', listed in 'sizes').

@@ -219,19 +219,7 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                 if on_run:
                     on_run(rec, len(specs) - len(todo) + ran, len(specs))
 
-            if ray is not None:
-                from .ray_runs import run_on_ray
-
-                run_on_ray(plan, todo, save, ray)
-            elif devices:
-                from .workers import run_on_devices
-
-                run_on_devices(plan, todo, devices, save)
-            elif workers == 1:
-                for spec in todo:
-                    save(execute_run(task, plan, spec))
-            else:
-                _run_parallel(plan, todo, workers, save)
+            _dispatch(task, plan, todo, save, workers, devices, ray)
             if plan.noise_steps and store.get_meta("noise") is None:
                 from .noise_ref import measure_study_noise
 
@@ -240,6 +228,24 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                 store.set_meta("noise", measure_study_noise(plan, task))
     return StudySummary(str(directory), len(specs), len(specs) - len(todo), ran, diverged,
                         time.perf_counter() - t_start, failed)
+
+
+def _dispatch(task: Task, plan: StudyPlan, todo: list[RunSpec], save: Callable[[RunRecord], None], workers: int,
+              devices: Optional[list[str]], ray: Optional[str]) -> None:
+    """Run ``todo`` here, in local worker processes, one per device, or on Ray; ``save`` each record."""
+    if ray is not None:
+        from .ray_runs import run_on_ray
+
+        run_on_ray(plan, todo, save, ray)
+    elif devices:
+        from .workers import run_on_devices
+
+        run_on_devices(plan, todo, devices, save)
+    elif workers == 1:
+        for spec in todo:
+            save(execute_run(task, plan, spec))
+    else:
+        _run_parallel(plan, todo, workers, save)
 
 
 def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Callable[[RunRecord], None]) -> None:

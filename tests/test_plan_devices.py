@@ -94,3 +94,15 @@ def test_bad_plan_input_is_refused():
         make_plan([1], 100.0, 10.0, step, limit=1024, price=0.0)
     with pytest.raises(ConfigError, match="no device count leaves each device"):
         make_plan([2048], 100.0, 10.0, step, limit=1024)
+
+
+def test_find_candidates_on_several_devices_pay_for_the_all_reduce():
+    from batchscope.plan import recommend as rec
+
+    inp = rec.Inputs(alpha=1e-3, beta=1e-5, b_noise=100.0, b_noise_low=50.0, b_noise_high=200.0, b_ref=32,
+                     steps_ref=1000.0, lr_ref=0.1, optimizer="sgd")
+    silent = rec.evaluate_candidates(inp, rec.Constraints(n_train=10_000, devices=4), [64, 256])
+    synced = rec.evaluate_candidates(inp, rec.Constraints(n_train=10_000, devices=4, grad_bytes=4e8,
+                                                          cluster=Cluster(Link("l", 1 * GB, 0.0), 8)), [64, 256])
+    for a, b in zip(silent, synced):        # 4 devices, 400 MB at 1 GB/s: 2 * 3/4 * 0.4 s = 0.6 s per step
+        assert a.steps == b.steps and b.seconds == pytest.approx(a.seconds + a.steps * 0.6)

@@ -8,6 +8,7 @@ import click
 
 from ..cli import device_option, json_option, task_option
 from ..errors import BatchscopeError
+from .plan import cluster_from, interconnect_options
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..report.jsonio import dumps, keep_measured, write_json
@@ -23,7 +24,9 @@ from ..tasks import load_task
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
               help="reuse a hardware profile written by `batchscope profile --out`")
 @click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
-@click.option("--devices", type=int, default=1, show_default=True, help="data-parallel devices")
+@click.option("--devices", type=int, default=1, show_default=True,
+              help="data-parallel devices (their all-reduce: the interconnect options, as in `plan`)")
+@interconnect_options
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
 @click.option("--ref-lr", type=float, default=None, help="learning rate of your known-good setting [default: the task's]")
 @click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40%% [default: 90%% of free GPU memory, half the free RAM]")
@@ -34,8 +37,9 @@ from ..tasks import load_task
               help="write a Markdown report with PNG plots (and find.json) to this directory")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
 @json_option
-def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_batch, ref_lr, memory_budget,
-            seed, amp, device, report_dir, out, as_json) -> None:
+def command(task_spec, objective, budget, profile_path, max_batch, devices, link, per_node, network, bandwidth,
+            latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, memory_budget, seed, amp, device,
+            report_dir, out, as_json) -> None:
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
@@ -49,7 +53,8 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
         with progress_bar(console) as progress:
             result = find(task, device=device, objective=objective, budget=budget, profile=profile,
                           max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
-                          memory_budget=memory_budget, seed=seed, amp=amp,
+                          memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma,
+                          cluster=cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency),
                           callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     except BatchscopeError as e:
         # what was measured before the failure is kept where the user asked results to go

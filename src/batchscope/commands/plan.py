@@ -23,7 +23,31 @@ def _ints(text: str, name: str) -> list[int]:
     return values
 
 
-def _cluster(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency, measured=None):
+_INTERCONNECT = [
+    click.option("--link", default="nvlink4", show_default=True, help="interconnect within a node (a preset)"),
+    click.option("--per-node", type=int, default=8, show_default=True, help="devices per node"),
+    click.option("--network", default="ib-ndr-x8", show_default=True,
+                 help="network between nodes (a preset, or none)"),
+    click.option("--bandwidth", type=float, default=None, help="override the within-node bandwidth, GB/s per device"),
+    click.option("--latency", type=float, default=None, help="override the within-node latency, us per ring step"),
+    click.option("--network-bandwidth", "net_bandwidth", type=float, default=None,
+                 help="override the network bandwidth, GB/s per node"),
+    click.option("--network-latency", "net_latency", type=float, default=None,
+                 help="override the network latency, us per ring step"),
+    click.option("--gamma", type=float, default=1.0, show_default=True,
+                 help="overlap of the all-reduce with the backward pass (Pollux): 1 none, larger more"),
+]
+
+
+def interconnect_options(f):
+    """How data-parallel devices synchronise: `plan` and `find --devices` take the same options."""
+    for option in reversed(_INTERCONNECT):
+        f = option(f)
+    return f
+
+
+def cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency, measured=None):
+    """The Cluster the interconnect options describe (``measured``: a fitted link replaces --link)."""
     from ..plan.comm import GB, US, Cluster, Link, preset
 
     node = measured or preset(link)
@@ -69,17 +93,9 @@ def _measured(task, find_path, profile_path, device, seed, console):
               help="hardware profile to use when find runs now")
 @click.option("--devices", "devices_text", default="1,2,4,8,16,32,64", show_default=True, help="device counts")
 @click.option("--batches", "batches_text", default=None, help="global batches [default: powers of two x devices]")
-@click.option("--link", default="nvlink4", show_default=True, help="interconnect within a node (a preset)")
-@click.option("--per-node", type=int, default=8, show_default=True, help="devices per node")
-@click.option("--network", default="ib-ndr-x8", show_default=True, help="network between nodes (a preset, or none)")
-@click.option("--bandwidth", type=float, default=None, help="override the within-node bandwidth, GB/s per device")
-@click.option("--latency", type=float, default=None, help="override the within-node latency, us per ring step")
-@click.option("--network-bandwidth", type=float, default=None, help="override the network bandwidth, GB/s per node")
-@click.option("--network-latency", type=float, default=None, help="override the network latency, us per ring step")
+@interconnect_options
 @click.option("--measure-comm", is_flag=True, help="time all-reduce on the devices at hand and use the fit in a node")
 @click.option("--comm-ranks", type=int, default=None, help="processes for --measure-comm [default: GPUs, or 2 on CPU]")
-@click.option("--gamma", type=float, default=1.0, show_default=True,
-              help="overlap of sync with backward (Pollux): 1 none, larger more")
 @click.option("--grad-dtype", type=click.Choice(["model", "bfloat16", "float16"]), default="model", show_default=True,
               help="dtype of the all-reduced gradients (bf16/fp16: a DDP compression hook)")
 @click.option("--device-memory", default=None, help="memory of one target device, e.g. 80GB [default: the profile's]")
@@ -93,7 +109,7 @@ def _measured(task, find_path, profile_path, device, seed, console):
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
 @json_option
 def command(task_spec, find_path, profile_path, devices_text, batches_text, link, per_node, network, bandwidth,
-            latency, network_bandwidth, network_latency, measure_comm, comm_ranks, gamma, grad_dtype,
+            latency, net_bandwidth, net_latency, gamma, measure_comm, comm_ranks, grad_dtype,
             device_memory, price, knee_fraction, max_batch, seed, device, plot_path, out, as_json) -> None:
     """Predict time to target and device-hours over device counts and global batches; fastest, cheapest, knee."""
     import torch
@@ -108,8 +124,8 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     memory = parse_bytes(device_memory, name="device_memory") if device_memory else None
     task = load_task(task_spec)
     fit = _measure_comm(console, comm_ranks) if measure_comm else None
-    cluster = _cluster(link, per_node, network, bandwidth, latency, network_bandwidth, network_latency,
-                       fit.link if fit else None)
+    cluster = cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency,
+                           fit.link if fit else None)
     measured = _measured(task, find_path, profile_path, device, seed, console)
     dtype = None if grad_dtype == "model" else getattr(torch, grad_dtype)
     dp = plan_devices(task, measured, cluster, devices=devices, batches=batches, gamma=gamma, price=price,

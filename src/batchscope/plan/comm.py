@@ -132,6 +132,11 @@ class Cluster:
         return f"within a node {self.node_link.describe()}{across}"
 
 
+# What `find --devices N` and `plan` assume without options: nodes of 8 GPUs on NVLink 4 joined by 8 NDR
+# ports each (a DGX H100 SuperPOD-like system). Stated in their output; change with --link/--network.
+DEFAULT_CLUSTER = Cluster(PRESETS["nvlink4"], 8, PRESETS["ib-ndr-x8"])
+
+
 def overlapped(t_pass: float, t_sync: float, gamma: float, passes: int = 1) -> float:
     """Pollux's step time: (k-1) T_pass + (T_pass^gamma + T_sync^gamma)^(1/gamma)."""
     if not gamma >= 1:

@@ -115,8 +115,11 @@ def target_training_loss(task: Task, points: list[HistoryPoint]) -> tuple[float,
 def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced", budget: float = 0.05,
          profile=None, max_batch: Optional[int] = None, devices: int = 1, ref_batch: Optional[int] = None,
          ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0, amp: bool = False,
-         n_windows: int = 6, callbacks=()) -> FindResult:
+         n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
+
+    ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`;
+    default :data:`~batchscope.plan.comm.DEFAULT_CLUSTER`) with overlap ``gamma``, as `plan` models it.
 
     ``memory_budget``: bytes or a string such as "2GiB" or "40%" (see :func:`profile_hardware`).
     A failure after the hardware was profiled carries what was measured in ``error.partial``.
@@ -134,7 +137,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "balanced"
     try:
         return _measure_and_recommend(task, profile, seconds, device=device, objective=objective, budget=budget,
                                       max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
-                                      seed=seed, amp=amp, n_windows=n_windows, callbacks=callbacks)
+                                      seed=seed, amp=amp, n_windows=n_windows, callbacks=callbacks,
+                                      sync=sync_constraints(task, devices, cluster, gamma))
     except BatchscopeError as e:
         e.partial = {"profile": profile.to_dict(), **getattr(e, "partial", {})}
         raise
@@ -159,7 +163,8 @@ def _validate(task: Task, objective: str, budget: float, devices: int, max_batch
 
 def _measure_and_recommend(task: Task, profile, timings: dict, *, device: str, objective: str, budget: float,
                            max_batch: Optional[int], devices: int, ref_batch: Optional[int],
-                           ref_lr: Optional[float], seed: int, amp: bool, n_windows: int, callbacks) -> FindResult:
+                           ref_lr: Optional[float], seed: int, amp: bool, n_windows: int, callbacks,
+                           sync: Optional[dict] = None) -> FindResult:
     from ..noise import NoiseScaleMonitor
 
     b_ref = _validate(task, objective, budget, devices, max_batch, ref_batch)
@@ -227,7 +232,8 @@ def _measure_and_recommend(task: Task, profile, timings: dict, *, device: str, o
 
     # 4. the recommendation
     ceiling = profile.max_batch if getattr(profile, "limited_by", "memory") == "memory" else None
-    cons = rec.Constraints(n_train=task.n_train, memory_ceiling=ceiling, max_batch=max_batch, devices=devices)
+    cons = rec.Constraints(n_train=task.n_train, memory_ceiling=ceiling, max_batch=max_batch, devices=devices,
+                           **(sync or {}))
     inp = rec.Inputs(alpha=profile.alpha, beta=profile.beta, b_noise=b_noise, b_noise_low=low, b_noise_high=high,
                      b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=lr_ref, optimizer=task.optimizer,
                      measured=tuple((p.batch, p.seconds) for p in profile.points))
@@ -266,7 +272,9 @@ def _measure_and_recommend(task: Task, profile, timings: dict, *, device: str, o
     if max_batch:
         constraints.append(f"--max-batch {max_batch}")
     if devices > 1:
-        constraints.append(f"{devices} devices: global batch = micro-batch x accumulation x {devices}")
+        constraints.append(f"{devices} devices: global batch = micro-batch x accumulation x {devices}; "
+                           f"{cons.grad_bytes / 2**20:.3g} MiB of gradients all-reduced per step, "
+                           f"{cons.cluster.describe()}, overlap gamma {cons.gamma:g}")
 
     recommendation = rec.Recommendation(
         objective=objective, batch_size=best.batch_size, micro_batch=best.micro_batch,
@@ -298,6 +306,16 @@ def _measure_and_recommend(task: Task, profile, timings: dict, *, device: str, o
                 "start_loss": start_loss, "target_loss": loss_target},
         seconds=timings,
     )
+
+
+def sync_constraints(task: Task, devices: int, cluster, gamma: float) -> dict:
+    """The gradient all-reduce of ``devices`` data-parallel workers, as recommend.Constraints fields."""
+    if devices <= 1:
+        return {}
+    from .comm import DEFAULT_CLUSTER
+    from .devices import gradient_bytes
+
+    return {"cluster": cluster or DEFAULT_CLUSTER, "grad_bytes": gradient_bytes(task.make_model()), "gamma": gamma}
 
 
 def check_profile(profile, task: Task, device: str) -> None:

@@ -69,6 +69,9 @@ def _measure_comm(console, ranks):
     console.print("measuring all-reduce on this machine (torch.distributed) ...")
     fit = measure_allreduce(ranks)
     console.print(f"measured: {fit.link.describe()} on {fit.ranks} ranks (R^2 {fit.r2:.3f}); used within a node")
+    if fit.r2 < 0.9:
+        console.print("caveat: the all-reduce times scatter about the fit (R^2 below 0.9): other work on this "
+                      "machine was probably competing; measure again when it is quiet")
     return fit
 
 
@@ -123,9 +126,11 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     batches = _ints(batches_text, "batches") if batches_text else None
     memory = parse_bytes(device_memory, name="device_memory") if device_memory else None
     task = load_task(task_spec)
+    options = (link, per_node, network, bandwidth, latency, net_bandwidth, net_latency)
+    cluster = cluster_from(*options)          # checked before anything is measured
     fit = _measure_comm(console, comm_ranks) if measure_comm else None
-    cluster = cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency,
-                           fit.link if fit else None)
+    if fit is not None:                       # printed as soon as measured: an error later loses nothing
+        cluster = cluster_from(*options, measured=fit.link)
     measured = _measured(task, find_path, profile_path, device, seed, console)
     dtype = None if grad_dtype == "model" else getattr(torch, grad_dtype)
     dp = plan_devices(task, measured, cluster, devices=devices, batches=batches, gamma=gamma, price=price,

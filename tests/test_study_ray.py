@@ -66,6 +66,8 @@ def test_a_dead_worker_is_retried_and_a_raising_run_is_recorded_as_failed(local_
     assert status == "failed" and len(failed["failures"]) == 2
     assert all(f == "RuntimeError: batch 24 fails on purpose" for f in failed["failures"])
     assert failed["message"] == failed["failures"][-1]
+    _, _, done = load_records(tmp_path)           # what a report reads: the finished runs only
+    assert sorted(r.spec.batch_size for r in done) == [8, 16]
 
 
 def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_finished_run(local_ray, tmp_path):

@@ -114,9 +114,11 @@ class ResultStore:
         marks = ",".join("?" * len(statuses))
         return {r[0] for r in self._db.execute(f"SELECT key FROM runs WHERE status IN ({marks})", statuses)}
 
-    def records(self) -> Iterator[dict]:
-        for (text,) in self._db.execute("SELECT record FROM runs ORDER BY finished"):
-            yield json.loads(text)
+    def records(self, statuses: Optional[tuple] = ("ok", "diverged")) -> Iterator[dict]:
+        """Finished runs (``statuses``; None: every record, 'retrying' and 'failed' ones too), oldest first."""
+        for (status, text) in self._db.execute("SELECT status, record FROM runs ORDER BY finished"):
+            if statuses is None or status in statuses:
+                yield json.loads(text)
 
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]

@@ -106,6 +106,9 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
         f"steps to target: S_min (1 + B_noise / B) with B_noise {measured.b_noise:.0f} and S_min {measured.s_min:.0f} "
         f"({measured.source})",
     ]
+    if getattr(prof, "amp", False) and grad_dtype is None:
+        assumptions.append("mixed precision keeps float32 parameters, so float32 gradients are all-reduced; "
+                           "a DDP compression hook halves that (--grad-dtype bfloat16)")
     if ceiling is not None:
         assumptions.append(f"memory: at most {ceiling:,} examples per pass on one device; beyond, accumulation")
     return DevicePlan(plan, cluster.describe(), gamma, grad_bytes, ceiling,

@@ -58,3 +58,13 @@ def test_ways_to_run_are_exclusive_and_a_missing_ray_is_one_line(tmp_path, monke
     assert res.exit_code == 2
     assert res.stderr.strip() == ("error: study --ray needs Ray, which is not installed: "
                                   "pip install 'batchscope[ray]'")
+
+
+def test_ray_resources_follow_the_plan_and_the_cluster():
+    from batchscope.study.ray_runs import resources
+
+    assert resources(plan(device="cpu"), 8) == {"num_cpus": 1, "num_gpus": 0}
+    assert resources(plan(device="cuda"), 8) == {"num_cpus": 1, "num_gpus": 1}
+    assert resources(plan(device="auto"), 0) == {"num_cpus": 1, "num_gpus": 0}
+    with pytest.raises(ConfigError, match="trains on cuda but the Ray cluster has no GPUs"):
+        resources(plan(device="cuda"), 0)

@@ -72,6 +72,9 @@ def reason(error: BaseException) -> str:
 
 def resources(plan: StudyPlan, cluster_gpus: float) -> dict:
     """One GPU per run where the plan trains on CUDA and the cluster has GPUs; one CPU otherwise."""
+    if plan.device.startswith("cuda") and cluster_gpus <= 0:
+        raise ConfigError(f"the study trains on {plan.device} but the Ray cluster has no GPUs; "
+                          "add GPU nodes or run the study with --device cpu")
     wants_gpu = plan.device != "cpu" and cluster_gpus > 0
     return {"num_cpus": 1, "num_gpus": 1 if wants_gpu else 0}
 

@@ -77,9 +77,9 @@ PRESETS: dict[str, Link] = {l.name: l for l in (
          "8 InfiniBand NDR 400 Gb/s ports per node (DGX H100: one per GPU) = 400 GB/s per node"),
     Link("100gbe", 12.5 * GB, 20 * US,
          "100 Gb Ethernet line rate = 12.5 GB/s; ~20 us per ring step over TCP assumed"),
-    Link("gloo-loopback", 1.18 * GB, 68 * US,
-         "measured on a 2-core CPU machine: gloo all-reduce between 2 processes over loopback "
-         "(benchmarks/results/plan.json, `batchscope plan --measure-comm`)"),
+    Link("gloo-loopback", 0.916 * GB, 96.6 * US,
+         "measured: gloo all-reduce between 2 CPU processes over loopback on a shared 2-core machine, "
+         "fitted over 4 KiB-64 MiB (benchmarks/results/plan.json; `batchscope plan --measure-comm`)"),
 )}
 
 

@@ -74,19 +74,25 @@ def plot_plan(dp, path: "str | Path", title: Optional[str] = None) -> Path:
     plt = pyplot()
     best = dp.plan.best
     n = [r.devices for r in best]
+    longest = max(r.seconds for r in best)
+    unit, scale = ("s", 1.0) if longest < 120 else ("min", 60.0) if longest < 7200 else ("h", 3600.0)
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    ax.plot(n, [r.seconds / 3600 for r in best], "o-", color="tab:blue", label="time to target (h)")
+    ax.plot(n, [r.seconds / scale for r in best], "o-", color="tab:blue")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(n, [str(d) for d in n])
     ax.set_xlabel("devices (each at its fastest global batch)")
-    ax.set_ylabel("hours to target", color="tab:blue")
+    ax.set_ylabel(f"time to target ({unit})", color="tab:blue")
     ax2 = ax.twinx()
-    ax2.plot(n, [r.device_hours for r in best], "s--", color="tab:red", label="device-hours")
+    ax2.plot(n, [r.device_hours for r in best], "s--", color="tab:red")
     ax2.set_yscale("log")
     ax2.set_ylabel("device-hours", color="tab:red")
-    marks = (("fastest", dp.plan.fastest, 12), ("cheapest", dp.plan.cheapest, -16), ("knee", dp.plan.knee, 24))
-    for label, r, dy in ((label, r, dy) for label, r, dy in marks if r is not None):
-        ax.annotate(f"{label}\nB={r.batch_size}", (r.devices, r.seconds / 3600), textcoords="offset points",
-                    xytext=(0, dy), ha="center", fontsize=8)
+    labels: dict = {}
+    for label, r in (("fastest", dp.plan.fastest), ("cheapest", dp.plan.cheapest), ("knee", dp.plan.knee)):
+        if r is not None:
+            labels.setdefault(r.devices, (r, []))[1].append(label)
+    for r, names in labels.values():
+        ax.annotate(f"{', '.join(names)}\nB={r.batch_size}", (r.devices, r.seconds / scale),
+                    textcoords="offset points", xytext=(0, 10), ha="center", fontsize=8)
     ax.set_title(title or "time and cost against the device count", fontsize=10)
     return save(fig, path)

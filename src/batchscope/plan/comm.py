@@ -58,10 +58,10 @@ def check_link(bandwidth: float, latency: float, name: str = "link") -> None:
                           f"{latency / US:g} us instead; give --latency (--network-latency between nodes) >= 0")
 
 
-# Peak figures from the vendors' data sheets unless said otherwise. Achieved all-reduce bus bandwidth
-# is below them (nccl-tests on DGX systems typically reach 70-90% of the link rate for large messages),
-# and the latencies are order-of-magnitude values: measure with `plan --measure-comm` where you can,
-# or override with --bandwidth/--latency.
+# Peak figures from the vendors' data sheets unless said otherwise. Achieved all-reduce bus bandwidth can
+# be well below them (benchmarks/results/plan.md sets three presets beside a published nccl-tests table:
+# NVLink 4 within 7%, NVLink 3 and PCIe 5 1.2-1.8x optimistic), and the latencies are order-of-magnitude
+# values: measure with `plan --measure-comm` where you can, or override with --bandwidth/--latency.
 PRESETS: dict[str, Link] = {l.name: l for l in (
     Link("nvlink4", 450 * GB, 2 * US,
          "H100 SXM data sheet: NVLink 4, 900 GB/s per GPU both directions -> 450 GB/s each way; latency assumed"),

@@ -63,3 +63,11 @@ def test_a_find_result_for_another_model_is_refused(find_json):
     assert res.exit_code == 0
     res = CliRunner().invoke(cli, ["plan", "--task", "dots", "--find", find_json])
     assert res.exit_code == 2 and "the profile was measured for task 'blobs'" in res.stderr
+
+
+def test_a_file_that_is_not_a_find_result_is_refused(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"batch_size": 64}')
+    res = _plan("--find", str(other))
+    assert res.exit_code == 2
+    assert res.stderr.startswith(f"error: {other} is not a `batchscope find --out` result (KeyError")

@@ -280,6 +280,7 @@ def load_records(directory: "str | Path") -> tuple[StudyPlan, dict, list[RunReco
         if plan is None:
             raise StudyError(f"{directory}/study.db has no plan; it was not written by `batchscope study`")
         facts = store.get_meta("task") or {}
-        records = [RunRecord.from_dict(r) for r in store.records()]
+        # finished runs only: a run that failed (on Ray) has no measurements to report
+        records = [RunRecord.from_dict(r) for r in store.records(statuses=("ok", "diverged"))]
     return StudyPlan.from_dict(plan), facts, records
 

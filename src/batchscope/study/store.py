@@ -114,8 +114,8 @@ class ResultStore:
         marks = ",".join("?" * len(statuses))
         return {r[0] for r in self._db.execute(f"SELECT key FROM runs WHERE status IN ({marks})", statuses)}
 
-    def records(self, statuses: Optional[tuple] = ("ok", "diverged")) -> Iterator[dict]:
-        """Finished runs (``statuses``; None: every record, 'retrying' and 'failed' ones too), oldest first."""
+    def records(self, statuses: Optional[tuple] = None) -> Iterator[dict]:
+        """Every run record, oldest first; ``statuses`` keeps those with one of them (("ok", "diverged"): done)."""
         for (status, text) in self._db.execute("SELECT status, record FROM runs ORDER BY finished"):
             if statuses is None or status in statuses:
                 yield json.loads(text)

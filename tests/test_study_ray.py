@@ -105,3 +105,17 @@ def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_finished_run(loc
     assert {k: after[k] for k in before} == before       # nothing finished before the kill ran again
     _, _, records = load_records(tmp_path)
     assert sorted(r.key for r in records) == sorted(after)
+
+
+def test_the_command_line_runs_a_study_on_ray(local_ray, tmp_path):
+    from click.testing import CliRunner
+
+    from batchscope.cli import cli
+
+    res = CliRunner().invoke(cli, ["study", "--task", TASK, "--dir", str(tmp_path), "--ray", "--batch-sizes", "8,16",
+                                   "--steps", "10", "--optimizers", "sgd", "--lr-rules", "none", "--noise-steps", "0",
+                                   "--grad-norm-batches", "0", "--evals", "5", "--no-report", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["summary"]["ran"] == 2
+    _, _, records = load_records(tmp_path)
+    assert all(r.status == "ok" and r.device.startswith("cpu on ") for r in records)

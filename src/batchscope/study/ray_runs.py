@@ -52,7 +52,13 @@ def connect(address: Optional[str]) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
-    ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    try:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address!r}" if address else "Ray"
+        raise ConfigError(f"could not connect to {where} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                          "start one with `ray start --head`, or give --ray without an address for a local "
+                          "Ray") from None
     return True
 
 

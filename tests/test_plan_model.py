@@ -41,8 +41,6 @@ def test_learning_rate_rules():
     # far above B_noise: saturates at eps_max = 0.1 (1 + 100/64)
     assert model.sgd_lr(1e9, 64, 0.1, 100.0) == pytest.approx(0.1 * (1 + 100 / 64), rel=1e-6)
     assert model.adam_lr(256, 64, 1e-3) == pytest.approx(2e-3)
-    assert model.statistical_efficiency(64, 64, 100.0) == 1.0
-    assert model.statistical_efficiency(228, 64, 100.0) == pytest.approx(164 / 328)
     assert model.adascale_gain(4.0, 1.0, 1.0) == 1.0 and model.adascale_gain(4.0, 1.0, 4.0) == pytest.approx(2.5)
 
 

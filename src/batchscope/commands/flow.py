@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..cli import json_option
+from ._options import json_option
 from ..errors import ConfigError
 from ..report.console import console_for, fmt, make_table
-from ..report.jsonio import dumps, write_json
+from ..serialize import dumps, write_json
 
 
 def _floats(name: str, text):
@@ -181,7 +181,7 @@ def _line(console, line, replications, seed, do_sweep, plot_dir) -> dict:
                                                                        psweep.figures)],
             caption="capacity = resources * B / (set-up + B * unit time): set-up matters less as B grows"))
         if plot_dir:
-            from ..flow.plots import plot_process_sweep, plot_transfer_sweep
+            from ..report.flow_plots import plot_process_sweep, plot_transfer_sweep
             paths = [plot_transfer_sweep(tsweep, line, Path(plot_dir) / "flow_transfer_batch.png"),
                      plot_process_sweep(psweep, line, Path(plot_dir) / "flow_process_batch.png")]
             doc["plots"] = [str(p) for p in paths]
@@ -204,7 +204,7 @@ def _pipeline(console, stages, micro_batches, micro_batch_size, stage_times, bac
                 + ("(P-1)/(M+P-1)" if result.equal_stages else "the unequal-stage formula")
                 + (" - agrees" if result.agrees else " - DISAGREES")))
     if plot_dir:
-        from ..flow.plots import plot_pipeline
+        from ..report.flow_plots import plot_pipeline
         doc["plots"] = [str(plot_pipeline(result, Path(plot_dir) / "flow_pipeline.png"))]
         console.print("plots: " + doc["plots"][0])
     return doc

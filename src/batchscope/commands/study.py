@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..cli import device_option, json_option, task_option
+from ._options import device_option, json_option, task_option
 from ..errors import ConfigError
 from ..report.console import console_for, make_table
-from ..report.jsonio import dumps
+from ..serialize import dumps
 from ..study.plan import DEFAULT_BATCH_SIZES, LR_RULES, StudyPlan
 from ..study.runner import RunRecord, run_study
 

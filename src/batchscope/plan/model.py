@@ -85,11 +85,6 @@ def optimal_batch(alpha: float, beta: float, b_noise: float) -> float:
     return math.sqrt(max(alpha, 0.0) * b_noise / beta)
 
 
-def statistical_efficiency(b: float, b0: float, b_noise: float) -> float:
-    """Progress per example at batch ``b`` relative to ``b0`` (Pollux, Qiao et al. OSDI 2021)."""
-    return (b_noise + b0) / (b_noise + b)
-
-
 def sgd_lr(b: float, b_ref: float, lr_ref: float, b_noise: float) -> float:
     """SGD step size eps(B) = eps_max / (1 + B_noise / B), anchored at a known-good (b_ref, lr_ref).
 

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from batchscope.cli import cli
 from batchscope.tasks import load_task
 
-from .test_plan_find import fake_profile
+from tests.helpers import fake_profile
 
 
 def test_find_cli_end_to_end(tmp_path):
@@ -40,13 +40,13 @@ def test_find_cli_keeps_what_it_measured_when_it_fails(tmp_path):
     # the linear task cannot reach a loss below its noise floor: find fails after measuring
     task_file = tmp_path / "floor.py"
     task_file.write_text(
-        "from tests.conftest import linear_task\n"
+        "from tests.helpers import linear_task\n"
         "from batchscope import Target, Task\n"
         "def make_task():\n"
         "    t = linear_task()\n"
         "    return Task(**{**t.__dict__, 'target': Target('loss', 1e-6, 'val')})\n")
     prof = tmp_path / "linear.json"
-    from tests.conftest import linear_task
+    from tests.helpers import linear_task
 
     fake_profile(linear_task()).save(prof)
     out = tmp_path / "partial.json"

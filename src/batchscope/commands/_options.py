@@ -28,7 +28,7 @@ class Group(click.Group):
             click.echo(f"error: {e}", err=True)
             where = ctx.meta.get(KEEP_KEY)
             if where and save_measured(where, e):
-                click.echo(f"what was measured before the failure is in {where}", err=True)
+                click.echo(f"measurements so far written to {where}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

@@ -193,8 +193,8 @@ def _validate(task: Task, objective: str, measure_fraction: float, devices: int,
         raise ConfigError(f"The 'objective' parameter must be one of {', '.join(recommend.OBJECTIVES)}. "
                           f"Got {objective!r} instead.")
     if not (0 < measure_fraction <= 1):
-        raise ConfigError(f"The 'budget' parameter (the measuring run's fraction of the projected run) must be in "
-                          f"(0, 1]. Got {measure_fraction!r} instead.")
+        raise ConfigError(f"The 'budget' parameter must be a fraction in (0, 1] (the measuring run's share of the "
+                          f"projected run). Got {measure_fraction!r} instead.")
     check_positive_int("devices", devices)
     if max_batch is not None:
         check_positive_int("max_batch", max_batch)
@@ -365,7 +365,7 @@ def micro_batch_limit_reason(profile: HardwareProfile) -> str:
     """Why the profile's largest batch is where it is: memory, or only the largest one measured."""
     if profile.limited_by == "memory":
         return "the memory ceiling"
-    return f"the largest measured; the profile was limited by {profile.limited_by}, not by memory"
+    return f"the largest batch measured: the profile was capped by {profile.limited_by}, not by memory"
 
 
 def check_profile(profile: HardwareProfile, task: Task) -> None:

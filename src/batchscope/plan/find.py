@@ -21,7 +21,7 @@ from ..errors import BatchscopeError, ConfigError, check_positive_int
 from ..hardware import HardwareProfile
 from ..serialize import decode, fields_to_dict, to_jsonable
 from ..tasks import Task, load_task
-from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, train
+from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, resolve_device, train
 from . import growth, recommend
 from .projection import Projection, loss_at_metric, project_examples
 
@@ -305,7 +305,7 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
     run = m.run
     measuring = {"batch_size": b_ref, "micro_batch": m.micro_batch, "lr": m.lr, "steps": run.steps,
                  "examples": run.examples, "seconds": run.seconds, "stopped_because": run.stopped_because,
-                 "device": run.config.get("device"), "projected_examples_to_target": proj.examples,
+                 "device": str(resolve_device(run.config.get("device", "cpu"))), "projected_examples_to_target": proj.examples,
                  "progress": proj.progress, "fraction_of_projected_run": run.examples / proj.examples,
                  "history": [fields_to_dict(p) for p in run.history]}
     law = noise.law

@@ -123,25 +123,18 @@ def _build_line(line_file, example, unit_times, setups, resources, order_quantit
 def _line(console, line, replications, seed, do_sweep, plot_dir) -> dict:
     from ..flow import agreement, closed_form, simulate, sweep_process, sweep_transfer
 
+    if line.random and replications < 2:
+        raise ConfigError(f"one replication has no interval: with random unit times the figures need at least 2 "
+                          f"replications to give a 95% interval; pass --replications 2 or more (default 30). "
+                          f"Got {replications}.")
     sim = simulate(line, replications, seed)
     closed = closed_form(line)
     agree = agreement(closed, sim) if closed else None
     neck = line.stations[line.bottleneck()]
     f = sim.figures
-    doc = {
-        "line": line.to_dict(),
-        "replications": sim.replications, "seed": seed,
-        "bottleneck": neck.name, "bottleneck_capacity": neck.capacity(line.process_batch),
-        "lead_time": f["lead_time"].mean, "first_unit_lead_time": f["first_unit_lead_time"].mean,
-        "last_unit_lead_time": f["last_unit_lead_time"].mean, "throughput": f["throughput"].mean,
-        "wip_average": f["wip_average"].mean, "value_added_fraction": f["value_added_fraction"].mean,
-        "waiting_time_per_unit": f["waiting_time_per_unit"].mean,
-        "little": {"wip_time_average": f["wip_average"].mean, "throughput_times_lead_time": f["little_wip"].mean,
-                   "max_relative_gap": sim.little_max_gap},
-        "figures": {k: v.to_dict() for k, v in f.items()},
-        "stations": sim.stations,
-        "closed_form": agree,
-    }
+    # one schema: the simulation's own, plus what this command adds beside it
+    doc = {**sim.to_dict(), "bottleneck": neck.name, "bottleneck_capacity": neck.capacity(line.process_batch),
+           "closed_form": agree}
     u = line.time_unit
     random_note = "; ".join(f"{s.name}: {s.distribution} cv {fmt(s.cv)}" for s in line.stations if s.random)
     console.print(make_table(

@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import click
 
 from ..errors import BatchscopeError
@@ -16,14 +19,20 @@ KEEP_KEY = "batchscope.keep_measured_in"
 class Group(click.Group):
     """Ends every command the same way.
 
-    A :class:`BatchscopeError` is one ``error:`` line on stderr and exit status 2; what it measured
+    A :class:`BatchscopeError` or a bad option value is one ``error:`` line on stderr and exit status 2; what it measured
     before failing is saved (once, atomically) where the command said results go. Ctrl-C is exit
     status 130 with one line and no traceback.
     """
 
     def invoke(self, ctx: click.Context):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a bad option value: the same one line as every other bad input
+            hint = f"; see `batchscope {e.ctx.command.name} --help`" if e.ctx and e.ctx.command.name else ""
+            click.echo(f"error: {e.format_message()}{hint}", err=True)
+            ctx.exit(2)
         except BatchscopeError as e:
             click.echo(f"error: {e}", err=True)
             where = ctx.meta.get(KEEP_KEY)

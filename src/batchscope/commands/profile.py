@@ -6,6 +6,7 @@ import click
 import torch
 
 from ._options import device_name, device_option, json_option, task_option
+from ..errors import ConfigError
 from ..hardware import HardwareProfile, format_bytes, profile_hardware
 from ..report.console import console_for, make_table, progress_bar
 from ..serialize import dumps
@@ -40,7 +41,7 @@ def command(task_spec, device, memory_budget, max_batch, amp, threads, out, plot
     """Measure the largest batch that fits and how step time grows with the batch size."""
     if threads is not None:
         if threads < 1:
-            raise click.BadParameter(f"must be a positive integer, got {threads}", param_hint="--threads")
+            raise ConfigError(f"--threads must be a positive integer. Got {threads} instead.")
         torch.set_num_threads(threads)
     task = load_task(task_spec)
     console = console_for(as_json)

@@ -99,17 +99,26 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
 
         def on_start(total: int, done: int) -> None:
             bar["id"] = progress.add_task(f"study {where}", total=total, completed=done, info="")
+            bar["done"] = done
 
         def on_run(rec: RunRecord, done: int, total: int) -> None:
             acc = rec.final.get("val_metric")
             info = f"{rec.key}: {rec.status}" + (f", val {acc:.3f}" if acc is not None else "")
             progress.update(bar["id"], completed=done, info=info)
+            bar["done"] = done
 
         def on_noise() -> None:
             progress.update(bar["id"], info="measuring B_simple")
 
-        summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run, on_start=on_start,
-                            on_noise=on_noise)
+        try:
+            summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run,
+                                on_start=on_start, on_noise=on_noise)
+        except KeyboardInterrupt:
+            saved = bar.get("done", 0)
+            if saved:  # only say so when runs were actually saved
+                click.echo(f"{saved} finished run(s) are saved in {where}; continue with "
+                           f"`batchscope study --resume {where}`", err=True)
+            raise
     files = None
     if make_report:
         from ..report.study_report import write_report

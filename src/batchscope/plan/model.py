@@ -1,6 +1,6 @@
 """The time-to-target model: pure functions, numbers in, numbers out.
 
-Notation (DESIGN.md): B batch size, B_noise the gradient noise scale, S_min / E_min the minimum
+Notation (docs/design.md): B batch size, B_noise the gradient noise scale, S_min / E_min the minimum
 steps / examples to reach a target (McCandlish et al. 2018, arXiv 1812.06162, eqs. 2.11-2.12):
 
     S(B) = S_min (1 + B_noise / B)        steps to target

@@ -14,12 +14,12 @@ from .plots import pyplot, save
 def _plot_noise(result, path: Path) -> Path:
     plt = pyplot()
     g = result.growth
-    rec = result.recommendation
+    advice = result.recommendation
     fig, ax = plt.subplots(figsize=(6, 4))
     w = [x for x in g["windows"] if x["b_simple"] and math.isfinite(x["b_simple"])]
     ax.plot([x["loss"] for x in w], [x["b_simple"] for x in w], "o", label="measured (window ratio of averages)")
     ax.plot(g["curve"]["loss"], g["curve"]["b_simple"], "-", label=f"fit: B_simple ~ L^{g['slope']:.2f}")
-    bt = rec.b_crit_at_target
+    bt = advice.b_crit_at_target
     if math.isfinite(bt["low"]) and math.isfinite(bt["high"]):
         ax.errorbar([bt["loss"]], [bt["value"]], yerr=[[bt["value"] - bt["low"]], [bt["high"] - bt["value"]]],
                     fmt="s", color="C3", capsize=4, label="predicted at the target loss (90%)")
@@ -33,8 +33,8 @@ def _plot_noise(result, path: Path) -> Path:
 
 def _plot_candidates(result, path: Path) -> Path:
     plt = pyplot()
-    rec = result.recommendation
-    c = rec.candidates
+    advice = result.recommendation
+    c = advice.candidates
     b = [x["batch_size"] for x in c]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(b, [x["seconds"] for x in c], "o-", label="predicted time to target (s)")
@@ -42,8 +42,8 @@ def _plot_candidates(result, path: Path) -> Path:
     ax2 = ax.twinx()
     ax2.plot(b, [x["relative_compute"] for x in c], "s--", color="C1", label="compute E/E_min")
     ax2.set(ylabel="compute / minimum", yscale="log")
-    ax.axvline(rec.batch_size, color="C3", lw=1)
-    ax.annotate(f"recommended B={rec.batch_size}", (rec.batch_size, ax.get_ylim()[1]), color="C3",
+    ax.axvline(advice.batch_size, color="C3", lw=1)
+    ax.annotate(f"recommended B={advice.batch_size}", (advice.batch_size, ax.get_ylim()[1]), color="C3",
                 ha="center", va="top", fontsize=8)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()

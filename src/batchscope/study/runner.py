@@ -204,13 +204,13 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                 on_start(len(specs), len(specs) - len(todo))
             ran = diverged = 0
 
-            def save(rec: RunRecord) -> None:
+            def save(record: RunRecord) -> None:
                 nonlocal ran, diverged
-                store.save_run(rec.key, rec.status, rec.to_dict())
+                store.save_run(record.key, record.status, record.to_dict())
                 ran += 1
-                diverged += rec.status == "diverged"
+                diverged += record.status == "diverged"
                 if on_run:
-                    on_run(rec, len(specs) - len(todo) + ran, len(specs))
+                    on_run(record, len(specs) - len(todo) + ran, len(specs))
 
             if workers == 1:
                 for spec in todo:

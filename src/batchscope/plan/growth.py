@@ -112,15 +112,6 @@ def prediction_at(fit: GrowthFit, boots: Sequence[GrowthFit], target_loss: float
     return Prediction(target_loss, fit.predict(target_loss), low, high, level, extrapolation)
 
 
-def predict_at_loss(losses: Sequence[float], g2: Sequence[float], trace: Sequence[float], target_loss: float,
-                    n_windows: int = 6, level: float = 0.9, n_boot: int = 400, seed: int = 0) -> tuple[GrowthFit, Prediction]:
-    """Fit the growth law and predict B_simple at ``target_loss`` with a bootstrap interval."""
-    if not target_loss > 0:
-        raise ValueError(f"the target loss must be positive to use the power law, got {target_loss}")
-    fit = fit_growth(make_windows(losses, g2, trace, n_windows))
-    return fit, prediction_at(fit, bootstrap_fits(losses, g2, trace, n_windows, n_boot, seed), target_loss, level)
-
-
 def curve(fit: GrowthFit, target_loss: float, points: int = 50) -> dict:
     """The fitted law evaluated from the target loss to the largest measured loss (what plots draw)."""
     measured = [w.loss for w in fit.windows if w.loss > 0 and math.isfinite(w.b_simple)]

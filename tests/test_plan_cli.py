@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from batchscope.cli import cli
 from batchscope.tasks import load_task
-from tests.test_hardware_profile import fake_profile
+from tests.helpers import fake_profile
 
 TASK = "tests/study_tasks.py:blobs"
 
@@ -15,7 +15,7 @@ TASK = "tests/study_tasks.py:blobs"
 @pytest.fixture
 def find_json(tmp_path):
     """What `find --out` writes, reduced to what plan reads: B_noise, the measuring run, the profile."""
-    profile = fake_profile(load_task(TASK), memory_budget=2**20 + 64 * 1024)    # ceiling: 64 examples
+    profile = fake_profile(load_task(TASK), alpha=2e-3, beta=3e-6, ceiling=64, limited_by="memory")
     doc = {"b_noise": {"value": 256.0}, "evidence": {"ref_batch": 32, "projected_examples_at_ref": 32 * 900.0},
            "profile": profile.to_dict()}
     path = tmp_path / "find.json"
@@ -47,7 +47,7 @@ def test_plan_prints_the_frontier_and_writes_json_and_a_plot(find_json, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--bandwidth", "0"], "error: the bandwidth of nvlink4 (overridden) must be a positive number of GB/s"),
     (["--devices", "1,8", "--batches", "12"], "error: a global batch of 12 cannot be split evenly over 8 devices"),
-    (["--device-memory", "100KB"], "error: one replica needs"),
+    (["--device-memory", "512B"], "error: one replica needs 696 B"),
     (["--devices", "0,2"], "error: --devices must be comma-separated positive integers"),
     (["--link", "nvlink9"], "error: unknown interconnect 'nvlink9'"),
 ])

@@ -89,7 +89,7 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
     if device_memory is not None:
         ceiling = ceiling_on(device_memory, prof.m0, prof.m1, prof.parameters, task.optimizer)
     else:
-        ceiling = prof.max_batch if prof.limited_by == "memory" else None
+        ceiling = prof.max_batch   # the largest micro-batch a pass may take (what find uses too)
     limit = min(task.n_train, max_batch) if max_batch else task.n_train
     curve = pass_seconds(prof)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rich import box
-
 from .console import make_table
 
 
@@ -45,12 +43,7 @@ def plan_table(dp, task_name: str):
                duration(r.seconds), f"{r.device_hours:.3g}"]
         rows.append(row + ([money(r.cost)] if priced else []))
     caption = "F fastest, C cheapest, K knee; sync: share of the step added by the all-reduce"
-    table = make_table(f"{task_name}: the fastest global batch for each device count", cols, rows, caption)
-    # no side borders and one space between columns: the table stays within 80 columns
-    table.box, table.pad_edge, table.padding = box.SIMPLE_HEAD, False, (0, 1, 0, 0)
-    for c in table.columns:
-        c.no_wrap = True
-    return table
+    return make_table(f"{task_name}: the fastest global batch for each device count", cols, rows, caption)
 
 
 def frontier_lines(dp) -> list[str]:

@@ -6,13 +6,14 @@ run at batch 24 raises on every attempt.
 """
 
 import os
-from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
-from batchscope.tasks import Task
-from study_tasks import blobs
+from batchscope import Target, Task
+from batchscope.tasks import accuracy
 
 
 def _loss(output, target):
@@ -27,5 +28,13 @@ def _loss(output, target):
     return nn.functional.cross_entropy(output, target)
 
 
-def failing_blobs() -> Task:
-    return replace(blobs(), name="failing_blobs", loss_fn=_loss)
+def failing_blobs(n: int = 512, d: int = 4) -> Task:
+    """study_tasks.blobs with the failing loss (repeated here: a task file is imported on its own)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, d, generator=g) + 1.5 * (2 * y[:, None].float() - 1)
+    cut = n * 3 // 4
+    return Task(name="failing_blobs", make_model=lambda: nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, 2)),
+                train_data=TensorDataset(x[:cut], y[:cut]), val_data=TensorDataset(x[cut:], y[cut:]),
+                loss_fn=_loss, metric_fn=accuracy, metric_name="accuracy", optimizer="sgd", lr=0.05,
+                target=Target("metric", 0.9, "val"))

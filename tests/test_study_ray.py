@@ -2,7 +2,6 @@
 driver and --resume, and runs whose worker dies or raises."""
 
 import json
-import os
 import signal
 import sqlite3
 
@@ -22,8 +21,7 @@ MEASURED = ("step_losses", "final", "distance", "cosine", "initial_loss", "steps
 def local_ray(tmp_path_factory):
     fail_dir = tmp_path_factory.mktemp("ray-fail")
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=80 * 2**20, log_to_driver=False,
-             runtime_env={"env_vars": {"BATCHSCOPE_FAIL_DIR": str(fail_dir),
-                                       "PYTHONPATH": os.environ.get("PYTHONPATH", "") + os.pathsep + str(HERE)}})
+             runtime_env={"env_vars": {"BATCHSCOPE_FAIL_DIR": str(fail_dir)}})
     yield fail_dir
     ray.shutdown()
 

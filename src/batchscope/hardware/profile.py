@@ -17,9 +17,10 @@ from ..tasks import Task, load_task
 from ..train import resolve_device
 from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling, fit_memory
 from .device import device_facts
-from .fit import fit_step_time, knee_from_line, knee_from_points
+from .fit import fit_step_time, knee_from_line
 from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_free_memory, cuda_memory_probe
 from .step import StepRunner
+from .steptime import StepTimeModel, knee
 from .timing import StepTiming, TimeProbe, step_time_probe
 from .units import format_bytes, parse_bytes
 
@@ -66,7 +67,7 @@ class HardwareProfile:
     m0: Optional[float]                # bytes: memory(B) = m0 + m1*B
     m1: Optional[float]
     memory_r2: Optional[float]
-    alpha: float                       # seconds: t(B) = alpha + beta*B
+    alpha: float                       # seconds: the fitted line t(B) = alpha + beta*B
     beta: float
     r2: float
     residuals: list[float]             # relative: (measured - fitted) / measured, per point
@@ -74,7 +75,7 @@ class HardwareProfile:
     memory_probes: list[ProbeResult]   # every memory probe step, in the order run
     ceiling_steps: int                 # probe steps the ceiling search took
     over_budget_steps: int             # of which over the budget (or out of memory)
-    knee: Optional[int]                # measured: smallest B from which on doubling gains < 10% throughput
+    knee: Optional[int]                # of the step-time model: smallest B from which on doubling gains < 10%
     knee_fit: Optional[float]          # the same from the fit: 4.5 alpha/beta
     seconds: float                     # wall time of the profiling
     created: str = ""
@@ -82,9 +83,14 @@ class HardwareProfile:
     schema: str = SCHEMA
 
     # Predictions -------------------------------------------------------------------------------
+    @property
+    def step_time_model(self) -> StepTimeModel:
+        """The one step-time model (see :mod:`batchscope.hardware.steptime`), from the measured points."""
+        return StepTimeModel.from_measurements(self.alpha, self.beta, [(p.batch, p.seconds) for p in self.points])
+
     def step_time(self, batch: float) -> float:
-        """Predicted seconds per optimizer step at ``batch``."""
-        return self.alpha + self.beta * batch
+        """Predicted seconds per optimizer step at ``batch`` (one pass, no accumulation)."""
+        return self.step_time_model(batch)
 
     def throughput(self, batch: float) -> float:
         return batch / self.step_time(batch)
@@ -110,6 +116,7 @@ class HardwareProfile:
         d = asdict(self)
         d["points"] = [asdict(p) for p in self.points]
         d["memory_probes"] = [p.to_dict() for p in self.memory_probes]
+        d["step_time_model"] = self.step_time_model.to_dict()   # for readers; recomputed on load
         return d
 
     @classmethod
@@ -282,6 +289,7 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         residuals = [r / p.seconds for r, p in zip(tfit.residuals, points)]
     else:  # a one-example training set: no slope to fit
         alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
+    model = StepTimeModel.from_measurements(alpha, beta, [(p.batch, p.seconds) for p in points])
     probes = list(cache.values())
     mfit = fit_memory(probes) if ceiling is not None else None  # every probe, the grid's included
     return HardwareProfile(
@@ -291,7 +299,7 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         m0=mfit.intercept if mfit else None, m1=mfit.slope if mfit else None, memory_r2=mfit.r2 if mfit else None,
         alpha=alpha, beta=beta, r2=r2, residuals=residuals, points=points, memory_probes=probes,
         ceiling_steps=ceiling.steps if ceiling else 0, over_budget_steps=ceiling.over_budget if ceiling else 0,
-        knee=knee_from_points([p.batch for p in points], [p.throughput for p in points], KNEE_GAIN),
+        knee=knee(model, KNEE_GAIN),
         knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
         seconds=time.perf_counter() - t_start, notes=notes + _load_note(facts),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -75,7 +75,7 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
         rows.append((f"final {task.target.split} {task.metric_name}", last.metric))
     if result.reached_target:
         rows.append(("target " + result.target,
-                     f"reached at step {result.target_step:,} ({result.target_examples:,} examples, "
+                     f"reached at step {result.target_step:,.0f} ({result.target_examples:,.0f} examples, "
                      f"{result.target_seconds:.1f} s)"))
     else:
         rows.append(("target " + result.target, "not reached"))

@@ -73,8 +73,23 @@ def test_bad_profile_files(tmp_path):
     with pytest.raises(ConfigError, match="is not valid JSON"):
         HardwareProfile.load(tmp_path / "bad.json")
     (tmp_path / "part.json").write_text(json.dumps({"task": "x", "points": []}))
-    with pytest.raises(ConfigError, match=r"incomplete or malformed \(TypeError"):
+    with pytest.raises(ConfigError, match=r"the hardware profile's 'memory_method' must be a string; got None"):
         HardwareProfile.load(tmp_path / "part.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"alpha": -1.0}, r"'alpha' must be such that alpha \+ beta\*B is a positive step time at B=1"),
+    ({"alpha": 0.0, "beta": -1e-3}, r"'alpha' must be such that .* at B=1 \(beta=-0.001 gives -0.001 s\)"),
+    ({"beta": float("nan")}, r"'beta' must be a finite number; got nan"),
+    ({"alpha": "fast"}, r"'alpha' must be a finite number; got 'fast'"),
+    ({"max_batch": 0}, r"'max_batch' must be a positive integer; got 0"),
+    ({"points": [{"batch": 4, "seconds": -2.0}]}, r"'points\[\].seconds' must be a positive finite number; got -2.0"),
+])
+def test_a_damaged_profile_is_refused_naming_the_field(tiny_task, tmp_path, change, message):
+    d = {**fake_profile(tiny_task).to_dict(), **change}
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=message + ".*write it again with `batchscope profile --out FILE`"):
+        HardwareProfile.load(tmp_path / "p.json")
 
 
 def test_bad_arguments(tiny_task):

@@ -112,6 +112,8 @@ def _straight(probes, rel: float = 0.02) -> bool:
     return s2 > 0 and abs(s2 - s1) <= rel * s2
 
 
+# Long on purpose: the two phases of one search share its record of probes and its bracket [lo, hi];
+# the docstring walks through it step by step.
 def find_ceiling(probe: Probe, budget: int, limit: int, *, limit_reason: str = "data set", start: int = 2,
                  growth: int = 4, tol: float = 0.01, aim: float = 0.995, bracket: float = 0.02,
                  max_over: int = 2, max_ratio: float = 1.5, max_steps: int = 16,

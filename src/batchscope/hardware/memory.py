@@ -196,6 +196,46 @@ def _read_all(fd: int) -> bytes:
         chunks.append(part)
 
 
+def _fork_probe(task: Task, batch: int, amp: bool, seed: int, optimizer) -> tuple[bytes, int]:
+    """Run :func:`_child` in a forked process; its message and wait status."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Frozen objects are skipped by the child's garbage collector, which would otherwise touch
+    # (and copy) every page of the parent's Python heap.
+    pid = -1
+    gc.freeze()
+    # SIGINT is blocked across fork(): an interrupt landing in the at-fork handlers would be
+    # reported as "ignored" and lost. The child ignores it (the parent ends the child); the
+    # parent receives it once unblocked, as a KeyboardInterrupt in its own code.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork() in a process with threads (torch's OpenMP pool).
+            # The child never enters that pool (one thread) and leaves with os._exit.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    finally:
+        if pid == 0:  # pragma: no cover - the child
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            gc.unfreeze()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if pid == 0:  # pragma: no cover - the child; covered through the parent's result
+        os.close(read_fd)
+        _child(task, batch, amp, seed, write_fd, optimizer)
+    os.close(write_fd)
+    try:
+        data = _read_all(read_fd)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # interrupted: the child's measurement is of no use now
+        raise
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    return data, status
+
+
 def cpu_memory_probe(task: Task, amp: bool = False, seed: int = 0, optimizer=None):
     """A probe (``batch -> ProbeResult``) measuring one CPU training step in a forked child."""
     ok, why = cpu_memory_supported()
@@ -208,41 +248,7 @@ def cpu_memory_probe(task: Task, amp: bool = False, seed: int = 0, optimizer=Non
     del primer
 
     def probe(batch: int) -> ProbeResult:
-        read_fd, write_fd = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Frozen objects are skipped by the child's garbage collector, which would otherwise touch
-        # (and copy) every page of the parent's Python heap.
-        pid = -1
-        gc.freeze()
-        # SIGINT is blocked across fork(): an interrupt landing in the at-fork handlers would be
-        # reported as "ignored" and lost. The child ignores it (the parent ends the child); the
-        # parent receives it once unblocked, as a KeyboardInterrupt in its own code.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with warnings.catch_warnings():
-                # Python >= 3.12 warns about fork() in a process with threads (torch's OpenMP pool).
-                # The child never enters that pool (one thread) and leaves with os._exit.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        finally:
-            if pid == 0:  # pragma: no cover - the child
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-            else:
-                gc.unfreeze()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        if pid == 0:  # pragma: no cover - the child; covered through the parent's result
-            os.close(read_fd)
-            _child(task, batch, amp, seed, write_fd, optimizer)
-        os.close(write_fd)
-        try:
-            data = _read_all(read_fd)
-        except BaseException:
-            os.kill(pid, signal.SIGKILL)  # interrupted: the child's measurement is of no use now
-            raise
-        finally:
-            os.close(read_fd)
-            _, status = os.waitpid(pid, 0)
+        data, status = _fork_probe(task, batch, amp, seed, optimizer)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not data:
             return ProbeResult(batch, None, oom=True)  # the kernel's out-of-memory killer
         if len(data) < 8:

@@ -247,6 +247,9 @@ def _noop(stage: str, done: int, total: Optional[int], info: str) -> None:
     return None
 
 
+# Long on purpose: one straight pipeline (check, memory ceiling, timing grid, fits, result) whose
+# stages are calls; the locals they share (probe cache, limits, device) would otherwise travel as
+# a dozen arguments.
 def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None, max_batch: Optional[int] = None,
                      amp: bool = False, progress: Optional[Progress] = None, *, seed: int = 0,
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,

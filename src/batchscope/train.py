@@ -23,10 +23,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .data import batch_indices, chunks, forward, split_batch, take, to_device
 from .errors import (BatchscopeError, ConfigError, DivergedError, TaskError, check_positive_float,
                      check_positive_int)
-from .tasks import Target, Task, load_task
+from .tasks import OPTIMIZERS, Target, Task, load_task
 
 SCHEDULES = ("constant", "cosine", "linear")
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass

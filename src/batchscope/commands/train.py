@@ -8,7 +8,7 @@ from ..cli import device_option, json_option, task_option
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..report.jsonio import dumps, keep_measured, write_json
 from ..errors import DivergedError
-from ..tasks import load_task
+from ..tasks import OPTIMIZERS, load_task
 from ..train import SCHEDULES, TrainConfig, train
 
 
@@ -17,7 +17,7 @@ def training_options(f):
     opts = [
         click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="examples per optimizer step (B)"),
         click.option("--lr", type=float, default=None, help="learning rate [default: the task's]"),
-        click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None,
+        click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None,
                      help="[default: the task's]"),
         click.option("--micro-batch", type=int, default=None,
                      help="micro-batch size m; B/m micro-batches per step with gradient accumulation"),

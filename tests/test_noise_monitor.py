@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from batchscope import Callback, ConfigError, Target, Task, TrainConfig, train
 from batchscope.noise import NoiseError, NoiseScaleMonitor, measure_noise, two_batch
 
-from .conftest import linear_task
+from tests.helpers import linear_task
 
 D, NOISE = 5, 0.5
 

@@ -2,8 +2,9 @@
 
 Two lines describe a device for one model: memory(B) = m0 + m1*B (bytes) and the step time
 t(B) = alpha + beta*B (seconds). alpha is the fixed cost of a step (kernel launches, the optimizer
-update, synchronisation), beta the cost of one more example. The line is the part of the one
-step-time model (:mod:`batchscope.hardware.steptime`) used outside the measured range.
+update, synchronisation), beta the cost of one more example (docs/design.md, "Step time"). The line
+is the part of the one step-time model (:mod:`batchscope.hardware.steptime`) used outside the
+measured range.
 """
 
 from __future__ import annotations

@@ -6,14 +6,14 @@ import datetime as _dt
 import gc
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from ..errors import ConfigError, check_positive_int
-from ..report.jsonio import read_json, write_json
+from ..serialize import fields_to_dict, from_dict, read_json, write_json
 from ..tasks import Task, load_task
 from ..train import OptimizerSettings, build_model, resolve_device, smallest_batch
 from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling, fit_memory
@@ -115,11 +115,8 @@ class HardwareProfile:
 
     # JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["points"] = [asdict(p) for p in self.points]
-        d["memory_probes"] = [p.to_dict() for p in self.memory_probes]
-        d["step_time_model"] = self.step_time_model.to_dict()   # for readers; recomputed on load
-        return d
+        # the step-time model goes along for readers; it is recomputed from the points on load
+        return {**fields_to_dict(self), "step_time_model": self.step_time_model.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HardwareProfile":
@@ -128,11 +125,7 @@ class HardwareProfile:
                               f"expected {SCHEMA!r})")
         check_profile_fields(d)
         try:
-            kw = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
-            kw["points"] = [ProfilePoint.from_dict(p) for p in d["points"]]
-            kw["memory_probes"] = [ProbeResult.from_dict(p) for p in d.get("memory_probes", [])]
-            kw.setdefault("residuals", [])
-            return cls(**kw)
+            return from_dict(cls, {"residuals": [], "memory_probes": [], **d})
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"the hardware profile is incomplete or malformed ({type(e).__name__}: {e}); "
                               "write it again with `batchscope profile --out FILE`") from e
@@ -337,7 +330,7 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         knee=knee(model, KNEE_GAIN), knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
         seconds=time.perf_counter() - t_start, notes=notes + _load_note(facts),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        optimizer=asdict(settings),
+        optimizer=fields_to_dict(settings),
     )
 
 

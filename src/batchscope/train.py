@@ -79,8 +79,8 @@ class TrainResult:
     target_step: Optional[float] = None
     target_examples: Optional[float] = None
     target_seconds: Optional[float] = None
-    target_interpolated: bool = False
     stopped_because: str = ""
+    target_interpolated: bool = False      # the target crossing lies between two evaluations
     model: Optional[nn.Module] = field(default=None, repr=False)
 
     @property

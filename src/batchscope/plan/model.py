@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
+from ..hardware.steptime import StepTimeModel
 
 
 def steps_to_target(b: float, s_min: float, b_noise: float) -> float:
@@ -34,39 +34,26 @@ def s_min_from_reference(steps_ref: float, b_ref: float, b_noise: float) -> floa
 
 
 def step_time_curve(alpha: float, beta: float, measured: Sequence[tuple[float, float]] = ()) -> Callable[[float], float]:
-    """Seconds for one forward/backward pass of ``m`` examples.
+    """Seconds for one forward/backward pass of ``m`` examples: the one step-time model of a profile.
 
-    Inside the measured range the measured medians are interpolated (log-log), since real curves
-    have steps (cache sizes, kernel choices) that the line alpha + beta m smooths over; outside it
-    the fitted line is used. Timing noise only ever slows a step, and a batch never takes less time
-    than a smaller one, so each median is first lowered to the smallest measured at any batch at
-    least as large (a load spike at B=2 then cannot make B=2 look slower than B=64).
+    See :class:`batchscope.hardware.steptime.StepTimeModel` (measured medians inside their range,
+    bounded and interpolated log-log; the line alpha + beta m outside it).
     """
-    pts = sorted((float(b), float(t)) for b, t in measured if b > 0 and t > 0)
-    if len(pts) < 2:
-        return lambda m: alpha + beta * m
-    xs = np.log([b for b, _ in pts])
-    ys = np.log(np.minimum.accumulate([t for _, t in pts][::-1])[::-1])
-
-    def curve(m: float) -> float:
-        if m < pts[0][0] or m > pts[-1][0]:
-            return alpha + beta * m
-        return float(math.exp(np.interp(math.log(m), xs, ys)))
-
-    return curve
+    return StepTimeModel.from_measurements(alpha, beta, measured)
 
 
 def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1,
                  curve: Callable[[float], float] | None = None) -> float:
-    """Seconds per optimizer step for a global batch ``b`` over ``devices`` data-parallel workers.
+    """Seconds per optimizer step for a global batch ``b`` over ``devices`` workers, without communication.
 
-    Each device processes b / devices examples as ceil((b / devices) / micro_batch) passes; every pass
-    pays the fixed cost alpha (launches, optimizer and synchronisation are lumped into it).
+    Each device runs b / devices examples as passes of at most ``micro_batch``; every pass pays the
+    fixed cost alpha. This is :func:`batchscope.plan.devices.step_time` (the one N-device model) with
+    no all-reduce; pass a cluster there to price the gradient synchronisation.
     """
-    per_device = b / devices
-    m = per_device if micro_batch is None else min(micro_batch, per_device)
-    passes = math.ceil(per_device / m - 1e-9)
-    return passes * (curve(m) if curve is not None else alpha + beta * m)
+    from .devices import step_time
+
+    t_pass = curve if curve is not None else (lambda m: alpha + beta * m)
+    return step_time(b, devices, t_pass, 0.0, None, ceiling=micro_batch).seconds
 
 
 def time_to_target(b: int, s_min: float, b_noise: float, alpha: float, beta: float,

@@ -62,7 +62,7 @@ def test_a_dead_worker_is_retried_and_a_raising_run_is_recorded_as_failed(local_
     assert status == "ok" and len(died["failures"]) == 1 and "Worker" in died["failures"][0]
     status, failed = runs[24]                    # raised on both attempts: failed, with both reasons
     assert status == "failed" and len(failed["failures"]) == 2
-    assert all(f == "RuntimeError: batch 24 fails on purpose" for f in failed["failures"])
+    assert all("RuntimeError: batch 24 fails on purpose" in f for f in failed["failures"]), failed["failures"]
     assert failed["message"] == failed["failures"][-1]
     _, _, done = load_records(tmp_path)           # what a report reads: the finished runs only
     assert sorted(r.spec.batch_size for r in done) == [8, 16]

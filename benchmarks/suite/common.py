@@ -1,0 +1,104 @@
+"""What the ground truth and the judge share: one run to the target, step times, the JSON store.
+
+Only batchscope's public API is used (``train``, ``TrainConfig``, ``Callback``), so the suite keeps
+working while the library's insides change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Optional
+
+from batchscope import Callback, DivergedError, TrainConfig, train
+
+MAX_SECONDS = 60.0      # training seconds per run: a run slower than this is far from the best anyway
+MAX_STEPS = 30_000
+EVALS_BEFORE_TARGET = 40  # evaluations before the expected crossing: steps to target resolved to ~2.5%
+
+
+def crossing(history: list[dict], kind: str, value: float) -> Optional[tuple[float, float]]:
+    """(steps, examples) at which the evaluated quantity first crosses the target, interpolated
+    linearly between the last evaluation before and the first at or past it.
+
+    Without interpolation steps to target are rounded up to the evaluation grid, which biases
+    short runs (few evaluations) more than long ones and so bends the steps/examples hyperbola.
+    """
+    key = "eval_loss" if kind == "loss" else "metric"
+    hit = (lambda v: v <= value) if kind == "loss" else (lambda v: v >= value)
+    prev = None
+    for p in history:
+        v = p[key]
+        if v is not None and math.isfinite(v) and hit(v):
+            if prev is None or prev[key] is None or not math.isfinite(prev[key]) or prev[key] == v:
+                return float(p["step"]), float(p["examples"])
+            f = (prev[key] - value) / (prev[key] - v)          # in (0, 1]: fraction of the interval
+            step = prev["step"] + f * (p["step"] - prev["step"])
+            return step, step * (p["examples"] / max(p["step"], 1))
+        prev = p
+    return None
+
+
+def run_to_target(task, batch: int, lr: float, *, seed: int = 0, warmup: int = 0, eval_every: int = 10,
+                  max_steps: int = MAX_STEPS, max_seconds: float = MAX_SECONDS) -> dict:
+    """Train at (batch, lr) until the task's target; steps and examples to it, or why not."""
+    cfg = TrainConfig(batch_size=batch, lr=lr, seed=seed, warmup_steps=warmup, until_target=True, steps=max_steps,
+                      eval_every=max(1, eval_every), max_seconds=max_seconds)
+    row = {"batch": batch, "lr": lr, "seed": seed, "warmup": warmup, "eval_every": cfg.eval_every}
+    try:
+        r = train(task, cfg)
+    except DivergedError:
+        return {**row, "reached": False, "diverged": True, "steps": None, "examples": None}
+    history = [{"step": p.step, "examples": p.examples, "eval_loss": p.eval_loss, "metric": p.metric}
+               for p in r.history]
+    cross = crossing(history, task.target.kind, task.target.value) if r.reached_target else None
+    return {**row, "reached": cross is not None, "diverged": False,
+            "steps": cross[0] if cross else None, "examples": cross[1] if cross else None,
+            "eval_step": r.target_step, "steps_run": r.steps, "train_seconds": r.seconds,
+            "stopped": r.stopped_because, "bracket": history[-2:] if cross else None}
+
+
+class StepClock(Callback):
+    """Seconds of every optimizer step (evaluations excluded)."""
+
+    def __init__(self):
+        self.times, self._last = [], 0.0
+
+    def on_step_end(self, ctx, loss):
+        self.times.append(ctx.seconds - self._last)
+        self._last = ctx.seconds
+
+
+def step_seconds(task, batch: int, steps: int = 30) -> float:
+    """Median seconds of one training step at ``batch`` after five warm-up steps."""
+    clock = StepClock()
+    train(task, TrainConfig(batch_size=batch, steps=steps, eval_every=steps, eval_examples=64), [clock])
+    return statistics.median(clock.times[5:])
+
+
+def interleaved_step_seconds(task, batches, rounds: int = 3) -> dict[int, float]:
+    """Step time per batch from ``rounds`` interleaved passes (every batch sees the same load), median."""
+    seen: dict[int, list[float]] = {b: [] for b in sorted(set(batches))}
+    for _ in range(rounds):
+        for b in seen:
+            seen[b].append(step_seconds(task, b))
+    return {b: statistics.median(v) for b, v in seen.items()}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic: a killed process leaves the previous file, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan

@@ -117,7 +117,7 @@ class Sweep:
         lr = min(pairs, key=lambda k: (None in pairs[k], geomean(pairs[k])))
         return {"lr": lr, "steps": pairs[lr], "grid": {repr(k): r["steps"] for k, r in sorted(tried.items())}}
 
-    def run(self, max_batch: int) -> None:
+    def run(self, max_batch: int, min_batch: int = MIN_BATCH) -> None:
         task = self.task
         b_ref = task.reference_batch
         found = {}
@@ -129,7 +129,7 @@ class Sweep:
             b, flat = b_ref, 0
             while True:
                 nb = int(b * direction)
-                if nb < MIN_BATCH or nb > max_batch:
+                if nb < min_batch or nb > max_batch:
                     break
                 prev = found[b]
                 est = geomean(prev["steps"]) * math.sqrt(b / nb)
@@ -175,15 +175,15 @@ def summarize(entry: dict) -> dict:
             "e_min": fit.e_min}
 
 
-def ground_truth(name: str, store: dict, save) -> None:
-    task = SUITE[name]()
+def ground_truth(name: str, store: dict, save, registry=SUITE, min_batch: int = MIN_BATCH,
+                 max_batch: int = MAX_BATCH) -> None:
+    task = registry[name]()
     entry = store.get(name, {})
     if "summary" in entry:
         return
     t0 = time.perf_counter()
     print(f"[{name}] sweep ({task.n_train:,} examples, {task.optimizer})", flush=True)
-    max_batch = min(MAX_BATCH, task.n_train // 4)
-    Sweep(task, store, save).run(max_batch)
+    Sweep(task, store, save).run(min(max_batch, task.n_train // 4), min_batch)
     entry = store[name]
     print(f"[{name}] step times", flush=True)
     entry["step_seconds"] = {str(b): s for b, s in

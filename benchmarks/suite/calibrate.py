@@ -8,6 +8,7 @@ whole-run noise paths (noise_paths.json). Candidates:
 - ``window``: B_simple over the second half of find's measuring run (ratio of the summed
   tr(Σ) and |G|²), no extrapolation;
 - ``path``: B_simple over the whole run to the target (what a measurement without budget would see);
+- ``prefixNN``: B_simple over the second half of the first NN% of that run (a measuring run of NN%);
 - ``hessian``: tr(HΣ)/GᵀHG over the whole run (median of the probe points);
 - ``preconditioned``: B_simple of Adam's preconditioned gradient, second half of the first 5% of
   the run (Adam-type tasks only).
@@ -55,7 +56,8 @@ def candidates(name: str, judged: dict, path: dict) -> dict:
     if path:
         out["path"] = ratio_of_sums(path["raw"], 0.0, 1.0)
         out["path_late"] = ratio_of_sums(path["raw"], 0.5, 1.0)
-        out["first5"] = ratio_of_sums(path["raw"], 0.025, 0.05)
+        for frac in (0.05, 0.1, 0.2, 0.5):   # the second half of a measuring run of this fraction of the run
+            out[f"prefix{int(frac * 100):02d}"] = ratio_of_sums(path["raw"], frac / 2, frac)
         hs = [h["b_hessian"] for h in path["hessian"] if h["step"] > 0 and math.isfinite(h["b_hessian"])
               and h["b_hessian"] > 0]
         if hs:
@@ -149,7 +151,7 @@ def main() -> int:
                          f"{np.mean([r['covered'] for r in res.values()]):.0%} | "
                          f"{math.exp(statistics.median([r['half_width'] for r in res.values()])):.1f} |")
     lines += ["", "Constants for batchscope.plan.critical_batch (window estimate, fitted on every task with it):", ""]
-    for fam, members in (("sgd", [n for n in truth if gt[n]["optimizer"] == "sgd"]),
+    for fam, members in (("all", list(truth)), ("sgd", [n for n in truth if gt[n]["optimizer"] == "sgd"]),
                          ("adam", [n for n in truth if gt[n]["optimizer"] != "sgd"])):
         logs = [math.log(truth[n] / table[n]["window"]) for n in members
                 if "window" in table[n] and math.isfinite(table[n]["window"])]

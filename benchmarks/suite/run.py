@@ -199,7 +199,9 @@ def main(argv=None, registry=SUITE, store_path: Path = HERE / "ground_truth.json
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task in the ground truth)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--objectives", default=None, help="default: find's default objective, then fastest")
+    ap.add_argument("--out", type=Path, default=None, help=f"folder for suite.json and suite.md (default {RESULTS})")
     args = ap.parse_args(argv)
+    out_dir = args.out or out_dir
     torch.set_num_threads(args.threads)
     store = read_json(store_path)
     names = args.tasks.split(",") if args.tasks else [n for n in registry if "summary" in store.get(n, {})]

@@ -1,10 +1,11 @@
 """Which noise-scale estimate predicts the measured critical batch? Leave-one-task-out, on stored data.
 
 Inputs (nothing is trained here): the ground truth (measured B_crit per task), the judge's record of
-`find`'s measuring run (benchmarks/results/suite.json: per-step training loss, |G|², tr(Σ)), and the
+`find`'s measuring run (benchmarks/results/suite_before.json: per-step training loss, |G|², tr(Σ)), and the
 whole-run noise paths (noise_paths.json). Candidates:
 
-- ``find``: what `find` printed (power law of B_simple in the training loss, path-averaged);
+- ``find_before``: what `find` printed before the suite (power law of B_simple in the training loss,
+  path-averaged; benchmarks/results/suite_before.json);
 - ``window``: B_simple over the second half of find's measuring run (ratio of the summed
   tr(Σ) and |G|²), no extrapolation;
 - ``path``: B_simple over the whole run to the target (what a measurement without budget would see);
@@ -50,7 +51,7 @@ def ratio_of_sums(rows, lo: float, hi: float) -> float:
 def candidates(name: str, judged: dict, path: dict) -> dict:
     out = {}
     if judged:
-        out["find"] = judged["prediction"]["b_noise"]
+        out["find_before"] = judged["prediction"]["b_noise"]
         ns = judged["noise_steps"]
         out["window"] = ratio_of_sums(list(zip(ns["loss"], ns["g2"], ns["trace"])), 0.5, 1.0)
     if path:
@@ -122,7 +123,7 @@ def rate_rules(gt: dict) -> list[str]:
 
 def main() -> int:
     gt = read_json(HERE / "ground_truth.json")
-    judged = {r["task"]: r for r in read_json(RESULTS / "suite.json").get("tasks", [])}
+    judged = {r["task"]: r for r in read_json(RESULTS / "suite_before.json").get("tasks", [])}
     paths = read_json(HERE / "noise_paths.json")
     truth = {n: e["summary"]["b_crit"] for n, e in gt.items() if "summary" in e}
     table = {n: candidates(n, judged.get(n, {}), paths.get(n, {})) for n in truth}

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +19,19 @@ from batchscope import Callback, DivergedError, TrainConfig, train
 MAX_SECONDS = 60.0      # training seconds per run: a run slower than this is far from the best anyway
 MAX_STEPS = 30_000
 EVALS_BEFORE_TARGET = 40  # evaluations before the expected crossing: steps to target resolved to ~2.5%
+
+
+# glibc returns freed blocks above an adaptive threshold to the system and maps them again on the next
+# step; where the threshold sits depends on what the process allocated before, so one batch size timed
+# after others could run 10x slower in one pass and not in the next (seen in the suite's timing passes
+# at 128-1024 examples). Pinned, every step time is the steady state a long training run settles into.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
+def pin_malloc() -> None:
+    """Re-execute this script once with glibc's allocation thresholds fixed (Linux only)."""
+    if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in PINNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
 
 
 def crossing(history: list[dict], kind: str, value: float) -> Optional[tuple[float, float]]:

@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (EVALS_BEFORE_TARGET, MAX_STEPS, geomean, interleaved_step_seconds, read_json,  # noqa: E402
+from common import (pin_malloc, EVALS_BEFORE_TARGET, MAX_STEPS, geomean, interleaved_step_seconds, read_json,  # noqa: E402
                     run_to_target, write_json)
 from tasks import KIND, SUITE  # noqa: E402
 
@@ -214,4 +214,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    pin_malloc()
     sys.exit(main())

@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (EVALS_BEFORE_TARGET, geomean, interleaved_step_seconds, read_json, run_to_target,  # noqa: E402
-                    write_json)
+from common import (EVALS_BEFORE_TARGET, geomean, interleaved_step_seconds, pin_malloc, read_json,  # noqa: E402
+                    run_to_target, write_json)
 from tasks import KIND, SUITE  # noqa: E402
 
 HERE = Path(__file__).parent
@@ -198,7 +198,8 @@ def main(argv=None, registry=SUITE, store_path: Path = HERE / "ground_truth.json
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task in the ground truth)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--objectives", default=None, help="default: find's default objective, then fastest")
+    ap.add_argument("--objectives", default=None, help="default: find's default objective, then the other of "
+                                                           "fastest and balanced")
     ap.add_argument("--out", type=Path, default=None, help=f"folder for suite.json and suite.md (default {RESULTS})")
     args = ap.parse_args(argv)
     out_dir = args.out or out_dir
@@ -206,7 +207,8 @@ def main(argv=None, registry=SUITE, store_path: Path = HERE / "ground_truth.json
     store = read_json(store_path)
     names = args.tasks.split(",") if args.tasks else [n for n in registry if "summary" in store.get(n, {})]
     default = default_objective()
-    objectives = args.objectives.split(",") if args.objectives else list(dict.fromkeys([default, "fastest"]))
+    objectives = (args.objectives.split(",") if args.objectives
+                  else [default] + [o for o in ("fastest", "balanced") if o != default])
     cache = read_json(cache_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
@@ -231,4 +233,5 @@ def main(argv=None, registry=SUITE, store_path: Path = HERE / "ground_truth.json
 
 
 if __name__ == "__main__":
+    pin_malloc()
     sys.exit(main())

@@ -17,7 +17,6 @@ sys.path.insert(0, str(SUITE_DIR))
 
 import ground_truth  # noqa: E402
 import run as judge  # noqa: E402
-from common import crossing  # noqa: E402
 
 
 def tiny_task() -> Task:
@@ -29,16 +28,6 @@ def tiny_task() -> Task:
                 train_data=TensorDataset(x[:1280], y[:1280]), val_data=TensorDataset(x[1280:], y[1280:]),
                 loss_fn=nn.functional.cross_entropy, optimizer="sgd", lr=0.8, momentum=0.0, reference_batch=32,
                 target=Target("loss", 0.17, "val"))
-
-
-def test_crossing_interpolates_between_evaluations():
-    hist = [{"step": 0, "examples": 0, "eval_loss": 1.0, "metric": None},
-            {"step": 10, "examples": 320, "eval_loss": 0.6, "metric": None},
-            {"step": 20, "examples": 640, "eval_loss": 0.4, "metric": None}]
-    assert crossing(hist, "loss", 0.5) == pytest.approx((15.0, 480.0))
-    assert crossing(hist, "loss", 0.3) is None
-    hist_m = [{**h, "metric": m} for h, m in zip(hist, (0.1, 0.5, 0.9))]
-    assert crossing(hist_m, "metric", 0.8) == pytest.approx((17.5, 560.0))
 
 
 @pytest.mark.slow

@@ -34,28 +34,6 @@ def pin_malloc() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
 
 
-def crossing(history: list[dict], kind: str, value: float) -> Optional[tuple[float, float]]:
-    """(steps, examples) at which the evaluated quantity first crosses the target, interpolated
-    linearly between the last evaluation before and the first at or past it.
-
-    Without interpolation steps to target are rounded up to the evaluation grid, which biases
-    short runs (few evaluations) more than long ones and so bends the steps/examples hyperbola.
-    """
-    key = "eval_loss" if kind == "loss" else "metric"
-    hit = (lambda v: v <= value) if kind == "loss" else (lambda v: v >= value)
-    prev = None
-    for p in history:
-        v = p[key]
-        if v is not None and math.isfinite(v) and hit(v):
-            if prev is None or prev[key] is None or not math.isfinite(prev[key]) or prev[key] == v:
-                return float(p["step"]), float(p["examples"])
-            f = (prev[key] - value) / (prev[key] - v)          # in (0, 1]: fraction of the interval
-            step = prev["step"] + f * (p["step"] - prev["step"])
-            return step, step * (p["examples"] / max(p["step"], 1))
-        prev = p
-    return None
-
-
 def run_to_target(task, batch: int, lr: float, *, seed: int = 0, warmup: int = 0, eval_every: int = 10,
                   max_steps: int = MAX_STEPS, max_seconds: float = MAX_SECONDS) -> dict:
     """Train at (batch, lr) until the task's target; steps and examples to it, or why not."""
@@ -68,11 +46,10 @@ def run_to_target(task, batch: int, lr: float, *, seed: int = 0, warmup: int = 0
         return {**row, "reached": False, "diverged": True, "steps": None, "examples": None}
     history = [{"step": p.step, "examples": p.examples, "eval_loss": p.eval_loss, "metric": p.metric}
                for p in r.history]
-    cross = crossing(history, task.target.kind, task.target.value) if r.reached_target else None
-    return {**row, "reached": cross is not None, "diverged": False,
-            "steps": cross[0] if cross else None, "examples": cross[1] if cross else None,
-            "eval_step": r.target_step, "steps_run": r.steps, "train_seconds": r.seconds,
-            "stopped": r.stopped_because, "bracket": history[-2:] if cross else None}
+    # TrainResult's steps to target: the crossing interpolated between the evaluations either side
+    return {**row, "reached": r.reached_target, "diverged": False, "steps": r.target_step,
+            "examples": r.target_examples, "steps_run": r.steps, "train_seconds": r.seconds,
+            "stopped": r.stopped_because, "bracket": history[-2:] if r.reached_target else None}
 
 
 class StepClock(Callback):

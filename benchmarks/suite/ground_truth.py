@@ -189,7 +189,7 @@ def ground_truth(name: str, store: dict, save, registry=SUITE, min_batch: int = 
     entry["step_seconds"] = {str(b): s for b, s in
                              interleaved_step_seconds(task, [int(b) for b in entry["best_per_batch"]]).items()}
     entry["summary"] = summarize(entry)
-    entry["sweep_cpu_seconds"] = entry.get("sweep_cpu_seconds", 0) + time.perf_counter() - t0
+    entry["sweep_wall_seconds"] = entry.get("sweep_wall_seconds", 0) + time.perf_counter() - t0
     save()
     s = entry["summary"]
     print(f"[{name}] best B={s['best_batch']} ({s['best_steps']:.0f} steps), B_crit {s['b_crit']:.0f} "

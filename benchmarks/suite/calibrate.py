@@ -117,7 +117,8 @@ def rate_rules(gt: dict) -> list[str]:
     lines = ["", "## Learning-rate rules against the sweep's best rate per batch (B_noise = measured B_crit)", "",
              "| optimizer | rule | batches | median abs log2 error | within x2 |", "|---|---|---:|---:|---:|"]
     for (group, rule), v in sorted(errs.items()):
-        lines.append(f"| {group} | {rule} | {len(v)} | {statistics.median(v):.2f} | {np.mean([x <= 1 for x in v]):.0%} |")
+        within = np.mean([x <= 1 for x in v])
+        lines.append(f"| {group} | {rule} | {len(v)} | {statistics.median(v):.2f} | {within:.0%} |")
     return lines
 
 

@@ -12,7 +12,6 @@ import os
 import statistics
 import sys
 from pathlib import Path
-from typing import Optional
 
 from batchscope import Callback, DivergedError, TrainConfig, train
 

@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (pin_malloc, EVALS_BEFORE_TARGET, MAX_STEPS, geomean, interleaved_step_seconds, read_json,  # noqa: E402
-                    run_to_target, write_json)
+from common import (EVALS_BEFORE_TARGET, MAX_STEPS, geomean, interleaved_step_seconds, pin_malloc,  # noqa: E402
+                    read_json, run_to_target, write_json)
 from tasks import KIND, SUITE  # noqa: E402
 
 from batchscope.study import fit_bcrit  # noqa: E402

@@ -5,7 +5,8 @@ trains each task once at its reference batch and best rate (from the ground trut
 the target, recording at every step the unbiased |G|² and tr(Σ) (eight micro-batches per step, the
 estimate `find` uses), for Adam-type optimizers the same on the preconditioned gradient, and at
 eight points the Hessian-weighted tr(HΣ)/GᵀHG (batchscope.noise.hessian) beside B_simple on the
-same 128 examples.
+same 128 examples (256 for the first three tasks measured; every point records its n). The
+transformer has none: forward-mode AD of CPU flash attention is not implemented in torch.
 
 Writes benchmarks/suite/noise_paths.json (resumable per task).
 

@@ -155,7 +155,8 @@ def _row(r: dict, objectives) -> str:
         o = r["objectives"][obj]
         cells.append(f"{o['batch']} ({o['lr']:.3g}{', wu ' + str(o['warmup']) if o['warmup'] else ''})")
         cells.append("not reached" if not math.isfinite(o["regret"]) else f"{o['regret']:.2f}")
-    cells += [f"{p['b_noise']:.0f} [{p['low']:.0f}-{p['high']:.0f}]", f"{k['measured']:.0f} [{k['low']:.0f}-{k['high']:.0f}]",
+    cells += [f"{p['b_noise']:.0f} [{p['low']:.0f}-{p['high']:.0f}]",
+              f"{k['measured']:.0f} [{k['low']:.0f}-{k['high']:.0f}]",
               f"{p['ratio']:.2f}", "yes" if p["covered"] else "no", f"{r['cost']:.1%}"]
     return "| " + " | ".join(cells) + " |"
 

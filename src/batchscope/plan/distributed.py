@@ -162,7 +162,8 @@ def _ddp_main(rank: int, world: int, port: int, task_spec: str, micro: int, step
         for _ in range(rounds):
             for k in ("local", "flat", "ddp"):
                 dist.barrier()
-                got[k].append(_timed_steps(task, nets[k], opts[k], inputs, target, steps, flat if k == "flat" else None))
+                sync = flat if k == "flat" else None
+                got[k].append(_timed_steps(task, nets[k], opts[k], inputs, target, steps, sync))
             if world > 1:
                 for size, times in zip(sizes, got["allreduce_sizes"]):
                     times.append(time_allreduce(size, device, iters=steps, rounds=1))

@@ -51,7 +51,8 @@ def frontier_lines(dp) -> list[str]:
 
     def say(r) -> str:
         cost = f", costing {money(r.cost)}" if r.cost is not None else ""
-        return (f"{r.devices} device{'s' if r.devices > 1 else ''} at global batch {r.batch_size}: {duration(r.seconds)} to target, "
+        devices = f"{r.devices} device{'s' if r.devices > 1 else ''}"
+        return (f"{devices} at global batch {r.batch_size}: {duration(r.seconds)} to target, "
                 f"{r.device_hours:.3g} device-hours{cost}")
 
     knee = (f"{say(p.knee)}; doubling the devices from here saves at most {p.knee_fraction:.0%} of the time"

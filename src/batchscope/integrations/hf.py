@@ -1,0 +1,122 @@
+"""Hugging Face ``Trainer``: the noise scale and an adaptive batch as ``TrainerCallback``s.
+
+What the Trainer's loop honours (transformers 5.x, ``Trainer._run_epoch``), and so what these
+callbacks rely on:
+
+- ``num_update_steps_per_epoch`` (and ``max_steps``) are worked out once, at the start of
+  ``train()``, from ``gradient_accumulation_steps``; each update then re-reads
+  ``args.gradient_accumulation_steps`` to pull that many batches from the epoch's iterator;
+- within an epoch a step ends at ``(batch + 1) % gradient_accumulation_steps == 0``, so a new count
+  must divide the batches already run this epoch;
+- each micro-batch loss is divided by the number of batches pulled, unless the model accepts
+  loss keyword arguments: then the Trainer leaves the division to the model through
+  ``num_items_in_batch``, and a model that ignores it (``BertForSequenceClassification`` in 5.x)
+  accumulates the *sum* of the micro-batch gradients. B_simple is a ratio of two quantities that
+  both scale with the square of that factor, so it is the same either way; |G|² and tr(Σ) are in
+  the units of the loss the Trainer back-propagates. Windows shorter than
+  ``gradient_accumulation_steps`` (an epoch's end) scale differently and are left out;
+- gradients are clipped (``max_grad_norm``, 1.0 by default) *before* ``on_pre_optimizer_step``.
+  A gradient norm measured after clipping is not the gradient's, so the noise callback takes the
+  clipping over: it sets ``max_grad_norm`` to 0 for the run, measures, then clips to the same
+  norm with ``torch.nn.utils.clip_grad_norm_`` (restored at the end of training).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .requires import require
+
+transformers = require("transformers", "hf", "batchscope.integrations.hf")
+
+import torch  # noqa: E402
+
+from ..errors import ConfigError  # noqa: E402
+from ..noise import NoiseScaleMonitor  # noqa: E402
+from .microbatches import leading_size, measurable  # noqa: E402
+from .scalars import noise_scalars  # noqa: E402
+from .state import pack_state, unpack_state  # noqa: E402
+
+TrainerCallback = transformers.TrainerCallback
+ExportableState = transformers.trainer_callback.ExportableState
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class NoiseScaleCallback(TrainerCallback, ExportableState):
+    """Measures B_simple = tr(Σ)/|G|² during ``Trainer.train`` and adds it to the Trainer's logs.
+
+    The small batch is one micro-batch (``per_device_train_batch_size``) of gradient accumulation
+    (``gradient_accumulation_steps >= 2``) or one process's batch under DDP; the big batch is the
+    accumulated gradient. At every logging step ``noise/b_simple``, ``noise/b_simple_low`` and
+    ``noise/b_simple_high`` (once finite) join the entry in ``trainer.state.log_history`` and the
+    ``logs`` seen by callbacks after this one. Steps with unequal micro-batches (the epoch's last
+    batch, unless ``dataloader_drop_last``) are left out. ``monitor`` holds the
+    :class:`~batchscope.noise.NoiseScaleMonitor` (``.estimate()``). Keyword arguments go to it.
+
+    State is saved with checkpoints; resuming restores it when
+    ``TrainingArguments(restore_callback_states_from_checkpoint=True)`` (the Trainer then builds a
+    new instance: find it with ``trainer.callback_handler.callbacks``).
+    """
+
+    def __init__(self, *, prefix: str = "noise/", **monitor_kwargs: Any):
+        self.prefix = prefix
+        self.monitor_kwargs = monitor_kwargs
+        self.monitor: Optional[NoiseScaleMonitor] = None
+        self.left_out = 0
+        self.saved_state: Optional[str] = None   # the monitor's state, packed, from a checkpoint
+        self._sizes: list[Optional[int]] = []
+        self._clip = 0.0
+        self._handle = None
+        self._logged_steps = 0
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if args.fp16:
+            raise ConfigError("the noise callback measures gradients before the optimizer step; under fp16 they are "
+                              "still multiplied by the loss scale there; use bf16=True or no mixed precision")
+        self._clip, args.max_grad_norm = args.max_grad_norm, 0.0
+        self.monitor = NoiseScaleMonitor(model, optimizer=optimizer, **self.monitor_kwargs)
+        if self.saved_state is not None:
+            self.monitor.load_state_dict(unpack_state(self.saved_state))
+        self._sizes = []
+        self._handle = model.register_forward_pre_hook(self._record_size, with_kwargs=True)
+
+    def _record_size(self, module, args, kwargs):
+        if module.training and torch.is_grad_enabled():
+            self._sizes.append(leading_size(kwargs) if kwargs else leading_size(args))
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        sizes, self._sizes = self._sizes, []
+        if measurable(sizes, args.gradient_accumulation_steps, _world_size()):
+            self.monitor.micro_batch = sizes[0]
+            self.monitor.update()
+        else:
+            self.left_out += 1
+            self.monitor.bind(model, optimizer)  # drops this step's captured norms
+        if self._clip and self._clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self._clip)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.monitor is None or not self.monitor.history:
+            return
+        values = noise_scalars(self.monitor.history[-1], self.prefix)
+        if logs is not None:
+            logs.update(values)
+        if state.log_history:
+            state.log_history[-1].update(values)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        args.max_grad_norm = self._clip
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self.monitor is not None:
+            self.monitor.close()
+
+    def state(self) -> dict:
+        saved = pack_state(self.monitor.state_dict()) if self.monitor is not None else self.saved_state
+        return {"args": {"prefix": self.prefix, **self.monitor_kwargs},
+                "attributes": {"saved_state": saved, "left_out": self.left_out}}

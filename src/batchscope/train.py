@@ -12,7 +12,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ class TrainConfig:
     amp: bool = False                        # automatic mixed precision (CUDA only)
     max_seconds: Optional[float] = None      # wall-clock cap on training time
     diverge_factor: Optional[float] = 1e3    # a step loss above this x the initial loss counts as diverged
+    adaptive: Optional[Any] = None           # batchscope.adapt.AdaptiveConfig: the batch follows the noise scale
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TrainResult:
     target_seconds: Optional[float] = None
     stopped_because: str = ""
     model: Optional[nn.Module] = field(default=None, repr=False)
+    adaptive: Optional[dict] = None   # adaptive runs: per-step batch, accumulation, lr, B_noise and the decisions
 
     @property
     def final(self) -> HistoryPoint:
@@ -222,6 +224,8 @@ def train(task: "Task | str", config: TrainConfig, callbacks: Iterable[Callback]
     """Train ``task`` as ``config`` says and return the history. Same seed, same history."""
     task = load_task(task)
     cfg = config
+    if cfg.adaptive is not None:  # the batch changes during the run: batchscope.adapt drives it
+        return cfg.adaptive.run(task, cfg, list(callbacks))
     b, m = _validate(task, cfg)
     device = resolve_device(cfg.device)
     if cfg.amp and device.type != "cuda":

@@ -74,3 +74,71 @@ def test_missing_extra_names_it(monkeypatch):
     with pytest.raises(ImportError, match=r"^batchscope.integrations.lightning needs lightning: "
                                           r"pip install 'batchscope\[lightning\]'$"):
         requires.require("lightning.pytorch", "lightning", "batchscope.integrations.lightning")
+
+
+class StepProbe(pl.Callback):
+    """Measures, independently of the callback under test, each optimizer step's examples and the rate
+    plain SGD really applied: lr = -(dw . g) / |g|^2 from the parameters before and after the step."""
+
+    def __init__(self):
+        self.examples, self.lrs, self.losses, self._n, self._before = [], [], [], 0, None
+
+    def on_train_start(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        opt.register_step_pre_hook(self._pre)
+        opt.register_step_post_hook(self._post)
+
+    def _params(self, opt):
+        return [p for g in opt.param_groups for p in g["params"]]
+
+    def _pre(self, opt, args, kwargs):
+        self._before = [p.detach().clone() for p in self._params(opt)]
+
+    def _post(self, opt, args, kwargs):
+        ps = self._params(opt)
+        dw_g = sum(float(((p.detach() - b) * p.grad).sum()) for p, b in zip(ps, self._before))
+        g2 = sum(float((p.grad ** 2).sum()) for p in ps)
+        self.lrs.append(-dw_g / g2)
+        self.examples.append(self._n)
+        self._n = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._n += len(batch[0])   # counted as the batches arrive, not from the callback's plan
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]) * trainer.accumulate_grad_batches)
+
+
+def adaptive_run(tmp_path, epochs=3, **kw):
+    from batchscope.adapt import StepTimeModel
+    from batchscope.integrations.lightning import AdaptiveBatchCallback
+
+    pl.seed_everything(0)
+    # A step costs 20 ms fixed + 20 us per example: larger batches are cheap, so the controller grows them.
+    cb = AdaptiveBatchCallback(StepTimeModel(0.02, 2e-5), every=4, min_samples=3, **kw)
+    probe = StepProbe()
+    t = trainer(tmp_path, [probe, cb], accumulate_grad_batches=2, max_epochs=epochs)
+    return t, cb, probe
+
+
+def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
+    from batchscope.adapt import adascale_gain
+
+    t, cb, probe = adaptive_run(tmp_path)
+    t.fit(TinyClassifier(lr=0.1), datamodule=TinyData(batch_size=8, n=1024))
+    plan = cb.plan
+    # The examples each optimizer step really took (counted by the probe) are the plan's, and they grew.
+    assert probe.examples == [s.examples for s in plan.steps]
+    assert probe.examples[0] == 16 and max(probe.examples) >= 64
+    changed = [d for d in plan.controller.decisions if d.changed]
+    assert changed and all(d.batch_size > d.previous for d in changed)
+    # The rate of every step is the optimizer's 0.1 times the AdaScale gain the rule gives for that batch.
+    for s, lr in zip(plan.steps, probe.lrs):
+        gain = 1.0 if s.examples == 16 else adascale_gain(s.examples, 16, s.b_noise)
+        assert lr == pytest.approx(0.1 * gain, rel=1e-4)   # float32 parameter updates
+    assert max(probe.lrs) > 0.1
+    assert t.optimizers[0].param_groups[0]["lr"] == 0.1        # restored after each step
+    # ... and it still trains: the last epoch's loss is well below the first's.
+    n = len(probe.losses) // 3
+    first, last = sum(probe.losses[:n]) / n, sum(probe.losses[-n:]) / n
+    assert last < 0.8 * first

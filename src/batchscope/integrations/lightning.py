@@ -23,6 +23,7 @@ pl = require("lightning.pytorch", "lightning", "batchscope.integrations.lightnin
 import torch  # noqa: E402
 
 from ..noise import NoiseScaleMonitor  # noqa: E402
+from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
 from .microbatches import leading_size, measurable  # noqa: E402
 from .scalars import noise_scalars  # noqa: E402
 
@@ -99,3 +100,103 @@ class NoiseScaleCallback(pl.Callback):
             self.monitor.load_state_dict(state_dict["monitor"])
         else:
             self._restored = state_dict.get("monitor")
+
+
+
+class AdaptiveBatchCallback(NoiseScaleCallback):
+    """Adapts the batch during ``fit`` with the controller and rate rule of :mod:`batchscope.adapt`.
+
+    It measures the noise scale as :class:`NoiseScaleCallback` does (and logs it); every ``every``
+    optimizer steps :class:`~batchscope.adapt.BatchSizeController` picks the batch with the least
+    predicted time per unit of progress, laid out as micro-batch x accumulation x devices; the
+    callback sets the train DataLoader's batch sampler to the micro-batch and
+    ``trainer.accumulate_grad_batches`` to the accumulation, at the first step boundary the loop
+    allows (see :mod:`batchscope.integrations.batching`). Each step's rate is the one your optimizer
+    (and scheduler) set, times the rule of :class:`~batchscope.adapt.ScaledLearningRate` for the
+    examples the step took (AdaScale gain for SGD, square root for Adam-type) relative to the
+    starting batch, restored right after the step so schedulers see your rate. Logged per step:
+    ``adapt/examples``, ``adapt/lr``; ``plan.steps`` keeps the record, ``plan.controller.decisions``
+    the decisions with their reasons.
+
+    step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta) or a hardware profile
+    (``profile_hardware(task_from_lightning(...))``). memory_ceiling: the largest micro-batch that
+    fits (None: not limiting). Start with ``accumulate_grad_batches >= 2`` and a DataLoader built with
+    ``batch_size=m`` (or ``batch_sampler=AdaptiveBatchSampler``) and ``num_workers=0``.
+    """
+
+    def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
+                 every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
+                 **monitor_kwargs: Any):
+        super().__init__(prefix=prefix, **monitor_kwargs)
+        self.step_time = step_time
+        self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
+                            min_samples=min_samples)
+        self.plan: Optional[BatchPlan] = None
+        self._plan_state: Optional[dict] = None
+        self._base_lrs: Optional[list[float]] = None
+        self._examples = 0
+        self._hook = None
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        loader = trainer.train_dataloader
+        micro = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        if not micro:
+            raise ValueError("the adaptive batch needs a train DataLoader built with batch_size=m (the micro-batch)")
+        optimizer = trainer.optimizers[0]
+        self.plan = BatchPlan.build(self.step_time, micro_batch=micro, world=trainer.world_size,
+                                    accumulation=trainer.accumulate_grad_batches, n_train=len(loader.dataset),
+                                    optimizer=optimizer, **self.options)
+        if self._plan_state is not None:
+            self.plan.load_state_dict(self._plan_state)
+            self._plan_state = None
+        self._apply(trainer)
+        self._hook = optimizer.register_step_post_hook(self._restore_lr)
+
+    def _apply(self, trainer) -> None:
+        set_loader_batch_size(trainer.train_dataloader, self.plan.micro_batch)
+        trainer.accumulate_grad_batches = self.plan.accumulation
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.plan.apply_if_aligned(0)
+        self._apply(trainer)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._examples = sum(s or 0 for s in self._sizes) * trainer.world_size
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        gain = self.plan.gain(self._examples)
+        self._base_lrs = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * gain
+        self._lr_used = optimizer.param_groups[0]["lr"]
+
+    def _restore_lr(self, optimizer, args, kwargs) -> None:
+        if self._base_lrs is not None:
+            for g, lr in zip(optimizer.param_groups, self._base_lrs):
+                g["lr"] = lr
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._base_lrs is None:       # inside an accumulation window
+            return
+        self._base_lrs = None
+        plan = self.plan
+        plan.after_step(len(plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
+                        consumed=batch_idx + 1)
+        self._apply(trainer)
+        pl_module.log("adapt/examples", float(self._examples), on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("adapt/lr", self._lr_used, on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict:
+        plan = self.plan.state_dict() if self.plan is not None else self._plan_state
+        return {**super().state_dict(), "plan": plan}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.plan is not None and state_dict.get("plan") is not None:
+            self.plan.load_state_dict(state_dict["plan"])
+        else:
+            self._plan_state = state_dict.get("plan")

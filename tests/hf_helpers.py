@@ -5,7 +5,7 @@ from torch.utils.data import Dataset
 
 
 class TokenData(Dataset):
-    """Sequences of 12 tokens; the label is whether token 1 outnumbers token 2 (learnable, noisy)."""
+    """Sequences of 12 tokens; the label is whether the first token is 1 or 2, with 10% of labels flipped."""
 
     def __init__(self, n: int = 256, seed: int = 0, vocab: int = 20, length: int = 12):
         g = torch.Generator().manual_seed(seed)
@@ -13,7 +13,9 @@ class TokenData(Dataset):
         marks = torch.randint(0, 3, (n, length), generator=g)
         self.ids[marks == 1] = 1
         self.ids[marks == 2] = 2
-        self.labels = ((self.ids == 1).sum(1) > (self.ids == 2).sum(1)).long()
+        self.ids[:, 0] = torch.randint(1, 3, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.1
+        self.labels = ((self.ids[:, 0] == 1) ^ flip).long()
 
     def __len__(self):
         return len(self.labels)

@@ -57,7 +57,7 @@ def test_noise_callback_matches_monitor_and_logs(tmp_path):
     for x, y in zip(got, ref):
         assert x.b_simple == pytest.approx(y.b_simple, rel=1e-6)
         assert x.g2 == pytest.approx(y.g2, rel=1e-6)
-    logged = [h["noise/b_simple"] for h in trainer.state.log_history if "noise/b_simple" in h]
+    logged = [h["noise/b_simple"] for h in trainer.state.log_history if "loss" in h and "noise/b_simple" in h]
     finite = [p.b_simple for p in got if math.isfinite(p.b_simple)]   # inf: signal not yet told from zero
     assert len(finite) >= 2 and logged == pytest.approx(finite, rel=1e-12)
 
@@ -69,3 +69,71 @@ def test_smaller_last_batch_is_left_out(tmp_path):
                                    callbacks=[cb])
     trainer.train()
     assert len(cb.monitor.history) == 7 and cb.left_out == 1
+
+
+class StepProbe:
+    """Independent of the callback: examples per optimizer step (forward pre-hook) and the rate SGD
+    really applied, lr = -(dw . g) / |g|^2 from the parameters before and after each step."""
+
+    def __init__(self, model):
+        self.examples, self.lrs, self._n, self._before, self.model = [], [], 0, None, model
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, a, kw):
+        if module.training and torch.is_grad_enabled():
+            self._n += len(kw["input_ids"])
+
+    def attach(self, opt):
+        opt.register_step_pre_hook(self._pre)
+        opt.register_step_post_hook(self._post)
+
+    def _pre(self, opt, a, kw):
+        self._before = [p.detach().clone() for p in self.model.parameters()]
+
+    def _post(self, opt, a, kw):
+        ps = list(self.model.parameters())
+        dw_g = sum(float(((p.detach() - b) * p.grad).sum()) for p, b in zip(ps, self._before) if p.grad is not None)
+        self.lrs.append(-dw_g / sum(float((p.grad ** 2).sum()) for p in ps if p.grad is not None))
+        self.examples.append(self._n)
+        self._n = 0
+
+
+class AttachProbe(transformers.TrainerCallback):
+    def __init__(self, probe):
+        self.probe = probe
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kw):
+        self.probe.attach(optimizer.optimizer)
+
+    def on_epoch_begin(self, args, state, control, **kw):
+        self.probe._n = 0      # a partial window at an epoch's end never reaches the optimizer
+
+
+def mean_loss(model, data):
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=data.ids, labels=data.labels).loss
+    model.train()
+    return float(out)
+
+
+def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
+    from batchscope.adapt import StepTimeModel, adascale_gain
+    from batchscope.integrations.hf import AdaptiveBatchCallback
+
+    model, data = tiny_bert(), TokenData(512)
+    before = mean_loss(model, data)
+    probe = StepProbe(model)
+    cb = AdaptiveBatchCallback(StepTimeModel(0.02, 2e-5), every=4, min_samples=3)
+    a = args(tmp_path, gradient_accumulation_steps=2, num_train_epochs=2, learning_rate=0.1, logging_steps=4)
+    trainer = transformers.Trainer(model=model, args=a, train_dataset=data, callbacks=[AttachProbe(probe), cb])
+    trainer.train()
+    plan = cb.plan
+    assert probe.examples == [s.examples for s in plan.steps]
+    assert probe.examples[0] == 16 and max(probe.examples) >= 64
+    assert any(d.changed for d in plan.controller.decisions)
+    for s, lr in zip(plan.steps, probe.lrs):
+        gain = 1.0 if s.examples == 16 else adascale_gain(s.examples, 16, s.b_noise)
+        assert lr == pytest.approx(0.1 * gain, rel=1e-3)     # float32 parameter updates
+    assert max(probe.lrs) > 0.11
+    assert mean_loss(model, data) < 0.8 * before

@@ -33,6 +33,8 @@ import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
+from ..adapt import StepTimeModel  # noqa: E402
+from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
 from .microbatches import leading_size, measurable  # noqa: E402
 from .scalars import noise_scalars  # noqa: E402
 from .state import pack_state, unpack_state  # noqa: E402
@@ -82,11 +84,13 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         if self.saved_state is not None:
             self.monitor.load_state_dict(unpack_state(self.saved_state))
         self._sizes = []
+        self._consumed = 0
         self._handle = model.register_forward_pre_hook(self._record_size, with_kwargs=True)
 
     def _record_size(self, module, args, kwargs):
         if module.training and torch.is_grad_enabled():
             self._sizes.append(leading_size(kwargs) if kwargs else leading_size(args))
+            self._consumed += 1
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         sizes, self._sizes = self._sizes, []
@@ -120,3 +124,100 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         saved = pack_state(self.monitor.state_dict()) if self.monitor is not None else self.saved_state
         return {"args": {"prefix": self.prefix, **self.monitor_kwargs},
                 "attributes": {"saved_state": saved, "left_out": self.left_out}}
+
+
+class AdaptiveBatchCallback(NoiseScaleCallback):
+    """Adapts the batch during ``Trainer.train`` with the controller and rate rule of :mod:`batchscope.adapt`.
+
+    It measures the noise scale as :class:`NoiseScaleCallback` does; every ``every`` optimizer steps
+    :class:`~batchscope.adapt.BatchSizeController` picks the batch with the least predicted time per
+    unit of progress, laid out as micro-batch x accumulation x devices. The callback sets the train
+    DataLoader's batch sampler to the micro-batch and ``args.gradient_accumulation_steps`` to the
+    accumulation, at the first step boundary the loop allows (see
+    :mod:`batchscope.integrations.batching`). Each step's rate is the Trainer's (with its schedule)
+    times the rule of :class:`~batchscope.adapt.ScaledLearningRate` for the examples the step took
+    (AdaScale gain for SGD, square root for Adam-type), restored in ``on_optimizer_step`` before the
+    scheduler steps. ``adapt/examples`` and ``adapt/lr`` join the logs; ``plan.steps`` keeps the
+    record, ``plan.controller.decisions`` the decisions.
+
+    The Trainer fixes its optimizer steps per epoch at the start from the first accumulation; when
+    the batch grows, an epoch runs out of data early and its last, partial window is dropped (its
+    gradients are zeroed at the next epoch), so count training in ``max_steps`` or epochs knowing
+    that a step now takes more examples. step_time: a :class:`~batchscope.adapt.StepTimeModel`, a
+    hardware profile, or ``{"alpha": s, "beta": s}``. Start with ``gradient_accumulation_steps >= 2``.
+    """
+
+    def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
+                 every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
+                 **monitor_kwargs: Any):
+        super().__init__(prefix=prefix, **monitor_kwargs)
+        if isinstance(step_time, dict):
+            step_time = StepTimeModel(step_time["alpha"], step_time["beta"])
+        self.step_time = step_time
+        self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
+                            min_samples=min_samples)
+        self.plan: Optional[BatchPlan] = None
+        self.saved_plan: Optional[dict] = None
+        self._base_lrs: Optional[list[float]] = None
+        self._examples = 0
+        self._lr_used = float("nan")
+        self._loader = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, optimizer=optimizer, **kwargs)
+        self.plan = BatchPlan.build(self.step_time, micro_batch=args.per_device_train_batch_size,
+                                    accumulation=args.gradient_accumulation_steps, world=_world_size(),
+                                    n_train=len(train_dataloader.dataset), optimizer=optimizer, **self.options)
+        if self.saved_plan is not None:
+            self.plan.load_state_dict(self.saved_plan)
+        self._loader = train_dataloader
+        self._apply(args)
+
+    def _apply(self, args) -> None:
+        set_loader_batch_size(self._loader, self.plan.micro_batch)
+        args.gradient_accumulation_steps = self.plan.accumulation
+
+    def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        # A partial window left at the end of the last epoch never reached the optimizer: drop it.
+        model.zero_grad(set_to_none=True)
+        self.monitor.bind(model, optimizer)
+        self._sizes, self._consumed = [], 0
+        self.plan.apply_if_aligned(0)
+        self._apply(args)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self._examples = sum(s or 0 for s in self._sizes) * _world_size()
+        super().on_pre_optimizer_step(args, state, control, model=model, optimizer=optimizer, **kwargs)
+        gain = self.plan.gain(self._examples)
+        self._base_lrs = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * gain
+        self._lr_used = optimizer.param_groups[0]["lr"]
+
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self._base_lrs is not None:
+            for g, lr in zip(optimizer.param_groups, self._base_lrs):
+                g["lr"] = lr
+            self._base_lrs = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.plan.after_step(len(self.plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
+                             consumed=self._consumed)
+        self._apply(args)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        super().on_log(args, state, control, logs=logs, **kwargs)
+        if self.plan is not None and self.plan.steps and state.log_history:
+            last = self.plan.steps[-1]
+            state.log_history[-1].update({"adapt/examples": last.examples, "adapt/lr": last.lr})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        super().on_train_end(args, state, control, **kwargs)
+        args.gradient_accumulation_steps = self.plan.accumulation
+
+    def state(self) -> dict:
+        out = super().state()
+        tm = self.plan.controller.time_model if self.plan is not None else self.step_time
+        out["args"].update({"step_time": {"alpha": tm.alpha, "beta": tm.beta}, **self.options})
+        out["attributes"]["saved_plan"] = self.plan.state_dict() if self.plan is not None else self.saved_plan
+        return out

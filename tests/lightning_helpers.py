@@ -7,9 +7,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 
 def make_data(n: int = 512, d: int = 8, classes: int = 3, seed: int = 0) -> TensorDataset:
+    w = torch.randn(d, classes, generator=torch.Generator().manual_seed(1234))   # one rule for every split
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g)
-    w = torch.randn(d, classes, generator=g)
     y = (x @ w + 0.8 * torch.randn(n, classes, generator=g)).argmax(dim=1)
     return TensorDataset(x, y)
 

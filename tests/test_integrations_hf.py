@@ -137,3 +137,30 @@ def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
         assert lr == pytest.approx(0.1 * gain, rel=1e-3)     # float32 parameter updates
     assert max(probe.lrs) > 0.11
     assert mean_loss(model, data) < 0.8 * before
+
+
+def test_task_from_trainer_uses_the_model_s_loss_and_the_trainer_s_settings(tmp_path):
+    from batchscope.data import forward, split_batch, take
+    from batchscope.integrations.hf import task_from_trainer
+
+    model, data = tiny_bert(), TokenData(64)
+    trainer = transformers.Trainer(model=model, args=args(tmp_path, weight_decay=0.01), train_dataset=data,
+                                   eval_dataset=TokenData(32, seed=1))
+    task = task_from_trainer(trainer, target=0.45)
+    assert (task.optimizer, task.lr, task.weight_decay, task.reference_batch) == ("sgd", 0.05, 0.01, 32)
+    idx = torch.tensor([0, 5, 9])
+    inputs, target = split_batch(take(task.train_data, idx))
+    got = float(task.loss_fn(forward(task.make_model(), inputs), target))
+    model.eval()
+    assert got == pytest.approx(float(model(input_ids=data.ids[idx], labels=data.labels[idx]).loss), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_find_on_a_trainer(tmp_path):
+    from batchscope.integrations.hf import find
+
+    trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path, learning_rate=0.1, per_device_train_batch_size=32,
+                                                                gradient_accumulation_steps=1),
+                                   train_dataset=TokenData(2048), eval_dataset=TokenData(512, seed=1))
+    r = find(trainer, target=0.45, memory_budget="256MiB", max_batch=128)
+    assert r.recommendation.batch_size >= 1 and r.recommendation.b_noise["value"] > 0

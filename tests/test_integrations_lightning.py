@@ -142,3 +142,42 @@ def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
     n = len(probe.losses) // 3
     first, last = sum(probe.losses[:n]) / n, sum(probe.losses[-n:]) / n
     assert last < 0.8 * first
+
+
+def test_task_from_lightning_runs_the_module_s_own_loss_and_optimizer():
+    from batchscope.data import forward, split_batch, take
+    from batchscope.integrations.lightning import task_from_lightning
+
+    module, dm = TinyClassifier(lr=0.2), TinyData(batch_size=32, n=256)
+    task = task_from_lightning(module, dm, target=0.42)
+    assert (task.optimizer, task.lr, task.momentum, task.reference_batch) == ("sgd", 0.2, 0.0, 32)
+    assert task.n_train == 256 and task.n_val == 64 and task.target.split == "val"
+    idx = torch.tensor([3, 1, 4, 1, 5])
+    inputs, target = split_batch(take(task.train_data, idx))
+    got = task.loss_fn(forward(task.make_model(), inputs), target)
+    x, y = dm.train[idx]
+    assert float(got) == pytest.approx(float(nn.functional.cross_entropy(module(x), y)), rel=1e-6)
+
+
+def test_task_from_lightning_refuses_an_optimizer_without_a_rate_rule():
+    from batchscope.errors import ConfigError
+    from batchscope.integrations.lightning import task_from_lightning
+
+    class RMS(TinyClassifier):
+        def configure_optimizers(self):
+            return {"optimizer": torch.optim.RMSprop(self.parameters(), lr=0.01)}
+
+    with pytest.raises(ConfigError, match="find works with SGD, Adam or AdamW .* got RMSprop"):
+        task_from_lightning(RMS(), TinyData(), target=0.4)
+
+
+@pytest.mark.slow
+def test_find_on_a_lightning_module():
+    from batchscope.integrations.lightning import find
+
+    torch.manual_seed(0)
+    r = find(TinyClassifier(lr=0.2), TinyData(batch_size=32, n=2048), target=0.42, memory_budget="256MiB",
+             max_batch=128)
+    rec = r.recommendation
+    assert rec.batch_size in [c["batch_size"] if isinstance(c, dict) else c.batch_size for c in rec.candidates]
+    assert rec.b_noise["value"] > 0 and rec.lr > 0

@@ -221,3 +221,62 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         out["args"].update({"step_time": {"alpha": tm.alpha, "beta": tm.beta}, **self.options})
         out["attributes"]["saved_plan"] = self.plan.state_dict() if self.plan is not None else self.saved_plan
         return out
+
+
+_OPTIMS = {"sgd": "sgd", "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw"}
+
+
+def _hf_loss(model, batch) -> torch.Tensor:
+    out = model(**batch)
+    loss = out["loss"] if isinstance(out, dict) else getattr(out, "loss", None)
+    if loss is None:
+        raise ValueError(f"{type(model).__name__} returned no loss; the examples need the labels the model takes")
+    return loss
+
+
+def _model_inputs(model, collate):
+    """HF's Trainer drops dataset columns the model's forward does not take; so does this collate."""
+    import inspect
+
+    names = set(inspect.signature(model.forward).parameters) | {"label", "label_ids", "labels"}
+
+    def collate_inputs(examples):
+        batch = collate(examples)
+        return {k: v for k, v in batch.items() if k in names} if isinstance(batch, dict) else batch
+    return collate_inputs
+
+
+def task_from_trainer(trainer: "transformers.Trainer", *, target, name: Optional[str] = None,
+                      reference_batch: Optional[int] = None):
+    """A batchscope Task from what a Hugging Face ``Trainer`` already has, for ``find``, ``profile``, ``noise``.
+
+    Model: a copy of ``trainer.model`` as it is now, its loss the model's own ``loss`` output; data:
+    ``train_dataset`` and ``eval_dataset`` with ``data_collator``; optimizer and rate from ``args``
+    (``optim`` sgd or AdamW, ``learning_rate``, ``weight_decay``; schedules are not used); reference
+    batch: ``per_device_train_batch_size x gradient_accumulation_steps``. target: the loss to reach
+    (on ``eval_dataset`` when there is one), or a :class:`~batchscope.Target`.
+    """
+    from .steptask import build_task
+
+    a = trainer.args
+    optim = str(getattr(a.optim, "value", a.optim))
+    if optim not in _OPTIMS:
+        raise ConfigError(f"find works with optim sgd or AdamW (its learning-rate rules are for those); got "
+                          f"optim={optim!r}; use TrainingArguments(optim='adamw_torch') or 'sgd'")
+    settings = {"optimizer": _OPTIMS[optim], "lr": float(a.learning_rate), "momentum": 0.0,
+                "weight_decay": float(a.weight_decay)}
+    model = trainer.model
+    ref = reference_batch or a.per_device_train_batch_size * a.gradient_accumulation_steps
+    return build_task(name or type(model).__name__, model, _hf_loss, trainer.train_dataset, trainer.eval_dataset,
+                      _model_inputs(model, trainer.data_collator), settings=settings, reference_batch=ref,
+                      target=target, description=f"{type(model).__name__} from a transformers Trainer")
+
+
+def find(trainer: "transformers.Trainer", *, target, **find_kwargs):
+    """batchscope's recommendation for the model and data of a ``Trainer`` (before or instead of ``train()``).
+
+    ``find_kwargs`` go to :func:`batchscope.plan.find.find`. Returns its FindResult.
+    """
+    from ..plan.find import find as plan_find
+
+    return plan_find(task_from_trainer(trainer, target=target), **find_kwargs)

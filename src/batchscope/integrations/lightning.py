@@ -14,6 +14,8 @@ What Lightning's loop honours (lightning 2.6, ``loops/training_epoch_loop.py``,
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any, Optional
 
 from .requires import require
@@ -200,3 +202,64 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             self.plan.load_state_dict(state_dict["plan"])
         else:
             self._plan_state = state_dict.get("plan")
+
+
+def _lightning_loss(module: "pl.LightningModule", batch) -> torch.Tensor:
+    # training_step outside a Trainer: self.log() only warns (and logs nothing); silence that one warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        out = module.training_step(batch, 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise ValueError(f"{type(module).__name__}.training_step returned {type(out).__name__}; find needs the loss "
+                         "tensor (or a dict with 'loss')")
+    return loss
+
+
+def _first_optimizer(configured):
+    """The optimizer from any of configure_optimizers' return forms."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict):
+        return _first_optimizer(configured["optimizer"])
+    if isinstance(configured, (list, tuple)) and configured:
+        return _first_optimizer(configured[0])
+    raise ValueError(f"configure_optimizers returned {type(configured).__name__}; find needs an optimizer")
+
+
+def task_from_lightning(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target,
+                        name: Optional[str] = None, reference_batch: Optional[int] = None):
+    """A batchscope Task from a LightningModule and LightningDataModule, for ``find``, ``profile``, ``noise``.
+
+    Model: a copy of ``module`` as it is now; loss: its ``training_step``; optimizer and rate: the
+    first optimizer of ``configure_optimizers`` (SGD, Adam or AdamW; schedulers are not used);
+    data: the datasets and collate function of the DataModule's train (and, if defined, val)
+    DataLoader; reference batch: the train DataLoader's batch size. target: the loss to reach (on
+    the validation split when there is one), or a :class:`~batchscope.Target`.
+    ``training_step`` runs without a Trainer: ``self.log`` logs nothing, ``self.trainer`` is absent.
+    """
+    from .steptask import build_task, optimizer_settings
+
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    train_loader = datamodule.train_dataloader()
+    try:
+        val_data = datamodule.val_dataloader().dataset
+    except Exception:  # a DataModule without val_dataloader raises Lightning's own MisconfigurationException
+        val_data = None
+    settings = optimizer_settings(_first_optimizer(copy.deepcopy(module).configure_optimizers()))
+    return build_task(name or type(module).__name__, module, _lightning_loss, train_loader.dataset, val_data,
+                      train_loader.collate_fn, settings=settings,
+                      reference_batch=reference_batch or train_loader.batch_size or 32, target=target,
+                      description=f"{type(module).__name__} with {type(datamodule).__name__}")
+
+
+def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target, **find_kwargs):
+    """batchscope's recommendation (batch size, rate, schedule, evidence) for a Lightning model and data.
+
+    ``find_kwargs`` go to :func:`batchscope.plan.find` (``objective``, ``budget``, ``max_batch``,
+    ``memory_budget``, ``ref_batch``, ``device``, ...). Returns its FindResult.
+    """
+    from ..plan.find import find as plan_find
+
+    return plan_find(task_from_lightning(module, datamodule, target=target), **find_kwargs)

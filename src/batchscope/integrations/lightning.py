@@ -8,6 +8,9 @@ What Lightning's loop honours (lightning 2.6, ``loops/training_epoch_loop.py``,
   (or on the epoch's last batch), re-reading the attribute at every batch;
 - gradients are zeroed before the first backward of a window (``batch_idx % accumulate == 0``), so a
   new count must divide the batches already run this epoch, or old gradients leak into a step;
+- the epoch's length is counted at the start of ``fit`` (``num_training_batches``); after the batch
+  sampler's size grew, the epoch's last window may end without an optimizer step, and Lightning
+  zeroes its gradients at the next epoch's first batch (the callbacks forget that window too);
 - ``on_before_optimizer_step`` runs after the window's last backward (and AMP's unscale), before
   clipping and the step: the accumulated gradient there is the one the optimizer will use.
 """
@@ -24,6 +27,7 @@ pl = require("lightning.pytorch", "lightning", "batchscope.integrations.lightnin
 
 import torch  # noqa: E402
 
+from ..adapt.loop import load_monitor_state, monitor_state  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
 from .microbatches import leading_size, measurable  # noqa: E402
@@ -61,12 +65,19 @@ class NoiseScaleCallback(pl.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.monitor = NoiseScaleMonitor(pl_module, optimizer=optimizer, **self.monitor_kwargs)
         if self._restored is not None:
-            self.monitor.load_state_dict(self._restored)
+            load_monitor_state(self.monitor, self._restored)
             self._restored = None
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.monitor is not None:
             self.monitor.close()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # A window left open at the end of the last epoch never reached the optimizer (Lightning zeroes
+        # the gradients at the first batch of an epoch): forget its sizes, loss and captured norms.
+        if self._sizes:
+            self._sizes, self._loss = [], None
+            self.monitor.bind(pl_module, trainer.optimizers[0] if trainer.optimizers else None)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._sizes.append(leading_size(batch))
@@ -93,13 +104,13 @@ class NoiseScaleCallback(pl.Callback):
                           name.endswith("b_simple"), batch_size=sizes[0])
 
     def state_dict(self) -> dict:
-        monitor = self.monitor.state_dict() if self.monitor is not None else self._restored
+        monitor = monitor_state(self.monitor) if self.monitor is not None else self._restored
         return {"monitor": monitor, "left_out": self.left_out}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.left_out = state_dict.get("left_out", 0)
         if self.monitor is not None and state_dict.get("monitor") is not None:
-            self.monitor.load_state_dict(state_dict["monitor"])
+            load_monitor_state(self.monitor, state_dict["monitor"])
         else:
             self._restored = state_dict.get("monitor")
 
@@ -164,6 +175,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             self._hook = None
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
         self.plan.apply_if_aligned(0)
         self._apply(trainer)
 

@@ -40,6 +40,7 @@ def replay(model, batches, accumulation: int, lr: float, clip: float, micro: int
     return monitor.history
 
 
+@pytest.mark.slow
 def test_noise_callback_matches_monitor_and_logs(tmp_path):
     model = tiny_bert()
     start = copy.deepcopy(model)
@@ -62,6 +63,7 @@ def test_noise_callback_matches_monitor_and_logs(tmp_path):
     assert len(finite) >= 2 and logged == pytest.approx(finite, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_smaller_last_batch_is_left_out(tmp_path):
     # 250 examples / 8: 31 full batches and one of 2; accumulation 4: the last step mixes sizes.
     cb = NoiseScaleCallback()
@@ -117,6 +119,7 @@ def mean_loss(model, data):
     return float(out)
 
 
+@pytest.mark.slow
 def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
     from batchscope.adapt import StepTimeModel, adascale_gain
     from batchscope.integrations.hf import AdaptiveBatchCallback
@@ -164,3 +167,57 @@ def test_find_on_a_trainer(tmp_path):
                                    train_dataset=TokenData(2048), eval_dataset=TokenData(512, seed=1))
     r = find(trainer, target=0.45, memory_budget="256MiB", max_batch=128)
     assert r.recommendation.batch_size >= 1 and r.recommendation.b_noise["value"] > 0
+
+
+def _numbers(est):
+    return (est.n_samples, est.g2, est.trace, est.b_simple)
+
+
+@pytest.mark.slow
+def test_noise_callback_survives_checkpoint_and_resume(tmp_path):
+    """Two epochs in one go == one epoch, a checkpoint, a new Trainer and callback, one more epoch."""
+    data = TokenData(128)
+
+    def run(epochs, out, resume=None):
+        cb = NoiseScaleCallback()
+        a = args(tmp_path, output_dir=str(tmp_path / out), num_train_epochs=epochs, save_strategy="epoch",
+                 restore_callback_states_from_checkpoint=True, dataloader_drop_last=True)
+        trainer = transformers.Trainer(model=tiny_bert(), args=a, train_dataset=data, callbacks=[cb])
+        trainer.train(resume_from_checkpoint=resume)
+        # On resume the Trainer rebuilds the callback from its saved state: find the live one.
+        return next(c for c in trainer.callback_handler.callbacks if isinstance(c, NoiseScaleCallback))
+
+    whole = run(2, "whole")
+    run(1, "half")
+    resumed = run(2, "half", resume=str(tmp_path / "half" / "checkpoint-4"))
+    assert whole.monitor.estimate().n_samples == 8
+    assert _numbers(resumed.monitor.estimate()) == pytest.approx(_numbers(whole.monitor.estimate()), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_adaptive_callback_state_survives_checkpoint(tmp_path):
+    from batchscope.adapt import StepTimeModel
+    from batchscope.integrations.hf import AdaptiveBatchCallback
+
+    def run(epochs, resume=None):
+        cb = AdaptiveBatchCallback(StepTimeModel(0.02, 2e-5), every=4, min_samples=3)
+        a = args(tmp_path, gradient_accumulation_steps=2, num_train_epochs=epochs, learning_rate=0.1,
+                 save_strategy="epoch", restore_callback_states_from_checkpoint=True)
+        trainer = transformers.Trainer(model=tiny_bert(), args=a, train_dataset=TokenData(256), callbacks=[cb])
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, next(c for c in trainer.callback_handler.callbacks if isinstance(c, AdaptiveBatchCallback))
+
+    first_trainer, first = run(1)
+    saved = first.plan.state_dict()
+    assert any(d.changed for d in first.plan.controller.decisions)
+    ckpt = max((tmp_path / "out").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    _, resumed = run(2, resume=str(ckpt))
+    n = len(saved["steps"])
+    # The controller's decisions, the rate rule's progress and the record carry over; training goes on
+    # from the grown batch, not from the starting one.
+    # (repr: nan, the rate rule's estimate before the first, is unequal to itself)
+    assert repr(resumed.plan.state_dict()["steps"][:n]) == repr(saved["steps"])
+    k = len(first.plan.controller.decisions)
+    assert repr(resumed.plan.controller.decisions[:k]) == repr(first.plan.controller.decisions)
+    assert resumed.plan.steps[n].examples == first.plan.micro_batch * first.plan.accumulation
+    assert resumed.plan.rate.progress > saved["rate"]["progress"]

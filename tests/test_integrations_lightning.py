@@ -33,6 +33,7 @@ def reference_history(module: TinyClassifier, micro: int, accumulation: int, n: 
     return monitor.history
 
 
+@pytest.mark.slow
 def test_noise_callback_matches_monitor_on_identical_micro_batches(tmp_path):
     # 512 examples, micro-batch 8, 4 per step: 16 optimizer steps, every window full and equal.
     pl.seed_everything(0)
@@ -55,6 +56,7 @@ def test_noise_callback_matches_monitor_on_identical_micro_batches(tmp_path):
     assert any(r.get("noise/b_simple_low") for r in rows)
 
 
+@pytest.mark.slow
 def test_short_last_window_and_smaller_last_batch_are_left_out(tmp_path):
     # 500 examples / micro-batch 8: 63 batches, the last of 4; accumulate 4: 15 full windows and a
     # final window of 3 batches whose loss Lightning still divides by 4.
@@ -124,6 +126,7 @@ def adaptive_run(tmp_path, epochs=3, **kw):
     return t, cb, probe
 
 
+@pytest.mark.slow
 def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
     from batchscope.adapt import adascale_gain
 
@@ -195,6 +198,7 @@ def _estimate_numbers(est):
     return (est.n_samples, est.g2, est.trace, est.b_simple)
 
 
+@pytest.mark.slow
 def test_callbacks_survive_checkpoint_and_resume(tmp_path):
     """Two epochs in one go == one epoch, a checkpoint, a new Trainer and new callbacks, one more epoch."""
     from lightning.pytorch.callbacks import ModelCheckpoint

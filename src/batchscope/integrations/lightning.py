@@ -40,8 +40,9 @@ class NoiseScaleCallback(pl.Callback):
     The small batch is one micro-batch of gradient accumulation (``Trainer(accumulate_grad_batches=k)``,
     k >= 2), or one rank's batch under DDP; the big batch is the accumulated (all-reduced) gradient.
     Norms are taken by hooks during backward: no extra pass. Steps whose micro-batches differ in
-    size, or the short window that ends an epoch, are left out. Logged per optimizer step:
-    ``noise/b_simple``, ``noise/b_simple_low``, ``noise/b_simple_high`` (the last once finite).
+    size, or the short window that ends an epoch, are left out. Logged on the steps the Trainer
+    writes logs (``log_every_n_steps``): ``noise/b_simple``, ``noise/b_simple_low``,
+    ``noise/b_simple_high`` (the last once finite).
     ``monitor`` is the :class:`~batchscope.noise.NoiseScaleMonitor` doing the work (``.estimate()``).
     Keyword arguments go to the monitor (``decay``, ``level``, ``every``, ``max_micro_batches``,
     ``preconditioned``, ``per_layer``).
@@ -97,7 +98,8 @@ class NoiseScaleCallback(pl.Callback):
             return
         self.monitor.micro_batch = sizes[0]
         point = self.monitor.update(loss)
-        if point is None:
+        # self.log costs about as much as measuring: call it only on the steps the logger writes.
+        if point is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1):
             return
         for name, value in noise_scalars(point, self.prefix).items():
             pl_module.log(name, value, on_step=True, on_epoch=False, prog_bar=self.prog_bar and
@@ -201,6 +203,8 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         plan.after_step(len(plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
                         consumed=batch_idx + 1)
         self._apply(trainer)
+        if len(plan.steps) % max(trainer.log_every_n_steps, 1):
+            return
         pl_module.log("adapt/examples", float(self._examples), on_step=True, on_epoch=False, batch_size=1)
         pl_module.log("adapt/lr", self._lr_used, on_step=True, on_epoch=False, batch_size=1)
 

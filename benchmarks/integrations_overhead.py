@@ -1,4 +1,5 @@
-"""Cost of the noise-scale callbacks inside Lightning and the Hugging Face Trainer, as same-run ratios.
+"""Cost of the noise-scale callbacks inside Lightning and the Hugging Face Trainer, as same-run ratios;
+and the Lightning adaptive-batch callback against ``batchscope train --adaptive``, time to target.
 
 The model and data are the built-in mnist1d task's (MLP 40-256-256-10, 10,000 signals); each
 optimizer step takes 4 micro-batches of 64. Per framework, three arms train for ``--steps``
@@ -9,7 +10,15 @@ time of an arm is from its first training batch to the end of training (the Trai
 excluded). Reported per framework: median seconds per optimizer step per arm and the median over
 rounds of each arm's ratio to ``base`` in the same round. One torch thread, nice 5.
 
-    PYTHONPATH=src python benchmarks/integrations_overhead.py [--rounds 9] [--steps 150]
+Time to target (``--part adaptive``): the built-in ``dots`` task (target val accuracy >= 0.955),
+one hardware profile measured first and given to both, per seed: batchscope's own adaptive run
+(``train(task, TrainConfig(batch_size=32, until_target=True, adaptive=AdaptiveConfig(profile)))``),
+Lightning with ``AdaptiveBatchCallback`` (micro-batch 16 x 2 to start), and Lightning at the fixed
+starting batch (same micro-batches, no callback). Lightning runs evaluate every 5 optimizer steps;
+time is training time to the evaluation that reached the target, evaluations excluded, as in
+batchscope's loop. Reported: medians over seeds and the ratios.
+
+    PYTHONPATH=src python benchmarks/integrations_overhead.py [--part all|overhead|adaptive] [--rounds 9]
 """
 
 from __future__ import annotations
@@ -144,10 +153,94 @@ def measure(framework: str, fit, task, rounds: int, steps: int) -> dict:
             "raw_seconds_per_step": times}
 
 
+def lightning_to_target(task, profile, seed: int, adaptive: bool) -> dict:
+    import lightning.pytorch as pl
+
+    from batchscope.integrations.lightning import AdaptiveBatchCallback
+    from batchscope.train import evaluate, make_optimizer
+
+    torch.manual_seed(seed)
+    net = task.make_model()
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return task.loss_fn(self.net(x), y)
+
+        def configure_optimizers(self):
+            return make_optimizer(task.optimizer, self.parameters(), task.lr, task.momentum, task.weight_decay)
+
+    class ToTarget(pl.Callback):
+        """Evaluates every 5 optimizer steps; stops at the target; keeps training time (evaluations out)."""
+
+        def __init__(self):
+            self.seconds, self.steps, self.examples, self.reached = 0.0, 0, 0, False
+            self._t0 = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if self._t0 is None:
+                self._t0 = time.perf_counter()
+            self.examples += len(batch[0])
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step == self.steps or trainer.global_step % 5:
+                return
+            self.steps = trainer.global_step
+            self.seconds += time.perf_counter() - self._t0
+            loss, metric = evaluate(net, task, "val")
+            net.train()
+            if task.target.reached(loss, metric):
+                self.reached = True
+                trainer.should_stop = True
+            self._t0 = time.perf_counter()
+
+    stop = ToTarget()
+    callbacks = [stop] + ([AdaptiveBatchCallback(profile, every=10)] if adaptive else [])
+    loader = DataLoader(task.train_data, batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    trainer = pl.Trainer(max_epochs=30, accumulate_grad_batches=2, callbacks=callbacks, accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(Module(), loader)
+    return {"seconds": stop.seconds, "steps": stop.steps, "examples": stop.examples, "reached": stop.reached}
+
+
+def adaptive_to_target(seeds: int) -> dict:
+    from batchscope import TrainConfig, train
+    from batchscope.adapt.loop import AdaptiveConfig
+    from batchscope.hardware import profile_hardware
+
+    task = load_task("dots")
+    profile = profile_hardware(task, memory_budget="512MiB")
+    rows = []
+    for seed in range(seeds):
+        r = train(task, TrainConfig(batch_size=32, until_target=True, epochs=30, seed=seed,
+                                    adaptive=AdaptiveConfig(profile=profile)))
+        row = {"seed": seed, "batchscope_adaptive": {"seconds": r.target_seconds, "steps": r.target_step,
+                                                     "examples": r.target_examples, "reached": r.reached_target},
+               "lightning_adaptive": lightning_to_target(task, profile, seed, adaptive=True),
+               "lightning_fixed": lightning_to_target(task, profile, seed, adaptive=False)}
+        rows.append(row)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v['seconds']:.2f} s ({v['steps']} steps)"
+                                           for k, v in row.items() if k != "seed"), flush=True)
+    arms = ("batchscope_adaptive", "lightning_adaptive", "lightning_fixed")
+    med = {a: statistics.median(r[a]["seconds"] for r in rows if r[a]["reached"]) for a in arms}
+    return {"task": "dots", "target": task.target.describe(task.metric_name), "profile": profile.to_dict(),
+            "median_seconds": med, "runs": rows,
+            "ratio_lightning_adaptive_to_batchscope_adaptive": med["lightning_adaptive"] / med["batchscope_adaptive"],
+            "ratio_lightning_adaptive_to_lightning_fixed": med["lightning_adaptive"] / med["lightning_fixed"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--part", choices=("all", "overhead", "adaptive"), default="all")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "integrations_overhead.json"))
     a = ap.parse_args()
     os.nice(5)
@@ -158,16 +251,25 @@ def main() -> None:
     task = load_task("mnist1d")
     result = {"task": "mnist1d", "micro_batch": MICRO, "accumulation": ACCUMULATION, "threads": 1,
               "load_average_start": os.getloadavg()}
-    for name, fit in (("lightning", lightning_fit), ("hf", hf_fit)):
-        result[name] = measure(name, fit, task, a.rounds, a.steps)
+    lines = []
+    if a.part in ("all", "overhead"):
+        for name, fit in (("lightning", lightning_fit), ("hf", hf_fit)):
+            result[name] = measure(name, fit, task, a.rounds, a.steps)
+        lines.append(f"noise callback cost, mnist1d MLP, {MICRO} x {ACCUMULATION} micro-batches, 1 thread "
+                     f"(load {result['load_average_start'][0]:.1f} at start)")
+        for name in ("lightning", "hf"):
+            r = result[name]
+            lines.append(f"{name:9s} base {r['seconds_per_step']['base'] * 1e3:.2f} ms/step; A/A "
+                         f"{r['ratio_to_base']['base again']:.3f}; noise callback {r['ratio_to_base']['noise']:.3f}")
+    if a.part in ("all", "adaptive"):
+        ad = result["adaptive_to_target"] = adaptive_to_target(a.seeds)
+        m = ad["median_seconds"]
+        lines.append(f"time to target, dots ({ad['target']}), median of {a.seeds} seeds: batchscope --adaptive "
+                     f"{m['batchscope_adaptive']:.2f} s, Lightning + AdaptiveBatchCallback {m['lightning_adaptive']:.2f} s "
+                     f"(ratio {ad['ratio_lightning_adaptive_to_batchscope_adaptive']:.2f}), Lightning fixed batch 32 "
+                     f"{m['lightning_fixed']:.2f} s (adaptive/fixed {ad['ratio_lightning_adaptive_to_lightning_fixed']:.2f})")
     result["load_average_end"] = os.getloadavg()
     write_json(a.out, result)
-    lines = [f"noise callback cost, mnist1d MLP, {MICRO} x {ACCUMULATION} micro-batches, 1 thread "
-             f"(load {result['load_average_start'][0]:.1f} at start)"]
-    for name in ("lightning", "hf"):
-        r = result[name]
-        lines.append(f"{name:9s} base {r['seconds_per_step']['base'] * 1e3:.2f} ms/step; "
-                     f"A/A {r['ratio_to_base']['base again']:.3f}; noise callback {r['ratio_to_base']['noise']:.3f}")
     text = "\n".join(lines)
     Path(a.out).with_suffix(".txt").write_text(text + "\n")
     print(text)

@@ -21,7 +21,7 @@ import torch
 
 from batchscope.data import take
 from batchscope.noise import NoiseScaleMonitor
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 VARIANTS = {

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..cli import device_option, json_option, task_option
+from ._options import device_name, device_option, json_option, keep_measured_in, task_option
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
-from ..report.jsonio import dumps, keep_measured, write_json
-from ..errors import DivergedError
+from ..serialize import dumps, write_json
 from ..tasks import load_task
 from ..train import SCHEDULES, TrainConfig, train
 
@@ -51,13 +50,10 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
                       eval_every=eval_every, seed=seed, device=device, amp=amp)
     console = console_for(as_json)
-    try:
-        with progress_bar(console) as progress:
-            result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
-    except DivergedError as e:
-        if out:  # keep the history measured before the loss blew up
-            keep_measured(out, e, {"history": e.history})
-        raise
+    keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
+    console.print(f"training {task.name} on {device_name(device)}")
+    with progress_bar(console) as progress:
+        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
     doc = result.to_dict()
     if out:
         write_json(out, doc)

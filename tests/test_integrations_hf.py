@@ -164,7 +164,7 @@ def test_find_on_a_trainer(tmp_path):
 
     trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path, learning_rate=0.1, per_device_train_batch_size=32,
                                                                 gradient_accumulation_steps=1),
-                                   train_dataset=TokenData(2048), eval_dataset=TokenData(512, seed=1))
+                                   train_dataset=TokenData(1024), eval_dataset=TokenData(256, seed=1))
     r = find(trainer, target=0.45, memory_budget="256MiB", max_batch=128)
     assert r.recommendation.batch_size >= 1 and r.recommendation.b_noise["value"] > 0
 

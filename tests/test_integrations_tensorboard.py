@@ -34,3 +34,31 @@ def test_training_loss_written_matches_history(tiny_task, tmp_path):
     assert len(s["train/loss"]) == 20 and "noise/b_simple" not in s
     assert s["train/examples"][-1] == (20, 320.0)
     assert result.steps == 20
+
+
+def test_train_command_log_dir_writes_noise_and_metric(tmp_path):
+    from click.testing import CliRunner
+
+    from batchscope.cli import cli
+
+    r = CliRunner().invoke(cli, ["train", "--task", "dots", "-b", "64", "--micro-batch", "16", "--steps", "30",
+                                 "--eval-every", "10", "--log-dir", str(tmp_path / "tb"), "--json"])
+    assert r.exit_code == 0, r.output
+    s = read_scalars(tmp_path / "tb")
+    assert len(s["train/loss"]) == 30 and len(s["noise/b_simple_low"]) > 0
+    assert [step for step, _ in s["val/accuracy"]] == [0, 10, 20, 30]   # 0: before training
+
+
+def test_train_command_log_dir_without_tensorboard_is_one_line(tmp_path, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from batchscope.cli import cli
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.delitem(sys.modules, "batchscope.integrations.tensorboard", raising=False)
+    r = CliRunner().invoke(cli, ["train", "--task", "dots", "--steps", "5", "--log-dir", str(tmp_path)])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1] == ("error: --log-dir: batchscope.integrations.tensorboard needs "
+                                                 "tensorboard: pip install 'batchscope[tensorboard]'")

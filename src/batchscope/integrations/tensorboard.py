@@ -77,3 +77,12 @@ def read_scalars(log_dir: Union[str, Path]) -> dict[str, list[tuple[int, float]]
         for tag in acc.Tags()["scalars"]:
             out.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
     return out
+
+
+def run_callbacks(log_dir: Union[str, Path], batch_size: int, micro_batch: Optional[int]) -> list[Callback]:
+    """What ``batchscope train --log-dir`` adds to a run: the writer, and a noise monitor when the
+    run accumulates micro-batches (the micro-batch estimator needs two of them per step)."""
+    if micro_batch is not None and micro_batch < batch_size:
+        monitor = NoiseScaleMonitor()
+        return [monitor, TensorBoardCallback(log_dir, monitor)]
+    return [TensorBoardCallback(log_dir)]

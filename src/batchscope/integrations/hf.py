@@ -70,7 +70,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         self.monitor_kwargs = monitor_kwargs
         self.monitor: Optional[NoiseScaleMonitor] = None
         self.left_out = 0
-        self.saved_state: Optional[str] = None   # the monitor's state, packed, from a checkpoint
+        self.saved_state: Optional[dict] = None   # the monitor's state, packed, from a checkpoint
         self._sizes: list[Optional[int]] = []
         self._clip = 0.0
         self._handle = None
@@ -231,7 +231,7 @@ def _hf_loss(model, batch) -> torch.Tensor:
     out = model(**batch)
     loss = out["loss"] if isinstance(out, dict) else getattr(out, "loss", None)
     if loss is None:
-        raise ValueError(f"{type(model).__name__} returned no loss; the examples need the labels the model takes")
+        raise ConfigError(f"{type(model).__name__} returned no loss; the examples need the labels the model takes")
     return loss
 
 

@@ -28,6 +28,7 @@ pl = require("lightning.pytorch", "lightning", "batchscope.integrations.lightnin
 import torch  # noqa: E402
 
 from ..adapt.loop import load_monitor_state, monitor_state  # noqa: E402
+from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
 from .microbatches import leading_size, measurable  # noqa: E402
@@ -150,13 +151,14 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         self._plan_state: Optional[dict] = None
         self._base_lrs: Optional[list[float]] = None
         self._examples = 0
+        self._lr_used = float("nan")
         self._hook = None
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         loader = trainer.train_dataloader
         micro = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
         if not micro:
-            raise ValueError("the adaptive batch needs a train DataLoader built with batch_size=m (the micro-batch)")
+            raise ConfigError("the adaptive batch needs a train DataLoader built with batch_size=m (the micro-batch)")
         optimizer = trainer.optimizers[0]
         self.plan = BatchPlan.build(self.step_time, micro_batch=micro, world=trainer.world_size,
                                     accumulation=trainer.accumulate_grad_batches, n_train=len(loader.dataset),
@@ -227,7 +229,7 @@ def _lightning_loss(module: "pl.LightningModule", batch) -> torch.Tensor:
         out = module.training_step(batch, 0)
     loss = out["loss"] if isinstance(out, dict) else out
     if not isinstance(loss, torch.Tensor):
-        raise ValueError(f"{type(module).__name__}.training_step returned {type(out).__name__}; find needs the loss "
+        raise ConfigError(f"{type(module).__name__}.training_step returned {type(out).__name__}; find needs the loss "
                          "tensor (or a dict with 'loss')")
     return loss
 
@@ -240,7 +242,7 @@ def _first_optimizer(configured):
         return _first_optimizer(configured["optimizer"])
     if isinstance(configured, (list, tuple)) and configured:
         return _first_optimizer(configured[0])
-    raise ValueError(f"configure_optimizers returned {type(configured).__name__}; find needs an optimizer")
+    raise ConfigError(f"configure_optimizers returned {type(configured).__name__}; find needs an optimizer")
 
 
 def task_from_lightning(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target,

@@ -73,8 +73,8 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         self.saved_state: Optional[dict] = None   # the monitor's state, packed, from a checkpoint
         self._sizes: list[Optional[int]] = []
         self._clip = 0.0
+        self._consumed = 0     # micro-batches run this epoch
         self._handle = None
-        self._logged_steps = 0
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if args.fp16:

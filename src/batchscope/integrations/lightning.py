@@ -99,7 +99,7 @@ class NoiseScaleCallback(pl.Callback):
             return
         self.monitor.micro_batch = sizes[0]
         point = self.monitor.update(loss)
-        # self.log costs about as much as measuring: call it only on the steps the logger writes.
+        # self.log has a per-call cost in Lightning: call it only on the steps the logger writes.
         if point is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1):
             return
         for name, value in noise_scalars(point, self.prefix).items():
@@ -116,7 +116,6 @@ class NoiseScaleCallback(pl.Callback):
             load_monitor_state(self.monitor, state_dict["monitor"])
         else:
             self._restored = state_dict.get("monitor")
-
 
 
 class AdaptiveBatchCallback(NoiseScaleCallback):

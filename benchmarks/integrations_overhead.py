@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 MICRO, ACCUMULATION = 64, 4

@@ -4,11 +4,15 @@ and the Lightning adaptive-batch callback against ``batchscope train --adaptive`
 The model and data are the built-in mnist1d task's (MLP 40-256-256-10, 10,000 signals); each
 optimizer step takes 4 micro-batches of 64. Per framework, three arms train for ``--steps``
 optimizer steps from the same weights: ``base`` (no callback), ``base again`` (the same, an A/A
-control that shows the timing noise) and ``noise`` (the framework's NoiseScaleCallback). One round
+control that shows the timing noise), ``noise`` (the framework's NoiseScaleCallback, measuring every
+step) and ``noise every 4`` (``NoiseScaleCallback(every=4)``: hooks idle on three steps of four). One round
 runs every arm once in rotating order, so load on the shared machine falls on all arms alike; the
 time of an arm is from its first training batch to the end of training (the Trainer's set-up
 excluded). Reported per framework: median seconds per optimizer step per arm and the median over
-rounds of each arm's ratio to ``base`` in the same round. One torch thread, nice 5.
+rounds of each arm's ratio to ``base`` in the same round. Finer (``--part interleaved``): within one
+run with ``NoiseScaleCallback(every=2)`` measured and idle steps alternate, so their median ratio is
+the cost of measuring a step, free of drifts in the machine's load; a run without the callback,
+split the same way, is its A/A control. One torch thread, nice 5.
 
 Time to target (``--part adaptive``): the built-in ``dots`` task (target val accuracy >= 0.955),
 one hardware profile measured first and given to both, per seed: batchscope's own adaptive run
@@ -39,7 +43,8 @@ from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 MICRO, ACCUMULATION = 64, 4
-ARMS = ("base", "base again", "noise")
+ARMS = ("base", "base again", "noise", "noise every 4")
+MONITOR = {"noise": {}, "noise every 4": {"every": 4}}   # NoiseScaleCallback keyword arguments per arm
 
 
 class DictData(Dataset):
@@ -65,7 +70,7 @@ class LossModel(nn.Module):
         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
 
-def lightning_fit(task, net, noise: bool, steps: int) -> float:
+def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
     import lightning.pytorch as pl
 
     from batchscope.integrations.lightning import NoiseScaleCallback
@@ -83,7 +88,7 @@ def lightning_fit(task, net, noise: bool, steps: int) -> float:
             return torch.optim.SGD(self.parameters(), lr=task.lr, momentum=0.9)
 
     clock = Clock()
-    callbacks = [clock] + ([NoiseScaleCallback()] if noise else [])
+    callbacks = [clock, *extra] + ([NoiseScaleCallback(**noise)] if noise is not None else [])
     loader = DataLoader(task.train_data, batch_size=MICRO, shuffle=True, drop_last=True)
     trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=ACCUMULATION, callbacks=callbacks,
                          accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -92,14 +97,14 @@ def lightning_fit(task, net, noise: bool, steps: int) -> float:
     return clock.seconds / steps
 
 
-def hf_fit(task, net, noise: bool, steps: int) -> float:
+def hf_fit(task, net, noise, steps: int, extra=()) -> float:
     import transformers
 
     from batchscope.integrations.hf import NoiseScaleCallback
 
     x, y = task.train_data.tensors
     clock = HFClock()
-    callbacks = [clock] + ([NoiseScaleCallback()] if noise else [])
+    callbacks = [clock, *extra] + ([NoiseScaleCallback(**noise)] if noise is not None else [])
     with tempfile.TemporaryDirectory() as out:
         args = transformers.TrainingArguments(
             output_dir=out, per_device_train_batch_size=MICRO, gradient_accumulation_steps=ACCUMULATION,
@@ -110,6 +115,61 @@ def hf_fit(task, net, noise: bool, steps: int) -> float:
                                        callbacks=callbacks)
         trainer.train()
     return clock.seconds / steps
+
+
+class StepTimes:
+    """Seconds between consecutive optimizer steps (the whole window: micro-batches, callbacks, step)."""
+
+    def __init__(self):
+        self.seconds, self._last = [], None
+
+    def attach(self, optimizer):
+        optimizer.register_step_post_hook(self._post)
+
+    def _post(self, opt, args, kwargs):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.seconds.append(now - self._last)
+        self._last = now
+
+
+def interleaved(framework: str, task, fits: int, steps: int) -> dict:
+    """Within one run, measured and idle steps alternate (``NoiseScaleCallback(every=2)``); the A/A run
+    has no callback and splits its steps the same way. Ratio: median measured / median idle step."""
+    import lightning.pytorch as pl
+    import transformers
+
+    class LAttach(pl.Callback):
+        def __init__(self, timer):
+            self.timer = timer
+
+        def on_train_start(self, trainer, pl_module):
+            self.timer.attach(trainer.optimizers[0])
+
+    class HAttach(transformers.TrainerCallback):
+        def __init__(self, timer):
+            self.timer = timer
+
+        def on_train_begin(self, args, state, control, optimizer=None, **kw):
+            self.timer.attach(optimizer.optimizer)
+
+    fit = lightning_fit if framework == "lightning" else hf_fit
+    attach = LAttach if framework == "lightning" else HAttach
+    out = {"noise every 2": [], "no callback (A/A)": []}
+    torch.manual_seed(0)
+    init = task.make_model().state_dict()
+    for i in range(fits):
+        for arm in out:
+            net = task.make_model()
+            net.load_state_dict(init)
+            timer = StepTimes()
+            fit(task, net, {"every": 2} if arm == "noise every 2" else None, steps, extra=[attach(timer)])
+            t = timer.seconds      # t[j] is step j+2 (1-based); the monitor measures steps 1, 3, 5, ...
+            measured, idle = t[1::2], t[0::2]
+            out[arm].append(statistics.median(measured) / statistics.median(idle))
+        print(f"{framework} interleaved fit {i + 1}/{fits}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in out.items()),
+              flush=True)
+    return {arm: {"median_ratio": statistics.median(v), "ratios": v} for arm, v in out.items()}
 
 
 def _clock_classes():
@@ -140,11 +200,11 @@ def measure(framework: str, fit, task, rounds: int, steps: int) -> dict:
     init = task.make_model().state_dict()
     times = {a: [] for a in ARMS}
     for r in range(rounds):
-        order = ARMS[r % 3:] + ARMS[:r % 3]
+        order = ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]
         for arm in order:
             net = task.make_model()
             net.load_state_dict(init)
-            times[arm].append(fit(task, net, arm == "noise", steps))
+            times[arm].append(fit(task, net, MONITOR.get(arm), steps))
         print(f"{framework} round {r + 1}/{rounds}: " +
               ", ".join(f"{a} {times[a][-1] * 1e3:.2f} ms" for a in ARMS), flush=True)
     ratio = {a: statistics.median(t / b for t, b in zip(times[a], times["base"])) for a in ARMS[1:]}
@@ -240,7 +300,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--part", choices=("all", "overhead", "adaptive"), default="all")
+    ap.add_argument("--part", choices=("all", "overhead", "interleaved", "adaptive"), default="all")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "integrations_overhead.json"))
     a = ap.parse_args()
     os.nice(5)
@@ -251,28 +311,47 @@ def main() -> None:
     task = load_task("mnist1d")
     result = {"task": "mnist1d", "micro_batch": MICRO, "accumulation": ACCUMULATION, "threads": 1,
               "load_average_start": os.getloadavg()}
-    lines = []
     if a.part in ("all", "overhead"):
         for name, fit in (("lightning", lightning_fit), ("hf", hf_fit)):
             result[name] = measure(name, fit, task, a.rounds, a.steps)
-        lines.append(f"noise callback cost, mnist1d MLP, {MICRO} x {ACCUMULATION} micro-batches, 1 thread "
-                     f"(load {result['load_average_start'][0]:.1f} at start)")
+    if a.part in ("all", "interleaved"):
+        result["interleaved"] = {name: interleaved(name, task, 3, 2 * a.steps) for name in ("lightning", "hf")}
+    if a.part in ("all", "adaptive"):
+        result["adaptive_to_target"] = adaptive_to_target(a.seeds)
+    result["load_average_end"] = os.getloadavg()
+    if a.part != "all" and Path(a.out).exists():   # one part re-run: keep the other part's results
+        import json
+
+        result = {**json.loads(Path(a.out).read_text()), **result}
+    write_json(a.out, result)
+    text = summary(result)
+    Path(a.out).with_suffix(".txt").write_text(text + "\n")
+    print(text)
+
+
+def summary(result: dict) -> str:
+    lines = []
+    if "lightning" in result:
+        lines.append(f"noise callback cost, mnist1d MLP, {MICRO} x {ACCUMULATION} micro-batches, 1 thread, "
+                     f"{result['lightning']['rounds']} rounds of {result['lightning']['steps_per_run']} steps "
+                     f"(load {result['load_average_start'][0]:.1f} at start); ratio to no callback:")
         for name in ("lightning", "hf"):
             r = result[name]
-            lines.append(f"{name:9s} base {r['seconds_per_step']['base'] * 1e3:.2f} ms/step; A/A "
-                         f"{r['ratio_to_base']['base again']:.3f}; noise callback {r['ratio_to_base']['noise']:.3f}")
-    if a.part in ("all", "adaptive"):
-        ad = result["adaptive_to_target"] = adaptive_to_target(a.seeds)
-        m = ad["median_seconds"]
-        lines.append(f"time to target, dots ({ad['target']}), median of {a.seeds} seeds: batchscope --adaptive "
+            lines.append(f"  {name:9s} base {r['seconds_per_step']['base'] * 1e3:.2f} ms/step; "
+                         + "; ".join(f"{arm} {r['ratio_to_base'][arm]:.3f}" for arm in ARMS[1:]
+                                     if arm in r["ratio_to_base"]))
+    if "interleaved" in result:
+        lines.append("measured step / idle step within one run (NoiseScaleCallback(every=2)), median of 3 runs:")
+        for name, r in result["interleaved"].items():
+            lines.append(f"  {name:9s} " + "; ".join(f"{arm} {v['median_ratio']:.3f}" for arm, v in r.items()))
+    if "adaptive_to_target" in result:
+        ad = result["adaptive_to_target"]
+        m, n = ad["median_seconds"], len(ad["runs"])
+        lines.append(f"time to target, dots ({ad['target']}), median of {n} seeds: batchscope --adaptive "
                      f"{m['batchscope_adaptive']:.2f} s, Lightning + AdaptiveBatchCallback {m['lightning_adaptive']:.2f} s "
                      f"(ratio {ad['ratio_lightning_adaptive_to_batchscope_adaptive']:.2f}), Lightning fixed batch 32 "
                      f"{m['lightning_fixed']:.2f} s (adaptive/fixed {ad['ratio_lightning_adaptive_to_lightning_fixed']:.2f})")
-    result["load_average_end"] = os.getloadavg()
-    write_json(a.out, result)
-    text = "\n".join(lines)
-    Path(a.out).with_suffix(".txt").write_text(text + "\n")
-    print(text)
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ transformers = require("transformers", "hf", "batchscope.integrations.hf")
 import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from ..adapt.loop import load_monitor_state, monitor_state  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
 from ..adapt import StepTimeModel  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
@@ -83,7 +82,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         self._clip, args.max_grad_norm = args.max_grad_norm, 0.0
         self.monitor = NoiseScaleMonitor(model, optimizer=optimizer, **self.monitor_kwargs)
         if self.saved_state is not None:
-            load_monitor_state(self.monitor, unpack_state(self.saved_state))
+            self.monitor.load_state_dict(unpack_state(self.saved_state))
         self._sizes = []
         self._consumed = 0
         self._handle = model.register_forward_pre_hook(self._record_size, with_kwargs=True)
@@ -122,7 +121,7 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
             self.monitor.close()
 
     def state(self) -> dict:
-        saved = pack_state(monitor_state(self.monitor)) if self.monitor is not None else self.saved_state
+        saved = pack_state(self.monitor.state_dict()) if self.monitor is not None else self.saved_state
         return {"args": {"prefix": self.prefix, **self.monitor_kwargs},
                 "attributes": {"saved_state": saved, "left_out": self.left_out}}
 

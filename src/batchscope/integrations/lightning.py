@@ -27,7 +27,6 @@ pl = require("lightning.pytorch", "lightning", "batchscope.integrations.lightnin
 
 import torch  # noqa: E402
 
-from ..adapt.loop import load_monitor_state, monitor_state  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
@@ -67,7 +66,7 @@ class NoiseScaleCallback(pl.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self.monitor = NoiseScaleMonitor(pl_module, optimizer=optimizer, **self.monitor_kwargs)
         if self._restored is not None:
-            load_monitor_state(self.monitor, self._restored)
+            self.monitor.load_state_dict(self._restored)
             self._restored = None
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -107,13 +106,13 @@ class NoiseScaleCallback(pl.Callback):
                           name.endswith("b_simple"), batch_size=sizes[0])
 
     def state_dict(self) -> dict:
-        monitor = monitor_state(self.monitor) if self.monitor is not None else self._restored
+        monitor = self.monitor.state_dict() if self.monitor is not None else self._restored
         return {"monitor": monitor, "left_out": self.left_out}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.left_out = state_dict.get("left_out", 0)
         if self.monitor is not None and state_dict.get("monitor") is not None:
-            load_monitor_state(self.monitor, state_dict["monitor"])
+            self.monitor.load_state_dict(state_dict["monitor"])
         else:
             self._restored = state_dict.get("monitor")
 

@@ -12,7 +12,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ class TrainConfig:
     max_seconds: Optional[float] = None      # wall-clock cap on training time
     diverge_factor: Optional[float] = 1e3    # one step's loss above this x the initial loss: diverged
     diverge_trend: Optional[float] = 10.0    # the smoothed loss (~20 steps) above this x the initial: diverged
+    adaptive: Optional[Any] = None           # batchscope.adapt.AdaptiveConfig: the batch follows the noise scale
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainResult:
     stopped_because: str = ""
     target_interpolated: bool = False      # the target crossing lies between two evaluations
     model: Optional[nn.Module] = field(default=None, repr=False)
+    adaptive: Optional[dict] = None   # adaptive runs: per-step batch, accumulation, lr, B_noise and the decisions
 
     @property
     def final(self) -> HistoryPoint:
@@ -511,6 +513,8 @@ def train(task: "Task | str", config: TrainConfig, callbacks: Iterable = ()) -> 
     """Train ``task`` as ``config`` says and return the history. Same seed, same history."""
     task = load_task(task)
     cfg = config
+    if cfg.adaptive is not None:  # the batch changes during the run: batchscope.adapt drives it
+        return cfg.adaptive.run(task, cfg, list(callbacks))
     b, m = _validate(task, cfg)
     device = resolve_device(cfg.device)
     settings = OptimizerSettings.of(task, cfg)

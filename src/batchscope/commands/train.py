@@ -6,9 +6,18 @@ import click
 
 from ._options import device_name, device_option, json_option, keep_measured_in, task_option
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
+from ..errors import ConfigError
 from ..serialize import dumps, write_json
 from ..tasks import OPTIMIZERS, load_task
 from ..train import SCHEDULES, TrainConfig, train
+
+
+def tensorboard_callbacks(log_dir: str, batch_size: int, micro_batch) -> list:
+    try:
+        from ..integrations.tensorboard import run_callbacks
+    except ImportError as e:  # the extra is not installed: one line naming it
+        raise ConfigError(f"--log-dir: {e}") from None
+    return run_callbacks(log_dir, batch_size, micro_batch)
 
 
 def training_options(f):
@@ -39,9 +48,11 @@ def training_options(f):
 @click.option("--eval-every", type=int, default=None, help="steps between evaluations")
 @device_option
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the result JSON here")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="write TensorBoard scalars here: loss, batch, lr, metric; B_noise with --micro-batch")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
-            steps, epochs, until_target, eval_every, device, out, as_json) -> None:
+            steps, epochs, until_target, eval_every, device, out, log_dir, as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
@@ -52,8 +63,9 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     console = console_for(as_json)
     keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
     console.print(f"training {task.name} on {device_name(device)}")
+    extra = tensorboard_callbacks(log_dir, batch_size, micro_batch) if log_dir else []
     with progress_bar(console) as progress:
-        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
+        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}"), *extra])
     doc = result.to_dict()
     if out:
         write_json(out, doc)

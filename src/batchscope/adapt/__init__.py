@@ -1,0 +1,18 @@
+"""Batch size that changes while a model trains, following the live gradient noise scale.
+
+- :class:`AdaptiveBatchSampler`: seeded batches whose size may change between steps, every example
+  once per epoch, resumable, split across data-parallel ranks;
+- :class:`BatchSizeController`: every K steps, the batch ``find`` would pick with the noise scale
+  measured now (time per unit of progress, with a threshold against flapping);
+- :class:`ScaledLearningRate`: the rate for the batch in use (AdaScale gain for SGD, square root for
+  Adam-type) with warm-up and decay counted in progress, not steps.
+"""
+
+from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision, StepTimeModel
+from .rules import ScaledLearningRate, adascale_gain, sqrt_gain
+from .sampler import AdaptiveBatchSampler
+
+__all__ = [
+    "AdaptiveBatchSampler", "BatchSizeController", "Decision", "StepTimeModel", "DEFAULT_EVERY",
+    "DEFAULT_THRESHOLD", "ScaledLearningRate", "adascale_gain", "sqrt_gain",
+]

@@ -1,0 +1,187 @@
+"""BatchSizeController: the planner of ``find``, re-run every K steps with the live noise scale.
+
+Progress per second at global batch B is 1 / (S(B)·t(B)) with S(B) = S_min (1 + B_noise/B) and t(B)
+the hardware profile's step time (with accumulation when B exceeds the memory ceiling); maximising
+it is Pollux's goodput (Qiao et al., OSDI 2021) and the argmin ``find`` computes. The candidates are
+evaluated by :func:`batchscope.plan.recommend.evaluate_candidates`, the same code ``find`` uses, so
+the two can never disagree on the model; only B_noise differs (measured now instead of predicted).
+
+Rules that keep it safe to leave running:
+
+- it holds the starting batch until the monitor has ``min_samples`` finite measurements;
+- a non-finite or non-positive estimate is held (the batch stays), counted in ``nonfinite``, and
+  never acted on;
+- it moves only when the predicted time per unit of progress falls by more than ``threshold``
+  (AdaptDL's 5%), so an estimate wandering around a boundary between two candidates cannot flap;
+- the per-device micro-batch stays under the memory ceiling (the batch grows beyond it by gradient
+  accumulation), and the global batch stays within ``max_batch`` and the data set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence, Union
+
+from ..errors import ConfigError, check_positive_int
+from ..plan import recommend as rec
+
+DEFAULT_EVERY = 50          # steps between decisions
+DEFAULT_THRESHOLD = 0.05    # AdaptDL: re-allocate only for a predicted speed-up above 5%
+DEFAULT_MIN_SAMPLES = 5     # finite noise measurements before the first decision
+
+
+@dataclass(frozen=True)
+class StepTimeModel:
+    """Seconds per forward/backward pass: t(m) = alpha + beta·m, measured medians used inside their range."""
+
+    alpha: float
+    beta: float
+    measured: tuple = ()     # ((batch, median seconds), ...)
+
+    @classmethod
+    def from_profile(cls, profile) -> "StepTimeModel":
+        """From a :class:`~batchscope.hardware.HardwareProfile` (or anything with alpha, beta, points)."""
+        return cls(float(profile.alpha), float(profile.beta),
+                   tuple((int(p.batch), float(p.seconds)) for p in getattr(profile, "points", ())))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One look at the noise scale: what was seen, what was predicted, what was done."""
+
+    step: int
+    batch_size: int           # global batch from now on
+    micro_batch: int          # per device and pass
+    accumulation: int         # passes per optimizer step on each device
+    previous: int             # global batch before this decision
+    b_noise: float            # the estimate acted on (nan when held for lack of one)
+    b_noise_low: float
+    b_noise_high: float
+    gain: float               # predicted fall in time per unit progress of the best candidate vs the current batch
+    changed: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _estimate_parts(estimate) -> tuple[float, float, float, int]:
+    """(B_noise, low, high, finite samples) from a NoiseEstimate, a number, or None."""
+    if estimate is None:
+        return math.nan, math.nan, math.nan, 0
+    if isinstance(estimate, (int, float)):
+        return float(estimate), math.nan, math.nan, 1_000_000
+    return (float(estimate.b_simple), float(estimate.low), float(estimate.high), int(estimate.n_samples))
+
+
+class BatchSizeController:
+    """Picks the global batch minimising predicted time per unit of progress, every ``every`` steps.
+
+    step_time: a :class:`StepTimeModel` or a hardware profile (its alpha, beta and measured points).
+    start_batch: the batch to train with until there is an estimate (and the reference for ``gain``).
+    n_train: the data set size (the batch never exceeds it).
+    memory_ceiling: largest micro-batch that fits one device (None: not limiting).
+    max_batch: the user's cap on the global batch. min_batch: the smallest batch considered
+        (default: the start batch, so the batch never falls below it; pass 1 to allow shrinking).
+    devices: data-parallel ranks; the global batch is a multiple of it.
+    min_samples: finite noise measurements needed before the first move.
+    """
+
+    def __init__(self, step_time, *, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
+                 max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1,
+                 every: int = DEFAULT_EVERY, threshold: float = DEFAULT_THRESHOLD,
+                 min_samples: int = DEFAULT_MIN_SAMPLES):
+        self.time_model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
+        check_positive_int("start_batch", start_batch)
+        check_positive_int("n_train", n_train)
+        check_positive_int("every", every)
+        check_positive_int("devices", devices)
+        if memory_ceiling is not None and (isinstance(memory_ceiling, bool) or not isinstance(memory_ceiling, int)
+                                           or memory_ceiling < 1):
+            raise ConfigError(f"the memory ceiling is {memory_ceiling!r} examples: not even one example fits a "
+                              "device; free memory, use a smaller model, or profile again with a larger budget")
+        if max_batch is not None and max_batch < start_batch:
+            raise ConfigError(f"max batch {max_batch} is below the starting batch {start_batch}; raise --max-batch "
+                              f"to at least {start_batch} or start from a smaller batch")
+        if start_batch > n_train:
+            raise ConfigError(f"starting batch {start_batch} is larger than the data set ({n_train} examples); "
+                              f"use at most {n_train}")
+        if start_batch % devices:
+            raise ConfigError(f"starting batch {start_batch} is not a multiple of the {devices} devices")
+        if not (0.0 <= threshold < 1.0):
+            raise ConfigError(f"The 'threshold' parameter must be in [0, 1). Got {threshold!r} instead.")
+        self.constraints = rec.Constraints(n_train=n_train, memory_ceiling=memory_ceiling, max_batch=max_batch,
+                                           devices=devices)
+        self.start_batch = start_batch
+        self.min_batch = start_batch if min_batch is None else check_positive_int("min_batch", min_batch)
+        self.every = every
+        self.threshold = float(threshold)
+        self.min_samples = check_positive_int("min_samples", min_samples)
+        first = rec.layout(start_batch, self.constraints)
+        self.batch_size, self.micro_batch, self.accumulation = first.batch_size, first.micro_batch, first.accumulation
+        self.nonfinite = 0                       # estimates held because they were not finite and positive
+        self.decisions: list[Decision] = []
+
+    # ---- the pure part ----------------------------------------------------------------------
+
+    def candidates(self) -> list[int]:
+        """Powers of two between ``min_batch`` and the limit, plus the current batch (as ``find``)."""
+        grid = rec.candidate_batches(self.constraints, smallest=min(self.min_batch, self.batch_size))
+        return sorted(set(grid) | {self.batch_size})
+
+    def predict(self, b_noise: float, batches: Optional[Sequence[int]] = None) -> list[rec.Candidate]:
+        """Predicted steps and seconds to a common target for each batch, with ``b_noise`` as it is now.
+
+        S_min cancels out of every comparison, so the reference is one step at the current batch.
+        """
+        tm = self.time_model
+        inp = rec.Inputs(alpha=tm.alpha, beta=tm.beta, b_noise=b_noise, b_noise_low=b_noise, b_noise_high=b_noise,
+                         b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=tm.measured)
+        return rec.evaluate_candidates(inp, self.constraints, list(batches or self.candidates()))
+
+    def due(self, step: int) -> bool:
+        """Whether ``step`` (optimizer steps done) is a decision point."""
+        return step > 0 and step % self.every == 0
+
+    def decide(self, step: int, estimate: Union[object, float, None]) -> Decision:
+        """Look at ``estimate`` (a NoiseEstimate, a number, or None) and keep or change the batch."""
+        bn, low, high, n = _estimate_parts(estimate)
+        if n < self.min_samples:
+            return self._record(step, bn, low, high, 0.0, None, f"waiting for an estimate ({n} of "
+                                                                  f"{self.min_samples} measurements)")
+        if not (math.isfinite(bn) and bn > 0):
+            self.nonfinite += 1
+            return self._record(step, bn, low, high, 0.0, None, f"non-finite noise estimate {bn} held "
+                                                                  f"({self.nonfinite} so far)")
+        cands = self.predict(bn)
+        here = next(c for c in cands if c.batch_size == self.batch_size)
+        best = min(cands, key=lambda c: c.seconds)
+        gain = 1.0 - best.seconds / here.seconds
+        if best.batch_size == self.batch_size or gain <= self.threshold:
+            return self._record(step, bn, low, high, gain, None,
+                                f"best batch {best.batch_size} saves {gain:.1%}, not above {self.threshold:.0%}")
+        return self._record(step, bn, low, high, gain, best,
+                            f"batch {self.batch_size} -> {best.batch_size}: predicted {gain:.1%} less time per progress")
+
+    def _record(self, step, bn, low, high, gain, best: Optional[rec.Candidate], reason: str) -> Decision:
+        previous = self.batch_size
+        if best is not None:
+            self.batch_size, self.micro_batch, self.accumulation = best.batch_size, best.micro_batch, best.accumulation
+        d = Decision(step, self.batch_size, self.micro_batch, self.accumulation, previous, bn, low, high, gain,
+                     best is not None, reason)
+        self.decisions.append(d)
+        return d
+
+    # ---- resume -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "micro_batch": self.micro_batch, "accumulation": self.accumulation,
+                "nonfinite": self.nonfinite, "decisions": [d.to_dict() for d in self.decisions]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_size = int(state["batch_size"])
+        self.micro_batch = int(state["micro_batch"])
+        self.accumulation = int(state["accumulation"])
+        self.nonfinite = int(state["nonfinite"])
+        self.decisions = [Decision(**d) for d in state["decisions"]]

@@ -1,0 +1,410 @@
+"""``train(task, TrainConfig(..., adaptive=AdaptiveConfig()))``: a run whose batch follows the noise scale.
+
+Each optimizer step: the sampler draws the controller's current global batch; it is run as the
+controller's micro-batches (accumulation beyond the memory ceiling); the monitor measures the
+gradient noise scale on a sampled subset of steps (a measured step is split into at least two
+micro-batches, which is what the micro-batch estimator needs, so measuring costs about one extra
+fixed cost alpha per measured step; ``measure_every`` spreads it to ``overhead`` of the run); every
+``every`` steps the controller re-decides from the monitor's estimate, and the learning rate follows
+the batch (:class:`ScaledLearningRate`). Warm-up counts steps at the starting batch (progress),
+evaluations come every ``eval_every`` x starting-batch examples, so both mean the same thing
+whatever the batch grows to.
+
+The whole state (model, optimizer, sampler, controller, monitor, rate, counters, RNG) is one
+``state_dict``; with ``checkpoint`` it is written every ``checkpoint_every`` steps, and ``resume``
+continues a killed run on the same batches, rates and examples as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import torch
+
+from ..data import chunks, forward, split_batch, take, to_device
+from ..errors import ConfigError, DivergedError, check_positive_float, check_positive_int
+from ..hardware import HardwareProfile, profile_hardware
+from ..noise import NoiseScaleMonitor
+from ..plan.model import step_time_curve
+from ..tasks import Task
+from ..train import (Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, evaluate, make_optimizer,
+                     resolve_device, total_steps)
+from .controller import BatchSizeController, StepTimeModel
+from .rules import ADAM_TYPE, ScaledLearningRate
+from .sampler import AdaptiveBatchSampler
+
+NOISE_KINDS = ("raw", "preconditioned")
+
+
+@dataclass
+class AdaptiveConfig:
+    """How the batch adapts. The starting batch and rate are ``TrainConfig.batch_size`` and ``lr``.
+
+    profile: a :class:`HardwareProfile`, the path of one saved by ``batchscope profile --out``, or
+        None to measure one first (its step-time curve and memory ceiling drive the controller).
+    memory_ceiling: examples per device pass (default: the profile's ceiling when memory limited it).
+    every: steps between decisions (default: ``measure_every``, a decision per new measurement).
+    measure_every: measure the noise every this many steps (default: the fewest that keep the
+        predicted cost of measuring within ``overhead`` of the step time at the starting batch).
+    noise: 'raw' gradient noise, or 'preconditioned' by Adam's second moments (Adam-type only).
+    """
+
+    profile: Union[HardwareProfile, str, Path, None] = None
+    max_batch: Optional[int] = None
+    memory_ceiling: Optional[int] = None
+    every: Optional[int] = None
+    threshold: float = 0.05
+    measure_every: Optional[int] = None
+    overhead: float = 0.02
+    min_samples: int = 5
+    noise: str = "raw"
+    checkpoint: Optional[str] = None
+    checkpoint_every: Optional[int] = None
+    resume: Optional[str] = None
+
+    def run(self, task: Task, cfg: TrainConfig, callbacks: list[Callback]) -> TrainResult:
+        """Called by :func:`batchscope.train.train` when ``TrainConfig.adaptive`` is set."""
+        return AdaptiveRun(task, cfg, self, callbacks).run()
+
+    def describe(self) -> dict:
+        """The settings as JSON-able values (a profile object is named, not copied)."""
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        p = self.profile
+        d["profile"] = str(p) if isinstance(p, (str, Path)) else ("given" if p is not None else "measured")
+        return d
+
+
+def resolve_profile(task: Task, acfg: AdaptiveConfig, device: str) -> HardwareProfile:
+    if isinstance(acfg.profile, HardwareProfile):
+        return acfg.profile.check_task(task)
+    if acfg.profile is not None:
+        from ..hardware import load_profile_for
+        return load_profile_for(task, acfg.profile)
+    return profile_hardware(task, device=device, max_batch=acfg.max_batch)
+
+
+def memory_ceiling_of(profile: HardwareProfile, acfg: AdaptiveConfig) -> Optional[int]:
+    if acfg.memory_ceiling is not None:
+        return acfg.memory_ceiling
+    return profile.max_batch if profile.limited_by == "memory" else None
+
+
+def measured_layout(b: int, micro: int, accumulation: int) -> tuple[int, int]:
+    """(micro-batch, passes) for a measured step: the estimator needs at least two equal micro-batches."""
+    if accumulation >= 2:
+        return micro, accumulation
+    d = next(k for k in range(2, b + 1) if b % k == 0)
+    return b // d, d
+
+
+def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> int:
+    """Steps between measurements so that one extra split per measured step costs ``overhead`` of the steps.
+
+    A measured step runs its batch as two passes of b/2 instead of one of b: predicted extra
+    2·t(b/2) − t(b) (about the fixed cost alpha), from the same step-time curve ``find`` uses.
+    """
+    curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
+    m, passes = measured_layout(b, b, 1)
+    extra = max(0.0, passes * curve(m) - curve(b))
+    return max(1, math.ceil(extra / (overhead * curve(b))))
+
+
+@dataclass
+class StepLog:
+    """Per optimizer step: what was used (columns, so the JSON stays small)."""
+
+    batch_size: list[int] = field(default_factory=list)
+    micro_batch: list[int] = field(default_factory=list)
+    accumulation: list[int] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    b_noise: list[Optional[float]] = field(default_factory=list)   # latest estimate after the step
+    measured: list[bool] = field(default_factory=list)
+
+    def add(self, b: int, m: int, k: int, lr: float, bn: float, measured: bool) -> None:
+        self.batch_size.append(b)
+        self.micro_batch.append(m)
+        self.accumulation.append(k)
+        self.lr.append(lr)
+        self.b_noise.append(bn if math.isfinite(bn) else None)
+        self.measured.append(measured)
+
+
+class AdaptiveRun:
+    """One adaptive training run: built from the configs, driven by :meth:`run`."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, acfg: AdaptiveConfig, callbacks: list[Callback]):
+        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, list(callbacks)
+        b0 = self._validate()
+        self.device = resolve_device(cfg.device)
+        profile = resolve_profile(task, acfg, cfg.device)
+        time_model = StepTimeModel.from_profile(profile)
+        ceiling = memory_ceiling_of(profile, acfg)
+        self.measure_every = acfg.measure_every or auto_measure_every(time_model, b0, acfg.overhead)
+        self.controller = BatchSizeController(
+            time_model, start_batch=b0, n_train=task.n_train, memory_ceiling=ceiling, max_batch=acfg.max_batch,
+            every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples)
+        torch.manual_seed(cfg.seed)
+        self.model = task.make_model().to(self.device)
+        self.lr0 = cfg.lr if cfg.lr is not None else task.lr
+        self.opt_name = (cfg.optimizer or task.optimizer).lower()
+        self.optimizer = make_optimizer(self.opt_name, [p for p in self.model.parameters() if p.requires_grad],
+                                        self.lr0, task.momentum if cfg.momentum is None else cfg.momentum,
+                                        task.weight_decay if cfg.weight_decay is None else cfg.weight_decay)
+        self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
+        self.batches = iter(self.sampler)
+        self.monitor = NoiseScaleMonitor(self.model, micro_batch=b0, every=self.measure_every,
+                                         optimizer=self.optimizer, preconditioned=acfg.noise == "preconditioned")
+        budget_steps = total_steps(task, cfg, b0)
+        self.max_steps = cfg.steps
+        self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
+                             None if cfg.steps is not None else budget_steps * b0)
+        self.rate = ScaledLearningRate(self.lr0, b0, self.opt_name, warmup=cfg.warmup_steps,
+                                       total=budget_steps if cfg.schedule != "constant" else None,
+                                       schedule=cfg.schedule)
+        self.eval_examples = (cfg.eval_every or max(1, budget_steps // 25)) * b0
+        self.ctx = TrainContext(task, cfg, self.model, self.optimizer, self.device, b0, b0, 1)
+        self.log = StepLog()
+        self.history: list[HistoryPoint] = []
+        self.next_eval = self.eval_examples
+        self.target_at: Optional[tuple] = None
+        self.initial_loss = math.nan
+        self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
+                                "limited_by": profile.limited_by}
+
+    def _validate(self) -> int:
+        cfg, acfg, task = self.cfg, self.acfg, self.task
+        b0 = check_positive_int("batch_size", cfg.batch_size)
+        if b0 < 2:
+            raise ConfigError("an adaptive run measures the noise on two micro-batches, so it starts from a batch of "
+                              "at least 2; use --batch-size 2 or more")
+        if b0 > task.n_train:
+            raise ConfigError(f"batch size {b0} is larger than the training set of task {task.name!r} "
+                              f"({task.n_train} examples); use at most {task.n_train}")
+        if acfg.max_batch is not None and acfg.max_batch < b0:
+            raise ConfigError(f"--max-batch {acfg.max_batch} is below the starting batch {b0}; raise --max-batch to "
+                              f"at least {b0} or start from a smaller --batch-size")
+        if acfg.memory_ceiling is not None and acfg.memory_ceiling < 1:
+            raise ConfigError(f"the memory ceiling is {acfg.memory_ceiling} examples: not even one example fits a "
+                              "device; free memory or use a smaller model")
+        if cfg.micro_batch is not None:
+            raise ConfigError("an adaptive run picks its own micro-batches (from the memory ceiling); drop "
+                              "--micro-batch, or give the ceiling with AdaptiveConfig(memory_ceiling=...)")
+        if cfg.amp:
+            raise ConfigError("adaptive runs do not support --amp yet; drop --amp or --adaptive")
+        if acfg.noise not in NOISE_KINDS:
+            raise ConfigError(f"The 'noise' parameter must be one of {', '.join(NOISE_KINDS)}. Got {acfg.noise!r} instead.")
+        opt = (cfg.optimizer or task.optimizer).lower()
+        if acfg.noise == "preconditioned" and opt not in ADAM_TYPE:
+            raise ConfigError(f"preconditioned noise needs an Adam-type optimizer; the run uses {opt}; "
+                              "use noise='raw'")
+        if cfg.steps is None and cfg.epochs is None and not cfg.until_target:
+            raise ConfigError("say how long to train: steps, epochs or until_target")
+        check_positive_float("overhead", self.acfg.overhead)
+        if acfg.checkpoint_every is not None:
+            check_positive_int("checkpoint_every", acfg.checkpoint_every)
+        return b0
+
+    # ---- one step ---------------------------------------------------------------------------
+
+    def _draw(self) -> torch.Tensor:
+        try:
+            return torch.tensor(next(self.batches))
+        except StopIteration:  # end of an epoch: the sampler starts the next one
+            self.batches = iter(self.sampler)
+            return torch.tensor(next(self.batches))
+
+    def step(self) -> float:
+        """One optimizer step; returns its training loss."""
+        ctx, c = self.ctx, self.controller
+        measured = ctx.step % self.measure_every == 0
+        idx = self._draw()
+        b = len(idx)
+        m, k = (c.micro_batch, c.accumulation) if b == c.batch_size else (b, 1)
+        if measured:
+            m, k = measured_layout(b, m, k)
+        lr = self.rate.lr(b)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        ctx.batch_size, ctx.micro_batch, ctx.accumulation = b, m, k
+        batch = take(self.task.train_data, idx)
+        step_loss = 0.0
+        for i, micro in enumerate(chunks(batch, m) if k > 1 else [batch]):
+            inputs, target = split_batch(to_device(micro, self.device))
+            loss = self.task.loss_fn(forward(self.model, inputs), target)
+            (loss / k).backward()   # summed over the k passes: the gradient of the mean over b
+            lv = float(loss.detach())
+            step_loss += lv / k
+            for cb in self.callbacks:
+                cb.on_micro_batch_end(ctx, i, lv)
+        self._check_diverged(step_loss, b, lr)
+        for cb in self.callbacks:
+            cb.on_before_step(ctx)
+        self.monitor.micro_batch = m
+        if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
+            self.rate.observe(self.monitor.estimate().b_simple)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.rate.advance(b)
+        self.log.add(b, m, k, lr, self._b_noise(), measured)
+        return step_loss
+
+    def _b_noise(self) -> float:
+        est = self.monitor.estimate()
+        return est.b_simple if est.n_samples else math.nan
+
+    def _check_diverged(self, step_loss: float, b: int, lr: float) -> None:
+        cfg = self.cfg
+        blown_up = cfg.diverge_factor is not None and step_loss > cfg.diverge_factor * self.initial_loss
+        if not math.isfinite(step_loss) or blown_up:
+            what = f"became {step_loss}" if not blown_up else f"grew from {self.initial_loss:.4g} to {step_loss:.4g}"
+            raise DivergedError(
+                f"the training loss {what} at step {self.ctx.step + 1} with lr={lr:g} at batch size {b} (adaptive); "
+                f"lower the starting learning rate (try {self.lr0 / 10:g}) or add warm-up (--warmup)", self.history)
+
+    def _decide(self) -> None:
+        c = self.controller
+        if c.due(self.ctx.step):
+            d = c.decide(self.ctx.step, self.monitor.estimate())
+            if d.changed:
+                self.sampler.set_batch_size(d.batch_size)
+
+    # ---- evaluation and the run -------------------------------------------------------------
+
+    def _record(self, train_loss: float) -> HistoryPoint:
+        ctx = self.ctx
+        eval_loss, metric = evaluate(self.model, self.task, self.task.target.split, self.device,
+                                     self.cfg.eval_examples)
+        point = HistoryPoint(ctx.step, ctx.examples, ctx.seconds, train_loss, metric, eval_loss,
+                             self.optimizer.param_groups[0]["lr"])
+        self.history.append(point)
+        for cb in self.callbacks:
+            cb.on_evaluate(ctx, point)
+        if self.target_at is None and self.task.target.reached(point.eval_loss, point.metric):
+            self.target_at = (ctx.step, ctx.examples, ctx.seconds)
+        return point
+
+    def _limit_reached(self) -> bool:
+        ctx = self.ctx
+        return ((self.max_steps is not None and ctx.step >= self.max_steps)
+                or (self.max_examples is not None and ctx.examples + self.sampler.batch_size > self.max_examples))
+
+    def run(self) -> TrainResult:
+        ctx, cfg = self.ctx, self.cfg
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_begin(ctx)
+        if self.acfg.resume:
+            self.load_state_dict(torch.load(self.acfg.resume, weights_only=False))
+        else:
+            self.initial_loss = evaluate(self.model, self.task, "train", self.device, 2048)[0]
+            self._record(self.initial_loss)
+        stopped = "target reached" if self.target_at is not None and cfg.until_target else ""
+        loss_sum, loss_n = 0.0, 0
+        while not stopped and not self._limit_reached():
+            t0 = time.perf_counter()
+            step_loss = self.step()
+            ctx.seconds += time.perf_counter() - t0
+            ctx.step += 1
+            ctx.examples += ctx.batch_size
+            loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+            self._decide()
+            for cb in self.callbacks:
+                cb.on_step_end(ctx, step_loss)
+            stopped = self._stop_reason()
+            if ctx.examples >= self.next_eval or stopped or self._limit_reached():
+                self.next_eval = (ctx.examples // self.eval_examples + 1) * self.eval_examples
+                self._record(loss_sum / loss_n)
+                loss_sum, loss_n = 0.0, 0
+                if self.target_at is not None and cfg.until_target:
+                    stopped = stopped or "target reached"
+            self._checkpoint()
+        return self._result(stopped or "step limit")
+
+    def _stop_reason(self) -> str:
+        ctx, cfg = self.ctx, self.cfg
+        if ctx.stop:
+            return ctx.stop_reason or "stopped by a callback"
+        if cfg.max_seconds is not None and ctx.seconds >= cfg.max_seconds:
+            return f"time limit {cfg.max_seconds:g}s"
+        return ""
+
+    def _result(self, stopped: str) -> TrainResult:
+        ctx, t = self.ctx, self.target_at
+        self.monitor.close()
+        resolved = {**{k: v for k, v in asdict(self.cfg).items() if k != "adaptive"}, "lr": self.lr0,
+                    "optimizer": self.opt_name, "micro_batch": None, "adaptive": self.acfg.describe()}
+        result = TrainResult(
+            task=self.task.name, config=resolved, history=self.history, steps=ctx.step, examples=ctx.examples,
+            seconds=ctx.seconds, reached_target=t is not None, target=self.task.target.describe(self.task.metric_name),
+            target_step=t[0] if t else None, target_examples=t[1] if t else None, target_seconds=t[2] if t else None,
+            stopped_because=stopped, model=self.model, adaptive=self.summary())
+        for cb in self.callbacks:
+            cb.on_train_end(ctx, result)
+        return result
+
+    def summary(self) -> dict:
+        """What the adaptive part did: per-step columns, the decisions, the measuring cadence."""
+        est = self.monitor.estimate()
+        return {"steps": asdict(self.log), "decisions": [d.to_dict() for d in self.controller.decisions],
+                "measure_every": self.measure_every, "decide_every": self.controller.every,
+                "nonfinite_estimates": self.controller.nonfinite, "noise": self.acfg.noise,
+                "final_b_noise": est.to_dict(), "profile": self.profile_summary}
+
+    # ---- resume -----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        ctx = self.ctx
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "sampler": self.sampler.state_dict(), "controller": self.controller.state_dict(),
+                "monitor": monitor_state(self.monitor), "rate": self.rate.state_dict(),
+                "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
+                             "next_eval": self.next_eval, "initial_loss": self.initial_loss,
+                             "target_at": self.target_at},
+                "history": [asdict(p) for p in self.history], "log": asdict(self.log),
+                "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.batches = iter(self.sampler)
+        self.controller.load_state_dict(state["controller"])
+        load_monitor_state(self.monitor, state["monitor"])
+        self.rate.load_state_dict(state["rate"])
+        n = state["counters"]
+        self.ctx.step, self.ctx.examples, self.ctx.seconds = n["step"], n["examples"], n["seconds"]
+        self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
+        self.target_at = None if n["target_at"] is None else tuple(n["target_at"])
+        self.history = [HistoryPoint(**p) for p in state["history"]]
+        self.log = StepLog(**state["log"])
+        torch.set_rng_state(state["rng"])
+
+    def _checkpoint(self) -> None:
+        a = self.acfg
+        if a.checkpoint and a.checkpoint_every and self.ctx.step % a.checkpoint_every == 0:
+            tmp = f"{a.checkpoint}.tmp"
+            torch.save(self.state_dict(), tmp)
+            os.replace(tmp, a.checkpoint)   # a run killed while writing keeps the previous checkpoint
+
+
+def monitor_state(monitor: NoiseScaleMonitor) -> dict:
+    """The monitor's smoothed moments and counters (what a resumed run needs to estimate the same)."""
+    if hasattr(monitor, "state_dict"):
+        return monitor.state_dict()
+    return {"moments": dict(vars(monitor.moments)), "steps": monitor._steps, "skipped": monitor.skipped,
+            "unmeasured": monitor.unmeasured, "sizes": monitor.sizes}
+
+
+def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
+    if hasattr(monitor, "load_state_dict"):
+        return monitor.load_state_dict(state)
+    vars(monitor.moments).update(state["moments"])
+    monitor._steps, monitor.skipped, monitor.unmeasured = state["steps"], state["skipped"], state["unmeasured"]
+    monitor.sizes = tuple(state["sizes"])
+    if monitor._capture is not None:
+        monitor._capture.active = monitor._steps % monitor.every == 0

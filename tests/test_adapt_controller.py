@@ -1,0 +1,110 @@
+"""BatchSizeController on hand-computed cases: the optimum, the threshold, memory, missing estimates."""
+
+import math
+
+import pytest
+
+from batchscope.adapt import BatchSizeController, StepTimeModel
+from batchscope.errors import ConfigError
+from batchscope.noise import NoiseEstimate
+
+ALPHA, BETA = 0.0256, 1e-4          # t(B) = alpha + beta B: B* = sqrt(alpha B_noise / beta) = 256 at B_noise 256
+LINE = StepTimeModel(ALPHA, BETA)
+
+
+def _T(b, bn):  # time to a target up to the constant S_min
+    return (1 + bn / b) * (ALPHA + BETA * b)
+
+
+def _est(b, n=20):
+    return NoiseEstimate(b_simple=b, low=b / 2, high=b * 2, g2=1.0, trace=b, method="microbatch", n_samples=n)
+
+
+def test_unconstrained_optimum_is_sqrt_alpha_bnoise_over_beta():
+    c = BatchSizeController(LINE, start_batch=16, n_train=100_000)
+    d = c.decide(50, _est(256.0))
+    assert d.changed and (d.batch_size, d.micro_batch, d.accumulation) == (256, 256, 1)
+    assert d.gain == pytest.approx(1 - _T(256, 256) / _T(16, 256))
+    assert math.isclose(math.sqrt(ALPHA * 256 / BETA), 256)
+    # B_noise 4x larger: B* doubles.
+    c2 = BatchSizeController(LINE, start_batch=16, n_train=100_000)
+    assert c2.decide(50, _est(1024.0)).batch_size == 512
+
+
+def test_threshold_holds_small_gains_so_the_batch_does_not_flap():
+    c = BatchSizeController(LINE, start_batch=256, n_train=100_000)
+    gain_700 = 1 - _T(512, 700) / _T(256, 700)        # 4.9%: 512 is better, but not by 5%
+    gain_800 = 1 - _T(512, 800) / _T(256, 800)        # 6.8%
+    assert 0 < gain_700 < 0.05 < gain_800
+    held = c.decide(50, _est(700.0))
+    assert not held.changed and c.batch_size == 256 and held.gain == pytest.approx(gain_700)
+    moved = c.decide(100, _est(800.0))
+    assert moved.changed and c.batch_size == 512
+    # Back at 700 the move is not undone: 256 would gain nothing at all.
+    assert not c.decide(150, _est(700.0)).changed and c.batch_size == 512
+
+
+def test_memory_ceiling_forces_accumulation_and_max_batch_caps():
+    c = BatchSizeController(LINE, start_batch=256, n_train=100_000, memory_ceiling=48)
+    assert (c.batch_size, c.micro_batch, c.accumulation) == (256, 32, 8)   # 48 does not divide 256; 32 does
+    # Every pass pays alpha (find's model), so beyond the ceiling time per progress only grows:
+    # with B_noise far above it, the batch goes to the ceiling and no further.
+    c = BatchSizeController(LINE, start_batch=16, n_train=100_000, memory_ceiling=64)
+    d = c.decide(50, _est(1e6))
+    assert (d.batch_size, d.micro_batch, d.accumulation) == (64, 64, 1)
+    for b in c.candidates():
+        lay = next(x for x in c.predict(1e6) if x.batch_size == b)
+        assert lay.micro_batch <= 64 and lay.micro_batch * lay.accumulation == b
+    capped = BatchSizeController(StepTimeModel(1.0, 0.0), start_batch=16, n_train=100_000, max_batch=1024)
+    assert capped.decide(50, _est(1e6)).batch_size == 1024     # no cost per example: as large as allowed
+    small = BatchSizeController(StepTimeModel(1.0, 0.0), start_batch=16, n_train=300)
+    assert small.decide(50, _est(1e6)).batch_size == 256       # the largest power of two in the data set
+
+
+def test_holds_the_start_batch_until_there_is_an_estimate():
+    c = BatchSizeController(LINE, start_batch=16, n_train=100_000, min_samples=5)
+    for est in (None, _est(256.0, n=4)):
+        d = c.decide(50, est)
+        assert not d.changed and c.batch_size == 16 and "waiting for an estimate" in d.reason
+    assert c.nonfinite == 0
+    assert c.decide(100, _est(256.0, n=5)).changed
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan, -3.0, 0.0])
+def test_non_finite_estimates_are_held_counted_never_acted_on(bad):
+    c = BatchSizeController(LINE, start_batch=16, n_train=100_000)
+    for k in range(3):
+        d = c.decide(50 * (k + 1), _est(bad))
+        assert not d.changed and c.batch_size == 16
+    assert c.nonfinite == 3 and "non-finite noise estimate" in d.reason
+
+
+def test_bad_input_names_the_fix():
+    with pytest.raises(ConfigError, match="max batch 8 is below the starting batch 16; raise --max-batch"):
+        BatchSizeController(LINE, start_batch=16, n_train=1000, max_batch=8)
+    with pytest.raises(ConfigError, match="not even one example fits a device"):
+        BatchSizeController(LINE, start_batch=16, n_train=1000, memory_ceiling=0)
+    with pytest.raises(ConfigError, match="threshold"):
+        BatchSizeController(LINE, start_batch=16, n_train=1000, threshold=1.5)
+
+
+def test_state_dict_round_trip_and_due():
+    c = BatchSizeController(LINE, start_batch=16, n_train=100_000, every=25)
+    assert [s for s in range(0, 101) if c.due(s)] == [25, 50, 75, 100]
+    c.decide(25, _est(256.0))
+    c.decide(50, _est(math.nan))
+    again = BatchSizeController(LINE, start_batch=16, n_train=100_000, every=25)
+    again.load_state_dict(c.state_dict())
+    assert (again.batch_size, again.accumulation, again.nonfinite) == (256, 1, 1)
+    assert [d.batch_size for d in again.decisions] == [256, 256]
+
+
+def test_uses_the_same_model_as_find():
+    from batchscope.plan import recommend as rec
+    c = BatchSizeController(StepTimeModel(0.01, 2e-4, ((16, 0.013), (64, 0.02), (256, 0.06))),
+                            start_batch=16, n_train=10_000)
+    inp = rec.Inputs(alpha=0.01, beta=2e-4, b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
+                     steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=((16, 0.013), (64, 0.02), (256, 0.06)))
+    cons = rec.Constraints(n_train=10_000)
+    best, _, _ = rec.recommend(inp, cons, "fastest")
+    assert c.decide(50, _est(300.0)).batch_size == best.batch_size

@@ -21,14 +21,14 @@ def capture_batches(model):
     return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
-def replay(model, batches, accumulation: int, lr: float, clip: float, micro: int, divide: bool):
+def replay(model, batches, accumulation: int, lr: float, clip: float, micro: int, divide: bool, every: int = 1):
     """batchscope's own monitor in a plain loop over the Trainer's micro-batches, in its order.
 
     ``divide``: whether the Trainer divides each micro-batch loss by the accumulation count; it does
     not when the model takes loss keyword arguments (it then expects the model to normalise).
     """
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    monitor = NoiseScaleMonitor(model, micro_batch=micro)
+    monitor = NoiseScaleMonitor(model, micro_batch=micro, every=every)
     model.train()
     for s in range(len(batches) // accumulation):
         for b in batches[s * accumulation:(s + 1) * accumulation]:
@@ -45,7 +45,7 @@ def test_noise_callback_matches_monitor_and_logs(tmp_path):
     model = tiny_bert()
     start = copy.deepcopy(model)
     seen, handle = capture_batches(model)
-    cb = NoiseScaleCallback()
+    cb = NoiseScaleCallback(every=1)
     a = args(tmp_path, max_grad_norm=0.5, dataloader_drop_last=True)
     trainer = transformers.Trainer(model=model, args=a, train_dataset=TokenData(256), callbacks=[cb])
     trainer.train()
@@ -64,9 +64,28 @@ def test_noise_callback_matches_monitor_and_logs(tmp_path):
 
 
 @pytest.mark.slow
+def test_default_samples_every_4th_step_and_matches_the_monitor(tmp_path):
+    model = tiny_bert()
+    start = copy.deepcopy(model)
+    seen, handle = capture_batches(model)
+    cb = NoiseScaleCallback()
+    a = args(tmp_path, max_grad_norm=0.5, dataloader_drop_last=True)
+    trainer = transformers.Trainer(model=model, args=a, train_dataset=TokenData(256), callbacks=[cb])
+    trainer.train()
+    handle.remove()
+    got = cb.monitor.history
+    ref = replay(start, seen, 4, 0.05, 0.5, 8, divide=not trainer.model_accepts_loss_kwargs, every=4)
+    assert [p.step for p in got] == [p.step for p in ref] == [1, 5] and cb.left_out == 0
+    for x, y in zip(got, ref):
+        assert x.b_simple == pytest.approx(y.b_simple, rel=1e-6)
+        assert x.g2 == pytest.approx(y.g2, rel=1e-6)
+    assert cb._handle is None and not cb.monitor._capture.attached   # removed after the run
+
+
+@pytest.mark.slow
 def test_smaller_last_batch_is_left_out(tmp_path):
     # 250 examples / 8: 31 full batches and one of 2; accumulation 4: the last step mixes sizes.
-    cb = NoiseScaleCallback()
+    cb = NoiseScaleCallback(every=1)
     trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path), train_dataset=TokenData(250),
                                    callbacks=[cb])
     trainer.train()
@@ -190,7 +209,7 @@ def test_noise_callback_survives_checkpoint_and_resume(tmp_path):
     whole = run(2, "whole")
     run(1, "half")
     resumed = run(2, "half", resume=str(tmp_path / "half" / "checkpoint-4"))
-    assert whole.monitor.estimate().n_samples == 8
+    assert whole.monitor.estimate().n_samples == 2     # steps 1 and 5 of 8 (every=4), across the resume
     assert _numbers(resumed.monitor.estimate()) == pytest.approx(_numbers(whole.monitor.estimate()), rel=1e-6)
 
 

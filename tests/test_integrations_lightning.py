@@ -15,11 +15,11 @@ from batchscope.noise import NoiseScaleMonitor  # noqa: E402
 from .lightning_helpers import TinyClassifier, TinyData, make_data, trainer  # noqa: E402
 
 
-def reference_history(module: TinyClassifier, micro: int, accumulation: int, n: int = 512) -> list:
+def reference_history(module: TinyClassifier, micro: int, accumulation: int, n: int = 512, every: int = 1) -> list:
     """batchscope's own monitor in a plain loop over the same micro-batches, in the same order."""
     model = copy.deepcopy(module)
     opt = torch.optim.SGD(model.parameters(), lr=model.hparams.lr)
-    monitor = NoiseScaleMonitor(model, micro_batch=micro)
+    monitor = NoiseScaleMonitor(model, micro_batch=micro, every=every)
     batches = list(DataLoader(make_data(n), batch_size=micro, shuffle=False))
     for s in range(len(batches) // accumulation):
         total = 0.0
@@ -39,7 +39,7 @@ def test_noise_callback_matches_monitor_on_identical_micro_batches(tmp_path):
     pl.seed_everything(0)
     module = TinyClassifier()
     ref = reference_history(module, micro=8, accumulation=4)
-    cb = NoiseScaleCallback()
+    cb = NoiseScaleCallback(every=1)
     t = trainer(tmp_path, [cb], accumulate_grad_batches=4)
     t.fit(module, datamodule=TinyData(batch_size=8))
     got = cb.monitor.history
@@ -57,10 +57,27 @@ def test_noise_callback_matches_monitor_on_identical_micro_batches(tmp_path):
 
 
 @pytest.mark.slow
+def test_default_samples_every_4th_step_and_matches_the_monitor(tmp_path):
+    # The default measures steps 1, 5, 9, 13 of 16; no gradient hook runs on the steps between.
+    pl.seed_everything(0)
+    module = TinyClassifier()
+    ref = reference_history(module, micro=8, accumulation=4, every=4)
+    cb = NoiseScaleCallback()
+    t = trainer(tmp_path, [cb], accumulate_grad_batches=4)
+    t.fit(module, datamodule=TinyData(batch_size=8))
+    got = cb.monitor.history
+    assert [p.step for p in got] == [p.step for p in ref] == [1, 5, 9, 13] and cb.left_out == 0
+    for a, b in zip(got, ref):
+        assert a.b_simple == pytest.approx(b.b_simple, rel=1e-9)
+        assert a.g2 == pytest.approx(b.g2, rel=1e-9) and a.trace == pytest.approx(b.trace, rel=1e-9)
+    assert not cb.monitor._capture.attached      # step 17 would be idle: no hooks left on the model
+
+
+@pytest.mark.slow
 def test_short_last_window_and_smaller_last_batch_are_left_out(tmp_path):
     # 500 examples / micro-batch 8: 63 batches, the last of 4; accumulate 4: 15 full windows and a
     # final window of 3 batches whose loss Lightning still divides by 4.
-    cb = NoiseScaleCallback()
+    cb = NoiseScaleCallback(every=1)
     t = trainer(tmp_path, [cb], accumulate_grad_batches=4)
     t.fit(TinyClassifier(), datamodule=TinyData(batch_size=8, n=500))
     assert len(cb.monitor.history) == 15 and cb.left_out == 1

@@ -406,5 +406,4 @@ def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
     vars(monitor.moments).update(state["moments"])
     monitor._steps, monitor.skipped, monitor.unmeasured = state["steps"], state["skipped"], state["unmeasured"]
     monitor.sizes = tuple(state["sizes"])
-    if monitor._capture is not None:
-        monitor._capture.active = monitor._steps % monitor.every == 0
+    monitor._sync_hooks()

@@ -46,21 +46,34 @@ class NoiseScaleCallback(pl.Callback):
     ``monitor`` is the :class:`~batchscope.noise.NoiseScaleMonitor` doing the work (``.estimate()``).
     Keyword arguments go to the monitor (``decay``, ``level``, ``every``, ``max_micro_batches``,
     ``preconditioned``, ``per_layer``).
+
+    By default it measures every 4th optimizer step (``every=4``; ``every=1`` measures all). Between
+    measured steps nothing of it runs but a counter check: no gradient hooks, no bookkeeping. On a
+    small model a measured step costs several percent more than an idle one, so sampling keeps the
+    callback within a few percent of the step time; the sampled steps do not depend on the
+    gradients, so the estimate stays unbiased, from a quarter of the samples.
     """
+
+    default_every = 4
 
     def __init__(self, *, prefix: str = "noise/", prog_bar: bool = False, **monitor_kwargs: Any):
         self.prefix = prefix
         self.prog_bar = prog_bar
-        self.monitor_kwargs = monitor_kwargs
+        self.monitor_kwargs = {"every": self.default_every, **monitor_kwargs}
         self.monitor: Optional[NoiseScaleMonitor] = None
         self.left_out = 0              # steps not measurable (unequal or missing micro-batches)
         self._sizes: list[Optional[int]] = []
         self._loss: Optional[torch.Tensor] = None
         self._restored: Optional[dict] = None
+        self._tracking = False         # record this window's sizes and loss (a measured step, or always)
+        self._state_key = self._generate_state_key(prefix=self.prefix)
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix)
+        return self._state_key   # Lightning reads it at every hook call
+
+    def _tracks_every_step(self) -> bool:
+        return False
 
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
@@ -68,6 +81,7 @@ class NoiseScaleCallback(pl.Callback):
         if self._restored is not None:
             self.monitor.load_state_dict(self._restored)
             self._restored = None
+        self._tracking = self.monitor.measuring or self._tracks_every_step()
 
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.monitor is not None:
@@ -81,23 +95,31 @@ class NoiseScaleCallback(pl.Callback):
             self.monitor.bind(pl_module, trainer.optimizers[0] if trainer.optimizers else None)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self._sizes.append(leading_size(batch))
+        if self._tracking:
+            self._sizes.append(leading_size(batch))
 
     def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
         # Lightning passes the loss already divided by the accumulation count: the window's sum is its mean.
+        if not self._tracking:
+            return
         loss = loss.detach()
         self._loss = loss if self._loss is None else self._loss + loss
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         sizes, self._sizes = self._sizes, []
         loss, self._loss = self._loss, None
-        assert self.monitor is not None
+        monitor = self.monitor
+        if not monitor.measuring:
+            monitor.update()                         # an idle step: counted only
+            self._tracking = monitor.measuring or self._tracks_every_step()
+            return
         if not measurable(sizes, trainer.accumulate_grad_batches, trainer.world_size):
             self.left_out += 1
-            self.monitor.bind(pl_module, optimizer)   # drops this step's captured norms
+            monitor.bind(pl_module, optimizer)   # drops this step's captured norms
             return
-        self.monitor.micro_batch = sizes[0]
-        point = self.monitor.update(loss)
+        monitor.micro_batch = sizes[0]
+        point = monitor.update(loss)
+        self._tracking = monitor.measuring or self._tracks_every_step()
         # self.log has a per-call cost in Lightning: call it only on the steps the logger writes.
         if point is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1):
             return
@@ -113,6 +135,7 @@ class NoiseScaleCallback(pl.Callback):
         self.left_out = state_dict.get("left_out", 0)
         if self.monitor is not None and state_dict.get("monitor") is not None:
             self.monitor.load_state_dict(state_dict["monitor"])
+            self._tracking = self.monitor.measuring or self._tracks_every_step()
         else:
             self._restored = state_dict.get("monitor")
 
@@ -135,8 +158,11 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta) or a hardware profile
     (``profile_hardware(task_from_lightning(...))``). memory_ceiling: the largest micro-batch that
     fits (None: not limiting). Start with ``accumulate_grad_batches >= 2`` and a DataLoader built with
-    ``batch_size=m`` (or ``batch_sampler=AdaptiveBatchSampler``) and ``num_workers=0``.
+    ``batch_size=m`` (or ``batch_sampler=AdaptiveBatchSampler``) and ``num_workers=0``. Unlike
+    :class:`NoiseScaleCallback` it measures every step (its ``every`` is the controller's).
     """
+
+    default_every = 1
 
     def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
                  every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
@@ -151,6 +177,9 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         self._examples = 0
         self._lr_used = float("nan")
         self._hook = None
+
+    def _tracks_every_step(self) -> bool:
+        return True   # every step's examples set its learning rate
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         loader = trainer.train_dataloader

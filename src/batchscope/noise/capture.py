@@ -43,7 +43,9 @@ class GradNormCapture:
     """Sum over backward passes of each parameter's squared gradient norm (optionally transformed).
 
     ``transform(i, grad)`` may rescale a gradient before its norm is taken (the Adam preconditioner);
-    returning ``None`` marks the step as unusable (no optimizer state yet).
+    returning ``None`` marks the step as unusable (no optimizer state yet). The hooks are attached
+    only for the steps being measured (:meth:`attach` / :meth:`detach`): a tensor hook is a call into
+    Python per parameter and backward pass, which on a small model costs more than the norm itself.
     """
 
     def __init__(self, named_params: list[tuple[str, nn.Parameter]], transform: Optional[Transform] = None,
@@ -52,7 +54,6 @@ class GradNormCapture:
         self.params = [p for _, p in named_params]
         self.transform = transform
         self.limit = limit           # take norms of at most this many backward passes per step
-        self.active = True           # False: count passes only (a step that is not measured)
         self.device = self.params[0].device
         self._handles: list = []
         self._calls = [0] * len(self.params)   # backward passes seen per parameter this step
@@ -88,18 +89,15 @@ class GradNormCapture:
         if self.transform is None and self.limit is None:
             def fast(grad: torch.Tensor) -> None:
                 # The common case, kept to one reduction and two appends: it runs P times per micro-batch.
-                if self.active:
-                    norms.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
-                    index.append(i)
-                else:
-                    self._calls[i] += 1
+                norms.append(torch.linalg.vector_norm(grad.detach(), dtype=torch.float32))
+                index.append(i)
                 return None
             return fast
 
         def hook(grad: torch.Tensor) -> None:
             k = self._calls[i]
             self._calls[i] = k + 1
-            if not self.active or (self.limit is not None and k >= self.limit):
+            if self.limit is not None and k >= self.limit:
                 return None
             g = grad.detach()
             if self.transform is not None:
@@ -121,7 +119,7 @@ class GradNormCapture:
         graph gets none, and contributes zero, as it should).
         """
         calls = list(self._calls)
-        if self.transform is None and self.limit is None:  # the fast hook counts only idle passes
+        if self.transform is None and self.limit is None:  # the fast hook does not count its calls
             for i in self._index:
                 calls[i] += 1
         passes = max(calls)

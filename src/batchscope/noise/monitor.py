@@ -61,7 +61,9 @@ class NoiseScaleMonitor:
     scaler: a ``torch.amp.GradScaler`` in your loop, so micro-batch norms are divided by scale².
         Call ``scaler.unscale_(optimizer)`` before ``update``.
     per_layer: also keep |G|², tr(Σ), B_simple per parameter tensor.
-    every: measure every ``every``-th step only (the hooks stay idle in between).
+    every: measure every ``every``-th step only. The gradient-norm hooks are attached only for the
+        steps measured (by ``update``, after the step before), so the steps in between cost nothing;
+        which steps are measured does not depend on the gradients, so the estimate stays unbiased.
     max_micro_batches: take norms of at most this many micro-batches per step (the first ones).
         Still unbiased, since the micro-batches of a random batch are exchangeable; fewer means
         less overhead and a noisier small-batch norm.
@@ -113,6 +115,7 @@ class NoiseScaleMonitor:
         self._precond: Optional[AdamPreconditioner] = None
         self._coupled: list[str] = []            # BatchNorm layers of the bound model
         self._callback = None
+        self._closed = False
         if model is not None:
             self.bind(model, optimizer)
 
@@ -129,6 +132,7 @@ class NoiseScaleMonitor:
         self._params = [p for _, p in named]
         self._optimizer = optimizer or self._optimizer
         self._precond = None
+        self._closed = False
         if self.preconditioned:
             if self._optimizer is None:
                 raise ConfigError("preconditioned=True needs the optimizer: NoiseScaleMonitor(model, optimizer=opt, "
@@ -137,12 +141,27 @@ class NoiseScaleMonitor:
         if self.method == "exact":
             refuse_batch_coupled(model)
         else:
-            self._capture = GradNormCapture(named, self._precond, self.max_micro_batches).attach()
-            self._capture.active = self._steps % self.every == 0
+            self._capture = GradNormCapture(named, self._precond, self.max_micro_batches)
+            self._sync_hooks()
         return self
 
+    @property
+    def measuring(self) -> bool:
+        """Whether the next ``update`` measures (its step's backward passes are hooked)."""
+        return self._steps % self.every == 0
+
+    def _sync_hooks(self) -> None:
+        # Hooks only for a step that will be measured: an idle step runs no Python in backward.
+        if self._capture is None:
+            return
+        if self.measuring and not self._closed:
+            self._capture.attach()
+        else:
+            self._capture.detach()
+
     def close(self) -> None:
-        """Remove the hooks (the monitor keeps its history)."""
+        """Remove the hooks (the monitor keeps its history; ``bind`` attaches it again)."""
+        self._closed = True
         if self._capture is not None:
             self._capture.detach()
 
@@ -190,8 +209,7 @@ class NoiseScaleMonitor:
         sums = state.get("layer_sums")
         self._layer_sums = None if sums is None else torch.tensor(sums, dtype=torch.float64)
         self._layer_w = float(state.get("layer_w", 0.0))
-        if self._capture is not None:
-            self._capture.active = self._steps % self.every == 0
+        self._sync_hooks()
 
     def as_callback(self):
         """This monitor as a :class:`batchscope.train.Callback` (what ``train()`` calls it through)."""
@@ -212,17 +230,15 @@ class NoiseScaleMonitor:
         if self._model is None:
             raise NoiseError("the monitor is not attached to a model: NoiseScaleMonitor(model, ...) or "
                              "monitor.bind(model) before update()")
-        measured = self._steps % self.every == 0
+        measured = self.measuring
         self._steps += 1
+        if not measured:   # no hooks ran this step; attach them if the next one is measured
+            self._sync_hooks()
+            return None
         try:
-            if not measured:
-                if self._capture is not None:
-                    self._capture.collect()  # count and forget this step's passes
-                return None
             return self._record(self._steps if step is None else step, loss, batch)
         finally:
-            if self._capture is not None:
-                self._capture.active = self._steps % self.every == 0  # hooks idle on unmeasured steps
+            self._sync_hooks()
 
     def _record(self, step: int, loss, batch) -> Optional[NoisePoint]:
         loss_value = float(loss.detach().float()) if isinstance(loss, torch.Tensor) else (

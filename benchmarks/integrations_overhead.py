@@ -2,17 +2,24 @@
 and the Lightning adaptive-batch callback against ``batchscope train --adaptive``, time to target.
 
 The model and data are the built-in mnist1d task's (MLP 40-256-256-10, 10,000 signals); each
-optimizer step takes 4 micro-batches of 64. Per framework, three arms train for ``--steps``
+optimizer step takes 4 micro-batches of 64. Per framework, five arms train for ``--steps``
 optimizer steps from the same weights: ``base`` (no callback), ``base again`` (the same, an A/A
-control that shows the timing noise), ``noise`` (the framework's NoiseScaleCallback, measuring every
-step) and ``noise every 4`` (``NoiseScaleCallback(every=4)``: hooks idle on three steps of four). One round
-runs every arm once in rotating order, so load on the shared machine falls on all arms alike; the
-time of an arm is from its first training batch to the end of training (the Trainer's set-up
-excluded). Reported per framework: median seconds per optimizer step per arm and the median over
-rounds of each arm's ratio to ``base`` in the same round. Finer (``--part interleaved``): within one
+control that shows the timing noise), ``noise every step`` (``NoiseScaleCallback(every=1)``),
+``noise every 4`` and ``noise default`` (``NoiseScaleCallback()``: every 8th step measured, nothing
+of it running on the steps between). One round runs every arm once in a freshly shuffled order, so load on the shared
+machine and the position in the round fall on all arms alike; an arm's time runs from the start of
+its ``WARMUP + 1``-th optimizer step to the end of training (set-up and first steps excluded).
+Reported per framework: median seconds per optimizer step per arm, and per arm the median over
+rounds of its ratio to ``base`` in the same round with a 90% bootstrap interval (rounds
+resampled). Finer (``--part interleaved``): within one
 run with ``NoiseScaleCallback(every=2)`` measured and idle steps alternate, so their median ratio is
 the cost of measuring a step, free of drifts in the machine's load; a run without the callback,
 split the same way, is its A/A control. One torch thread, nice 5.
+
+Where an idle step's time goes (``--part profile``): cProfile over ``--steps`` x 3 optimizer steps of
+each framework with ``NoiseScaleCallback(every=10**6)`` (step 1 measured, every other step idle);
+reported: the batchscope functions (and the gradient hooks) by cumulative time per step, with their
+calls per step. Profiling inflates Python time, so read these as where the time goes, not as costs.
 
 Time to target (``--part adaptive``): the built-in ``dots`` task (target val accuracy >= 0.955),
 one hardware profile measured first and given to both, per seed: batchscope's own adaptive run
@@ -22,13 +29,15 @@ starting batch (same micro-batches, no callback). Lightning runs evaluate every 
 time is training time to the evaluation that reached the target, evaluations excluded, as in
 batchscope's loop. Reported: medians over seeds and the ratios.
 
-    PYTHONPATH=src python benchmarks/integrations_overhead.py [--part all|overhead|adaptive] [--rounds 9]
+    PYTHONPATH=src python benchmarks/integrations_overhead.py [--part all|overhead|interleaved|profile|adaptive]
+        [--rounds 30] [--steps 100]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -43,8 +52,10 @@ from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 MICRO, ACCUMULATION = 64, 4
-ARMS = ("base", "base again", "noise", "noise every 4")
-MONITOR = {"noise": {}, "noise every 4": {"every": 4}}   # NoiseScaleCallback keyword arguments per arm
+WARMUP = 5    # optimizer steps before the clock starts
+ARMS = ("base", "base again", "noise every step", "noise every 4", "noise default")
+MONITOR = {"noise every step": {"every": 1}, "noise every 4": {"every": 4},
+           "noise default": {}}   # NoiseScaleCallback arguments per arm
 
 
 class DictData(Dataset):
@@ -94,7 +105,7 @@ def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
                          accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
     trainer.fit(Module(), loader)
-    return clock.seconds / steps
+    return {k: v / (steps - WARMUP) for k, v in clock.seconds.items()}
 
 
 def hf_fit(task, net, noise, steps: int, extra=()) -> float:
@@ -114,7 +125,7 @@ def hf_fit(task, net, noise, steps: int, extra=()) -> float:
         trainer = transformers.Trainer(model=LossModel(net), args=args, train_dataset=DictData(x, y),
                                        callbacks=callbacks)
         trainer.train()
-    return clock.seconds / steps
+    return {k: v / (steps - WARMUP) for k, v in clock.seconds.items()}
 
 
 class StepTimes:
@@ -172,45 +183,90 @@ def interleaved(framework: str, task, fits: int, steps: int) -> dict:
     return {arm: {"median_ratio": statistics.median(v), "ratios": v} for arm, v in out.items()}
 
 
+def _now() -> tuple[float, float]:
+    # Wall clock, and the CPU time of this thread: with one torch thread, no loader workers and CPU
+    # autograd running on the calling thread, all of a step's work is on it, and other processes on
+    # a shared machine change it far less than they change the wall clock.
+    return time.perf_counter(), time.thread_time()
+
+
+def _since(t0: tuple[float, float]) -> dict:
+    wall, cpu = _now()
+    return {"wall": wall - t0[0], "cpu": cpu - t0[1]}
+
+
 def _clock_classes():
     import lightning.pytorch as pl
     import transformers
 
     class Clock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if not hasattr(self, "t0"):
-                self.t0 = time.perf_counter()
+            if not hasattr(self, "t0") and trainer.global_step == WARMUP:
+                self.t0 = _now()
 
         def on_train_end(self, trainer, pl_module):
-            self.seconds = time.perf_counter() - self.t0
+            self.seconds = _since(self.t0)
 
     class HFClock(transformers.TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            if not hasattr(self, "t0"):
-                self.t0 = time.perf_counter()
+            if not hasattr(self, "t0") and state.global_step == WARMUP:
+                self.t0 = _now()
 
         def on_train_end(self, args, state, control, **kw):
-            self.seconds = time.perf_counter() - self.t0
+            self.seconds = _since(self.t0)
 
     return Clock, HFClock
+
+
+def bootstrap_median(values: list[float], level: float = 0.9, draws: int = 4000, seed: int = 0) -> tuple:
+    """Percentile bootstrap interval of the median (rounds resampled with replacement)."""
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(draws))
+    lo = meds[int((1 - level) / 2 * draws)]
+    hi = meds[int((1 + level) / 2 * draws) - 1]
+    return lo, hi
 
 
 def measure(framework: str, fit, task, rounds: int, steps: int) -> dict:
     torch.manual_seed(0)
     init = task.make_model().state_dict()
-    times = {a: [] for a in ARMS}
+    runs = {a: [] for a in ARMS}
+    rng = random.Random(1)
     for r in range(rounds):
-        order = ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]
+        order = rng.sample(ARMS, len(ARMS))
         for arm in order:
             net = task.make_model()
             net.load_state_dict(init)
-            times[arm].append(fit(task, net, MONITOR.get(arm), steps))
+            runs[arm].append(fit(task, net, MONITOR.get(arm), steps))
         print(f"{framework} round {r + 1}/{rounds}: " +
-              ", ".join(f"{a} {times[a][-1] * 1e3:.2f} ms" for a in ARMS), flush=True)
-    ratio = {a: statistics.median(t / b for t, b in zip(times[a], times["base"])) for a in ARMS[1:]}
-    return {"seconds_per_step": {a: statistics.median(v) for a, v in times.items()},
-            "ratio_to_base": ratio, "rounds": rounds, "steps_per_run": steps,
-            "raw_seconds_per_step": times}
+              ", ".join(f"{a} {runs[a][-1]['cpu'] * 1e3:.2f} ms" for a in ARMS), flush=True)
+    out = {"rounds": rounds, "steps_per_run": steps, "timed_steps_per_run": steps - WARMUP}
+    for clock, suffix in (("cpu", ""), ("wall", "_wall")):
+        times = {a: [run[clock] for run in v] for a, v in runs.items()}
+        ratios = {a: [t / b for t, b in zip(times[a], times["base"])] for a in ARMS[1:]}
+        out.update({f"seconds_per_step{suffix}": {a: statistics.median(v) for a, v in times.items()},
+                    f"ratio_to_base{suffix}": {a: statistics.median(v) for a, v in ratios.items()},
+                    f"ratio_interval_90{suffix}": {a: bootstrap_median(v) for a, v in ratios.items()},
+                    f"raw_seconds_per_step{suffix}": times})
+    return out
+
+
+def idle_profile(framework: str, fit, task, steps: int) -> list[dict]:
+    import cProfile
+    import pstats
+
+    fit(task, task.make_model(), {"every": 10**6}, 2 * WARMUP)    # imports and first-call costs out
+    prof = cProfile.Profile()
+    prof.enable()
+    fit(task, task.make_model(), {"every": 10**6}, steps)
+    prof.disable()
+    rows = []
+    for (path, line, fn), (_, calls, own, cum, _) in pstats.Stats(prof).stats.items():
+        if "batchscope" in path:
+            rows.append({"function": f"{path.split('batchscope/')[-1]}:{line}({fn})", "calls_per_step": calls / steps,
+                         "cumulative_ms_per_step": cum * 1e3 / steps, "own_ms_per_step": own * 1e3 / steps})
+    rows.sort(key=lambda r: -r["cumulative_ms_per_step"])
+    return rows[:8]
 
 
 def lightning_to_target(task, profile, seed: int, adaptive: bool) -> dict:
@@ -297,10 +353,10 @@ def adaptive_to_target(seeds: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--part", choices=("all", "overhead", "interleaved", "adaptive"), default="all")
+    ap.add_argument("--part", choices=("all", "overhead", "interleaved", "profile", "adaptive"), default="all")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "integrations_overhead.json"))
     a = ap.parse_args()
     os.nice(5)
@@ -316,6 +372,9 @@ def main() -> None:
             result[name] = measure(name, fit, task, a.rounds, a.steps)
     if a.part in ("all", "interleaved"):
         result["interleaved"] = {name: interleaved(name, task, 3, 2 * a.steps) for name in ("lightning", "hf")}
+    if a.part in ("all", "profile"):
+        result["idle_profile"] = {name: idle_profile(name, fit, task, 3 * a.steps)
+                                  for name, fit in (("lightning", lightning_fit), ("hf", hf_fit))}
     if a.part in ("all", "adaptive"):
         result["adaptive_to_target"] = adaptive_to_target(a.seeds)
     result["load_average_end"] = os.getloadavg()
@@ -332,18 +391,30 @@ def main() -> None:
 def summary(result: dict) -> str:
     lines = []
     if "lightning" in result:
+        r0 = result["lightning"]
         lines.append(f"noise callback cost, mnist1d MLP, {MICRO} x {ACCUMULATION} micro-batches, 1 thread, "
-                     f"{result['lightning']['rounds']} rounds of {result['lightning']['steps_per_run']} steps "
-                     f"(load {result['load_average_start'][0]:.1f} at start); ratio to no callback:")
-        for name in ("lightning", "hf"):
-            r = result[name]
-            lines.append(f"  {name:9s} base {r['seconds_per_step']['base'] * 1e3:.2f} ms/step; "
-                         + "; ".join(f"{arm} {r['ratio_to_base'][arm]:.3f}" for arm in ARMS[1:]
-                                     if arm in r["ratio_to_base"]))
+                     f"{r0['rounds']} rounds in shuffled order, {r0.get('timed_steps_per_run', r0['steps_per_run'])} "
+                     f"timed steps per run (load {result['load_average_start'][0]:.1f} at start); median ratio "
+                     "to no callback in the same round [90% bootstrap interval]:")
+        for clock, suffix in (("thread CPU time", ""), ("wall clock", "_wall")):
+            for name in ("lightning", "hf"):
+                r = result[name]
+                if f"ratio_to_base{suffix}" not in r:
+                    continue
+                ci = r[f"ratio_interval_90{suffix}"]
+                lines.append(f"  {clock:15s} {name:9s} base {r[f'seconds_per_step{suffix}']['base'] * 1e3:.2f} ms/step; "
+                             + "; ".join(f"{arm} {r[f'ratio_to_base{suffix}'][arm]:.3f} "
+                                         f"[{ci[arm][0]:.3f}, {ci[arm][1]:.3f}]" for arm in ARMS[1:]))
     if "interleaved" in result:
         lines.append("measured step / idle step within one run (NoiseScaleCallback(every=2)), median of 3 runs:")
         for name, r in result["interleaved"].items():
             lines.append(f"  {name:9s} " + "; ".join(f"{arm} {v['median_ratio']:.3f}" for arm, v in r.items()))
+    if "idle_profile" in result:
+        lines.append("idle steps under cProfile (NoiseScaleCallback(every=10**6)), batchscope functions, ms per step "
+                     "cumulative (calls per step):")
+        for name, rows in result["idle_profile"].items():
+            lines.append(f"  {name:9s} " + ("; ".join(f"{r['function']} {r['cumulative_ms_per_step']:.3f} "
+                                                     f"({r['calls_per_step']:.0f})" for r in rows[:4]) or "none"))
     if "adaptive_to_target" in result:
         ad = result["adaptive_to_target"]
         m, n = ad["median_seconds"], len(ad["runs"])

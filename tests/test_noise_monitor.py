@@ -282,6 +282,33 @@ def test_a_monitor_resumes_from_its_state_dict():
     assert [p.step for p in resumed.history] == [4, 5, 6]
 
 
+def test_sampled_monitor_hooks_only_the_steps_it_measures():
+    model, batch, _, _ = linear_problem(seed=7)
+    data = [batch(32) for _ in range(7)]
+    every = NoiseScaleMonitor(model, micro_batch=8)
+    sampled = NoiseScaleMonitor(model, micro_batch=8, every=3)
+    hooked = []
+    for i, (x, y) in enumerate(data):
+        hooked.append(sampled._capture.attached)
+        for xs, ys in zip(x.split(8), y.split(8)):
+            (nn.functional.mse_loss(model(xs), ys) / 4).backward()
+        every.update()
+        sampled.update()
+        model.zero_grad(set_to_none=True)
+    assert hooked == [True, False, False, True, False, False, True]
+    # Same micro-batches: the sampled monitor's samples are the every-step monitor's steps 1, 4, 7.
+    assert [r.step for r in sampled.raw] == [1, 4, 7]
+    picked = {r.step: r for r in every.raw}
+    for r in sampled.raw:
+        assert (r.g2, r.trace) == pytest.approx((picked[r.step].g2, picked[r.step].trace), rel=1e-12)
+    sampled.load_state_dict({**sampled.state_dict(), "steps": 8})     # resuming re-syncs the hooks
+    assert not sampled._capture.attached
+    sampled.load_state_dict({**sampled.state_dict(), "steps": 9})
+    assert sampled._capture.attached
+    sampled.close()
+    assert not sampled._capture.attached
+
+
 def test_the_micro_batch_estimate_warns_when_batchnorm_couples_examples():
     task = Task(name="bn", make_model=BatchNormNet, train_data=TensorDataset(torch.randn(256, 4), torch.randn(256, 1)),
                 loss_fn=nn.functional.mse_loss, target=Target("loss", 0.1, "train"), optimizer="sgd", lr=0.01)

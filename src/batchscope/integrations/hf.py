@@ -59,18 +59,18 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
     batch, unless ``dataloader_drop_last``) are left out. ``monitor`` holds the
     :class:`~batchscope.noise.NoiseScaleMonitor` (``.estimate()``). Keyword arguments go to it.
 
-    By default it measures every 4th optimizer step (``every=4``; ``every=1`` measures all). Between
+    By default it measures every 8th optimizer step (``every=8``; ``every=1`` measures all). Between
     measured steps nothing of it runs but a counter check: no gradient hooks, no forward hook. On a
     small model a measured step costs several percent more than an idle one, so sampling keeps the
     callback within a few percent of the step time; the sampled steps do not depend on the
-    gradients, so the estimate stays unbiased, from a quarter of the samples.
+    gradients, so the estimate stays unbiased, from an eighth of the samples.
 
     State is saved with checkpoints; resuming restores it when
     ``TrainingArguments(restore_callback_states_from_checkpoint=True)`` (the Trainer then builds a
     new instance: find it with ``trainer.callback_handler.callbacks``).
     """
 
-    default_every = 4
+    default_every = 8
 
     def __init__(self, *, prefix: str = "noise/", **monitor_kwargs: Any):
         self.prefix = prefix

@@ -47,14 +47,14 @@ class NoiseScaleCallback(pl.Callback):
     Keyword arguments go to the monitor (``decay``, ``level``, ``every``, ``max_micro_batches``,
     ``preconditioned``, ``per_layer``).
 
-    By default it measures every 4th optimizer step (``every=4``; ``every=1`` measures all). Between
+    By default it measures every 8th optimizer step (``every=8``; ``every=1`` measures all). Between
     measured steps nothing of it runs but a counter check: no gradient hooks, no bookkeeping. On a
     small model a measured step costs several percent more than an idle one, so sampling keeps the
     callback within a few percent of the step time; the sampled steps do not depend on the
-    gradients, so the estimate stays unbiased, from a quarter of the samples.
+    gradients, so the estimate stays unbiased, from an eighth of the samples.
     """
 
-    default_every = 4
+    default_every = 8
 
     def __init__(self, *, prefix: str = "noise/", prog_bar: bool = False, **monitor_kwargs: Any):
         self.prefix = prefix
@@ -111,21 +111,20 @@ class NoiseScaleCallback(pl.Callback):
         monitor = self.monitor
         if not monitor.measuring:
             monitor.update()                         # an idle step: counted only
-            self._tracking = monitor.measuring or self._tracks_every_step()
-            return
-        if not measurable(sizes, trainer.accumulate_grad_batches, trainer.world_size):
+        elif measurable(sizes, trainer.accumulate_grad_batches, trainer.world_size):
+            monitor.micro_batch = sizes[0]
+            monitor.update(loss)
+        else:
             self.left_out += 1
             monitor.bind(pl_module, optimizer)   # drops this step's captured norms
-            return
-        monitor.micro_batch = sizes[0]
-        point = monitor.update(loss)
         self._tracking = monitor.measuring or self._tracks_every_step()
-        # self.log has a per-call cost in Lightning: call it only on the steps the logger writes.
-        if point is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1):
+        # self.log has a per-call cost in Lightning: call it only on the steps the logger writes, with
+        # the latest estimate (the step written need not be a measured one).
+        if not monitor.history or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1):
             return
-        for name, value in noise_scalars(point, self.prefix).items():
+        for name, value in noise_scalars(monitor.history[-1], self.prefix).items():
             pl_module.log(name, value, on_step=True, on_epoch=False, prog_bar=self.prog_bar and
-                          name.endswith("b_simple"), batch_size=sizes[0])
+                          name.endswith("b_simple"), batch_size=monitor.micro_batch or 1)
 
     def state_dict(self) -> dict:
         monitor = self.monitor.state_dict() if self.monitor is not None else self._restored

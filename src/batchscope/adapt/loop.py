@@ -173,6 +173,7 @@ class AdaptiveRun:
         self.next_eval = self.eval_examples
         self.target_at: Optional[tuple] = None
         self.initial_loss = math.nan
+        self.loss_sum, self.loss_n = 0.0, 0      # training loss since the last evaluation
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
 
@@ -304,22 +305,21 @@ class AdaptiveRun:
             self.initial_loss = evaluate(self.model, self.task, "train", self.device, 2048)[0]
             self._record(self.initial_loss)
         stopped = "target reached" if self.target_at is not None and cfg.until_target else ""
-        loss_sum, loss_n = 0.0, 0
         while not stopped and not self._limit_reached():
             t0 = time.perf_counter()
             step_loss = self.step()
             ctx.seconds += time.perf_counter() - t0
             ctx.step += 1
             ctx.examples += ctx.batch_size
-            loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+            self.loss_sum, self.loss_n = self.loss_sum + step_loss, self.loss_n + 1
             self._decide()
             for cb in self.callbacks:
                 cb.on_step_end(ctx, step_loss)
             stopped = self._stop_reason()
             if ctx.examples >= self.next_eval or stopped or self._limit_reached():
                 self.next_eval = (ctx.examples // self.eval_examples + 1) * self.eval_examples
-                self._record(loss_sum / loss_n)
-                loss_sum, loss_n = 0.0, 0
+                self._record(self.loss_sum / self.loss_n)
+                self.loss_sum, self.loss_n = 0.0, 0
                 if self.target_at is not None and cfg.until_target:
                     stopped = stopped or "target reached"
             self._checkpoint()
@@ -364,7 +364,7 @@ class AdaptiveRun:
                 "monitor": monitor_state(self.monitor), "rate": self.rate.state_dict(),
                 "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
                              "next_eval": self.next_eval, "initial_loss": self.initial_loss,
-                             "target_at": self.target_at},
+                             "target_at": self.target_at, "loss_sum": self.loss_sum, "loss_n": self.loss_n},
                 "history": [asdict(p) for p in self.history], "log": asdict(self.log),
                 "rng": torch.get_rng_state()}
 
@@ -379,6 +379,7 @@ class AdaptiveRun:
         n = state["counters"]
         self.ctx.step, self.ctx.examples, self.ctx.seconds = n["step"], n["examples"], n["seconds"]
         self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
+        self.loss_sum, self.loss_n = n["loss_sum"], n["loss_n"]
         self.target_at = None if n["target_at"] is None else tuple(n["target_at"])
         self.history = [HistoryPoint(**p) for p in state["history"]]
         self.log = StepLog(**state["log"])

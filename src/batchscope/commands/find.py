@@ -14,6 +14,19 @@ from ..report.jsonio import dumps, keep_measured, write_json
 from ..tasks import load_task
 
 
+def adaptive_command(task_spec: str, measuring: dict, max_batch, profile_path, device: str) -> str:
+    """The `batchscope train --adaptive` line that starts where find's measuring run started."""
+    parts = ["batchscope train", f"--task {task_spec}", "--adaptive", f"--batch-size {measuring['batch_size']}",
+             f"--lr {measuring['lr']:.4g}", "--until-target"]
+    if max_batch:
+        parts.append(f"--max-batch {max_batch}")
+    if profile_path:
+        parts.append(f"--profile {profile_path}")
+    if device != "cpu":
+        parts.append(f"--device {device}")
+    return " ".join(parts)
+
+
 @click.command("find")
 @task_option
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
@@ -59,6 +72,7 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
             keep_measured(target, e, partial)
         raise
     doc = result.to_dict()
+    doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
     if out:
         write_json(out, doc)
     if report_dir:
@@ -94,3 +108,8 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
                              [(s["from_loss"], s["b_noise"], s["batch_size"], s["lr"]) for s in r.schedule]))
     for c in r.caveats:
         console.print(f"caveat: {c}")
+    console.print("or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:\n"
+                  f"  {doc['adaptive_command']}")
+    if not profile_path:
+        console.print(f"  (add --profile FILE, saved by `batchscope profile --task {task_spec} --out FILE`, "
+                      "to skip measuring the hardware again)")

@@ -102,15 +102,20 @@ def measured_layout(b: int, micro: int, accumulation: int) -> tuple[int, int]:
     return b // d, d
 
 
-def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> int:
-    """Steps between measurements so that one extra split per measured step costs ``overhead`` of the steps.
+HOOK_FACTOR = 2.0   # measured step's extra cost / the extra pass alone (benchmarks/noise_overhead.py, CPU)
 
-    A measured step runs its batch as two passes of b/2 instead of one of b: predicted extra
-    2·t(b/2) − t(b) (about the fixed cost alpha), from the same step-time curve ``find`` uses.
+
+def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> int:
+    """Steps between measurements so that measuring costs ``overhead`` of the training time.
+
+    A measured step runs its batch as two passes of b/2 instead of one of b: the extra pass costs
+    2·t(b/2) − t(b) (about the fixed cost alpha) on the step-time curve ``find`` uses; the norm hooks
+    cost about as much again on a CPU (HOOK_FACTOR, measured by benchmarks/noise_overhead.py).
+    The cadence is fixed by the profile, not by timing the run, so the same seed gives the same run.
     """
     curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
     m, passes = measured_layout(b, b, 1)
-    extra = max(0.0, passes * curve(m) - curve(b))
+    extra = HOOK_FACTOR * max(0.0, passes * curve(m) - curve(b))
     return max(1, math.ceil(extra / (overhead * curve(b))))
 
 
@@ -157,8 +162,11 @@ class AdaptiveRun:
                                         task.weight_decay if cfg.weight_decay is None else cfg.weight_decay)
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
         self.batches = iter(self.sampler)
-        self.monitor = NoiseScaleMonitor(self.model, micro_batch=b0, every=self.measure_every,
-                                         optimizer=self.optimizer, preconditioned=acfg.noise == "preconditioned")
+        # Hooks only while a step is measured: attached, even idle ones cost a Python call per
+        # parameter and pass (benchmarks/noise_overhead.py), so they are removed in between.
+        self.monitor = NoiseScaleMonitor(self.model, micro_batch=b0, optimizer=self.optimizer,
+                                         preconditioned=acfg.noise == "preconditioned")
+        self.monitor.close()
         budget_steps = total_steps(task, cfg, b0)
         self.max_steps = cfg.steps
         self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
@@ -232,6 +240,8 @@ class AdaptiveRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         ctx.batch_size, ctx.micro_batch, ctx.accumulation = b, m, k
+        if measured:
+            self.monitor.bind(self.model, self.optimizer)
         batch = take(self.task.train_data, idx)
         step_loss = 0.0
         for i, micro in enumerate(chunks(batch, m) if k > 1 else [batch]):
@@ -245,9 +255,11 @@ class AdaptiveRun:
         self._check_diverged(step_loss, b, lr)
         for cb in self.callbacks:
             cb.on_before_step(ctx)
-        self.monitor.micro_batch = m
-        if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
-            self.rate.observe(self.monitor.estimate().b_simple)
+        if measured:
+            self.monitor.micro_batch = m
+            if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
+                self.rate.observe(self.monitor.estimate().b_simple)
+            self.monitor.close()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.rate.advance(b)
@@ -407,5 +419,3 @@ def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
     vars(monitor.moments).update(state["moments"])
     monitor._steps, monitor.skipped, monitor.unmeasured = state["steps"], state["skipped"], state["unmeasured"]
     monitor.sizes = tuple(state["sizes"])
-    if monitor._capture is not None:
-        monitor._capture.active = monitor._steps % monitor.every == 0

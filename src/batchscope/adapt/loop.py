@@ -4,8 +4,9 @@ Each optimizer step: the sampler draws the controller's current global batch; it
 controller's micro-batches (accumulation beyond the memory ceiling); the monitor measures the
 gradient noise scale on a sampled subset of steps (a measured step is split into at least two
 micro-batches, which is what the micro-batch estimator needs, so measuring costs about one extra
-fixed cost alpha per measured step; ``measure_every`` spreads it to ``overhead`` of the run); every
-``every`` steps the controller re-decides from the monitor's estimate, and the learning rate follows
+fixed cost alpha per measured step; the first ``min_samples`` steps are measured, then every
+``measure_every``-th, which spreads the cost to ``overhead`` of a long run); after each measurement
+the controller re-decides from the monitor's estimate, and the learning rate follows
 the batch (:class:`ScaledLearningRate`). Warm-up counts steps at the starting batch (progress),
 evaluations come every ``eval_every`` x starting-batch examples, so both mean the same thing
 whatever the batch grows to.
@@ -48,7 +49,7 @@ class AdaptiveConfig:
     profile: a :class:`HardwareProfile`, the path of one saved by ``batchscope profile --out``, or
         None to measure one first (its step-time curve and memory ceiling drive the controller).
     memory_ceiling: examples per device pass (default: the profile's ceiling when memory limited it).
-    every: steps between decisions (default: ``measure_every``, a decision per new measurement).
+    every: steps between decisions (default: after every measured step, from the ``min_samples``-th on).
     measure_every: measure the noise every this many steps (default: the fewest that keep the
         predicted cost of measuring within ``overhead`` of the step time at the starting batch).
     noise: 'raw' gradient noise, or 'preconditioned' by Adam's second moments (Adam-type only).
@@ -230,7 +231,7 @@ class AdaptiveRun:
     def step(self) -> float:
         """One optimizer step; returns its training loss."""
         ctx, c = self.ctx, self.controller
-        measured = ctx.step % self.measure_every == 0
+        measured = self.is_measured(ctx.step)
         idx = self._draw()
         b = len(idx)
         m, k = (c.micro_batch, c.accumulation) if b == c.batch_size else (b, 1)
@@ -279,9 +280,15 @@ class AdaptiveRun:
                 f"the training loss {what} at step {self.ctx.step + 1} with lr={lr:g} at batch size {b} (adaptive); "
                 f"lower the starting learning rate (try {self.lr0 / 10:g}) or add warm-up (--warmup)", self.history)
 
+    def is_measured(self, step: int) -> bool:
+        """The first ``min_samples`` steps are measured, so the first decision comes early; then every
+        ``measure_every``-th. Up-front cost: about ``min_samples`` steps, once per run."""
+        return step < self.acfg.min_samples or step % self.measure_every == 0
+
     def _decide(self) -> None:
-        c = self.controller
-        if c.due(self.ctx.step):
+        c, step = self.controller, self.ctx.step
+        due = c.due(step) if self.acfg.every else (self.is_measured(step - 1) and step >= self.acfg.min_samples)
+        if due:
             d = c.decide(self.ctx.step, self.monitor.estimate())
             if d.changed:
                 self.sampler.set_batch_size(d.batch_size)
@@ -363,7 +370,7 @@ class AdaptiveRun:
         """What the adaptive part did: per-step columns, the decisions, the measuring cadence."""
         est = self.monitor.estimate()
         return {"steps": asdict(self.log), "decisions": [d.to_dict() for d in self.controller.decisions],
-                "measure_every": self.measure_every, "decide_every": self.controller.every,
+                "measure_every": self.measure_every, "decide_every": self.acfg.every, "min_samples": self.acfg.min_samples,
                 "nonfinite_estimates": self.controller.nonfinite, "noise": self.acfg.noise,
                 "final_b_noise": est.to_dict(), "profile": self.profile_summary}
 

@@ -32,8 +32,8 @@ def _adaptive_rows(a: dict) -> list[tuple]:
     est = a["final_b_noise"]
     return [("batch size", path),
             ("final B_noise [interval]", f"{est['b_simple']:.4g} [{est['low']:.4g}, {est['high']:.4g}]"),
-            ("noise measured", f"every {a['measure_every']} steps; decisions every {a['decide_every']}; "
-                               f"{a['nonfinite_estimates']} non-finite estimate(s) held")]
+            ("noise measured", f"first {a['min_samples']} steps, then every {a['measure_every']}; a decision after "
+                               f"each; {a['nonfinite_estimates']} non-finite estimate(s) held")]
 
 
 def training_options(f):

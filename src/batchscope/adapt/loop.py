@@ -183,6 +183,7 @@ class AdaptiveRun:
         self.target_at: Optional[tuple] = None
         self.initial_loss = math.nan
         self.loss_sum, self.loss_n = 0.0, 0      # training loss since the last evaluation
+        self.b_noise = math.nan                  # the monitor's latest estimate
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
 
@@ -259,17 +260,14 @@ class AdaptiveRun:
         if measured:
             self.monitor.micro_batch = m
             if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
-                self.rate.observe(self.monitor.estimate().b_simple)
+                self.b_noise = self.monitor.estimate().b_simple
+                self.rate.observe(self.b_noise)
             self.monitor.close()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.rate.advance(b)
-        self.log.add(b, m, k, lr, self._b_noise(), measured)
+        self.log.add(b, m, k, lr, self.b_noise, measured)
         return step_loss
-
-    def _b_noise(self) -> float:
-        est = self.monitor.estimate()
-        return est.b_simple if est.n_samples else math.nan
 
     def _check_diverged(self, step_loss: float, b: int, lr: float) -> None:
         cfg = self.cfg
@@ -383,7 +381,8 @@ class AdaptiveRun:
                 "monitor": monitor_state(self.monitor), "rate": self.rate.state_dict(),
                 "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
                              "next_eval": self.next_eval, "initial_loss": self.initial_loss,
-                             "target_at": self.target_at, "loss_sum": self.loss_sum, "loss_n": self.loss_n},
+                             "target_at": self.target_at, "loss_sum": self.loss_sum, "loss_n": self.loss_n,
+                             "b_noise": self.b_noise},
                 "history": [asdict(p) for p in self.history], "log": asdict(self.log),
                 "rng": torch.get_rng_state()}
 
@@ -398,7 +397,7 @@ class AdaptiveRun:
         n = state["counters"]
         self.ctx.step, self.ctx.examples, self.ctx.seconds = n["step"], n["examples"], n["seconds"]
         self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
-        self.loss_sum, self.loss_n = n["loss_sum"], n["loss_n"]
+        self.loss_sum, self.loss_n, self.b_noise = n["loss_sum"], n["loss_n"], n["b_noise"]
         self.target_at = None if n["target_at"] is None else tuple(n["target_at"])
         self.history = [HistoryPoint(**p) for p in state["history"]]
         self.log = StepLog(**state["log"])

@@ -27,6 +27,14 @@ def adaptive_command(task_spec: str, measuring: dict, max_batch, profile_path, d
     return " ".join(parts)
 
 
+def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None:
+    console.print(f"or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:\n"
+                  f"  {command}")
+    if not profile_path:
+        console.print(f"  (add --profile FILE, saved by `batchscope profile --task {task_spec} --out FILE`, "
+                      "to skip measuring the hardware again)")
+
+
 @click.command("find")
 @task_option
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
@@ -108,8 +116,4 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
                              [(s["from_loss"], s["b_noise"], s["batch_size"], s["lr"]) for s in r.schedule]))
     for c in r.caveats:
         console.print(f"caveat: {c}")
-    console.print("or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:\n"
-                  f"  {doc['adaptive_command']}")
-    if not profile_path:
-        console.print(f"  (add --profile FILE, saved by `batchscope profile --task {task_spec} --out FILE`, "
-                      "to skip measuring the hardware again)")
+    _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)

@@ -13,7 +13,7 @@ For each task and seed, four ways to train to the task's target:
   find_vs_sweep.json; generated tasks: find run here), at its rate and warm-up.
 
 Time to target = steps x step time, from one interleaved timing pass over every batch size after
-all runs (for adaptive runs each step is charged at its own batch, a measured step at the time of a
+all runs (5 rounds, the least per-round median) (for adaptive runs each step is charged at its own batch, a measured step at the time of a
 step split into two micro-batches with the monitor attached); the real training seconds of each run
 (evaluations excluded) are reported beside it. The two Adam tasks also run adaptive with the noise
 measured on Adam's preconditioned gradient. Results: benchmarks/results/adaptive_vs_fixed.{md,json}
@@ -103,12 +103,12 @@ def eval_every(task: Task, b: int) -> int:
 
 
 def sweep_batches(task: Task) -> list[int]:
-    top = min(task.n_train, 256) if task.name == "text" else min(task.n_train, 4096)
-    out, b = [], 16 if task.name in OWN else 8
-    while b <= top:
-        out.append(b)
-        b *= 4 if task.name in OWN else 2   # generated tasks: a small sweep, every other power of two
-    return out
+    """Generated tasks: a small sweep, 32 x powers of four up to 2048, and the reference batch."""
+    out, b = {task.reference_batch}, 32
+    while b <= min(task.n_train, 2048):
+        out.add(b)
+        b *= 4
+    return sorted(out)
 
 
 def fixed_run(task: Task, b: int, lr: float, warmup: int = 0, seed: int = 0) -> dict:
@@ -159,14 +159,18 @@ def step_seconds(task: Task, b: int, measured: bool, steps: int = 20) -> float:
     return statistics.median(clock.times[4:])
 
 
-def timing_pass(task: Task, sizes: list[int], rounds: int = 3) -> dict:
-    """Step times for every (batch, measured) in one interleaved pass: all sizes see the same machine state."""
+def timing_pass(task: Task, sizes: list[int], rounds: int = 5) -> dict:
+    """Step times for every (batch, measured) in one interleaved pass: all sizes see the same machine state.
+
+    Per size, the least of the per-round medians: load from other processes only ever slows a
+    step, so the lower envelope is the best estimate of the uncontended time.
+    """
     keys = [(b, m) for b in sizes for m in (False, True)]
     t = {k: [] for k in keys}
     for _ in range(rounds):
         for k in keys:
             t[k].append(step_seconds(task, *k))
-    return {f"{b}/{'measured' if m else 'plain'}": statistics.median(v) for (b, m), v in t.items()}
+    return {f"{b}/{'measured' if m else 'plain'}": min(v) for (b, m), v in t.items()}
 
 
 # ---- bookkeeping ----------------------------------------------------------------------------------

@@ -109,14 +109,14 @@ HOOK_FACTOR = 2.0   # measured step's extra cost / the extra pass alone (benchma
 def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> int:
     """Steps between measurements so that measuring costs ``overhead`` of the training time.
 
-    A measured step runs its batch as two passes of b/2 instead of one of b: the extra pass costs
-    2·t(b/2) − t(b) (about the fixed cost alpha) on the step-time curve ``find`` uses; the norm hooks
-    cost about as much again on a CPU (HOOK_FACTOR, measured by benchmarks/noise_overhead.py).
-    The cadence is fixed by the profile, not by timing the run, so the same seed gives the same run.
+    A measured step runs its batch as two passes instead of one: the extra pass costs the fixed
+    cost alpha of the profile's fitted line (measured medians are too noisy for a difference of two
+    of them); the norm hooks cost about as much again on a CPU (HOOK_FACTOR, measured by
+    benchmarks/noise_overhead.py). The cadence is fixed by the profile, not by timing the run, so
+    the same seed gives the same run.
     """
     curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
-    m, passes = measured_layout(b, b, 1)
-    extra = HOOK_FACTOR * max(0.0, passes * curve(m) - curve(b))
+    extra = HOOK_FACTOR * max(time_model.alpha, 0.0)
     return max(1, math.ceil(extra / (overhead * curve(b))))
 
 

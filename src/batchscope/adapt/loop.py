@@ -38,6 +38,7 @@ from ..train import (Callback, HistoryPoint, TrainConfig, TrainContext, TrainRes
 from .controller import BatchSizeController, StepTimeModel
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
+from .state import adapt_state, load_adapt_state
 
 NOISE_KINDS = ("raw", "preconditioned")
 
@@ -377,8 +378,7 @@ class AdaptiveRun:
     def state_dict(self) -> dict:
         ctx = self.ctx
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "sampler": self.sampler.state_dict(), "controller": self.controller.state_dict(),
-                "monitor": monitor_state(self.monitor), "rate": self.rate.state_dict(),
+                "adapt": adapt_state(self.sampler, self.controller, self.monitor, self.rate),
                 "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
                              "next_eval": self.next_eval, "initial_loss": self.initial_loss,
                              "target_at": self.target_at, "loss_sum": self.loss_sum, "loss_n": self.loss_n,
@@ -389,11 +389,8 @@ class AdaptiveRun:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        load_adapt_state(state["adapt"], self.sampler, self.controller, self.monitor, self.rate)
         self.batches = iter(self.sampler)
-        self.controller.load_state_dict(state["controller"])
-        load_monitor_state(self.monitor, state["monitor"])
-        self.rate.load_state_dict(state["rate"])
         n = state["counters"]
         self.ctx.step, self.ctx.examples, self.ctx.seconds = n["step"], n["examples"], n["seconds"]
         self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
@@ -409,19 +406,3 @@ class AdaptiveRun:
             tmp = f"{a.checkpoint}.tmp"
             torch.save(self.state_dict(), tmp)
             os.replace(tmp, a.checkpoint)   # a run killed while writing keeps the previous checkpoint
-
-
-def monitor_state(monitor: NoiseScaleMonitor) -> dict:
-    """The monitor's smoothed moments and counters (what a resumed run needs to estimate the same)."""
-    if hasattr(monitor, "state_dict"):
-        return monitor.state_dict()
-    return {"moments": dict(vars(monitor.moments)), "steps": monitor._steps, "skipped": monitor.skipped,
-            "unmeasured": monitor.unmeasured, "sizes": monitor.sizes}
-
-
-def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
-    if hasattr(monitor, "load_state_dict"):
-        return monitor.load_state_dict(state)
-    vars(monitor.moments).update(state["moments"])
-    monitor._steps, monitor.skipped, monitor.unmeasured = state["steps"], state["skipped"], state["unmeasured"]
-    monitor.sizes = tuple(state["sizes"])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,8 +52,8 @@ class AdaptiveConfig:
         None to measure one first (its step-time curve and memory ceiling drive the controller).
     memory_ceiling: examples per device pass (default: the profile's ceiling when memory limited it).
     every: steps between decisions (default: after every measured step, from the ``min_samples``-th on).
-    measure_every: measure the noise every this many steps (default: the fewest that keep the
-        predicted cost of measuring within ``overhead`` of the step time at the starting batch).
+    measure_every: measure the noise every this many steps (default: first the fewest that keep the
+        profile's predicted cost within ``overhead``, then the same from the run's own step times).
     noise: 'raw' gradient noise, or 'preconditioned' by Adam's second moments (Adam-type only).
     """
 
@@ -185,6 +186,8 @@ class AdaptiveRun:
         self.initial_loss = math.nan
         self.loss_sum, self.loss_n = 0.0, 0      # training loss since the last evaluation
         self.b_noise = math.nan                  # the monitor's latest estimate
+        self.last_measured = -1                  # the last measured step (0-based)
+        self.step_times: dict[int, tuple[list, list]] = {}   # batch -> (measured, unmeasured) seconds
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
 
@@ -234,6 +237,8 @@ class AdaptiveRun:
         """One optimizer step; returns its training loss."""
         ctx, c = self.ctx, self.controller
         measured = self.is_measured(ctx.step)
+        if measured:
+            self.last_measured = ctx.step
         idx = self._draw()
         b = len(idx)
         m, k = (c.micro_batch, c.accumulation) if b == c.batch_size else (b, 1)
@@ -282,11 +287,25 @@ class AdaptiveRun:
     def is_measured(self, step: int) -> bool:
         """The first ``min_samples`` steps are measured, so the first decision comes early; then every
         ``measure_every``-th. Up-front cost: about ``min_samples`` steps, once per run."""
-        return step < self.acfg.min_samples or step % self.measure_every == 0
+        return step < self.acfg.min_samples or step - self.last_measured >= self.measure_every
+
+    def _calibrate(self, b: int, measured: bool, seconds: float) -> None:
+        """Set the cadence from this run's own step times: a measured step's excess over an unmeasured
+        one at the same batch, spread so that it costs ``overhead`` (the profile's guess until then).
+
+        Only when ``measure_every`` was not given: timing varies between runs, so then the measured
+        steps (not the data, rates or model) can differ between two runs of the same seed.
+        """
+        times = self.step_times.setdefault(b, ([], []))
+        times[0 if measured else 1].append(seconds)
+        del times[0][:-5], times[1][:-5]                # the latest five of each: the machine's state now
+        if self.acfg.measure_every is None and measured and min(len(times[0]), len(times[1])) >= 3:
+            excess = statistics.median(times[0]) / statistics.median(times[1]) - 1.0
+            self.measure_every = max(1, math.ceil(excess / self.acfg.overhead))
 
     def _decide(self) -> None:
         c, step = self.controller, self.ctx.step
-        due = c.due(step) if self.acfg.every else (self.is_measured(step - 1) and step >= self.acfg.min_samples)
+        due = c.due(step) if self.acfg.every else (self.last_measured == step - 1 and step >= self.acfg.min_samples)
         if due:
             d = c.decide(self.ctx.step, self.monitor.estimate())
             if d.changed:
@@ -326,7 +345,9 @@ class AdaptiveRun:
         while not stopped and not self._limit_reached():
             t0 = time.perf_counter()
             step_loss = self.step()
-            ctx.seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            ctx.seconds += seconds
+            self._calibrate(ctx.batch_size, self.last_measured == ctx.step, seconds)
             ctx.step += 1
             ctx.examples += ctx.batch_size
             self.loss_sum, self.loss_n = self.loss_sum + step_loss, self.loss_n + 1
@@ -382,7 +403,8 @@ class AdaptiveRun:
                 "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
                              "next_eval": self.next_eval, "initial_loss": self.initial_loss,
                              "target_at": self.target_at, "loss_sum": self.loss_sum, "loss_n": self.loss_n,
-                             "b_noise": self.b_noise},
+                             "b_noise": self.b_noise, "last_measured": self.last_measured,
+                             "measure_every": self.measure_every},
                 "history": [asdict(p) for p in self.history], "log": asdict(self.log),
                 "rng": torch.get_rng_state()}
 
@@ -395,6 +417,7 @@ class AdaptiveRun:
         self.ctx.step, self.ctx.examples, self.ctx.seconds = n["step"], n["examples"], n["seconds"]
         self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
         self.loss_sum, self.loss_n, self.b_noise = n["loss_sum"], n["loss_n"], n["b_noise"]
+        self.last_measured, self.measure_every = n["last_measured"], n["measure_every"]
         self.target_at = None if n["target_at"] is None else tuple(n["target_at"])
         self.history = [HistoryPoint(**p) for p in state["history"]]
         self.log = StepLog(**state["log"])

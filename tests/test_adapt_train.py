@@ -21,6 +21,7 @@ def _run(task, steps=120, b0=8, **kw):
     return train(task, TrainConfig(batch_size=b0, steps=steps, eval_every=20, adaptive=acfg))
 
 
+@pytest.mark.slow
 def test_batch_grows_and_every_step_is_logged():
     task = blobs_task()
     r = _run(task)
@@ -57,6 +58,7 @@ class _Kill(Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     task = blobs_task()
     full = _run(task)

@@ -41,7 +41,7 @@ from batchscope.adapt.loop import AdaptiveConfig
 from batchscope.hardware import profile_hardware
 from batchscope.noise import NoiseScaleMonitor
 from batchscope.plan.find import find
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks.base import accuracy
 
 RESULTS = Path(__file__).parent / "results"

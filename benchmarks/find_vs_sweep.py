@@ -35,7 +35,7 @@ import torch
 
 from batchscope import Callback, DivergedError, TrainConfig, load_task, train
 from batchscope.plan.find import find
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 
 
 RESULTS = Path(__file__).parent / "results"

@@ -23,7 +23,7 @@ import numpy as np
 
 from batchscope.flow import closed_form, make_line, simulate, simulate_pipeline
 from batchscope.flow.closed_form import LINEAR
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 
 OUT = Path(__file__).parent / "results" / "flow_closed_vs_sim.json"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from batchscope.hardware import bisect_ceiling, cpu_memory_probe, device_facts, find_ceiling, format_bytes
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 MiB = 2**20

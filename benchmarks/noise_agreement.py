@@ -20,7 +20,7 @@ import torch
 from batchscope import TrainConfig, train
 from batchscope.data import take
 from batchscope.noise import NoiseScaleMonitor
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 

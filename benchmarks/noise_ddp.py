@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from batchscope.data import take
 from batchscope.noise import NoiseScaleMonitor
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 MICRO, ACC, STEPS = 32, 2, 60

@@ -24,7 +24,7 @@ from torch import nn
 from batchscope import TrainConfig, train
 from batchscope.data import take
 from batchscope.noise import NoiseScaleMonitor
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 

@@ -37,7 +37,7 @@ import torch
 from batchscope.adapt.loop import measured_layout
 from batchscope.data import take
 from batchscope.noise import NoiseScaleMonitor
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import load_task
 
 BLOCK = 32

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from batchscope.noise import estimate_from_samples, measure_noise
-from batchscope.noise.plot import plot_trajectory
-from batchscope.report.jsonio import write_json
+from batchscope.report.noise_plot import plot_trajectory
+from batchscope.serialize import write_json
 
 CONFIGS = {  # task: (batch size, micro-batch, steps)
     "mnist1d": (128, 16, 800),

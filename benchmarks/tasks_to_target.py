@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from batchscope import TrainConfig, load_task, train
-from batchscope.report.jsonio import write_json
+from batchscope.serialize import write_json
 from batchscope.tasks import BUILTINS
 
 OUT = Path(__file__).parent / "results" / "tasks_to_target.json"

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from batchscope.cli import cli
 from batchscope.tasks import load_task
 
-from .test_plan_find import fake_profile
+from tests.helpers import fake_profile
 
 
 def test_find_cli_end_to_end(tmp_path):
@@ -41,13 +41,13 @@ def test_find_cli_keeps_what_it_measured_when_it_fails(tmp_path):
     # the linear task cannot reach a loss below its noise floor: find fails after measuring
     task_file = tmp_path / "floor.py"
     task_file.write_text(
-        "from tests.conftest import linear_task\n"
+        "from tests.helpers import linear_task\n"
         "from batchscope import Target, Task\n"
         "def make_task():\n"
         "    t = linear_task()\n"
         "    return Task(**{**t.__dict__, 'target': Target('loss', 1e-6, 'val')})\n")
     prof = tmp_path / "linear.json"
-    from tests.conftest import linear_task
+    from tests.helpers import linear_task
 
     fake_profile(linear_task()).save(prof)
     out = tmp_path / "partial.json"
@@ -55,5 +55,25 @@ def test_find_cli_keeps_what_it_measured_when_it_fails(tmp_path):
     assert r.exit_code == 2, r.output
     assert "measurements so far written to" in r.stderr
     doc = json.loads(out.read_text())
-    assert doc["error"].startswith("the target val loss <= 1e-06 looks out of reach") or "no progress" in doc["error"]
+    assert doc["error"].startswith("the measuring run made no progress toward the target val loss <= 1e-06 in 601 steps")
+    assert doc["complete"] is False
     assert doc["profile"]["task"] == "linear" and len(doc["measuring_history"]) > 1 and doc["measuring_noise"]
+
+
+def test_find_output_reads_at_80_columns_when_piped(tmp_path):
+    task = load_task("dots")
+    prof = tmp_path / "dots.json"
+    fake_profile(task, alpha=4e-4, beta=1e-6, ceiling=256, limited_by="max_batch").save(prof)
+    r = CliRunner().invoke(cli, ["find", "--task", "dots", "--profile", str(prof)], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert max(map(len, lines)) <= 80 and "…" not in r.stdout, r.stdout
+    text = " ".join(r.stdout.split())
+    for header in ("time / fastest", "compute / E_min", "micro x acc"):
+        assert header in r.stdout
+    # the profile cut at 256 by --max-batch: said as such, and no candidate runs micro-batches above it
+    assert "micro-batch limit: 256" in text and "capped by max_batch, not by memory" in text
+    assert max(c["micro_batch"] for c in json.loads(
+        CliRunner().invoke(cli, ["find", "--task", "dots", "--profile", str(prof), "--json"]).stdout)["candidates"]) == 256
+    assert "[2/2] measuring noise scale: 0/" in r.stdout  # progress as plain lines, not a cut bar
+    assert "planning for the hardware in" in text and "measured here, on cpu" in text and "on auto" not in text

@@ -17,13 +17,16 @@ def test_json_has_lead_time_wip_and_value_added():
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     # one-piece flow by hand: exits 10, 11, 13, 15
-    assert (doc["lead_time"], doc["first_unit_lead_time"], doc["last_unit_lead_time"]) == (15.0, 10.0, 15.0)
-    assert doc["wip_average"] == pytest.approx(49 / 15)
-    assert doc["value_added_fraction"] == pytest.approx(4 / 15)
-    assert doc["waiting_time_per_unit"] == pytest.approx(8.25)
+    fig = {k: v["mean"] for k, v in doc["figures"].items()}
+    assert (fig["lead_time"], fig["first_unit_lead_time"], fig["last_unit_lead_time"]) == (15.0, 10.0, 15.0)
+    assert fig["wip_average"] == pytest.approx(49 / 15)
+    assert fig["value_added_fraction"] == pytest.approx(4 / 15)
+    assert fig["waiting_time_per_unit"] == pytest.approx(8.25)
     assert doc["bottleneck"] == "S2" and doc["bottleneck_capacity"] == pytest.approx(4 / 11)
     assert doc["closed_form"]["agrees"] and doc["closed_form"]["case"] == "one-piece flow"
-    assert doc["little"]["max_relative_gap"] < 1e-12
+    assert doc["little_max_gap"] < 1e-12
+    from batchscope.flow.simulate import SimulationResult
+    assert SimulationResult.from_dict(doc).figures["lead_time"].mean == 15.0  # the library's one schema
     assert [s["idle"][0]["mean"] for s in doc["stations"]] == [9.0, 4.0, 10.0]
 
 

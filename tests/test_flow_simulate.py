@@ -80,7 +80,7 @@ def test_replications_seed_and_reproducibility():
 
 def test_result_round_trip():
     from batchscope.flow import SimulationResult
-    from batchscope.report.jsonio import dumps
+    from batchscope.serialize import dumps
     import json
     sim = simulate(example_line(), replications=3)
     back = SimulationResult.from_dict(json.loads(dumps(sim.to_dict())))

@@ -1,14 +1,14 @@
 import pytest
 
 from batchscope import ConfigError
-from batchscope.flow import batch_grid, capacity, closed_form, make_line, sweep_process, sweep_transfer
+from batchscope.flow import lot_sizes, capacity, closed_form, make_line, sweep_process, sweep_transfer
 from batchscope.flow.sweep import SweepResult
 
 
 def test_batch_grid():
-    assert batch_grid(12) == [1, 2, 3, 4, 6, 8, 12]
-    assert batch_grid(7) == [1, 2, 4, 7]
-    grid = batch_grid(5040, max_points=10)
+    assert lot_sizes(12) == [1, 2, 3, 4, 6, 8, 12]
+    assert lot_sizes(7) == [1, 2, 4, 7]
+    grid = lot_sizes(5040, max_points=10)
     assert len(grid) <= 10 and grid[0] == 1 and grid[-1] == 5040
 
 

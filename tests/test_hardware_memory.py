@@ -9,15 +9,10 @@ from batchscope import Target, Task
 from batchscope.hardware import (MemoryBudgetError, bisect_ceiling, cpu_memory_probe, cpu_memory_supported,
                                  find_ceiling, profile_hardware)
 from batchscope.tasks import load_task
+from tests.helpers import wide_task
 
 pytestmark = pytest.mark.skipif(not cpu_memory_supported()[0], reason=cpu_memory_supported()[1] or "supported")
 MiB = 2**20
-
-
-def wide_task(n=4096, d=256, hidden=1024):
-    x, y = torch.randn(n, d), torch.randint(0, 10, (n,))
-    return Task(name="wide", make_model=lambda: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 10)),
-                train_data=TensorDataset(x, y), loss_fn=nn.functional.cross_entropy, target=Target("loss", 0.1, "train"))
 
 
 def test_peak_memory_grows_linearly_with_the_batch():

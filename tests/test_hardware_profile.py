@@ -10,7 +10,7 @@ from batchscope.errors import ConfigError, TaskError
 from batchscope.hardware import (HardwareProfile, ProbeResult, StepTiming, batch_grid, load_profile_for,
                                  probe_indices, profile_hardware)
 from batchscope.hardware.memory import cpu_memory_supported
-from tests.conftest import linear_task
+from tests.helpers import linear_task
 
 MiB = 2**20
 
@@ -71,7 +71,7 @@ def test_bad_profile_files(tmp_path):
     with pytest.raises(ConfigError, match="is not valid JSON"):
         HardwareProfile.load(tmp_path / "bad.json")
     (tmp_path / "part.json").write_text(json.dumps({"task": "x", "points": []}))
-    with pytest.raises(ConfigError, match=r"incomplete or malformed \(TypeError"):
+    with pytest.raises(ConfigError, match=r"incomplete or malformed \(KeyError: 'parameters'\)"):
         HardwareProfile.load(tmp_path / "part.json")
 
 
@@ -104,7 +104,7 @@ def test_largest_example_hook(tiny_task):
 @pytest.mark.skipif(not cpu_memory_supported()[0], reason="CPU memory probe needs Linux")
 def test_real_profile_end_to_end():
     # A model wide enough that a larger batch clearly costs time and memory even on a busy machine.
-    from tests.test_hardware_memory import wide_task
+    from tests.helpers import wide_task
 
     torch.set_num_threads(1)
     p = profile_hardware(wide_task(), max_batch=512, repeats=3, warmup=1)

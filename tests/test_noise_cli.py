@@ -62,4 +62,7 @@ def test_divergence_keeps_the_measured_trajectory(tmp_path):
             "--out", str(out))
     assert r.exit_code == 2 and "lower the learning rate" in r.stderr
     partial = json.loads(out.read_text())
-    assert partial["history"] and partial["train"] is None
+    # the noise trajectory measured before the loss blew up, and the training history beside it
+    assert partial["complete"] is False and "lower the learning rate" in partial["error"]
+    assert partial["noise"]["history"] and partial["noise"]["train"] is None
+    assert [p["step"] for p in partial["history"]][0] == 0

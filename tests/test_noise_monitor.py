@@ -10,7 +10,7 @@ from torch import nn
 from batchscope import Callback, ConfigError, TrainConfig, train
 from batchscope.noise import NoiseError, NoiseScaleMonitor, measure_noise, two_batch
 
-from .conftest import linear_task
+from tests.helpers import linear_task
 
 D, NOISE = 5, 0.5
 

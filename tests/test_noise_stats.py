@@ -7,7 +7,7 @@ import pytest
 from batchscope.errors import ConfigError
 from batchscope.noise import (NoiseError, NoiseEstimate, WeightedMoments, estimate_from_samples, fieller_interval,
                               per_example, ratio, two_batch)
-from batchscope.report.jsonio import dumps
+from batchscope.serialize import dumps
 
 
 def test_two_batch_inverts_the_expected_squared_norms():

@@ -5,7 +5,7 @@ import pytest
 
 from batchscope.errors import ConfigError
 from batchscope.plan import model
-from batchscope.plan.growth import Window, fit_growth, make_windows, predict_at_loss
+from batchscope.plan.growth import Window, bootstrap_fits, fit_growth, make_windows, prediction_at
 from batchscope.plan.projection import project_examples
 from batchscope.plan.recommend import (Constraints, Inputs, candidate_batches, choose, evaluate_candidates,
                                        layout, learning_rate, recommend)
@@ -41,8 +41,6 @@ def test_learning_rate_rules():
     # far above B_noise: saturates at eps_max = 0.1 (1 + 100/64)
     assert model.sgd_lr(1e9, 64, 0.1, 100.0) == pytest.approx(0.1 * (1 + 100 / 64), rel=1e-6)
     assert model.adam_lr(256, 64, 1e-3) == pytest.approx(2e-3)
-    assert model.statistical_efficiency(64, 64, 100.0) == 1.0
-    assert model.statistical_efficiency(228, 64, 100.0) == pytest.approx(164 / 328)
     assert model.adascale_gain(4.0, 1.0, 1.0) == 1.0 and model.adascale_gain(4.0, 1.0, 4.0) == pytest.approx(2.5)
 
 
@@ -116,7 +114,8 @@ def test_growth_fit_recovers_a_power_law_and_predicts_at_target():
     g2 = np.ones(n) + rng.normal(0, 0.05, n)             # unbiased, noisy per-step estimates
     trace = true_b + rng.normal(0, 0.05, n) * true_b
     # (binning a curved law biases each window a little; 12 windows keep that well inside the interval)
-    fit, pred = predict_at_loss(losses, g2, trace, target_loss=0.25, n_windows=12)
+    fit = fit_growth(make_windows(losses, g2, trace, 12))
+    pred = prediction_at(fit, bootstrap_fits(losses, g2, trace, 12), target_loss=0.25)
     assert fit.slope == pytest.approx(-1.5, abs=0.1)
     truth = 50.0 * 0.25 ** -1.5
     assert pred.value == pytest.approx(truth, rel=0.15)

@@ -80,3 +80,32 @@ def test_directory_errors(tmp_path, study_dir):
     assert r.exit_code == 2 and "already holds a study; continue it with `batchscope study --resume" in r.output
     r = run("report", str(tmp_path))
     assert r.exit_code == 2 and f"{tmp_path} holds no study.db" in r.output
+
+
+def test_the_verdicts_shown_are_the_library_analysis_of_the_stored_runs(study_dir, tmp_path):
+    from batchscope.study.findings import analyse
+    from batchscope.study.runner import load_study
+
+    r = run("report", str(study_dir), "--out", str(tmp_path), "--json")
+    doc = json.loads(r.stdout)
+    saved = load_study(study_dir)
+    expected = analyse(saved.plan, saved.records, saved.noise)
+    assert [f["verdict"] for f in doc["findings"]] == [f.verdict for f in expected.findings]
+    md = (tmp_path / "report.md").read_text()
+    for f in expected.findings:
+        assert f"| {f.claim} | {f.verdict.upper()} |" in md
+
+
+def test_a_study_whose_runs_all_diverge_is_reported(tmp_path):
+    d = tmp_path / "s"
+    r = run("study", "--task", "dots", "--dir", str(d), "--batch-sizes", "16,32", "--steps", "20", "--optimizers", "sgd",
+            "--lr", "1e5", "--lr-rules", "none", "--noise-steps", "0", "--grad-norm-batches", "0", "--no-report")
+    assert r.exit_code == 0, r.output
+    r = run("report", str(d), "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert sorted(doc["diverged"]) == ["B16-sgd-none-x1-w0-s0", "B32-sgd-none-x1-w0-s0"]
+    assert all(f["summary"].startswith("not enough finished runs: 2 of 2 diverged") for f in doc["findings"])
+    assert doc["bcrit"]["sgd"]["fit"] is None and "not enough finished runs" in doc["bcrit"]["sgd"]["note"]
+    md = (d / "report.md").read_text()
+    assert "| B16-sgd-none-x1-w0-s0 | diverged |" in md

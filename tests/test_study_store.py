@@ -131,3 +131,39 @@ def test_a_task_object_runs_in_process_only(tmp_path):
     summary = run_study(tmp_path / "b", p, task=blobs())
     assert summary.ran == 1
     assert load_records(tmp_path / "b")[2][0].steps == 5
+
+
+@pytest.mark.parametrize("damage", [b"this is not a database at all" * 40, "truncate"])
+def test_a_damaged_database_is_one_clear_error_on_report_and_resume(tmp_path, damage):
+    run_study(tmp_path, plan(batch_sizes=(8,), lr_rules=("none",), steps=5))
+    db = tmp_path / "study.db"
+    if damage == "truncate":
+        db.write_bytes(db.read_bytes()[:700])
+    else:
+        db.write_bytes(damage)
+    for call in (lambda: load_records(tmp_path), lambda: run_study(tmp_path, resume=True)):
+        with pytest.raises(StudyError, match=rf"{db} is damaged or not a study database .*; move it away"):
+            call()
+
+
+def test_a_run_with_a_damaged_record_is_reported_and_run_again_on_resume(tmp_path):
+    run_study(tmp_path, plan(batch_sizes=(8, 16), lr_rules=("none",), steps=5))
+    with sqlite3.connect(tmp_path / "study.db") as db:
+        db.execute("UPDATE runs SET record = '{broken' WHERE key LIKE 'B8-%'")
+    with ResultStore(tmp_path, readonly=True) as store:
+        assert len(list(store.records())) == 1 and store.damaged == ["B8-sgd-none-x1-w0-s0"]
+        assert store.keys() == {"B16-sgd-none-x1-w0-s0"}
+    assert run_study(tmp_path, resume=True).ran == 1
+    assert sorted(r.spec.batch_size for r in load_records(tmp_path)[2]) == [8, 16]
+
+
+def test_reading_a_foreign_sqlite_file_changes_no_byte(tmp_path):
+    db = tmp_path / "study.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE people (name TEXT)")
+        c.execute("INSERT INTO people VALUES ('ada')")
+    c.close()
+    before = db.read_bytes()
+    with pytest.raises(StudyError, match="is an SQLite database but not a batchscope study"):
+        load_records(tmp_path)
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]

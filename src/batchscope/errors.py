@@ -8,7 +8,18 @@ from __future__ import annotations
 
 
 class BatchscopeError(Exception):
-    """Base class: a problem with the input or the run that the user can fix."""
+    """Base class: a problem with the input or the run that the user can fix.
+
+    ``measured`` holds what the failed call had measured before it stopped (JSON-ready values by
+    name), or None when it had measured nothing; :func:`batchscope.serialize.save_measured` writes it.
+    """
+
+    measured: "dict | None" = None
+
+    def keep(self, **measured) -> "BatchscopeError":
+        """Add to what this error carries; items already kept by a deeper call win (they are more specific)."""
+        self.measured = {**measured, **(self.measured or {})}
+        return self
 
 
 class TaskError(BatchscopeError):
@@ -24,7 +35,12 @@ class DivergedError(BatchscopeError):
 
     def __init__(self, message: str, history=None):
         super().__init__(message)
-        self.history = list(history or [])
+        if history:
+            self.keep(history=list(history))
+
+    @property
+    def history(self) -> list:
+        return list((self.measured or {}).get("history", []))
 
 
 def check_positive_int(name: str, value, *, where: str = "") -> int:

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..cli import device_option, json_option, task_option
-from ..errors import BatchscopeError
+from ._options import device_name, device_option, json_option, keep_measured_in, profile_option, task_option
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
-from ..report.jsonio import dumps, keep_measured, write_json
+from ..serialize import dumps, write_json
 from ..tasks import load_task
 
 
@@ -39,15 +38,14 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
 @task_option
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
               help="fastest: least time to target; cheapest: least compute; balanced: B near B_crit")
-@click.option("--budget", type=float, default=0.05, show_default=True,
+@click.option("--budget", "measure_fraction", type=float, default=0.05, show_default=True,
               help="measuring run, as a fraction of the examples a full run to the target needs")
-@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
-              help="reuse a hardware profile written by `batchscope profile --out`")
+@profile_option
 @click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
 @click.option("--devices", type=int, default=1, show_default=True, help="data-parallel devices")
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
 @click.option("--ref-lr", type=float, default=None, help="learning rate of your known-good setting [default: the task's]")
-@click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40%% [default: 90%% of free GPU memory, half the free RAM]")
+@click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--amp", is_flag=True, help="profile and measure under mixed precision (CUDA only)")
 @device_option
@@ -55,8 +53,8 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
               help="write a Markdown report with PNG plots (and find.json) to this directory")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
 @json_option
-def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_batch, ref_lr, memory_budget,
-            seed, amp, device, report_dir, out, as_json) -> None:
+def command(task_spec, objective, measure_fraction, profile_path, max_batch, devices, ref_batch, ref_lr,
+            memory_budget, seed, amp, device, report_dir, out, as_json) -> None:
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
@@ -64,21 +62,20 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
     task = load_task(task_spec)
     console = console_for(as_json)
     profile = HardwareProfile.load(profile_path) if profile_path else None  # checked against the task by find
+    here = device_name(device)
     if profile is None:
-        console.print(f"[1/2] profiling the hardware for {task.name} on {device} ...")
-    try:
-        with progress_bar(console) as progress:
-            result = find(task, device=device, objective=objective, budget=budget, profile=profile,
-                          max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
-                          memory_budget=memory_budget, seed=seed, amp=amp,
-                          callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
-    except BatchscopeError as e:
-        # what was measured before the failure is kept where the user asked results to go
-        partial = getattr(e, "partial", None)
-        target = out or (report_dir and str(Path(report_dir) / "find-partial.json"))
-        if partial and target:
-            keep_measured(target, e, partial)
-        raise
+        console.print(f"[1/2] profiling the hardware for {task.name} on {here} ...")
+    else:
+        planned_for = profile.device.get("name") or profile.device.get("type")
+        console.print(f"planning for the hardware in {profile_path} ({planned_for}); the noise scale is "
+                      f"measured here, on {here}")
+    # what was measured before a failure goes where the user asked results to go
+    keep_measured_in(out or (report_dir and str(Path(report_dir) / "find-partial.json")))
+    with progress_bar(console) as progress:
+        result = find(task, device=device, objective=objective, measure_fraction=measure_fraction, profile=profile,
+                      max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
+                      memory_budget=memory_budget, seed=seed, amp=amp,
+                      callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     doc = result.to_dict()
     doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
     if out:
@@ -91,7 +88,15 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
     if as_json:
         click.echo(dumps({k: doc[k] for k in doc if k not in ("noise_steps",)}))
         return
+    _print(console, task, result)
+    _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)
+
+
+def _print(console, task, result) -> None:
+    from ..plan.find import micro_batch_limit_reason
+
     r, m = result.recommendation, result.measuring
+    p = result.profile
     console.print(make_table(
         f"{task.name}: recommendation ({r.objective})", ["", "value"], [
             ("batch size", f"{r.batch_size}  (micro-batch {r.micro_batch} x accumulation {r.accumulation}"
@@ -102,13 +107,13 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
             ("B_noise over the run", f"{r.b_noise['value']:.0f}  (90%: {r.b_noise['low']:.0f}-{r.b_noise['high']:.0f})"),
             ("B_crit at the target", f"{r.b_crit_at_target['value']:.0f}  (90%: {r.b_crit_at_target['low']:.0f}-"
                                      f"{r.b_crit_at_target['high']:.0f}) at training loss {r.b_crit_at_target['loss']:.3g}"),
-            ("step time", f"{r.evidence['alpha'] * 1e3:.3g} ms + {r.evidence['beta'] * 1e6:.3g} us x B; "
-                          f"memory ceiling {r.evidence['memory_ceiling']}"),
-            ("measuring run", f"{m['steps']} steps at B={m['batch_size']} = {m['fraction_of_projected_run']:.1%} of "
-                              f"the projected run ({m['stopped_because']})"),
+            ("step time", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} us x B on {p.device.get('type')}"),
+            ("micro-batch limit", f"{p.max_batch:,} ({micro_batch_limit_reason(p)})"),
+            ("measuring run", f"{m['steps']} steps at B={m['batch_size']} on {m.get('device')} = "
+                              f"{m['fraction_of_projected_run']:.1%} of the projected run ({m['stopped_because']})"),
         ]))
-    console.print(make_table("candidates", ["batch", "micro x acc", "steps", "examples", "seconds", "time/fastest",
-                                            "compute/E_min"],
+    console.print(make_table("candidates", ["batch", "micro x acc", "steps", "examples", "seconds", "time / fastest",
+                                            "compute / E_min"],
                              [(("> " if c["batch_size"] == r.batch_size else "") + str(c["batch_size"]),
                                f"{c['micro_batch']} x {c['accumulation']}", round(c["steps"]), round(c["examples"]),
                                c["seconds"], c["relative_time"], c["relative_compute"]) for c in r.candidates]))
@@ -116,4 +121,3 @@ def command(task_spec, objective, budget, profile_path, max_batch, devices, ref_
                              [(s["from_loss"], s["b_noise"], s["batch_size"], s["lr"]) for s in r.schedule]))
     for c in r.caveats:
         console.print(f"caveat: {c}")
-    _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)

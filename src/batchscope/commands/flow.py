@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..cli import json_option
+from ._options import json_option
 from ..errors import ConfigError
 from ..report.console import console_for, fmt, make_table
-from ..report.jsonio import dumps, write_json
+from ..serialize import dumps, write_json
 
 
 def _floats(name: str, text):
@@ -123,25 +123,18 @@ def _build_line(line_file, example, unit_times, setups, resources, order_quantit
 def _line(console, line, replications, seed, do_sweep, plot_dir) -> dict:
     from ..flow import agreement, closed_form, simulate, sweep_process, sweep_transfer
 
+    if line.random and replications < 2:
+        raise ConfigError(f"one replication has no interval: with random unit times the figures need at least 2 "
+                          f"replications to give a 95% interval; pass --replications 2 or more (default 30). "
+                          f"Got {replications}.")
     sim = simulate(line, replications, seed)
     closed = closed_form(line)
     agree = agreement(closed, sim) if closed else None
     neck = line.stations[line.bottleneck()]
     f = sim.figures
-    doc = {
-        "line": line.to_dict(),
-        "replications": sim.replications, "seed": seed,
-        "bottleneck": neck.name, "bottleneck_capacity": neck.capacity(line.process_batch),
-        "lead_time": f["lead_time"].mean, "first_unit_lead_time": f["first_unit_lead_time"].mean,
-        "last_unit_lead_time": f["last_unit_lead_time"].mean, "throughput": f["throughput"].mean,
-        "wip_average": f["wip_average"].mean, "value_added_fraction": f["value_added_fraction"].mean,
-        "waiting_time_per_unit": f["waiting_time_per_unit"].mean,
-        "little": {"wip_time_average": f["wip_average"].mean, "throughput_times_lead_time": f["little_wip"].mean,
-                   "max_relative_gap": sim.little_max_gap},
-        "figures": {k: v.to_dict() for k, v in f.items()},
-        "stations": sim.stations,
-        "closed_form": agree,
-    }
+    # one schema: the simulation's own, plus what this command adds beside it
+    doc = {**sim.to_dict(), "bottleneck": neck.name, "bottleneck_capacity": neck.capacity(line.process_batch),
+           "closed_form": agree}
     u = line.time_unit
     random_note = "; ".join(f"{s.name}: {s.distribution} cv {fmt(s.cv)}" for s in line.stations if s.random)
     console.print(make_table(
@@ -181,7 +174,7 @@ def _line(console, line, replications, seed, do_sweep, plot_dir) -> dict:
                                                                        psweep.figures)],
             caption="capacity = resources * B / (set-up + B * unit time): set-up matters less as B grows"))
         if plot_dir:
-            from ..flow.plots import plot_process_sweep, plot_transfer_sweep
+            from ..report.flow_plots import plot_process_sweep, plot_transfer_sweep
             paths = [plot_transfer_sweep(tsweep, line, Path(plot_dir) / "flow_transfer_batch.png"),
                      plot_process_sweep(psweep, line, Path(plot_dir) / "flow_process_batch.png")]
             doc["plots"] = [str(p) for p in paths]
@@ -204,7 +197,7 @@ def _pipeline(console, stages, micro_batches, micro_batch_size, stage_times, bac
                 + ("(P-1)/(M+P-1)" if result.equal_stages else "the unequal-stage formula")
                 + (" - agrees" if result.agrees else " - DISAGREES")))
     if plot_dir:
-        from ..flow.plots import plot_pipeline
+        from ..report.flow_plots import plot_pipeline
         doc["plots"] = [str(plot_pipeline(result, Path(plot_dir) / "flow_pipeline.png"))]
         console.print("plots: " + doc["plots"][0])
     return doc

@@ -6,10 +6,11 @@ import math
 
 import click
 
-from ..cli import device_option, json_option, task_option
+from ._options import device_name, device_option, json_option, keep_measured_in, task_option
 from ..errors import DivergedError
+from ..noise.stats import NoisePoint
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
-from ..report.jsonio import dumps, write_json
+from ..serialize import dumps, write_json
 from ..tasks import load_task
 
 ROWS = 12
@@ -59,6 +60,8 @@ def command(task_spec, batch_size, micro_batch, steps, method, lr, optimizer, pr
 
     task = load_task(task_spec)
     console = console_for(as_json)
+    keep_measured_in(out)
+    console.print(f"measuring {task.name} on {device_name(device)}")
     try:
         with progress_bar(console) as progress:
             result = measure_noise(task, batch_size, micro_batch, steps, method=method, lr=lr, seed=seed,
@@ -66,18 +69,16 @@ def command(task_spec, batch_size, micro_batch, steps, method, lr, optimizer, pr
                                    level=level, per_layer=per_layer, amp=amp,
                                    callbacks=[ProgressCallback(progress, f"{task.name} B={batch_size} noise")])
     except DivergedError as e:
-        partial = getattr(e, "measurement", None)
-        if partial is not None and partial.history:
-            # Keep what was measured: on stderr for people, in --out for machines.
-            _print_trajectory(console_for(True), f"{task.name}: measured before the run diverged", partial.history)
-            if out:
-                write_json(out, partial.to_dict())
+        noise = (e.measured or {}).get("noise") or {}
+        if noise.get("history"):  # on stderr for people; --out gets it from the error handler
+            _print_trajectory(console_for(True), f"{task.name}: measured before the run diverged",
+                              [NoisePoint.from_dict(p) for p in noise["history"]])
         raise
     doc = result.to_dict()
     if out:
         write_json(out, doc)
     if plot:
-        from ..noise.plot import plot_trajectory
+        from ..report.noise_plot import plot_trajectory
 
         plot_trajectory(result.history, plot, f"{task.name}: B={batch_size}, {result.estimate.method}", level)
     if as_json:

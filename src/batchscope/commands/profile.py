@@ -5,22 +5,12 @@ from __future__ import annotations
 import click
 import torch
 
-from ..cli import device_option, json_option, task_option
-from ..hardware import HardwareProfile, format_bytes, load_profile_for, profile_hardware
+from ._options import device_name, device_option, json_option, task_option
+from ..errors import ConfigError
+from ..hardware import HardwareProfile, format_bytes, profile_hardware
 from ..report.console import console_for, make_table, progress_bar
-from ..report.jsonio import dumps
+from ..serialize import dumps
 from ..tasks import load_task
-
-
-def profile_option(f):
-    """``--profile FILE``: for commands that reuse a profile measured elsewhere (e.g. on a GPU)."""
-    return click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
-                        help="reuse a hardware profile written by `batchscope profile --out`")(f)
-
-
-def profile_from_option(task, profile_path):
-    """The profile named by ``--profile``, checked against the task (None when not given)."""
-    return None if profile_path is None else load_profile_for(task, profile_path)
 
 
 class _RichProgress:
@@ -51,10 +41,11 @@ def command(task_spec, device, memory_budget, max_batch, amp, threads, out, plot
     """Measure the largest batch that fits and how step time grows with the batch size."""
     if threads is not None:
         if threads < 1:
-            raise click.BadParameter(f"must be a positive integer, got {threads}", param_hint="--threads")
+            raise ConfigError(f"--threads must be a positive integer. Got {threads} instead.")
         torch.set_num_threads(threads)
     task = load_task(task_spec)
     console = console_for(as_json)
+    console.print(f"profiling {task.name} on {device_name(device)}")
     with progress_bar(console) as progress:
         profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch,
                                    amp=amp, progress=_RichProgress(progress))
@@ -62,7 +53,7 @@ def command(task_spec, device, memory_budget, max_batch, amp, threads, out, plot
     if out:
         profile.save(out)
     if plot_path:
-        from ..hardware.plot import plot_profile
+        from ..report.hardware_plot import plot_profile
 
         plot_profile(profile, plot_path)
     if as_json:

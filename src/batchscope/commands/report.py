@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..cli import json_option
+from ._options import json_option
 from ..report.console import console_for, make_table
-from ..report.jsonio import dumps, read_json
+from ..serialize import dumps, read_json
 
 
 @click.command("report")
@@ -32,4 +32,7 @@ def command(directory, out, as_json) -> None:
                           f"S_min = {fit['s_min']:.4g}, E_min = {fit['e_min']:.4g}")
         else:
             console.print(v["note"])
+    if doc.get("diverged"):
+        console.print(f"{len(doc['diverged'])} run(s) diverged (a result: listed in the report): "
+                      + ", ".join(doc["diverged"]))
     console.print(f"report: {files.markdown} (and {files.html.name}, {len(files.plots)} plots)")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..cli import device_option, json_option, task_option
+from ._options import device_option, json_option, task_option
 from ..errors import ConfigError
 from ..report.console import console_for, make_table
-from ..report.jsonio import dumps
+from ..serialize import dumps
 from ..study.plan import DEFAULT_BATCH_SIZES, LR_RULES, StudyPlan
 from ..study.runner import RunRecord, run_study
 
@@ -77,39 +77,35 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
     if bool(directory) == bool(resume_dir):
         raise ConfigError("give exactly one of --dir DIR (a new study) or --resume DIR (continue one)")
     console = console_for(as_json)
-    plan = None
-    if directory:
-        if epochs is not None and steps is not None:
-            raise ConfigError("give a budget in --epochs or in --steps, not both")
-        opts = tuple(o.strip() for o in optimizers.split(",") if o.strip())
-        given = dict(lrs)
-        common = given.pop("*", None)
-        if common is not None:
-            given = {**{o: common for o in opts}, **given}
-        plan = StudyPlan(task=task_spec, batch_sizes=batch_sizes, budget="steps" if steps is not None else "epochs",
-                         epochs=epochs if epochs is not None else 10.0, steps=steps, optimizers=opts, lrs=given,
-                         lr_rules=tuple(r.strip() for r in lr_rules.split(",") if r.strip()),
-                         reference_batch=reference_batch, lr_grid=lr_grid, warmup_epochs=warmup_epochs, seeds=seeds,
-                         target=target, grad_norm_batches=grad_norm_batches, noise_steps=noise_steps,
-                         evals_per_run=evals_per_run,
-                         device=device)
+    plan = None if resume_dir else _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules,
+                                         reference_batch, lr_grid, warmup_epochs, seeds, target, grad_norm_batches,
+                                         noise_steps, evals_per_run, device)
     where = directory or resume_dir
     with progress_bar(console) as progress:
         bar = {}
 
         def on_start(total: int, done: int) -> None:
             bar["id"] = progress.add_task(f"study {where}", total=total, completed=done, info="")
+            bar["done"] = done
 
-        def on_run(rec: RunRecord, done: int, total: int) -> None:
-            acc = rec.final.get("val_metric")
-            info = f"{rec.key}: {rec.status}" + (f", val {acc:.3f}" if acc is not None else "")
+        def on_run(record: RunRecord, done: int, total: int) -> None:
+            acc = record.final.get("val_metric")
+            info = f"{record.key}: {record.status}" + (f", val {acc:.3f}" if acc is not None else "")
             progress.update(bar["id"], completed=done, info=info)
+            bar["done"] = done
 
         def on_noise() -> None:
             progress.update(bar["id"], info="measuring B_simple")
 
-        summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run, on_start=on_start,
-                            on_noise=on_noise)
+        try:
+            summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run,
+                                on_start=on_start, on_noise=on_noise)
+        except KeyboardInterrupt:
+            saved = bar.get("done", 0)
+            if saved:  # only say so when runs were actually saved
+                click.echo(f"{saved} finished run(s) are saved in {where}; continue with "
+                           f"`batchscope study --resume {where}`", err=True)
+            raise
     files = None
     if make_report:
         from ..report.study_report import write_report
@@ -124,3 +120,22 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
     if files:
         rows.append(("report", str(files.markdown)))
     console.print(make_table(f"study {where}", ["", "value"], rows))
+
+
+def _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch, lr_grid, warmup_epochs,
+          seeds, target, grad_norm_batches, noise_steps, evals_per_run, device) -> StudyPlan:
+    """The StudyPlan the options describe (a new study)."""
+    if epochs is not None and steps is not None:
+        raise ConfigError("give a budget in --epochs or in --steps, not both")
+    opts = tuple(o.strip() for o in optimizers.split(",") if o.strip())
+    given = dict(lrs)
+    common = given.pop("*", None)
+    if common is not None:
+        given = {**{o: common for o in opts}, **given}
+    return StudyPlan(task=task_spec, batch_sizes=batch_sizes, budget="steps" if steps is not None else "epochs",
+                     epochs=epochs if epochs is not None else 10.0, steps=steps, optimizers=opts, lrs=given,
+                     lr_rules=tuple(r.strip() for r in lr_rules.split(",") if r.strip()),
+                     reference_batch=reference_batch, lr_grid=lr_grid, warmup_epochs=warmup_epochs, seeds=seeds,
+                     target=target, grad_norm_batches=grad_norm_batches, noise_steps=noise_steps,
+                     evals_per_run=evals_per_run,
+                     device=device)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..cli import json_option
+from ._options import json_option
 from ..report.console import console_for, make_table
-from ..report.jsonio import dumps
+from ..serialize import dumps
 from ..tasks import BUILTINS, load_task
 
 

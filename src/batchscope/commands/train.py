@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ..cli import device_option, json_option, task_option
-from ..report.console import ProgressCallback, console_for, make_table, progress_bar
-from ..report.jsonio import dumps, keep_measured, write_json
-from ..errors import DivergedError
-from ..tasks import load_task
 from ..adapt.loop import AdaptiveConfig
 from ..errors import ConfigError
 from ..report.adaptive_plot import plot_adaptive
+from ..report.console import ProgressCallback, console_for, make_table, progress_bar
+from ..serialize import dumps, write_json
+from ..tasks import load_task
 from ..train import SCHEDULES, TrainConfig, train
+from ._options import device_name, device_option, json_option, keep_measured_in, task_option
 
 
 def _adaptive_config(adaptive: bool, max_batch, profile_path, plot):
@@ -84,13 +83,10 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
                       eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg)
     console = console_for(as_json)
-    try:
-        with progress_bar(console) as progress:
-            result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
-    except DivergedError as e:
-        if out:  # keep the history measured before the loss blew up
-            keep_measured(out, e, {"history": e.history})
-        raise
+    keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
+    console.print(f"training {task.name} on {device_name(device)}")
+    with progress_bar(console) as progress:
+        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
     doc = result.to_dict()
     if plot:
         doc["plot"] = str(plot_adaptive(result.adaptive, plot, f"{task.name}: adaptive batch from {batch_size}"))

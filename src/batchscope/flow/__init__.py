@@ -7,12 +7,12 @@ from .loading import load_line
 from .pipeline import PipelineResult, bubble_formula, gpipe_bubble, pipeline_line, simulate_pipeline
 from .simulate import SimulationResult, simulate
 from .stats import Estimate
-from .sweep import SweepResult, batch_grid, sweep_process, sweep_transfer
+from .sweep import SweepResult, lot_sizes, sweep_process, sweep_transfer
 
 __all__ = [
     "Line", "Station", "capacity", "make_line", "example_line", "load_line",
     "simulate", "SimulationResult", "Estimate",
     "closed_form", "agreement", "ClosedForm",
-    "sweep_transfer", "sweep_process", "SweepResult", "batch_grid",
+    "sweep_transfer", "sweep_process", "SweepResult", "lot_sizes",
     "simulate_pipeline", "PipelineResult", "pipeline_line", "gpipe_bubble", "bubble_formula",
 ]

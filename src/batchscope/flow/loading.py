@@ -52,7 +52,11 @@ def load_line(path: "str | Path") -> Line:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"The line file {path} does not exist. Give a .toml or .json file, or use --example.")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"The line file {path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 "
+                          ".toml or .json.") from None
     if path.suffix.lower() == ".toml":
         data = _toml_loads(text, path)
     elif path.suffix.lower() == ".json":

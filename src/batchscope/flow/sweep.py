@@ -13,7 +13,7 @@ from .simulate import simulate
 from .stats import Estimate
 
 
-def batch_grid(limit: int, max_points: int = 24) -> list[int]:
+def lot_sizes(limit: int, max_points: int = 24) -> list[int]:
     """Sizes worth trying up to ``limit``: its divisors (no ragged last batch) and powers of two,
     thinned evenly to ``max_points`` keeping both ends."""
     sizes = sorted({d for d in range(1, limit + 1) if limit % d == 0} | {2 ** k for k in range(limit.bit_length())
@@ -61,7 +61,7 @@ def _check_values(name: str, values: Sequence[int], limit: int, what: str) -> li
 def sweep_transfer(line: Line, values: Optional[Sequence[int]] = None, *, replications: int = 30,
                    seed: int = 0) -> SweepResult:
     """Lead times, WIP and value-added fraction for each transfer batch (process batch fixed)."""
-    values = _check_values("transfer_batch", values or batch_grid(line.process_batch), line.process_batch,
+    values = _check_values("transfer_batch", values or lot_sizes(line.process_batch), line.process_batch,
                            "process batch")
     figs = tuple(simulate(line.with_(transfer_batch=t), replications, seed).figures for t in values)
     return SweepResult("transfer_batch", tuple(values), figs, station_names=tuple(s.name for s in line.stations))
@@ -71,7 +71,7 @@ def sweep_process(line: Line, values: Optional[Sequence[int]] = None, *, replica
                   seed: int = 0) -> SweepResult:
     """Capacity of every station (closed form) and the simulated order for each process batch; the
     transfer batch stays as it is unless it would exceed the process batch."""
-    values = _check_values("process_batch", values or batch_grid(line.order_quantity), line.order_quantity,
+    values = _check_values("process_batch", values or lot_sizes(line.order_quantity), line.order_quantity,
                            "order quantity")
     figs, caps = [], []
     for q in values:

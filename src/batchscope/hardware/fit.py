@@ -2,7 +2,7 @@
 
 Two lines describe a device for one model: memory(B) = m0 + m1*B (bytes) and the step time
 t(B) = alpha + beta*B (seconds). alpha is the fixed cost of a step (kernel launches, the optimizer
-update, synchronisation), beta the cost of one more example (DESIGN.md, "Step time").
+update, synchronisation), beta the cost of one more example (docs/design.md, "Step time").
 """
 
 from __future__ import annotations

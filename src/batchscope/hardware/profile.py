@@ -5,14 +5,14 @@ from __future__ import annotations
 import datetime as _dt
 import gc
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from ..errors import ConfigError, check_positive_int
-from ..report.jsonio import read_json, write_json
+from ..serialize import fields_to_dict, from_dict, read_json, write_json
 from ..tasks import Task, load_task
 from ..train import resolve_device
 from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling, fit_memory
@@ -107,10 +107,7 @@ class HardwareProfile:
 
     # JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["points"] = [asdict(p) for p in self.points]
-        d["memory_probes"] = [p.to_dict() for p in self.memory_probes]
-        return d
+        return fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "HardwareProfile":
@@ -118,11 +115,7 @@ class HardwareProfile:
             raise ConfigError(f"this is not a batchscope hardware profile (schema {d.get('schema')!r}, "
                               f"expected {SCHEMA!r})")
         try:
-            kw = {f: d[f] for f in cls.__dataclass_fields__ if f in d}
-            kw["points"] = [ProfilePoint.from_dict(p) for p in d["points"]]
-            kw["memory_probes"] = [ProbeResult.from_dict(p) for p in d.get("memory_probes", [])]
-            kw.setdefault("residuals", [])
-            return cls(**kw)
+            return from_dict(cls, {"residuals": [], "memory_probes": [], **d})
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"the hardware profile is incomplete or malformed ({type(e).__name__}: {e}); "
                               "write it again with `batchscope profile --out FILE`") from e

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 from ..errors import ConfigError, DivergedError, check_positive_int
+from ..serialize import decode
 from ..tasks import Task, load_task
 from ..train import Callback, TrainConfig, TrainResult, train
 from .monitor import NoiseScaleMonitor
@@ -37,8 +37,7 @@ class NoiseMeasurement:
     @classmethod
     def from_dict(cls, d: dict) -> "NoiseMeasurement":
         est = NoiseEstimate.from_dict(d)
-        nan = lambda v: math.nan if v is None else v  # noqa: E731
-        raw = [RawSample(int(r["step"]), nan(r["loss"]), nan(r["g2"]), nan(r["trace"])) for r in d.get("raw", [])]
+        raw = decode(list[RawSample], d.get("raw", []))
         return cls(task=d["task"], estimate=est, history=[NoisePoint.from_dict(p) for p in d["history"]], raw=raw)
 
 
@@ -55,7 +54,7 @@ def measure_noise(task: "Task | str", batch_size: int, micro_batch: Optional[int
     The micro-batch method (default) needs ``micro_batch`` < ``batch_size`` (it divides the batch;
     default batch_size // 8, at least 1); the exact method trains without accumulation unless a
     micro-batch is given. If training diverges, the :class:`DivergedError` raised carries the
-    partial measurement as ``error.measurement``.
+    partial measurement in ``error.measured["noise"]``.
     """
     task = load_task(task)
     b = check_positive_int("batch_size", batch_size)
@@ -84,7 +83,7 @@ def measure_noise(task: "Task | str", batch_size: int, micro_batch: Optional[int
         result = train(task, cfg, [monitor, *callbacks])
     except DivergedError as e:
         monitor.close()
-        e.measurement = _package(task.name, monitor, None, require=False)  # type: ignore[attr-defined]
+        e.keep(noise=_package(task.name, monitor, None, require=False).to_dict())
         raise
     return _package(task.name, monitor, result)
 

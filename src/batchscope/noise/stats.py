@@ -8,12 +8,13 @@ B_simple = tr(Σ) / |G|². Nothing here imports torch; numbers in, numbers and f
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from statistics import NormalDist
 from typing import NamedTuple, Optional, Sequence
 
 from ..errors import BatchscopeError, ConfigError
+from ..serialize import fields_to_dict, from_dict
 
 METHODS = ("microbatch", "dataparallel", "exact")
 DEFAULT_LEVEL = 0.90
@@ -113,21 +114,11 @@ class NoisePoint:
     n_samples: int
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoisePoint":
-        return cls(**{f.name: _float_or_inf(d[f.name], f.name) for f in fields(cls)})
-
-
-def _float_or_inf(v, name: str = ""):
-    # JSON writes non-finite floats as null. The infinities we produce are an unbounded upper limit
-    # and B_simple while the signal is indistinguishable from zero; other nulls were NaN.
-    if name in ("step", "n_samples", "skipped", "batch_small", "batch_big"):
-        return int(v)
-    if v is None:
-        return math.inf if name in ("high", "b_simple") else math.nan
-    return v
+        return from_dict(cls, d)
 
 
 @dataclass(frozen=True)
@@ -155,20 +146,11 @@ class NoiseEstimate:
     layers: Optional[dict] = field(default=None, compare=False)  # name -> {g2, trace, b_simple}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "NoiseEstimate":
-        kw = {}
-        for f in fields(cls):
-            if f.name not in d:
-                continue
-            v = d[f.name]
-            kw[f.name] = v if f.name in ("method", "preconditioned", "layers") else _float_or_inf(v, f.name)
-        if kw.get("layers"):
-            kw["layers"] = {k: {n: (math.inf if x is None and n == "b_simple" else x) for n, x in v.items()}
-                            for k, v in kw["layers"].items()}
-        return cls(**kw)
+        return from_dict(cls, d)
 
     def describe(self) -> str:
         hi = "inf" if math.isinf(self.high) else f"{self.high:.4g}"

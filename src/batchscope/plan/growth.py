@@ -5,7 +5,7 @@ loss, B_crit(L) = B_* / L^(1/alpha_B). We fit the same form to noise-scale measu
 a short run, log B_simple = a + k log L, and extrapolate to the target loss.
 
 Each window's B_simple is a ratio of averages (mean tr(Sigma) / mean |G|^2 over the window's steps),
-never an average of per-step ratios, which is biased (DESIGN.md, "Smoothing"). The interval comes
+never an average of per-step ratios, which is biased (docs/design.md, "Smoothing"). The interval comes
 from a bootstrap that resamples steps within each window and refits: it covers the sampling noise
 of the gradient statistics, not a wrong choice of functional form (said in every report).
 """
@@ -101,18 +101,24 @@ def interval(draws: Sequence[float], level: float) -> tuple[float, float]:
     return float(np.quantile(draws, q)), float(np.quantile(draws, 1 - q))
 
 
-def predict_at_loss(losses: Sequence[float], g2: Sequence[float], trace: Sequence[float], target_loss: float,
-                    n_windows: int = 6, level: float = 0.9, n_boot: int = 400, seed: int = 0) -> tuple[GrowthFit, Prediction]:
-    """Fit the growth law and predict B_simple at ``target_loss`` with a bootstrap interval."""
+def prediction_at(fit: GrowthFit, boots: Sequence[GrowthFit], target_loss: float, level: float = 0.9) -> Prediction:
+    """B_simple at ``target_loss`` from ``fit``, with the interval of the bootstrap refits ``boots``."""
     if not target_loss > 0:
         raise ValueError(f"the target loss must be positive to use the power law, got {target_loss}")
-    fit = fit_growth(make_windows(losses, g2, trace, n_windows))
-    boots = bootstrap_fits(losses, g2, trace, n_windows, n_boot, seed)
     low, high = interval([b.predict(target_loss) for b in boots], level)
     measured = [w.loss for w in fit.windows if w.loss > 0]
     lo_l, hi_l = min(measured), max(measured)
     extrapolation = lo_l / target_loss if target_loss < lo_l else (target_loss / hi_l if target_loss > hi_l else 1.0)
-    return fit, Prediction(target_loss, fit.predict(target_loss), low, high, level, extrapolation)
+    return Prediction(target_loss, fit.predict(target_loss), low, high, level, extrapolation)
+
+
+def curve(fit: GrowthFit, target_loss: float, points: int = 50) -> dict:
+    """The fitted law evaluated from the target loss to the largest measured loss (what plots draw)."""
+    measured = [w.loss for w in fit.windows if w.loss > 0 and math.isfinite(w.b_simple)]
+    if not measured:
+        return {"loss": [], "b_simple": []}
+    grid = np.geomspace(min(target_loss, min(measured)), max(measured), points)
+    return {"loss": grid.tolist(), "b_simple": [fit.predict(x) for x in grid]}
 
 
 def path_average(fit: GrowthFit, start_loss: float, end_loss: float, points: int = 32) -> float:

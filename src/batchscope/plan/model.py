@@ -1,6 +1,6 @@
 """The time-to-target model: pure functions, numbers in, numbers out.
 
-Notation (DESIGN.md): B batch size, B_noise the gradient noise scale, S_min / E_min the minimum
+Notation (docs/design.md): B batch size, B_noise the gradient noise scale, S_min / E_min the minimum
 steps / examples to reach a target (McCandlish et al. 2018, arXiv 1812.06162, eqs. 2.11-2.12):
 
     S(B) = S_min (1 + B_noise / B)        steps to target
@@ -83,11 +83,6 @@ def optimal_batch(alpha: float, beta: float, b_noise: float) -> float:
     if beta <= 0:
         return math.inf
     return math.sqrt(max(alpha, 0.0) * b_noise / beta)
-
-
-def statistical_efficiency(b: float, b0: float, b_noise: float) -> float:
-    """Progress per example at batch ``b`` relative to ``b0`` (Pollux, Qiao et al. OSDI 2021)."""
-    return (b_noise + b0) / (b_noise + b)
 
 
 def sgd_lr(b: float, b_ref: float, lr_ref: float, b_noise: float) -> float:

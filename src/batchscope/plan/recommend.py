@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional, Sequence
 
 from ..errors import ConfigError
+from ..serialize import fields_to_dict, from_dict
 from . import model
 
 Objective = Literal["fastest", "balanced", "cheapest"]
@@ -58,7 +59,6 @@ class Candidate:
     seconds: float
     relative_time: float      # seconds / the fastest candidate's
     relative_compute: float   # examples / E_min
-    efficiency: float         # statistical efficiency relative to b_ref (Pollux)
 
 
 @dataclass(frozen=True)
@@ -69,19 +69,20 @@ class LearningRate:
     warmup_steps: int
 
 
-def layout(b: int, c: Constraints) -> Layout:
-    """Split a global batch into devices x accumulation x micro-batch within the memory ceiling.
+def largest_divisor(n: int, at_most: int) -> int:
+    """The largest divisor of ``n`` not above ``at_most`` (at least 1): the one micro-batch rule.
 
-    The micro-batch is the largest that fits and divides the per-device batch evenly, so the global
-    batch stays exactly ``b`` (accumulation arithmetic never silently changes the batch).
+    Splitting a batch into equal micro-batches keeps the batch exactly ``n`` (accumulation never
+    silently changes it); the measuring run, the study's noise run and :func:`layout` all use it.
     """
+    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
+
+
+def layout(b: int, c: Constraints) -> Layout:
+    """Split a global batch into devices x accumulation x micro-batch within the memory ceiling."""
     per_device = max(1, b // c.devices)
-    if c.memory_ceiling is None or per_device <= c.memory_ceiling:
-        return Layout(per_device * c.devices, per_device, 1, c.devices)
-    k = math.ceil(per_device / c.memory_ceiling)
-    while per_device % k:
-        k += 1
-    return Layout(per_device * c.devices, per_device // k, k, c.devices)
+    micro = per_device if c.memory_ceiling is None else largest_divisor(per_device, c.memory_ceiling)
+    return Layout(per_device * c.devices, micro, per_device // micro, c.devices)
 
 
 def batch_limit(c: Constraints) -> int:
@@ -118,8 +119,7 @@ def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> 
         rows.append((lay, steps, secs))
     fastest = min(s for _, _, s in rows)
     return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, steps * lay.batch_size, secs,
-                      secs / fastest, steps * lay.batch_size / e_min,
-                      model.statistical_efficiency(lay.batch_size, inp.b_ref, inp.b_noise))
+                      secs / fastest, steps * lay.batch_size / e_min)
             for lay, steps, secs in rows]
 
 
@@ -181,11 +181,11 @@ class Recommendation:
     evidence: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return fields_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recommendation":
-        return cls(**d)
+        return from_dict(cls, d)
 
 
 def recommend(inp: Inputs, c: Constraints, objective: str = "balanced") -> tuple[Candidate, list[Candidate], LearningRate]:

@@ -5,26 +5,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
-from .jsonio import write_json
+from ..plan.find import FindResult, micro_batch_limit_reason
+from ..serialize import write_json, write_text
+from .hardware_plot import plot_profile
 from .plots import pyplot, save
 
 
 def _plot_noise(result, path: Path) -> Path:
     plt = pyplot()
     g = result.growth
-    rec = result.recommendation
+    advice = result.recommendation
     fig, ax = plt.subplots(figsize=(6, 4))
     w = [x for x in g["windows"] if x["b_simple"] and math.isfinite(x["b_simple"])]
     ax.plot([x["loss"] for x in w], [x["b_simple"] for x in w], "o", label="measured (window ratio of averages)")
-    lo = min(g["target_loss"], min(x["loss"] for x in w))
-    hi = max(x["loss"] for x in w)
-    grid = np.geomspace(lo, hi, 50)
-    ax.plot(grid, [math.exp(g["intercept"] + g["slope"] * math.log(x)) for x in grid], "-",
-            label=f"fit: B_simple ~ L^{g['slope']:.2f}")
-    bt = rec.b_crit_at_target
-    if bt["low"] is not None and math.isfinite(bt["low"] or math.nan):
+    ax.plot(g["curve"]["loss"], g["curve"]["b_simple"], "-", label=f"fit: B_simple ~ L^{g['slope']:.2f}")
+    bt = advice.b_crit_at_target
+    if math.isfinite(bt["low"]) and math.isfinite(bt["high"]):
         ax.errorbar([bt["loss"]], [bt["value"]], yerr=[[bt["value"] - bt["low"]], [bt["high"] - bt["value"]]],
                     fmt="s", color="C3", capsize=4, label="predicted at the target loss (90%)")
     else:
@@ -37,8 +33,8 @@ def _plot_noise(result, path: Path) -> Path:
 
 def _plot_candidates(result, path: Path) -> Path:
     plt = pyplot()
-    rec = result.recommendation
-    c = rec.candidates
+    advice = result.recommendation
+    c = advice.candidates
     b = [x["batch_size"] for x in c]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(b, [x["seconds"] for x in c], "o-", label="predicted time to target (s)")
@@ -46,8 +42,8 @@ def _plot_candidates(result, path: Path) -> Path:
     ax2 = ax.twinx()
     ax2.plot(b, [x["relative_compute"] for x in c], "s--", color="C1", label="compute E/E_min")
     ax2.set(ylabel="compute / minimum", yscale="log")
-    ax.axvline(rec.batch_size, color="C3", lw=1)
-    ax.annotate(f"recommended B={rec.batch_size}", (rec.batch_size, ax.get_ylim()[1]), color="C3",
+    ax.axvline(advice.batch_size, color="C3", lw=1)
+    ax.annotate(f"recommended B={advice.batch_size}", (advice.batch_size, ax.get_ylim()[1]), color="C3",
                 ha="center", va="top", fontsize=8)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
@@ -56,15 +52,17 @@ def _plot_candidates(result, path: Path) -> Path:
     return save(fig, path)
 
 
-def write_find_report(result, task, directory: "str | Path") -> Path:
+def write_find_report(result: FindResult, task, directory: "str | Path") -> Path:
+    """find.json, three PNGs and README.md in ``directory``; each file complete or absent (atomic writes)."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
     write_json(d / "find.json", result.to_dict())
-    from ..hardware.plot import plot_profile
-
     plot_profile(result.profile, d / "hardware.png")
     _plot_noise(result, d / "noise_vs_loss.png")
     _plot_candidates(result, d / "tradeoff.png")
+    return write_text(d / "README.md", _markdown(result, task))
+
+
+def _markdown(result: FindResult, task) -> str:
     r = result.recommendation
     m = result.measuring
     lines = [
@@ -89,8 +87,9 @@ def write_find_report(result, task, directory: "str | Path") -> Path:
         f"- critical batch at the target loss {r.b_crit_at_target['loss']:.3g}: {r.b_crit_at_target['value']:.0f} "
         f"(90%: {r.b_crit_at_target['low']:.0f} to {r.b_crit_at_target['high']:.0f}); target loss from: "
         f"{r.b_crit_at_target['how']}",
-        f"- hardware: step time = {r.evidence['alpha'] * 1e3:.3g} ms + {r.evidence['beta'] * 1e6:.3g} us x B; "
-        f"memory ceiling {r.evidence['memory_ceiling']}",
+        f"- hardware ({result.profile.device.get('type')}): step time = {r.evidence['alpha'] * 1e3:.3g} ms + "
+        f"{r.evidence['beta'] * 1e6:.3g} us x B; micro-batch at most {r.evidence['micro_batch_limit']:,} "
+        f"({micro_batch_limit_reason(result.profile)})",
         f"- measuring run: batch {m['batch_size']} (micro-batch {m['micro_batch']}), lr {m['lr']:g}, "
         f"{m['steps']} steps, {m['examples']:,} examples = {m['fraction_of_projected_run']:.1%} of the projected "
         f"{m['projected_examples_to_target']:,.0f} examples to the target ({m['stopped_because']})",
@@ -115,6 +114,4 @@ def write_find_report(result, task, directory: "str | Path") -> Path:
                      f"{s['micro_batch']} x {s['accumulation']} | {s['lr']:.4g} |")
     lines += ["", "## Caveats", ""] + [f"- {c}" for c in r.caveats]
     lines += ["", "## Constraints", ""] + [f"- {c}" for c in r.constraints]
-    path = d / "README.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"

@@ -1,10 +1,16 @@
-"""Matplotlib helpers shared by every report (an optional extra, imported only when plotting)."""
+"""The one matplotlib setup every plot uses (an optional extra, imported only when a plot is drawn).
+
+Files only, never a window (the Agg backend); each PNG is written atomically like every other output.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..serialize import write_bytes
+
+DPI = 120
 
 
 def pyplot():
@@ -12,16 +18,16 @@ def pyplot():
         import matplotlib
     except ImportError as e:
         raise ConfigError("plots need matplotlib: pip install 'batchscope[plot]'") from e
-    matplotlib.use("Agg")  # files only, never a window
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def save(fig, path: "str | Path") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save(fig, path: "str | Path", dpi: int = DPI) -> Path:
+    """Lay out, write (temporary name, then rename) and close ``fig``."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    pyplot().close(fig)
-    return path
+    try:
+        return write_bytes(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        pyplot().close(fig)

@@ -12,28 +12,7 @@ from ..study.bcrit import BcritFit
 from ..study.findings import by_batch, select, val_metric
 from ..study.plan import StudyPlan
 from ..study.runner import RunRecord
-
-
-def _plt():
-    try:
-        import matplotlib
-    except ImportError as e:
-        from ..errors import ConfigError
-
-        raise ConfigError("plots need matplotlib: pip install 'batchscope[plot]'") from e
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+from .plots import pyplot, save
 
 
 def _legend(ax, **kw) -> None:
@@ -42,13 +21,13 @@ def _legend(ax, **kw) -> None:
 
 
 def _colors(n: int):
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("viridis")
     return [cmap(i / max(1, n - 1) * 0.9) for i in range(n)]
 
 
 def accuracy_and_gap(plan: StudyPlan, records: list[RunRecord], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for opt in plan.optimizers:
         rs = select(records, optimizer=opt)
@@ -65,11 +44,11 @@ def accuracy_and_gap(plan: StudyPlan, records: list[RunRecord], path: Path) -> P
         ax.grid(alpha=0.3)
         _legend(ax)
     fig.suptitle(f"fixed learning rate, {plan.epochs:g} epochs" if plan.budget == "epochs" else f"{plan.steps} steps")
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def distance_curves(plan: StudyPlan, records: list[RunRecord], path: Path) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(plan.optimizers), figsize=(5 * len(plan.optimizers), 4), sharey=True,
                              squeeze=False)
     colors = _colors(len(plan.batch_sizes))
@@ -86,14 +65,14 @@ def distance_curves(plan: StudyPlan, records: list[RunRecord], path: Path) -> Pa
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=8)
     axes[0][0].set_ylabel("‖w − w0‖ (all layers)")
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def grad_norm_histograms(plan: StudyPlan, records: list[RunRecord], path: Path) -> Optional[Path]:
     rs = [r for r in records if r.grad_norms]
     if not rs:
         return None
-    plt = _plt()
+    plt = pyplot()
     opts = [o for o in plan.optimizers if any(r.spec.optimizer == o for r in rs)]
     fig, axes = plt.subplots(len(opts), 2, figsize=(10, 3.6 * len(opts)), squeeze=False)
     colors = dict(zip(plan.batch_sizes, _colors(len(plan.batch_sizes))))
@@ -117,14 +96,14 @@ def grad_norm_histograms(plan: StudyPlan, records: list[RunRecord], path: Path) 
             ax.set_title(f"{opt}: {label} checkpoint")
             ax.set_xlabel("|g_B| of one batch")
             _legend(ax, fontsize=7)
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def steps_vs_examples(bcrit: dict, path: Path) -> Optional[Path]:
     usable = {o: v for o, v in bcrit.items() if v["points"]}
     if not usable:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(usable), figsize=(5.5 * len(usable), 4.2), squeeze=False)
     for ax, (opt, v) in zip(axes[0], usable.items()):
         pts = v["points"]
@@ -152,14 +131,14 @@ def steps_vs_examples(bcrit: dict, path: Path) -> Optional[Path]:
         ax.set_title(f"{opt}: best learning rate per batch size")
         ax.grid(alpha=0.3, which="both")
         _legend(ax, fontsize=7)
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def lr_rules_and_warmup(plan: StudyPlan, records: list[RunRecord], path: Path) -> Optional[Path]:
     arms = [(rule, w) for rule in plan.lr_rules for w in plan.warmup_epochs]
     if len(arms) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, len(plan.optimizers), figsize=(5.5 * len(plan.optimizers), 8), squeeze=False)
     big = plan.batch_sizes[-1]
     for col, opt in enumerate(plan.optimizers):
@@ -195,4 +174,4 @@ def lr_rules_and_warmup(plan: StudyPlan, records: list[RunRecord], path: Path) -
         ax.set_title(f"{opt}: training loss at B={big}, seed {min(plan.seeds)}")
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
-    return _save(fig, path)
+    return save(fig, path, dpi=110)

@@ -16,9 +16,9 @@ from ..study.bcrit import BcritFit
 from ..study.findings import (ACC_FLOOR, REL_FLOOR, SPIKE, StudyFindings, analyse, by_batch, distance, peak_loss_ratio,
                               select, val_metric)
 from ..study.plan import StudyPlan
-from ..study.runner import RunRecord, load_records
+from ..study.runner import RunRecord, load_study
 from . import study_plots
-from .jsonio import write_json
+from ..serialize import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ def _f(x, digits: int = 3, pct: bool = False) -> str:
     if isinstance(x, int):
         return f"{x:,}"
     return f"{x:.{digits}g}"
+
+
+def _count(x) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:,.0f}"
 
 
 def _pm(cell, pct: bool = False) -> str:
@@ -140,7 +144,7 @@ def _findings(page: Page, findings: StudyFindings, plan: StudyPlan) -> None:
     page.p(note)
 
 
-def _accuracy(page: Page, plan: StudyPlan, records: list[RunRecord], out: Path) -> Path:
+def _accuracy(page: Page, plan: StudyPlan, records: list[RunRecord], findings: StudyFindings, out: Path) -> Path:
     page.h(2, "Validation accuracy and generalization gap against batch size")
     page.p("Fixed learning rate (rule 'none', multiplier 1), no warm-up; mean ± standard error over seeds; "
            "final numbers on the whole training and validation sets.")
@@ -155,21 +159,13 @@ def _accuracy(page: Page, plan: StudyPlan, records: list[RunRecord], out: Path) 
         steps = {c.batch_size: c for c in by_batch(rs, lambda r: float(r.steps))}
         for c in acc:
             rows.append((opt, c.batch_size, _pm(tr[c.batch_size], True), _pm(c, True), _pm(gap[c.batch_size], True),
-                         f"{steps[c.batch_size].mean:,.0f}", c.n, c.diverged))
+                         _count(steps[c.batch_size].mean), c.n, c.diverged))
     page.table(["optimizer", "B", "train acc", "val acc", "gap", "steps", "seeds", "diverged"], rows)
-    notes = []
-    for opt in plan.optimizers:
-        rs = select(records, optimizer=opt)
-        tr = [c for c in by_batch(rs, lambda r: r.final.get("train_metric")) if c.mean is not None]
-        gap = [c for c in by_batch(rs, lambda r: r.final.get("gap")) if c.mean is not None]
-        if len(tr) < 2 or len(gap) < 2:
-            continue
-        lost_train = tr[0].mean - tr[-1].mean
-        notes.append(f"{opt}: from B={tr[0].batch_size} to B={tr[-1].batch_size} the training accuracy changes by "
-                     f"{-100 * lost_train:+.1f} points and the gap by {100 * (gap[-1].mean - gap[0].mean):+.1f} points"
-                     + (" - the large batches lose accuracy on the training set too, so at this budget they are "
-                        "under-trained rather than generalizing worse" if lost_train > ACC_FLOOR and
-                        gap[-1].mean < gap[0].mean else ""))
+    notes = [f"{t['optimizer']}: from B={t['from_batch']} to B={t['to_batch']} the training accuracy changes by "
+             f"{100 * t['train_change']:+.1f} points and the gap by {100 * t['gap_change']:+.1f} points"
+             + (" - the large batches lose accuracy on the training set too, so at this budget they are "
+                "under-trained rather than generalizing worse" if t["under_trained"] else "")
+             for t in findings.train_accuracy]
     if notes:
         page.p("; ".join(notes) + ".")
     return path
@@ -244,8 +240,8 @@ def _bcrit(page: Page, plan: StudyPlan, findings: StudyFindings, facts: dict, no
     page.table(["optimizer", "B", "steps to target", "examples to target", "lr", "arm"], rows)
     page.table(["optimizer", "S_min [95%]", "E_min [95%]", "B_crit [95%]", "residual sd of log S", "note"], fits)
     if noise and noise.get("b_simple") is not None:
-        ratios = ", ".join(f"{o}: B_crit/B_simple = {v['fit']['b_crit'] / noise['b_simple']:.2g}"
-                           for o, v in findings.bcrit.items() if v["fit"])
+        ratios = ", ".join(f"{o}: B_crit/B_simple = {v['b_crit_over_b_simple']:.2g}"
+                           for o, v in findings.bcrit.items() if v["b_crit_over_b_simple"] is not None)
         end = noise.get("end") or {}
         page.p(f"Measured gradient noise scale beside it: B_simple = {noise['b_simple']:.3g} "
                f"({100 * noise.get('level', 0.9):.0f}% interval {noise['low']:.3g} to {noise['high']:.3g}; "
@@ -279,8 +275,11 @@ def _rules_and_warmup(page: Page, plan: StudyPlan, records: list[RunRecord], out
     return path
 
 
-def _runs(page: Page, records: list[RunRecord]) -> None:
+def _runs(page: Page, records: list[RunRecord], damaged: list[str]) -> None:
     page.h(2, "Every run")
+    if damaged:
+        page.p(f"{len(damaged)} stored run record(s) are damaged and left out: {', '.join(damaged)}; "
+               "`batchscope study --resume DIR` runs them again.")
     rows = [(r.key, r.status, _f(r.spec.lr), r.steps, _f(r.final.get("val_metric"), pct=True),
              _f(r.final.get("gap"), pct=True), _f(r.distance.get("total")), _f(r.target_step, 4),
              _f(r.wall_seconds, 3))
@@ -294,30 +293,24 @@ def write_report(directory: "str | Path", out: "str | Path | None" = None) -> Re
     directory = Path(directory)
     out = Path(out) if out is not None else directory
     out.mkdir(parents=True, exist_ok=True)
-    plan, facts, records, noise = _load(directory)
-    findings = analyse(plan, records)
+    plan, facts, records, noise, damaged = _load(directory)
+    findings = analyse(plan, records, noise)
     page = Page()
     title = f"Batch-size study: {facts.get('name', plan.task)}"
     page.h(1, title)
     _setup(page, plan, facts, records)
     _findings(page, findings, plan)
-    plots = [_accuracy(page, plan, records, out), _distance(page, plan, records, out),
+    plots = [_accuracy(page, plan, records, findings, out), _distance(page, plan, records, out),
              _grad_norms(page, plan, records, out), _bcrit(page, plan, findings, facts, noise, out),
              _rules_and_warmup(page, plan, records, out)]
-    _runs(page, records)
-    md = out / "report.md"
-    md.write_text(page.markdown())
-    htm = out / "report.html"
-    htm.write_text(page.html(title))
+    _runs(page, records, damaged)
+    md = write_text(out / "report.md", page.markdown())
+    htm = write_text(out / "report.html", page.html(title))
     js = write_json(out / "findings.json", {"plan": plan.to_dict(), "task": facts, "noise": noise,
                                             **findings.to_dict()})
     return ReportFiles(md, htm, js, tuple(p for p in plots if p is not None))
 
 
 def _load(directory: Path):
-    from ..study.store import ResultStore
-
-    plan, facts, records = load_records(directory)
-    with ResultStore(directory) as store:
-        noise = store.get_meta("noise")
-    return plan, facts, records, noise
+    study = load_study(directory)
+    return study.plan, study.facts, study.records, study.noise, study.damaged

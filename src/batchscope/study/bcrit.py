@@ -117,11 +117,11 @@ def fit_bcrit(batch_sizes: Sequence[float], steps: Sequence[float], *, confidenc
     log_smin_b, rss_b = _profile(log_b, reps, grid)
     log_bc_b = _argmin_refined(grid, rss_b)
     log_smin_b = (reps - np.log1p(np.exp(log_bc_b[:, None] - log_b[None, :]))).mean(axis=1)
-    alpha = (1 - confidence) / 2
-    bc_lo, bc_hi = np.exp(np.quantile(log_bc_b, [alpha, 1 - alpha]))
-    sm_lo, sm_hi = np.exp(np.quantile(log_smin_b, [alpha, 1 - alpha]))
+    tail = (1 - confidence) / 2    # probability left in each tail of the interval
+    bc_lo, bc_hi = np.exp(np.quantile(log_bc_b, [tail, 1 - tail]))
+    sm_lo, sm_hi = np.exp(np.quantile(log_smin_b, [tail, 1 - tail]))
     em = np.exp(log_smin_b + log_bc_b)
-    em_lo, em_hi = np.quantile(em, [alpha, 1 - alpha])
+    em_lo, em_hi = np.quantile(em, [tail, 1 - tail])
 
     edge = None
     if log_bc <= grid[1]:

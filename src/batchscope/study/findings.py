@@ -8,7 +8,7 @@ accuracy, 2 % of a distance); with one seed only the floor applies, which the re
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from statistics import median
 from typing import Iterable, Optional
 
@@ -322,20 +322,61 @@ def fit_study_bcrit(records: list[RunRecord], optimizer: str) -> tuple[dict, Opt
     return points, fit, ""
 
 
+def train_accuracy_change(plan: StudyPlan, records: list[RunRecord]) -> list[dict]:
+    """Per optimizer, how training accuracy and the gap change from the smallest to the largest batch.
+
+    ``under_trained`` is True when the large batches lose training accuracy too (beyond the floor)
+    while their gap shrinks: at this budget they are under-trained rather than generalizing worse.
+    """
+    out = []
+    for opt in plan.optimizers:
+        rs = select(records, optimizer=opt)
+        tr = _cells_ok(by_batch(rs, lambda r: r.final.get("train_metric")))
+        gap = _cells_ok(by_batch(rs, lambda r: r.final.get("gap")))
+        if len(tr) < 2 or len(gap) < 2:
+            continue
+        lost_train = tr[0].mean - tr[-1].mean
+        out.append({"optimizer": opt, "from_batch": tr[0].batch_size, "to_batch": tr[-1].batch_size,
+                    "train_change": -lost_train, "gap_change": gap[-1].mean - gap[0].mean,
+                    "under_trained": bool(lost_train > ACC_FLOOR and gap[-1].mean < gap[0].mean)})
+    return out
+
+
+def not_enough_finished(records: list[RunRecord]) -> str:
+    """The reason a finding that needs finished runs gives when divergence took them ("" if none diverged)."""
+    diverged = sum(r.status == "diverged" for r in records)
+    if not diverged:
+        return ""
+    return f"not enough finished runs: {diverged} of {len(records)} diverged"
+
+
 @dataclass(frozen=True)
 class StudyFindings:
     findings: list
-    bcrit: dict          # optimizer -> {"points": ..., "fit": BcritFit dict or None, "note": str}
+    bcrit: dict          # optimizer -> {"points", "fit" (BcritFit dict or None), "note", "b_crit_over_b_simple"}
+    train_accuracy: list = field(default_factory=list)   # see train_accuracy_change
+    diverged: list = field(default_factory=list)         # keys of the runs that diverged
 
     def to_dict(self) -> dict:
-        return {"findings": [f.to_dict() for f in self.findings], "bcrit": self.bcrit}
+        return {"findings": [f.to_dict() for f in self.findings], "bcrit": self.bcrit,
+                "train_accuracy": self.train_accuracy, "diverged": self.diverged}
 
 
-def analyse(plan: StudyPlan, records: list[RunRecord]) -> StudyFindings:
+def analyse(plan: StudyPlan, records: list[RunRecord], noise: Optional[dict] = None) -> StudyFindings:
+    """Every finding, the B_crit fit per optimizer, and its ratio to the measured B_simple (``noise``)."""
     findings = [finding_large_batch_accuracy(plan, records), finding_lr_scaling(plan, records),
                 finding_distance(plan, records), finding_adam_vs_sgd(plan, records), finding_warmup(plan, records)]
+    why = not_enough_finished(records)
+    if why:
+        findings = [replace(f, summary=f"{why}; {f.summary}") if f.verdict == NOT_TESTED else f for f in findings]
+    b_simple = (noise or {}).get("b_simple")
     bcrit = {}
     for opt in plan.optimizers:
         points, fit, note = fit_study_bcrit(records, opt)
-        bcrit[opt] = {"points": points, "fit": fit.to_dict() if fit else None, "note": note}
-    return StudyFindings(findings, bcrit)
+        if fit is None and why:
+            note = f"{why}; {note}"
+        ratio = fit.b_crit / b_simple if fit is not None and b_simple and math.isfinite(b_simple) else None
+        bcrit[opt] = {"points": points, "fit": fit.to_dict() if fit else None, "note": note,
+                      "b_crit_over_b_simple": ratio}
+    return StudyFindings(findings, bcrit, train_accuracy_change(plan, records),
+                         [r.key for r in records if r.status == "diverged"])

@@ -12,6 +12,7 @@ from typing import Optional
 
 from ..errors import DivergedError
 from ..noise import NoiseError, estimate_from_samples, measure_noise
+from ..plan.recommend import largest_divisor
 from ..tasks import Task
 from ..train import TrainConfig, total_steps
 from .plan import StudyPlan
@@ -21,7 +22,7 @@ def noise_setup(plan: StudyPlan, task: Task) -> dict:
     """Which run to measure in: the plan's median batch size, SGD if studied, fixed lr, capped steps."""
     b = plan.noise_batch or plan.batch_sizes[len(plan.batch_sizes) // 2]
     b = min(b, task.n_train)
-    micro = max(d for d in range(1, max(1, b // 8) + 1) if b % d == 0)
+    micro = largest_divisor(b, b // 8)
     opt = "sgd" if "sgd" in plan.optimizers else plan.optimizers[0]
     cfg = TrainConfig(batch_size=b, steps=plan.steps, epochs=plan.epochs if plan.budget == "epochs" else None)
     steps = min(plan.noise_steps, total_steps(task, cfg, b))

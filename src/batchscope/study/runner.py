@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from ..errors import ConfigError, DivergedError
+from ..serialize import from_dict
 from ..tasks import Target, Task, load_task
 from ..train import TrainConfig, total_steps, train
 from .measure import CurveRecorder, GradNormProbe, GradNormStats, crossing_step
@@ -53,8 +54,8 @@ class RunRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
-        return cls(**{**d, "spec": RunSpec.from_dict(d["spec"]),
-                      "grad_norms": {k: GradNormStats.from_dict(v) for k, v in d.get("grad_norms", {}).items()}})
+        grad_norms = {k: from_dict(GradNormStats, v) for k, v in d.get("grad_norms", {}).items()}
+        return replace(from_dict(cls, {**d, "grad_norms": {}}), grad_norms=grad_norms)
 
 
 def study_target(task: Task, plan: StudyPlan) -> Target:
@@ -203,13 +204,13 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                 on_start(len(specs), len(specs) - len(todo))
             ran = diverged = 0
 
-            def save(rec: RunRecord) -> None:
+            def save(record: RunRecord) -> None:
                 nonlocal ran, diverged
-                store.save_run(rec.key, rec.status, rec.to_dict())
+                store.save_run(record.key, record.status, record.to_dict())
                 ran += 1
-                diverged += rec.status == "diverged"
+                diverged += record.status == "diverged"
                 if on_run:
-                    on_run(rec, len(specs) - len(todo) + ran, len(specs))
+                    on_run(record, len(specs) - len(todo) + ran, len(specs))
 
             if workers == 1:
                 for spec in todo:
@@ -249,15 +250,40 @@ def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Call
 
 
 def load_records(directory: "str | Path") -> tuple[StudyPlan, dict, list[RunRecord]]:
-    """The plan, the task facts and every saved run of a study directory (no lock needed to read)."""
+    """The plan, the task facts and every readable saved run of a study directory (read-only, no lock)."""
+    study = load_study(directory)
+    return study.plan, study.facts, study.records
+
+
+@dataclass
+class SavedStudy:
+    plan: StudyPlan
+    facts: dict
+    records: list[RunRecord]
+    noise: Optional[dict]
+    damaged: list[str]           # keys of runs whose stored record cannot be read (a resume runs them again)
+
+
+def load_study(directory: "str | Path") -> SavedStudy:
+    """Everything a study directory holds, opened read-only: the file is not changed by reading it."""
     directory = Path(directory)
     if not ResultStore.exists(directory):
         raise StudyError(f"{directory} holds no study.db; run `batchscope study --dir {directory} ...` first")
-    with ResultStore(directory) as store:
+    with ResultStore(directory, readonly=True) as store:
         plan = store.get_meta("plan")
         if plan is None:
             raise StudyError(f"{directory}/study.db has no plan; it was not written by `batchscope study`")
         facts = store.get_meta("task") or {}
-        records = [RunRecord.from_dict(r) for r in store.records()]
-    return StudyPlan.from_dict(plan), facts, records
-
+        noise = store.get_meta("noise")
+        records = []
+        for r in store.records():
+            try:
+                records.append(RunRecord.from_dict(r))
+            except (KeyError, TypeError, ValueError):
+                store.damaged.append(str(r.get("key", "?")))
+        damaged = list(store.damaged)
+    try:
+        return SavedStudy(StudyPlan.from_dict(plan), facts, records, noise, damaged)
+    except TypeError as e:
+        raise StudyError(f"the plan stored in {directory}/study.db is damaged ({e}); start the study again in a "
+                         "new directory") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import BatchscopeError
+from ..serialize import dumps
 
 DB_NAME = "study.db"
 LOCK_NAME = "study.lock"
@@ -66,19 +67,50 @@ class StudyLock:
 
 
 class ResultStore:
-    """Runs by key, plus the plan and other study-wide records, in ``DIR/study.db``."""
+    """Runs by key, plus the plan and other study-wide records, in ``DIR/study.db``.
 
-    def __init__(self, directory: "str | Path"):
+    ``readonly=True`` (what ``report`` uses) opens the file without writing a byte: no table is
+    created and the journal mode is left as it is. A file that is not a readable study database
+    is a :class:`StudyError` naming it; a run whose stored record cannot be read is listed in
+    :attr:`damaged` and is not counted as done, so a resume runs it again.
+    """
+
+    def __init__(self, directory: "str | Path", readonly: bool = False):
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._db:
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            self._db.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
-                             "record TEXT NOT NULL, finished REAL NOT NULL)")
+        self.damaged: list[str] = []
+        try:
+            if readonly:
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+                self._check_tables()
+            else:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                with self._db:
+                    self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+                    self._db.execute("CREATE TABLE IF NOT EXISTS runs (key TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                                     "record TEXT NOT NULL, finished REAL NOT NULL)")
+                self._check_tables()
+        except sqlite3.DatabaseError as e:
+            raise self._damaged_error(e) from None
+
+    def _check_tables(self) -> None:
+        names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"meta", "runs"} <= names:
+            raise StudyError(f"{self.path} is an SQLite database but not a batchscope study (it has no meta and "
+                             "runs tables); point --dir at a directory written by `batchscope study`")
+
+    def _damaged_error(self, e: Exception) -> StudyError:
+        return StudyError(f"{self.path} is damaged or not a study database ({e}); move it away and run the study "
+                          "again into that directory (finished runs in it cannot be read back)")
+
+    def _query(self, sql: str, args: tuple = ()) -> list:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._damaged_error(e) from None
 
     @staticmethod
     def exists(directory: "str | Path") -> bool:
@@ -94,29 +126,44 @@ class ResultStore:
         self.close()
 
     def get_meta(self, name: str):
-        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        rows = self._query("SELECT value FROM meta WHERE name = ?", (name,))
+        if not rows:
+            return None
+        try:
+            return json.loads(rows[0][0])
+        except ValueError:
+            raise StudyError(f"the {name!r} record in {self.path} is damaged (not JSON); start the study again "
+                             "in a new directory") from None
 
     def set_meta(self, name: str, value) -> None:
-        from ..report.jsonio import dumps
-
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, dumps(value, indent=None)))
 
     def save_run(self, key: str, status: str, record: dict) -> None:
-        from ..report.jsonio import dumps
-
         with self._db:  # one transaction per run: committed before the next run starts
             self._db.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?)",
                              (key, status, dumps(record, indent=None), time.time()))
 
+    def _readable(self) -> Iterator[tuple[str, str, dict]]:
+        self.damaged = []
+        for key, status, text in self._query("SELECT key, status, record FROM runs ORDER BY finished"):
+            try:
+                record = json.loads(text)
+                if not isinstance(record, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self.damaged.append(key)
+                continue
+            yield key, status, record
+
     def keys(self, statuses: tuple = ("ok", "diverged")) -> set[str]:
-        marks = ",".join("?" * len(statuses))
-        return {r[0] for r in self._db.execute(f"SELECT key FROM runs WHERE status IN ({marks})", statuses)}
+        """Keys of the runs finished with a readable record (a damaged one is run again)."""
+        return {key for key, status, _ in self._readable() if status in statuses}
 
     def records(self) -> Iterator[dict]:
-        for (text,) in self._db.execute("SELECT record FROM runs ORDER BY finished"):
-            yield json.loads(text)
+        """Every readable run record, oldest first; the keys of unreadable ones are left in :attr:`damaged`."""
+        for _, _, record in self._readable():
+            yield record
 
     def count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM runs")[0][0]

@@ -4,20 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .profile import HardwareProfile
+from ..hardware.profile import HardwareProfile
+from .plots import pyplot, save
 
 
 def plot_profile(profile: HardwareProfile, path: "str | Path") -> Path:
     """Write a two-panel PNG: measured step time with the fitted line (and the knee), and memory
     per probe with the fitted line, the budget and the ceiling. matplotlib is an optional extra."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ConfigError("plotting needs matplotlib: pip install 'batchscope[plot]'") from e
+    plt = pyplot()
     import numpy as np
 
     path = Path(path)
@@ -63,8 +57,4 @@ def plot_profile(profile: HardwareProfile, path: "str | Path") -> Path:
     ax_m.set_ylabel("peak step memory (MiB)")
     dev = profile.device.get("name", profile.device.get("type"))
     fig.suptitle(f"{profile.task} on {dev}" + (" (AMP)" if profile.amp else ""))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path, dpi=110)

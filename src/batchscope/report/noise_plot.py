@@ -7,17 +7,13 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import ConfigError
-from .stats import NoisePoint
+from ..noise.stats import NoisePoint
+from .plots import pyplot, save
 
 
 def plot_trajectory(history: Sequence[NoisePoint], path: "str | Path", title: str = "", level: float = 0.9) -> Path:
     """Smoothed B_simple (with its interval) against the smoothed training loss; loss falls to the right."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise ConfigError("--plot needs matplotlib: pip install 'batchscope[plot]'") from e
+    plt = pyplot()
     pts = [p for p in history if math.isfinite(p.loss) and math.isfinite(p.b_simple) and p.b_simple > 0]
     if not pts:
         raise ConfigError("nothing to plot: no step has a finite, positive B_simple yet; train longer")
@@ -36,9 +32,4 @@ def plot_trajectory(history: Sequence[NoisePoint], path: "str | Path", title: st
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(title or "gradient noise scale as training proceeds")
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -4,20 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError
-from .line import Line
-from .pipeline import PipelineResult, bubble_formula
-from .sweep import SweepResult
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise ConfigError("Plots need matplotlib: `pip install 'batchscope[plot]'`.") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+from ..flow.line import Line
+from ..flow.pipeline import PipelineResult, bubble_formula
+from ..flow.sweep import SweepResult
+from .plots import pyplot, save
 
 
 def _band(ax, x, sweep: SweepResult, name: str, label: str, **kw):
@@ -31,7 +21,7 @@ def _band(ax, x, sweep: SweepResult, name: str, label: str, **kw):
 
 def plot_transfer_sweep(sweep: SweepResult, line: Line, path: "str | Path") -> Path:
     """Lead times, WIP and value-added fraction against the transfer batch."""
-    plt = _pyplot()
+    plt = pyplot()
     x = list(sweep.values)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     _band(axes[0], x, sweep, "lead_time", "order (last unit)")
@@ -49,13 +39,13 @@ def plot_transfer_sweep(sweep: SweepResult, line: Line, path: "str | Path") -> P
         ax.legend(fontsize=8)
     fig.suptitle(f"{line.name}: order {line.order_quantity}, process batch {line.process_batch}"
                  + (" (bands: 95% intervals)" if line.random else ""))
-    return _save(fig, path, plt)
+    return save(fig, path)
 
 
 def plot_process_sweep(sweep: SweepResult, line: Line, path: "str | Path") -> Path:
     """Capacity of each station against the process batch (with its no-set-up limit), and the
     order's lead time."""
-    plt = _pyplot()
+    plt = pyplot()
     x = list(sweep.values)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, st in enumerate(line.stations):
@@ -72,12 +62,12 @@ def plot_process_sweep(sweep: SweepResult, line: Line, path: "str | Path") -> Pa
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(f"{line.name}: order {line.order_quantity}, transfer batch min({line.transfer_batch}, process batch)")
-    return _save(fig, path, plt)
+    return save(fig, path)
 
 
 def plot_pipeline(result: PipelineResult, path: "str | Path") -> Path:
     """Gantt chart of the step (forward light, backward dark) and the bubble against M."""
-    plt = _pyplot()
+    plt = pyplot()
     p = result.stages
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * p + 2.5), gridspec_kw={"width_ratios": [2, 1]})
     for (s, _, t0, t1, _) in result.trace.intervals:
@@ -99,13 +89,4 @@ def plot_pipeline(result: PipelineResult, path: "str | Path") -> Path:
     axes[1].set_ylabel("bubble (idle) fraction")
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    return _save(fig, path, plt)
-
-
-def _save(fig, path, plt) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

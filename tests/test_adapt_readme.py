@@ -16,8 +16,8 @@ def test_readme_own_loop_runs():
     code = re.search(r"```python\n(from batchscope.adapt import .*?)```", text, re.S).group(1)
     assert len(code.strip().splitlines()) <= 10
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2048, 4, generator=g)
-    dataset = TensorDataset(x, x.sum(1, keepdim=True) + torch.randn(2048, 1, generator=g))
+    x = torch.randn(8192, 4, generator=g)
+    dataset = TensorDataset(x, x.sum(1, keepdim=True) + 2 * torch.randn(8192, 1, generator=g))
     torch.manual_seed(0)
     model = nn.Linear(4, 1)
     scope = {"dataset": dataset, "model": model, "opt": torch.optim.SGD(model.parameters(), lr=0.1),

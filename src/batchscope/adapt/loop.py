@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,7 +299,7 @@ class AdaptiveRun:
         times[0 if measured else 1].append(seconds)
         del times[0][:-5], times[1][:-5]                # the latest five of each: the machine's state now
         if self.acfg.measure_every is None and measured and min(len(times[0]), len(times[1])) >= 3:
-            excess = statistics.median(times[0]) / statistics.median(times[1]) - 1.0
+            excess = min(times[0]) / min(times[1]) - 1.0   # least of each: load only ever slows a step
             self.measure_every = max(1, math.ceil(excess / self.acfg.overhead))
 
     def _decide(self) -> None:

@@ -265,7 +265,10 @@ def evaluate_task(name: str, seeds: int, runs: dict) -> dict:
                      for s in range(seeds)] for nz in noises}
     print(f"[{name}] step times (one interleaved pass)", flush=True)
     sizes = sorted(set(powers_of_two(min(best), max_batch)) | set(best) | {32, rec["batch"]})
-    t = timing_pass(task, [b for b in sizes if b <= task.n_train])
+    key = f"{name}/timing/" + ",".join(str(b) for b in sizes if b <= task.n_train)
+    t = cached(runs, key, lambda: {**timing_pass(task, [b for b in sizes if b <= task.n_train]), "reached": True,
+                                   "steps": 0})
+    t = {k: v for k, v in t.items() if "/" in k}
     fixed_time = {b: r["steps"] * t[f"{b}/plain"] for b, r in best.items()}
     b_best = min(fixed_time, key=fixed_time.get)
     methods = {"best fixed": (b_best, best[b_best]["lr"], 0), "batch 32": (32, best[32]["lr"], 0),

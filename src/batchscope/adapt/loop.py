@@ -38,7 +38,7 @@ from ..train import (Callback, HistoryPoint, TrainConfig, TrainContext, TrainRes
 from .controller import BatchSizeController, StepTimeModel
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
-from .state import adapt_state, load_adapt_state
+from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state  # noqa: F401 (kept importable here)
 
 NOISE_KINDS = ("raw", "preconditioned")
 

@@ -68,7 +68,7 @@ def batches_for(task) -> list[int]:
 
 
 def eval_every(task, b: int) -> int:
-    # 1/16 epoch between evaluations: steps to target are resolved to ~n/16 examples
+    # 1/16 epoch between evaluations; TrainResult.target_step interpolates the crossing between them
     return max(1, min(100, task.n_train // (16 * b)))
 
 

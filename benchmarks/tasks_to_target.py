@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['task']} | {r['train_examples']:,} / {r['val_examples']:,} | {r['parameters']:,} | {r['target']} | "
-              f"{r['batch']} | {r['lr']:g} | {r['steps_median']} | {r['seconds_median']:.2f} |")
+              f"{r['batch']} | {r['lr']:g} | {r['steps_median']:,.0f} | {r['seconds_median']:.2f} |")
 
 
 if __name__ == "__main__":

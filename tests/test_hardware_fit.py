@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from batchscope.errors import ConfigError
-from batchscope.hardware import fit_line, fit_step_time, knee_from_line, knee_from_points
+from batchscope.hardware import StepTimeModel, fit_line, fit_step_time, knee, knee_from_line
+
+
+def knee_from_points(batches, throughput, gain=0.10):
+    """The knee of the step-time model through measured throughputs (alpha, beta unused in range)."""
+    return knee(StepTimeModel.from_measurements(0.0, 0.0, [(b, b / x) for b, x in zip(batches, throughput)]), gain)
 
 
 def test_fit_line_recovers_a_known_line_exactly():

@@ -6,6 +6,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from batchscope import Target, Task
+from batchscope.errors import TaskError
 from batchscope.hardware import (MemoryBudgetError, bisect_ceiling, cpu_memory_probe, cpu_memory_supported,
                                  find_ceiling, profile_hardware)
 from batchscope.tasks import load_task
@@ -52,5 +53,6 @@ def test_a_model_too_big_for_the_budget_is_a_clear_error():
 def test_a_failing_step_is_reported_with_its_cause():
     bad = Task(name="bad", make_model=lambda: nn.Linear(3, 2), train_data=TensorDataset(torch.randn(64, 5),
                torch.randint(0, 2, (64,))), loss_fn=nn.functional.cross_entropy, target=Target("loss", 0.1, "train"))
-    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+    with pytest.raises(TaskError, match=r"task 'bad': forward failed \(RuntimeError: mat1 and mat2 shapes cannot "
+                                        r"be multiplied .*\); make the model's input size match the task's data"):
         cpu_memory_probe(bad)  # the priming step runs in this process

@@ -33,7 +33,9 @@ def test_profile_recovers_the_device_lines_and_the_ceiling(tiny_task):
     for q in p.points:
         assert q.throughput == pytest.approx(q.batch / q.seconds)
         assert q.peak_bytes == MiB + 1024 * q.batch
-    assert p.step_time(100) == pytest.approx(2.3e-3) and p.memory(100) == pytest.approx(MiB + 102400)
+    # the step-time model: the measured points inside the range (log-log between them), the line outside
+    assert p.step_time(128) == pytest.approx(2e-3 + 3e-6 * 128) and p.step_time(1e4) == pytest.approx(3.2e-2)
+    assert p.step_time(100) == pytest.approx(2.3e-3, rel=0.01) and p.memory(100) == pytest.approx(MiB + 102400)
     assert p.knee_fit == pytest.approx(4.5 * 2e-3 / 3e-6)
     assert p.device["type"] == "cpu" and p.parameters == 5
     assert "memory" in stages and "step time" in stages
@@ -71,8 +73,23 @@ def test_bad_profile_files(tmp_path):
     with pytest.raises(ConfigError, match="is not valid JSON"):
         HardwareProfile.load(tmp_path / "bad.json")
     (tmp_path / "part.json").write_text(json.dumps({"task": "x", "points": []}))
-    with pytest.raises(ConfigError, match=r"incomplete or malformed \(KeyError: 'parameters'\)"):
+    with pytest.raises(ConfigError, match=r"the hardware profile's 'memory_method' must be a string; got None"):
         HardwareProfile.load(tmp_path / "part.json")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"alpha": -1.0}, r"'alpha' must be such that alpha \+ beta\*B is a positive step time at B=1"),
+    ({"alpha": 0.0, "beta": -1e-3}, r"'alpha' must be such that .* at B=1 \(beta=-0.001 gives -0.001 s\)"),
+    ({"beta": float("nan")}, r"'beta' must be a finite number; got nan"),
+    ({"alpha": "fast"}, r"'alpha' must be a finite number; got 'fast'"),
+    ({"max_batch": 0}, r"'max_batch' must be a positive integer; got 0"),
+    ({"points": [{"batch": 4, "seconds": -2.0}]}, r"'points\[\].seconds' must be a positive finite number; got -2.0"),
+])
+def test_a_damaged_profile_is_refused_naming_the_field(tiny_task, tmp_path, change, message):
+    d = {**fake_profile(tiny_task).to_dict(), **change}
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match=message + ".*write it again with `batchscope profile --out FILE`"):
+        HardwareProfile.load(tmp_path / "p.json")
 
 
 def test_bad_arguments(tiny_task):

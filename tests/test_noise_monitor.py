@@ -1,5 +1,6 @@
 """The estimators against closed forms, against hand computations, and their refusals."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from batchscope import Callback, ConfigError, TrainConfig, train
+from torch.utils.data import TensorDataset
+
+from batchscope import Callback, ConfigError, Target, Task, TrainConfig, train
 from batchscope.noise import NoiseError, NoiseScaleMonitor, measure_noise, two_batch
 
 from tests.helpers import linear_task
@@ -154,13 +157,17 @@ def test_amp_inside_the_training_loop_divides_by_the_loss_scale(preconditioned):
     _run_user_loop(plain, model, x, y, 4)
     plain.close()
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
-    monitor = NoiseScaleMonitor(model, micro_batch=8, optimizer=opt, preconditioned=preconditioned)
-    ctx = SimpleNamespace(accumulation=4, config=SimpleNamespace(amp=True), step=0)
-    for i, (xs, ys) in enumerate(zip(x.split(8), y.split(8))):
+    monitor = NoiseScaleMonitor(optimizer=opt, preconditioned=preconditioned)
+    # train() hands the adapter its scaler and the step's loss in the context
+    ctx = SimpleNamespace(task=SimpleNamespace(loss_fn=nn.functional.mse_loss), model=model, optimizer=opt,
+                          batch_size=32, micro_batch=8, accumulation=4, scaler=scaler, step=0, step_loss=0.5)
+    callback = monitor.as_callback()
+    callback.on_train_begin(ctx)
+    for xs, ys in zip(x.split(8), y.split(8)):
         scaler.scale(nn.functional.mse_loss(model(xs), ys) / 4).backward()
-        monitor.on_micro_batch_end(ctx, i, 0.0)
     scaler.unscale_(opt)
-    monitor.on_before_step(ctx)
+    callback.on_before_step(ctx)
+    assert monitor.raw[0].loss == 0.5
     assert monitor.raw[0].trace == pytest.approx(plain.raw[0].trace, rel=1e-5)
     assert monitor.raw[0].g2 == pytest.approx(plain.raw[0].g2, rel=1e-5)
 
@@ -252,3 +259,36 @@ def test_update_without_backward_or_on_one_process_as_data_parallel_is_refused()
     model(torch.randn(2, 3)).sum().backward()
     with pytest.raises(NoiseError, match="method='dataparallel' needs torch.distributed initialised"):
         dp.update()
+
+
+def test_a_monitor_resumes_from_its_state_dict():
+    model, batch, _, _ = linear_problem(seed=6)
+    data = [batch(32) for _ in range(6)]
+    whole = NoiseScaleMonitor(model, micro_batch=8, per_layer=True)
+    for x, y in data:
+        _run_user_loop(whole, model, x, y, 4)
+    whole.close()
+    first = NoiseScaleMonitor(model, micro_batch=8, per_layer=True)
+    for x, y in data[:3]:
+        _run_user_loop(first, model, x, y, 4)
+    first.close()
+    state = json.loads(json.dumps(first.state_dict()))      # it survives a JSON round trip
+    resumed = NoiseScaleMonitor(model, micro_batch=8, per_layer=True)
+    resumed.load_state_dict(state)
+    for x, y in data[3:]:
+        _run_user_loop(resumed, model, x, y, 4)
+    assert resumed.estimate() == whole.estimate() and resumed.estimate().n_samples == 6
+    assert resumed.estimate().layers["weight"] == pytest.approx(whole.estimate().layers["weight"])
+    assert [p.step for p in resumed.history] == [4, 5, 6]
+
+
+def test_the_micro_batch_estimate_warns_when_batchnorm_couples_examples():
+    task = Task(name="bn", make_model=BatchNormNet, train_data=TensorDataset(torch.randn(256, 4), torch.randn(256, 1)),
+                loss_fn=nn.functional.mse_loss, target=Target("loss", 0.1, "train"), optimizer="sgd", lr=0.01)
+    m = measure_noise(task, batch_size=32, micro_batch=8, steps=5)
+    assert len(m.estimate.caveats) == 1 and "BatchNorm (layer '1'): batch statistics couple" in m.estimate.caveats[0]
+    plain = measure_noise(linear_task(), batch_size=32, micro_batch=8, steps=5)
+    assert plain.estimate.caveats == ()
+    with pytest.raises(ConfigError, match=r"micro-batch 1 is too small for task 'bn': its model has BatchNorm "
+                                          r"\(layer '1'\), which needs more than one example per batch"):
+        measure_noise(task, batch_size=32, micro_batch=1, steps=5)

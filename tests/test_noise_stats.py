@@ -88,8 +88,25 @@ def test_weighted_moments_are_bias_corrected_emas():
     assert flat.n_effective == pytest.approx(4.0)
     assert vt == pytest.approx(np.var(xs, ddof=1) / 4) and vg == pytest.approx(np.var(ys, ddof=1) / 4)
     assert c == pytest.approx(np.cov(xs, ys)[0, 1] / 4)
-    with pytest.raises(ConfigError, match=r"The 'decay' parameter must be in \[0, 1\]. Got 1.5 instead."):
-        WeightedMoments(1.5)
+    for bad in (1.5, 0, 0.0, -0.1):   # 0 would keep one sample, which has no variance
+        with pytest.raises(ConfigError, match=rf"The 'decay' parameter must be in \(0, 1\] .*Got {bad!r} instead."):
+            WeightedMoments(bad)
+
+
+def test_weighted_moments_resume_from_their_state():
+    xs, ys = [3.0, 5.0, 4.0, 8.0, 2.0], [1.0, 2.0, 0.5, 1.5, 0.7]
+    whole, first = WeightedMoments(0.9), WeightedMoments(0.9)
+    for t, g in zip(xs, ys):
+        whole.update(t, g)
+    for t, g in zip(xs[:3], ys[:3]):
+        first.update(t, g)
+    resumed = WeightedMoments(0.9)
+    resumed.load_state_dict(first.state_dict())
+    for t, g in zip(xs[3:], ys[3:]):
+        resumed.update(t, g)
+    assert resumed.estimate("microbatch") == whole.estimate("microbatch")
+    with pytest.raises(ConfigError, match=r"smoothed with decay 0.9, this monitor uses 0.5"):
+        WeightedMoments(0.5).load_state_dict(first.state_dict())
 
 
 def test_non_finite_samples_are_skipped_and_counted():

@@ -150,12 +150,27 @@ def test_projection_sees_a_plateau_after_a_fast_start():
 
 
 def test_step_time_curve_uses_measurements_inside_their_range():
-    curve = model.step_time_curve(1.0, 0.01, measured=[(8, 2.0), (32, 8.0), (16, 2.0)])
+    curve = model.step_time_curve(1.0, 0.01, measured=[(8, 2.0), (32, 3.0), (16, 2.0)])
     assert curve(16) == pytest.approx(2.0)          # a measured point, not the line (1.16)
     assert curve(8 * 2 ** 0.5) == pytest.approx(2.0)
-    assert curve(np.sqrt(16 * 32)) == pytest.approx(4.0)  # log-log halfway between 2 and 8
+    assert curve(np.sqrt(16 * 32)) == pytest.approx(np.sqrt(2.0 * 3.0))  # log-log halfway between 2 and 3
     assert curve(64) == pytest.approx(1.64)         # beyond the measurements: alpha + beta m
     assert model.step_time_curve(1.0, 0.01)(100) == pytest.approx(2.0)
     # a load spike at a small batch is lowered to what a larger batch took
     spiky = model.step_time_curve(1.0, 0.01, measured=[(1, 90.0), (2, 1.0), (4, 1.5)])
     assert spiky(1) == pytest.approx(1.0) and spiky(4) == pytest.approx(1.5)
+    # a larger batch slower per example than a smaller one keeps its time: one pass at it costs that
+    slow = model.step_time_curve(1.0, 0.01, measured=[(16, 2.0), (32, 8.0), (64, 9.0)])
+    assert slow(32) == pytest.approx(8.0) and slow(64) == pytest.approx(9.0)
+
+
+def test_profile_recommender_and_knee_share_one_step_time_model():
+    from batchscope.hardware import StepTimeModel, knee
+    pts = [(1, 0.010), (2, 0.011), (4, 0.013), (8, 0.030), (16, 0.041), (32, 0.081)]
+    curve = model.step_time_curve(0.005, 0.0025, pts)
+    m = StepTimeModel.from_measurements(0.005, 0.0025, pts)
+    assert [curve(b) for b in (1, 3, 8, 24, 64)] == [m(b) for b in (1, 3, 8, 24, 64)]
+    assert m(8) == pytest.approx(0.030) and m(2) == pytest.approx(0.011)
+    # throughput 100, 182, 308, 267, 390, 395: against the best so far, 4 -> 8 gains 0%, 8 -> 16 gains 27%,
+    # 16 -> 32 gains 1%
+    assert knee(m) == 16

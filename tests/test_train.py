@@ -39,7 +39,12 @@ def test_until_target_stops_at_the_target(tiny_task):
     r = train(tiny_task, TrainConfig(batch_size=16, until_target=True, eval_every=5, lr=0.05))
     assert r.reached_target and r.stopped_because == "target reached"
     assert r.final.eval_loss <= tiny_task.target.value
-    assert r.target_step == r.steps and r.target_examples == 16 * r.steps
+    # steps to target: interpolated between the last evaluation above the target and the first at it
+    p0, p1, v = r.history[-2], r.history[-1], tiny_task.target.value
+    expected = p0.step + (v - p0.eval_loss) / (p1.eval_loss - p0.eval_loss) * (p1.step - p0.step)
+    assert p0.step < r.target_step <= p1.step == r.steps and r.target_step == pytest.approx(expected)
+    assert r.target_examples == pytest.approx(16 * r.target_step) and r.target_interpolated
+    assert p0.seconds < r.target_seconds <= p1.seconds
 
 
 def test_history_counts_examples_and_time(tiny_task):
@@ -75,3 +80,15 @@ def test_nan_loss_raises_with_history(tiny_task):
     with pytest.raises(DivergedError, match=r"the training loss (became|grew from) .* at step \d+ .*lower the learning rate") as e:
         train(tiny_task, TrainConfig(batch_size=32, steps=200, lr=1e6, eval_every=1))
     assert len(e.value.history) >= 1 and e.value.history[0].step == 0
+
+
+def test_steps_to_target_do_not_depend_on_the_cap(tiny_task):
+    """A generous cap (epochs=400) must not set the resolution of steps to target (issue 11, item 9):
+    evaluating every total/25 steps would put the first evaluation at step 512, past the target."""
+    cfg = dict(batch_size=16, lr=0.0005, epochs=400, until_target=True)
+    capped = train(tiny_task, TrainConfig(**cfg))
+    exact = train(tiny_task, TrainConfig(**cfg, eval_every=1))   # same seed, same trajectory
+    assert capped.config["total_steps"] == 400 * (512 // 16) == 12_800
+    assert 100 < exact.target_step < 300 and exact.steps == int(exact.target_step) + 1
+    assert capped.target_step == pytest.approx(exact.target_step, rel=0.01) and capped.target_interpolated
+    assert capped.steps <= 1.05 * exact.steps and len(capped.history) < 0.7 * len(exact.history)

@@ -11,7 +11,7 @@ from ..errors import DivergedError
 from ..noise.stats import NoisePoint
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..serialize import dumps, write_json
-from ..tasks import load_task
+from ..tasks import OPTIMIZERS, load_task
 
 ROWS = 12
 
@@ -37,7 +37,7 @@ def _print_trajectory(console, title, history, caption=None):
 @click.option("--method", type=click.Choice(["microbatch", "exact"]), default="microbatch", show_default=True,
               help="micro-batch norms during accumulation (free) or exact per-example gradients (torch.func)")
 @click.option("--lr", type=float, default=None, help="learning rate [default: the task's]")
-@click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None, help="[default: the task's]")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None, help="[default: the task's]")
 @click.option("--preconditioned", is_flag=True,
               help="measure the gradient divided by Adam's sqrt(v)+eps (the direction Adam steps in)")
 @click.option("--decay", type=float, default=0.95, show_default=True, help="EMA decay of |G|² and tr(Σ)")

@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..report.adaptive_plot import plot_adaptive
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..serialize import dumps, write_json
-from ..tasks import load_task
+from ..tasks import OPTIMIZERS, load_task
 from ..train import SCHEDULES, TrainConfig, train
 from ._options import device_name, device_option, json_option, keep_measured_in, task_option
 
@@ -40,7 +40,7 @@ def training_options(f):
     opts = [
         click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="examples per optimizer step (B)"),
         click.option("--lr", type=float, default=None, help="learning rate [default: the task's]"),
-        click.option("--optimizer", type=click.Choice(["sgd", "adam", "adamw"]), default=None,
+        click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None,
                      help="[default: the task's]"),
         click.option("--micro-batch", type=int, default=None,
                      help="micro-batch size m; B/m micro-batches per step with gradient accumulation"),
@@ -106,7 +106,7 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
         rows.append((f"final {task.target.split} {task.metric_name}", last.metric))
     if result.reached_target:
         rows.append(("target " + result.target,
-                     f"reached at step {result.target_step:,} ({result.target_examples:,} examples, "
+                     f"reached at step {result.target_step:,.0f} ({result.target_examples:,.0f} examples, "
                      f"{result.target_seconds:.1f} s)"))
     else:
         rows.append(("target " + result.target, "not reached"))

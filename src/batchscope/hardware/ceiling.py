@@ -112,10 +112,12 @@ def _straight(probes, rel: float = 0.02) -> bool:
     return s2 > 0 and abs(s2 - s1) <= rel * s2
 
 
+# Long on purpose: the two phases of one search share its record of probes and its bracket [lo, hi];
+# the docstring walks through it step by step.
 def find_ceiling(probe: Probe, budget: int, limit: int, *, limit_reason: str = "data set", start: int = 2,
                  growth: int = 4, tol: float = 0.01, aim: float = 0.995, bracket: float = 0.02,
                  max_over: int = 2, max_ratio: float = 1.5, max_steps: int = 16,
-                 multiple: int = 1) -> Ceiling:
+                 multiple: int = 1, smallest: int = 1) -> Ceiling:
     """Largest batch size ≤ ``limit`` whose probe step fits ``budget`` bytes.
 
     1. Probe ``start``, ``start*growth``, ... until the probes span enough memory to fit a line
@@ -131,6 +133,7 @@ def find_ceiling(probe: Probe, budget: int, limit: int, *, limit_reason: str = "
        most ``max_ratio`` times past the largest batch that fitted: a slope measured at small
        batches can be off by several percent.
 
+    ``smallest``: the smallest batch the model can train on (2 with BatchNorm); never probed below.
     ``multiple``: the answer is rounded down to a multiple of it (8 under mixed precision on CUDA,
     where tensor cores want it) when the ceiling is at least that large.
     """
@@ -154,17 +157,17 @@ def find_ceiling(probe: Probe, budget: int, limit: int, *, limit_reason: str = "
         return Ceiling(best, reason, budget, tuple(probes), fit_memory(probes), first)
 
     # Phase 1: a few small probes, growing geometrically.
-    b = min(start, limit)
+    b = min(max(start, smallest), limit)
     r = run(b)
     if not r.fits(budget):
-        r1 = run(1) if b > 1 else r
+        r1 = run(smallest) if b > smallest else r
         if not r1.fits(budget):
             need = "more memory than is available" if r1.peak_bytes is None else format_bytes(r1.peak_bytes)
             raise MemoryBudgetError(
-                f"the model does not fit the memory budget even at batch size 1: one training step needs "
+                f"the model does not fit the memory budget even at batch size {r1.batch}: one training step needs "
                 f"{need}, the budget is {format_bytes(budget)}; raise the budget (--memory-budget), "
                 "use a smaller model, or train in lower precision")
-        lo, hi = 1, b
+        lo, hi = smallest, b
     else:
         lo, hi = b, None
         base = r.peak_bytes

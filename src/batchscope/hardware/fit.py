@@ -1,8 +1,10 @@
-"""The pure numbers of a hardware profile: straight-line fits and the throughput knee.
+"""The pure numbers of a hardware profile: straight-line fits.
 
 Two lines describe a device for one model: memory(B) = m0 + m1*B (bytes) and the step time
 t(B) = alpha + beta*B (seconds). alpha is the fixed cost of a step (kernel launches, the optimizer
-update, synchronisation), beta the cost of one more example (docs/design.md, "Step time").
+update, synchronisation), beta the cost of one more example (docs/design.md, "Step time"). The line
+is the part of the one step-time model (:mod:`batchscope.hardware.steptime`) used outside the
+measured range.
 """
 
 from __future__ import annotations
@@ -83,31 +85,3 @@ def knee_from_line(alpha: float, beta: float, gain: float = 0.10) -> Optional[fl
     if beta <= 0:
         return None
     return max(0.0, (1.0 - gain) * alpha / (2.0 * gain * beta))
-
-
-def knee_from_points(batches: Sequence[int], throughput: Sequence[float], gain: float = 0.10) -> Optional[int]:
-    """Smallest measured B from which on doubling the batch never gains ``gain`` throughput or more.
-
-    The curve is read through its running maximum: interference from other work only ever makes a
-    step slower, so a dip is noise, while the best throughput reached up to B is achievable. The
-    throughput at 2B is interpolated linearly in log2(B), so the grid need not be exact powers of
-    two. Asking that no later doubling gains either (rather than taking the first B where one does
-    not) keeps a stall at small B from being the knee. ``None`` when the curve still climbs at the
-    largest B that can be doubled within the measured range.
-    """
-    b = np.asarray(batches, dtype=np.float64)
-    x = np.asarray(throughput, dtype=np.float64)
-    order = np.argsort(b)
-    b, x = b[order], np.maximum.accumulate(x[order])
-    lb = np.log2(b)
-    flat = []  # (B, doubling gains less than `gain`) for every B that can be doubled in range
-    for bi, xi in zip(b, x):
-        if 2 * bi > b[-1] * (1 + 1e-9):
-            break
-        flat.append((int(bi), float(np.interp(math.log2(2 * bi), lb, x)) < (1.0 + gain) * xi))
-    knee = None
-    for bi, is_flat in reversed(flat):
-        if not is_flat:
-            break
-        knee = bi
-    return knee

@@ -41,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import TaskError
+from ..errors import BatchscopeError, TaskError
 from ..tasks import Task
 from .ceiling import ProbeResult
 from .oom import is_out_of_memory
@@ -148,7 +148,7 @@ def _pin_to_one_cpu() -> None:
         pass
 
 
-def _child(task: Task, batch: int, amp: bool, seed: int, write_fd: int) -> None:
+def _child(task: Task, batch: int, amp: bool, seed: int, write_fd: int, optimizer=None) -> None:
     """Runs in the forked child: measure, write one pickled message, exit without cleanup."""
     code = 0
     try:
@@ -157,7 +157,7 @@ def _child(task: Task, batch: int, amp: bool, seed: int, write_fd: int) -> None:
         libc = _libc()
         if libc is not None:
             libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        warm = StepRunner(task, "cpu", amp, seed)
+        warm = StepRunner(task, "cpu", amp, seed, optimizer)
         warm.step(warm.batch(batch))
         del warm
         gc.collect()
@@ -169,12 +169,16 @@ def _child(task: Task, batch: int, amp: bool, seed: int, write_fd: int) -> None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _proc_status()["VmRSS"]
-        runner = StepRunner(task, "cpu", amp, seed)
+        runner = StepRunner(task, "cpu", amp, seed, optimizer)
         runner.step(runner.batch(batch))
         message = ("ok", _proc_status()["VmHWM"] - before)
     except BaseException as e:  # noqa: BLE001 - everything must reach the parent
-        message = ("oom", None) if is_out_of_memory(e) else ("error", f"{type(e).__name__}: {e}\n"
-                                                                      + traceback.format_exc(limit=6))
+        if is_out_of_memory(e):
+            message = ("oom", None)
+        elif isinstance(e, BatchscopeError):   # already one line naming the problem (a task error)
+            message = ("task", str(e))
+        else:
+            message = ("error", f"{type(e).__name__}: {e}\n" + traceback.format_exc(limit=6))
         code = 1
     try:
         data = pickle.dumps(message)
@@ -192,43 +196,59 @@ def _read_all(fd: int) -> bytes:
         chunks.append(part)
 
 
-def cpu_memory_probe(task: Task, amp: bool = False, seed: int = 0):
+def _fork_probe(task: Task, batch: int, amp: bool, seed: int, optimizer) -> tuple[bytes, int]:
+    """Run :func:`_child` in a forked process; its message and wait status."""
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Frozen objects are skipped by the child's garbage collector, which would otherwise touch
+    # (and copy) every page of the parent's Python heap.
+    pid = -1
+    gc.freeze()
+    # SIGINT is blocked across fork(): an interrupt landing in the at-fork handlers would be
+    # reported as "ignored" and lost. The child ignores it (the parent ends the child); the
+    # parent receives it once unblocked, as a KeyboardInterrupt in its own code.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork() in a process with threads (torch's OpenMP pool).
+            # The child never enters that pool (one thread) and leaves with os._exit.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    finally:
+        if pid == 0:  # pragma: no cover - the child
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        else:
+            gc.unfreeze()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if pid == 0:  # pragma: no cover - the child; covered through the parent's result
+        os.close(read_fd)
+        _child(task, batch, amp, seed, write_fd, optimizer)
+    os.close(write_fd)
+    try:
+        data = _read_all(read_fd)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # interrupted: the child's measurement is of no use now
+        raise
+    finally:
+        os.close(read_fd)
+        _, status = os.waitpid(pid, 0)
+    return data, status
+
+
+def cpu_memory_probe(task: Task, amp: bool = False, seed: int = 0, optimizer=None):
     """A probe (``batch -> ProbeResult``) measuring one CPU training step in a forked child."""
     ok, why = cpu_memory_supported()
     if not ok:
         raise TaskError(f"cannot measure CPU memory: {why}")
     # One step in this process first: it imports what the optimizer loads lazily and pages in the
     # code, once, instead of in every child.
-    primer = StepRunner(task, "cpu", amp, seed)
+    primer = StepRunner(task, "cpu", amp, seed, optimizer)
     primer.step(primer.batch(min(2, task.n_train)))
     del primer
 
     def probe(batch: int) -> ProbeResult:
-        read_fd, write_fd = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Frozen objects are skipped by the child's garbage collector, which would otherwise touch
-        # (and copy) every page of the parent's Python heap.
-        pid = -1
-        gc.freeze()
-        try:
-            with warnings.catch_warnings():
-                # Python >= 3.12 warns about fork() in a process with threads (torch's OpenMP pool).
-                # The child never enters that pool (one thread) and leaves with os._exit.
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        finally:
-            if pid != 0:
-                gc.unfreeze()
-        if pid == 0:  # pragma: no cover - the child; covered through the parent's result
-            os.close(read_fd)
-            _child(task, batch, amp, seed, write_fd)
-        os.close(write_fd)
-        try:
-            data = _read_all(read_fd)
-        finally:
-            os.close(read_fd)
-            _, status = os.waitpid(pid, 0)
+        data, status = _fork_probe(task, batch, amp, seed, optimizer)
         if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL and not data:
             return ProbeResult(batch, None, oom=True)  # the kernel's out-of-memory killer
         if len(data) < 8:
@@ -239,12 +259,15 @@ def cpu_memory_probe(task: Task, amp: bool = False, seed: int = 0):
             return ProbeResult(batch, int(value))
         if kind == "oom":
             return ProbeResult(batch, None, oom=True)
+        if kind == "task":
+            raise TaskError(value)
         raise TaskError(f"one training step of task {task.name!r} at batch size {batch} failed: {value}")
 
     return probe
 
 
-def cuda_memory_probe(task: Task, device: "torch.device | str" = "cuda", amp: bool = False, seed: int = 0):
+def cuda_memory_probe(task: Task, device: "torch.device | str" = "cuda", amp: bool = False, seed: int = 0,
+                      optimizer=None):
     """A probe measuring the peak reserved CUDA memory of two training steps at ``batch``."""
     device = torch.device(device)
 
@@ -258,7 +281,7 @@ def cuda_memory_probe(task: Task, device: "torch.device | str" = "cuda", amp: bo
         peak: Optional[int] = None
         oom = False
         try:
-            runner = StepRunner(task, device, amp, seed)
+            runner = StepRunner(task, device, amp, seed, optimizer)
             data = runner.batch(batch)
             for _ in range(2):  # the second step runs with the optimizer state already allocated
                 runner.step(data)

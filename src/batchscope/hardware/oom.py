@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import TaskError
+
 _OOM_TYPES: tuple[type, ...] = tuple(
     t for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None), MemoryError)
     if t is not None
@@ -29,6 +31,8 @@ def is_out_of_memory(error: BaseException) -> bool:
     """True when ``error`` means an allocation failed, so a smaller batch may fit."""
     if isinstance(error, _OOM_TYPES):
         return True
+    if isinstance(error, TaskError) and isinstance(error.__cause__, Exception):
+        return is_out_of_memory(error.__cause__)  # a failure in the task's code, named as such by train
     if isinstance(error, RuntimeError):
         text = str(error).lower()
         return any(m in text for m in _OOM_MESSAGES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +15,13 @@ import torch
 from ..errors import ConfigError, check_positive_int
 from ..serialize import fields_to_dict, from_dict, read_json, write_json
 from ..tasks import Task, load_task
-from ..train import resolve_device
+from ..train import OptimizerSettings, build_model, resolve_device, smallest_batch
 from .ceiling import Ceiling, Probe, ProbeResult, find_ceiling, fit_memory
 from .device import device_facts
-from .fit import fit_step_time, knee_from_line, knee_from_points
+from .fit import fit_step_time, knee_from_line
 from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_free_memory, cuda_memory_probe
 from .step import StepRunner
+from .steptime import StepTimeModel, knee
 from .timing import StepTiming, TimeProbe, step_time_probe
 from .units import format_bytes, parse_bytes
 
@@ -66,7 +68,7 @@ class HardwareProfile:
     m0: Optional[float]                # bytes: memory(B) = m0 + m1*B
     m1: Optional[float]
     memory_r2: Optional[float]
-    alpha: float                       # seconds: t(B) = alpha + beta*B
+    alpha: float                       # seconds: the fitted line t(B) = alpha + beta*B
     beta: float
     r2: float
     residuals: list[float]             # relative: (measured - fitted) / measured, per point
@@ -74,17 +76,23 @@ class HardwareProfile:
     memory_probes: list[ProbeResult]   # every memory probe step, in the order run
     ceiling_steps: int                 # probe steps the ceiling search took
     over_budget_steps: int             # of which over the budget (or out of memory)
-    knee: Optional[int]                # measured: smallest B from which on doubling gains < 10% throughput
+    knee: Optional[int]                # of the step-time model: smallest B from which on doubling gains < 10%
     knee_fit: Optional[float]          # the same from the fit: 4.5 alpha/beta
     seconds: float                     # wall time of the profiling
     created: str = ""
     notes: list[str] = field(default_factory=list)   # what a reader should know (grid cut short, load)
+    optimizer: dict = field(default_factory=dict)    # the optimizer the steps ran (name, lr, momentum, ...)
     schema: str = SCHEMA
 
     # Predictions -------------------------------------------------------------------------------
+    @property
+    def step_time_model(self) -> StepTimeModel:
+        """The one step-time model (see :mod:`batchscope.hardware.steptime`), from the measured points."""
+        return StepTimeModel.from_measurements(self.alpha, self.beta, [(p.batch, p.seconds) for p in self.points])
+
     def step_time(self, batch: float) -> float:
-        """Predicted seconds per optimizer step at ``batch``."""
-        return self.alpha + self.beta * batch
+        """Predicted seconds per optimizer step at ``batch`` (one pass, no accumulation)."""
+        return self.step_time_model(batch)
 
     def throughput(self, batch: float) -> float:
         return batch / self.step_time(batch)
@@ -107,13 +115,15 @@ class HardwareProfile:
 
     # JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return fields_to_dict(self)
+        # the step-time model goes along for readers; it is recomputed from the points on load
+        return {**fields_to_dict(self), "step_time_model": self.step_time_model.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HardwareProfile":
         if d.get("schema", SCHEMA) != SCHEMA:
             raise ConfigError(f"this is not a batchscope hardware profile (schema {d.get('schema')!r}, "
                               f"expected {SCHEMA!r})")
+        check_profile_fields(d)
         try:
             return from_dict(cls, {"residuals": [], "memory_probes": [], **d})
         except (KeyError, TypeError, ValueError) as e:
@@ -138,15 +148,63 @@ class HardwareProfile:
         return cls.from_dict(doc)
 
 
+def _bad(field_name: str, value, need: str) -> ConfigError:
+    return ConfigError(f"the hardware profile's {field_name!r} must be {need}; got {value!r}; "
+                       "write it again with `batchscope profile --out FILE`")
+
+
+def _number(d: dict, name: str, *, optional: bool = False) -> Optional[float]:
+    v = d.get(name)
+    if v is None and optional:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise _bad(name, v, "a finite number")
+    return float(v)
+
+
+def check_profile_fields(d: dict) -> None:
+    """Refuse a saved profile whose numbers cannot describe a device, before any work starts.
+
+    The step-time line must predict a positive time at batch 1 and at ``max_batch`` (a fit may have
+    a slightly negative intercept or slope, so each sign alone is allowed); the memory line, where
+    present, must be finite; every measured point needs a positive batch and positive seconds.
+    """
+    for name in ("task", "memory_method", "limited_by"):
+        if not isinstance(d.get(name), str):
+            raise _bad(name, d.get(name), "a string")
+    mb = d.get("max_batch")
+    if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
+        raise _bad("max_batch", mb, "a positive integer")
+    alpha, beta = _number(d, "alpha"), _number(d, "beta")
+    for b in (1, mb):
+        if alpha + beta * b <= 0:
+            raise _bad("alpha", alpha, f"such that alpha + beta*B is a positive step time at B={b} "
+                       f"(beta={beta!r} gives {alpha + beta * b:.3g} s)")
+    for name in ("m0", "m1"):
+        _number(d, name, optional=True)
+    points = d.get("points")
+    if not isinstance(points, list) or not points:
+        raise _bad("points", points, "a non-empty list of measured step times")
+    for p in points:
+        if not isinstance(p, dict):
+            raise _bad("points", p, "a list of objects")
+        b, t = p.get("batch"), p.get("seconds")
+        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+            raise _bad("points[].batch", b, "a positive integer")
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < math.inf):
+            raise _bad("points[].seconds", t, "a positive finite number")
+
+
 def load_profile_for(task: Task, path: "str | Path") -> HardwareProfile:
     """A saved profile, checked to belong to ``task`` (for commands taking ``--profile``)."""
     return HardwareProfile.load(path).check_task(task)
 
 
-def batch_grid(max_batch: int, multiple: int = 1) -> list[int]:
-    """Powers of two from ``multiple`` (1, or 8 under AMP) up to ``max_batch``, and ``max_batch`` itself."""
+def batch_grid(max_batch: int, multiple: int = 1, smallest: int = 1) -> list[int]:
+    """Powers of two from ``multiple`` (1, or 8 under AMP) and at least ``smallest`` (2 for a model with
+    BatchNorm) up to ``max_batch``, and ``max_batch`` itself."""
     b = 1
-    while b < multiple:
+    while b < max(multiple, smallest):
         b *= 2
     grid = []
     while b < max_batch:
@@ -182,23 +240,28 @@ def _noop(stage: str, done: int, total: Optional[int], info: str) -> None:
     return None
 
 
+# Long on purpose: one straight pipeline (check, memory ceiling, timing grid, fits, result) whose
+# stages are calls; the locals they share (probe cache, limits, device) would otherwise travel as
+# a dozen arguments.
 def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None, max_batch: Optional[int] = None,
                      amp: bool = False, progress: Optional[Progress] = None, *, seed: int = 0,
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
                      max_step_seconds: Optional[float] = 10.0,
                      memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
-                     grid: Optional[list[int]] = None) -> HardwareProfile:
+                     grid: Optional[list[int]] = None, optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
     """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
 
     ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the
     free memory on CUDA, half the available RAM on the CPU. ``max_batch`` caps the search.
     ``max_step_seconds``: the step-time grid stops once one step takes longer (the fit extrapolates).
     ``memory_probe`` / ``time_probe`` replace the PyTorch probes (tests, other devices).
+    ``optimizer``: the run's optimizer (default: the task's); its state is part of the memory.
     """
     t_start = time.perf_counter()
     task = load_task(task)
     report = progress or _noop
     dev = resolve_device(device)
+    settings = optimizer or OptimizerSettings.resolve(task)
     multiple = 8 if amp and dev.type == "cuda" else 1
     limit, limit_reason = task.n_train, "data set"
     if max_batch is not None:
@@ -207,19 +270,14 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
             limit, limit_reason = max_batch, "max_batch"
     if amp and dev.type != "cuda":
         raise ConfigError("automatic mixed precision (--amp) needs a CUDA device; drop --amp on the CPU")
+    torch.manual_seed(seed)
+    smallest = smallest_batch(build_model(task))   # BatchNorm trains on 2 examples or more
+    if limit < smallest:
+        raise ConfigError(f"task {task.name!r} has BatchNorm, which needs batches of at least {smallest}; "
+                          f"the largest batch allowed is {limit} ({limit_reason}); raise it to {smallest} or more")
     facts = device_facts(dev)
-
-    # Memory ceiling ------------------------------------------------------------------------
     budget, _ = resolve_budget(memory_budget, dev)
-    if memory_probe is None:
-        if dev.type == "cuda":
-            memory_probe, method = cuda_memory_probe(task, dev, amp, seed), "cuda peak reserved bytes"
-        else:
-            ok, why = cpu_memory_supported()
-            memory_probe = cpu_memory_probe(task, amp, seed) if ok else None
-            method = "cpu peak resident size of a forked child" if ok else f"not measured: {why}"
-    else:
-        method = "custom probe"
+    memory_probe, method = _memory_probe(task, dev, amp, seed, settings, memory_probe)
     cache: dict[int, ProbeResult] = {}
 
     def counted(b: int) -> ProbeResult:
@@ -232,19 +290,66 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
 
     ceiling: Optional[Ceiling] = None
     if memory_probe is not None:
-        ceiling = find_ceiling(counted, budget, limit, limit_reason=limit_reason, multiple=multiple)
+        ceiling = find_ceiling(counted, budget, limit, limit_reason=limit_reason, multiple=multiple,
+                               smallest=smallest)
         top, limited_by = ceiling.max_batch, ceiling.limited_by
     else:
         top, limited_by = limit - (limit % multiple if limit >= multiple else 0), limit_reason
 
-    # Step-time curve ------------------------------------------------------------------------
-    sizes = sorted({b for b in (grid or batch_grid(top, multiple)) if 1 <= b <= top})
+    sizes = sorted({b for b in (grid or batch_grid(top, multiple, smallest)) if smallest <= b <= top})
     if len(sizes) < 2:
-        sizes = sorted({1, top}) if top > 1 else [1]
-    runner = None
+        sizes = sorted({smallest, top}) if top > smallest else [top]
     if time_probe is None:
-        runner = StepRunner(task, dev, amp, seed)
-        time_probe = step_time_probe(runner, warmup, repeats, max_seconds_per_point)
+        time_probe = step_time_probe(StepRunner(task, dev, amp, seed, settings), warmup, repeats,
+                                     max_seconds_per_point)
+    timings, notes = _time_grid(time_probe, sizes, max_step_seconds, report)
+    # Release the timing model (and, on CUDA, its cached blocks) before more memory probes run.
+    del time_probe
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    peaks = {t.batch: counted(t.batch).peak_bytes for t in timings} if memory_probe is not None else {}
+    points = [ProfilePoint(t.batch, t.seconds, t.spread, t.batch / t.seconds, peaks.get(t.batch), t.repeats)
+              for t in timings]
+    if len(points) >= 2:
+        tfit = fit_step_time([p.batch for p in points], [p.seconds for p in points])
+        alpha, beta, r2 = tfit.intercept, tfit.slope, tfit.r2
+        residuals = [r / p.seconds for r, p in zip(tfit.residuals, points)]
+    else:  # a one-example training set: no slope to fit
+        alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
+    model = StepTimeModel.from_measurements(alpha, beta, [(p.batch, p.seconds) for p in points])
+    probes = list(cache.values())
+    mfit = fit_memory(probes) if ceiling is not None else None  # every probe, the grid's included
+    return HardwareProfile(
+        task=task.name, parameters=task.parameter_count(), device=facts, amp=amp,
+        max_batch=top, limited_by=limited_by, memory_budget=budget if memory_probe is not None else None,
+        memory_method=method,
+        m0=mfit.intercept if mfit else None, m1=mfit.slope if mfit else None, memory_r2=mfit.r2 if mfit else None,
+        alpha=alpha, beta=beta, r2=r2, residuals=residuals, points=points, memory_probes=probes,
+        ceiling_steps=ceiling.steps if ceiling else 0, over_budget_steps=ceiling.over_budget if ceiling else 0,
+        knee=knee(model, KNEE_GAIN), knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
+        seconds=time.perf_counter() - t_start, notes=notes + _load_note(facts),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        optimizer=fields_to_dict(settings),
+    )
+
+
+def _memory_probe(task: Task, dev: torch.device, amp: bool, seed: int, settings: OptimizerSettings,
+                  given: Optional[Probe]) -> tuple[Optional[Probe], str]:
+    """The memory probe for ``dev`` and how it measures (None where memory cannot be measured)."""
+    if given is not None:
+        return given, "custom probe"
+    if dev.type == "cuda":
+        return cuda_memory_probe(task, dev, amp, seed, settings), "cuda peak reserved bytes"
+    ok, why = cpu_memory_supported()
+    if not ok:
+        return None, f"not measured: {why}"
+    return cpu_memory_probe(task, amp, seed, settings), "cpu peak resident size of a forked child"
+
+
+def _time_grid(time_probe: TimeProbe, sizes: list[int], max_step_seconds: Optional[float],
+               report: Progress) -> tuple[list[StepTiming], list[str]]:
+    """Time each batch of ``sizes`` in order, stopping after a step slower than ``max_step_seconds``."""
     timings: list[StepTiming] = []
     notes: list[str] = []
     for i, b in enumerate(sizes):
@@ -255,37 +360,4 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
             notes.append(f"step-time grid stopped after B={b}: one step took {timing.seconds:.3g} s "
                          f"(> {max_step_seconds:g} s); larger batches are extrapolated from the fit")
             break
-    sizes = [t.batch for t in timings]
-    # Release the timing model (and, on CUDA, its cached blocks) before more memory probes run.
-    del runner, time_probe
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    peaks = {}
-    if memory_probe is not None:
-        for b in sizes:
-            r = counted(b)
-            peaks[b] = r.peak_bytes
-    points = [ProfilePoint(t.batch, t.seconds, t.spread, t.batch / t.seconds, peaks.get(t.batch), t.repeats)
-              for t in timings]
-
-    if len(points) >= 2:
-        tfit = fit_step_time([p.batch for p in points], [p.seconds for p in points])
-        alpha, beta, r2 = tfit.intercept, tfit.slope, tfit.r2
-        residuals = [r / p.seconds for r, p in zip(tfit.residuals, points)]
-    else:  # a one-example training set: no slope to fit
-        alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
-    probes = list(cache.values())
-    mfit = fit_memory(probes) if ceiling is not None else None  # every probe, the grid's included
-    return HardwareProfile(
-        task=task.name, parameters=task.parameter_count(), device=facts, amp=amp,
-        max_batch=top, limited_by=limited_by, memory_budget=budget if memory_probe is not None else None,
-        memory_method=method,
-        m0=mfit.intercept if mfit else None, m1=mfit.slope if mfit else None, memory_r2=mfit.r2 if mfit else None,
-        alpha=alpha, beta=beta, r2=r2, residuals=residuals, points=points, memory_probes=probes,
-        ceiling_steps=ceiling.steps if ceiling else 0, over_budget_steps=ceiling.over_budget if ceiling else 0,
-        knee=knee_from_points([p.batch for p in points], [p.throughput for p in points], KNEE_GAIN),
-        knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
-        seconds=time.perf_counter() - t_start, notes=notes + _load_note(facts),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    )
+    return timings, notes

@@ -11,21 +11,19 @@ it, a probe batch is the first B training examples (the built-in tasks all have 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from typing import Optional
 
 import torch
 
-from ..data import forward, split_batch, take, to_device
-from ..errors import ConfigError, TaskError
+from ..data import split_batch, take, to_device
+from ..errors import TaskError
 from ..tasks import Task
-from ..train import make_optimizer
+from ..train import OptimizerSettings, build_training, check_batch, task_loss
 
 
 def probe_indices(task: Task, batch: int) -> torch.Tensor:
     """Indices of the examples a probe step at ``batch`` trains on."""
-    if batch > task.n_train:
-        raise ConfigError(f"batch size {batch} is larger than the training set of task {task.name!r} "
-                          f"({task.n_train} examples); probe at most {task.n_train}")
+    check_batch(task, batch)
     largest = task.extra.get("largest_example")
     if largest is None:
         return torch.arange(batch)
@@ -35,30 +33,20 @@ def probe_indices(task: Task, batch: int) -> torch.Tensor:
     return torch.full((batch,), largest, dtype=torch.long)
 
 
-def amp_dtype(device: torch.device, amp: bool):
-    if not amp:
-        return None
-    if device.type != "cuda":
-        raise ConfigError("automatic mixed precision (--amp) needs a CUDA device; drop --amp on the CPU")
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 class StepRunner:
-    """A fresh model and optimizer of ``task`` on ``device``; :meth:`step` trains one batch."""
+    """A fresh model and optimizer of ``task`` on ``device``; :meth:`step` trains one batch.
 
-    def __init__(self, task: Task, device: "torch.device | str" = "cpu", amp: bool = False, seed: int = 0):
+    Built by :func:`batchscope.train.build_training`, like ``train()``'s own step; ``optimizer``
+    (the run's optimizer settings, default the task's) decides the optimizer state in memory.
+    """
+
+    def __init__(self, task: Task, device: "torch.device | str" = "cpu", amp: bool = False, seed: int = 0,
+                 optimizer: Optional[OptimizerSettings] = None):
         self.task = task
         self.device = torch.device(device)
-        torch.manual_seed(seed)
-        self.model = task.make_model().to(self.device)
-        self.model.train()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError(f"the model of task {task.name!r} has no trainable parameters")
-        self.optimizer = make_optimizer(task.optimizer, params, task.lr, task.momentum, task.weight_decay)
-        dtype = amp_dtype(self.device, amp)
-        self.autocast = (lambda: torch.autocast("cuda", dtype=dtype)) if dtype is not None else nullcontext
-        self.scaler = torch.amp.GradScaler("cuda", enabled=dtype is torch.float16)
+        setup = build_training(task, self.device, optimizer or OptimizerSettings.resolve(task), amp, seed)
+        self.model, self.optimizer, self.scaler, self._setup = setup.model, setup.optimizer, setup.scaler, setup
+        self.autocast = setup.autocast
 
     def batch(self, size: int):
         """A collated probe batch of ``size`` examples, already on the device."""
@@ -67,7 +55,7 @@ class StepRunner:
     def step(self, batch) -> None:
         inputs, target = split_batch(batch)
         with self.autocast():
-            loss = self.task.loss_fn(forward(self.model, inputs), target)
+            loss = task_loss(self.task, self.model, inputs, target)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()

@@ -7,6 +7,7 @@
 |G|² and tr(Σ) are smoothed separately and divided; B_simple comes with a Fieller interval.
 """
 
+from .callback import NoiseCallback
 from .capture import AdamPreconditioner, GradNormCapture
 from .exact import per_example_moments, refuse_batch_coupled
 from .measure import NoiseMeasurement, measure_noise
@@ -15,7 +16,7 @@ from .stats import (METHODS, NoiseError, NoiseEstimate, NoisePoint, RawSample, W
                     estimate_from_samples, fieller_interval, per_example, ratio, two_batch)
 
 __all__ = [
-    "NoiseEstimate", "NoisePoint", "RawSample", "NoiseScaleMonitor", "NoiseMeasurement", "measure_noise",
+    "NoiseEstimate", "NoisePoint", "RawSample", "NoiseScaleMonitor", "NoiseCallback", "NoiseMeasurement", "measure_noise",
     "NoiseError", "METHODS", "two_batch", "per_example", "ratio", "fieller_interval", "WeightedMoments",
     "estimate_from_samples", "per_example_moments", "refuse_batch_coupled", "GradNormCapture",
     "AdamPreconditioner",

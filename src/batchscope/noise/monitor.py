@@ -11,7 +11,9 @@ and ``monitor.estimate()`` whenever you want the number. Under ``torch.distribut
 torchrun) the same two lines measure the data-parallel estimate: each rank's micro-batches are the
 small batches and the all-reduced gradient the big one. Without accumulation on one process use
 ``method="exact"`` and pass the batch: ``monitor.update(loss, batch=(x, y))``. In batchscope's loop,
-pass it as a callback: ``train(task, cfg, [NoiseScaleMonitor()])``.
+pass it as a callback: ``train(task, cfg, [NoiseScaleMonitor()])`` (``train`` adapts it with
+:meth:`NoiseScaleMonitor.as_callback`, a :class:`~batchscope.noise.callback.NoiseCallback`).
+``state_dict()`` / ``load_state_dict()`` save and restore the smoothed moments and counters.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..data import split_batch, take, to_device
+from ..data import split_batch
 from ..errors import ConfigError
-from ..train import Callback, TrainContext
-from .capture import AdamPreconditioner, GradNormCapture, squared_norms, trainable_parameters
+from ..train import batch_coupled_layers
+from .capture import AdamPreconditioner, GradNormCapture, trainable_parameters
 from .exact import per_example_moments, refuse_batch_coupled
 from .stats import (DEFAULT_DECAY, DEFAULT_LEVEL, METHODS, NoiseError, NoiseEstimate, NoisePoint, RawSample,
                     WeightedMoments, per_example, ratio, two_batch)
@@ -42,7 +44,7 @@ def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-class NoiseScaleMonitor(Callback):
+class NoiseScaleMonitor:
     """Measures |G|², tr(Σ) and B_simple = tr(Σ)/|G|² at every optimizer step.
 
     method:
@@ -109,11 +111,8 @@ class NoiseScaleMonitor(Callback):
         self._optimizer = optimizer
         self._capture: Optional[GradNormCapture] = None
         self._precond: Optional[AdamPreconditioner] = None
-        # batchscope-loop state
-        self._ctx: Optional[TrainContext] = None
-        self._step_loss = 0.0
-        self._scaled_big: Optional[list[float]] = None
-        self._generator: Optional[torch.Generator] = None
+        self._coupled: list[str] = []            # BatchNorm layers of the bound model
+        self._callback = None
         if model is not None:
             self.bind(model, optimizer)
 
@@ -125,6 +124,7 @@ class NoiseScaleMonitor(Callback):
             self._capture.detach()
         named = trainable_parameters(model)
         self._model = model
+        self._coupled = batch_coupled_layers(model)
         self._names = [n for n, _ in named]
         self._params = [p for _, p in named]
         self._optimizer = optimizer or self._optimizer
@@ -163,9 +163,43 @@ class NoiseScaleMonitor(Callback):
         if self.per_layer and self._layer_sums is not None:
             t, g = (self._layer_sums / self._layer_w).tolist()
             layers = {n: {"g2": gi, "trace": ti, "b_simple": ratio(ti, gi)} for n, ti, gi in zip(self._names, t, g)}
+        caveats = ()
+        if self._coupled and self.method != "exact":
+            caveats = (f"the model has BatchNorm (layer {self._coupled[0]!r}): batch statistics couple the examples "
+                       f"of a micro-batch, so micro-batch gradients are not independent draws and B_simple is "
+                       f"approximate; larger micro-batches couple less",)
         return self.moments.estimate(self.method_name, self.level, skipped=self.skipped,
                                      batch_small=self.sizes[0], batch_big=self.sizes[1],
-                                     preconditioned=self.preconditioned, layers=layers)
+                                     preconditioned=self.preconditioned, layers=layers, caveats=caveats)
+
+    # ---- saving and resuming ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """The smoothed moments (per layer too) and the counters; not ``history`` or ``raw``."""
+        return {"moments": self.moments.state_dict(), "steps": self._steps, "skipped": self.skipped,
+                "unmeasured": self.unmeasured, "sizes": list(self.sizes), "world": self._world,
+                "layer_sums": None if self._layer_sums is None else self._layer_sums.tolist(),
+                "layer_w": self._layer_w}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`: the next ``estimate()`` is what the saved monitor's would be."""
+        self.moments.load_state_dict(state["moments"])
+        self._steps, self.skipped, self.unmeasured = int(state["steps"]), int(state["skipped"]), int(state["unmeasured"])
+        self.sizes = (int(state["sizes"][0]), int(state["sizes"][1]))
+        self._world = state.get("world")
+        sums = state.get("layer_sums")
+        self._layer_sums = None if sums is None else torch.tensor(sums, dtype=torch.float64)
+        self._layer_w = float(state.get("layer_w", 0.0))
+        if self._capture is not None:
+            self._capture.active = self._steps % self.every == 0
+
+    def as_callback(self):
+        """This monitor as a :class:`batchscope.train.Callback` (what ``train()`` calls it through)."""
+        from .callback import NoiseCallback  # the adapter imports this module
+
+        if self._callback is None:
+            self._callback = NoiseCallback(self)
+        return self._callback
 
     # ---- the user-loop entry point ------------------------------------------------------------
 
@@ -184,7 +218,6 @@ class NoiseScaleMonitor(Callback):
             if not measured:
                 if self._capture is not None:
                     self._capture.collect()  # count and forget this step's passes
-                self._scaled_big = None
                 return None
             return self._record(self._steps if step is None else step, loss, batch)
         finally:
@@ -230,10 +263,7 @@ class NoiseScaleMonitor(Callback):
             grads = [None if g is None else g / d for g, d in zip(grads, denoms)]
         elif self._precond is not None:
             self._capture.mark_unusable()
-        # Under AMP in batchscope's loop the loss scale is found from the raw gradients' norms.
-        scale_ref = raw if self._scaled_big is not None and grads is not raw else []
-        small_sums, big, passes, measured, usable = self._capture.collect(grads + scale_ref)
-        big, raw_sq = big[:len(grads)], (big[len(grads):] or big)                   # |g_B|² per parameter
+        small_sums, big, passes, measured, usable = self._capture.collect(grads)    # |g_B|² per parameter
         world = _world_size()
         if self.method == "dataparallel" and world < 2:
             raise NoiseError("method='dataparallel' needs torch.distributed initialised with at least 2 processes "
@@ -267,7 +297,7 @@ class NoiseScaleMonitor(Callback):
             big = [v / passes**2 for v in big]
         # Hook gradients are in the loss's units: times 1/accumulation (grad_is_mean), times the AMP
         # loss scale. Mean over the measured micro-batches of |g_m|²:
-        unit = (passes**2 if self.grad_is_mean else 1.0) / self._loss_scale_squared(raw_sq) / measured
+        unit = (passes**2 if self.grad_is_mean else 1.0) / self._loss_scale_squared() / measured
         small = [v * unit for v in small_sums]
         if world > 1:
             t = _all_reduce_sum(torch.tensor(small, dtype=torch.float64, device=self._capture.device))
@@ -277,15 +307,11 @@ class NoiseScaleMonitor(Callback):
         pairs = [two_batch(s_, b_, m, big_b) for s_, b_ in zip(small, big)]
         return [p[0] for p in pairs], [p[1] for p in pairs]
 
-    def _loss_scale_squared(self, unscaled_sq: list[float]) -> float:
+    def _loss_scale_squared(self) -> float:
+        # The hooks saw the scaled micro-batch gradients; the scale is the one of this step's backward
+        # passes as long as update() runs before scaler.update().
         if self.scaler is not None and self.scaler.is_enabled():
             return float(self.scaler.get_scale()) ** 2
-        if self._scaled_big is not None:
-            # Inside batchscope's loop under AMP: the gradients were unscaled in place after the last
-            # micro-batch; the ratio of their squared norms before and after is scale².
-            before, after = sum(self._scaled_big), sum(unscaled_sq)
-            self._scaled_big = None
-            return before / after if after > 0 and math.isfinite(before) else math.nan
         return 1.0
 
     def _exact(self, batch) -> Optional[tuple[list[float], list[float]]]:
@@ -306,41 +332,3 @@ class NoiseScaleMonitor(Callback):
         self.sizes = (1, n)
         pairs = [per_example(a, b, n) for a, b in zip(sum_sq.tolist(), mean_sq.tolist())]
         return [p[0] for p in pairs], [p[1] for p in pairs]
-
-    # ---- batchscope.train callback ------------------------------------------------------------
-
-    def on_train_begin(self, ctx: TrainContext) -> None:
-        self._ctx = ctx
-        if self.method == "dataparallel":
-            raise NoiseError("batchscope's training loop runs on one process; the data-parallel estimator is for "
-                             "your own DDP loop (NoiseScaleMonitor(model, micro_batch=m) under torchrun)")
-        if self.method == "microbatch" and ctx.accumulation < 2:
-            b = ctx.batch_size
-            hint = (f"pass a micro-batch smaller than the batch that divides it (for example {b // 2})"
-                    if b >= 2 else "use a batch of at least 2")
-            raise NoiseError(f"the micro-batch estimator needs two batch sizes, but micro-batch {ctx.micro_batch} "
-                             f"equals the batch size {b} (one micro-batch per step); {hint}, or use method='exact'")
-        if self.method == "exact" and (self.exact_examples or ctx.batch_size) < 2:
-            raise NoiseError("the exact estimator needs at least 2 examples per measurement to estimate a variance; "
-                             "got a batch of 1; use a batch of at least 2")
-        self.micro_batch = ctx.micro_batch
-        self.loss_fn = self.loss_fn or ctx.task.loss_fn
-        self._generator = torch.Generator().manual_seed(self.seed + 7919)
-        self.bind(ctx.model, ctx.optimizer)
-
-    def on_micro_batch_end(self, ctx: TrainContext, index: int, loss: float) -> None:
-        self._step_loss += loss / ctx.accumulation
-        if ctx.config.amp and self._capture is not None and self._capture.active and index == ctx.accumulation - 1:
-            self._scaled_big = squared_norms([p.grad for p in self._params])
-
-    def on_before_step(self, ctx: TrainContext) -> None:
-        loss, self._step_loss = self._step_loss, 0.0
-        batch = None
-        if self.method == "exact" and self._steps % self.every == 0:
-            n = min(self.exact_examples or ctx.batch_size, ctx.task.n_train)
-            idx = torch.randperm(ctx.task.n_train, generator=self._generator)[:n]
-            batch = to_device(take(ctx.task.train_data, idx), ctx.device)
-        self.update(loss, batch=batch, step=ctx.step + 1)
-
-    def on_train_end(self, ctx: TrainContext, result) -> None:
-        self.close()

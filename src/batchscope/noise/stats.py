@@ -144,6 +144,7 @@ class NoiseEstimate:
     batch_big: int = 0
     preconditioned: bool = False
     layers: Optional[dict] = field(default=None, compare=False)  # name -> {g2, trace, b_simple}
+    caveats: tuple[str, ...] = ()       # what a reader should know about this estimate (batch-coupled layers)
 
     def to_dict(self) -> dict:
         return fields_to_dict(self)
@@ -169,8 +170,10 @@ class WeightedMoments:
     """
 
     def __init__(self, decay: float = DEFAULT_DECAY):
-        if not 0.0 <= decay <= 1.0:
-            raise ConfigError(f"The 'decay' parameter must be in [0, 1]. Got {decay!r} instead.")
+        # decay = 0 would keep only the last step: one sample has no variance, so no interval.
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay <= 1.0:
+            raise ConfigError(f"The 'decay' parameter must be in (0, 1] (1 weighs all steps equally, 0.95 "
+                              f"about the last 40). Got {decay!r} instead.")
         self.decay = decay
         self.n = 0
         self._w = self._w2 = self._t = self._g = self._tt = self._gg = self._tg = self._loss = 0.0
@@ -186,6 +189,19 @@ class WeightedMoments:
         self._gg = d * self._gg + g2 * g2
         self._tg = d * self._tg + trace * g2
         self._loss = d * self._loss + loss
+
+    _STATE = ("n", "_w", "_w2", "_t", "_g", "_tt", "_gg", "_tg", "_loss")
+
+    def state_dict(self) -> dict:
+        """The decay and the weighted sums: enough to resume exactly where the moments stood."""
+        return {"decay": self.decay, **{k.lstrip("_"): getattr(self, k) for k in self._STATE}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["decay"] != self.decay:
+            raise ConfigError(f"the saved moments were smoothed with decay {state['decay']!r}, this monitor uses "
+                              f"{self.decay!r}; create the monitor with decay={state['decay']!r} to resume")
+        for k in self._STATE:
+            setattr(self, k, type(getattr(self, k))(state[k.lstrip("_")]))
 
     @property
     def n_effective(self) -> float:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import numpy as np
+from ..hardware.steptime import StepTimeModel
 
 
 def steps_to_target(b: float, s_min: float, b_noise: float) -> float:
@@ -34,26 +34,12 @@ def s_min_from_reference(steps_ref: float, b_ref: float, b_noise: float) -> floa
 
 
 def step_time_curve(alpha: float, beta: float, measured: Sequence[tuple[float, float]] = ()) -> Callable[[float], float]:
-    """Seconds for one forward/backward pass of ``m`` examples.
+    """Seconds for one forward/backward pass of ``m`` examples: the one step-time model of a profile.
 
-    Inside the measured range the measured medians are interpolated (log-log), since real curves
-    have steps (cache sizes, kernel choices) that the line alpha + beta m smooths over; outside it
-    the fitted line is used. Timing noise only ever slows a step, and a batch never takes less time
-    than a smaller one, so each median is first lowered to the smallest measured at any batch at
-    least as large (a load spike at B=2 then cannot make B=2 look slower than B=64).
+    See :class:`batchscope.hardware.steptime.StepTimeModel` (measured medians inside their range,
+    bounded and interpolated log-log; the line alpha + beta m outside it).
     """
-    pts = sorted((float(b), float(t)) for b, t in measured if b > 0 and t > 0)
-    if len(pts) < 2:
-        return lambda m: alpha + beta * m
-    xs = np.log([b for b, _ in pts])
-    ys = np.log(np.minimum.accumulate([t for _, t in pts][::-1])[::-1])
-
-    def curve(m: float) -> float:
-        if m < pts[0][0] or m > pts[-1][0]:
-            return alpha + beta * m
-        return float(math.exp(np.interp(math.log(m), xs, ys)))
-
-    return curve
+    return StepTimeModel.from_measurements(alpha, beta, measured)
 
 
 def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1,

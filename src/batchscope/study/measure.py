@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from torch import nn
 
 from ..data import batch_indices, forward, split_batch, take, to_device
 from ..train import Callback, HistoryPoint, TrainContext, evaluate
+from ..train import crossing_step  # noqa: F401 - steps to target has one definition, in train
 
 TOTAL = "total"
 
@@ -184,24 +184,3 @@ class GradNormProbe(Callback):
 
     def on_train_end(self, ctx: TrainContext, result) -> None:
         self._measure(ctx, "late")
-
-
-def crossing_step(points: list[tuple[float, Optional[float]]], threshold: float, higher_is_better: bool) -> Optional[float]:
-    """First step at which a measured series reaches ``threshold``, interpolated linearly between evaluations.
-
-    ``points`` are (step, value) in step order. Evaluations are sparse, so taking the evaluation's
-    own step would round every steps-to-target up to the evaluation grid.
-    """
-    prev = None
-    for step, value in points:
-        if value is None or not math.isfinite(value):
-            prev = None
-            continue
-        ok = value >= threshold if higher_is_better else value <= threshold
-        if ok:
-            if prev is None or prev[1] == value:
-                return float(step)
-            s0, v0 = prev
-            return float(s0 + (threshold - v0) / (value - v0) * (step - s0))
-        prev = (step, value)
-    return None

@@ -17,8 +17,8 @@ import torch
 from ..errors import ConfigError, DivergedError
 from ..serialize import from_dict
 from ..tasks import Target, Task, load_task
-from ..train import TrainConfig, total_steps, train
-from .measure import CurveRecorder, GradNormProbe, GradNormStats, crossing_step
+from ..train import TrainConfig, crossing_step, total_steps, train
+from .measure import CurveRecorder, GradNormProbe, GradNormStats
 from .plan import RunSpec, StudyPlan
 from .store import ResultStore, StudyError, StudyLock
 

@@ -1,6 +1,6 @@
 """Training problems: the Task dataclass, the built-in tasks and the loader for user tasks."""
 
-from .base import Target, Task, accuracy
+from .base import OPTIMIZERS, Target, Task, accuracy
 from .loading import BUILTINS, DEFAULT_TASK, load_task, validate_task
 
 __all__ = ["Task", "Target", "accuracy", "BUILTINS", "DEFAULT_TASK", "load_task", "validate_task"]

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+OPTIMIZERS = ("sgd", "adam", "adamw")   # the one list of optimizer names (train.make_optimizer builds them)
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 MetricFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

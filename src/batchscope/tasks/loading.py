@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import TaskError
-from .base import Task
+from .base import OPTIMIZERS, Task
 
 
 def _builtin(module: str) -> Callable[[], Task]:
@@ -103,6 +103,6 @@ def validate_task(task: Task) -> Task:
     if task.target.split == "val" and task.val_data is None:
         raise TaskError(f"task {task.name!r}: the target is on 'val' but there is no val_data; "
                         "use Target(..., split='train') or give val_data")
-    if task.optimizer not in ("sgd", "adam", "adamw"):
-        raise TaskError(f"task {task.name!r}: unknown optimizer {task.optimizer!r}; use 'sgd', 'adam' or 'adamw'")
+    if task.optimizer not in OPTIMIZERS:
+        raise TaskError(f"task {task.name!r}: unknown optimizer {task.optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     return task

@@ -25,16 +25,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
-from ..data import chunks, forward, split_batch, take, to_device
+from ..data import take
 from ..errors import ConfigError, DivergedError, check_positive_float, check_positive_int
 from ..hardware import HardwareProfile, profile_hardware
 from ..noise import NoiseScaleMonitor
 from ..plan.model import step_time_curve
 from ..tasks import Task
-from ..train import (Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, evaluate, make_optimizer,
-                     resolve_device, total_steps)
+from ..train import (DIVERGE_SMOOTHING, EVALS_PER_RUN, TARGET_RESOLUTION, Callback, HistoryPoint,
+                     OptimizerSettings, TrainConfig, TrainContext, TrainResult, _as_callbacks, _train_step,
+                     build_training, check_batch, crossing_step, divergence, evaluate, resolve_device, total_steps)
 from .controller import BatchSizeController, StepTimeModel
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
@@ -145,7 +147,7 @@ class AdaptiveRun:
     """One adaptive training run: built from the configs, driven by :meth:`run`."""
 
     def __init__(self, task: Task, cfg: TrainConfig, acfg: AdaptiveConfig, callbacks: list[Callback]):
-        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, list(callbacks)
+        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, _as_callbacks(callbacks)
         b0 = self._validate()
         self.device = resolve_device(cfg.device)
         profile = resolve_profile(task, acfg, cfg.device)
@@ -155,13 +157,11 @@ class AdaptiveRun:
         self.controller = BatchSizeController(
             time_model, start_batch=b0, n_train=task.n_train, memory_ceiling=ceiling, max_batch=acfg.max_batch,
             every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples)
-        torch.manual_seed(cfg.seed)
-        self.model = task.make_model().to(self.device)
-        self.lr0 = cfg.lr if cfg.lr is not None else task.lr
-        self.opt_name = (cfg.optimizer or task.optimizer).lower()
-        self.optimizer = make_optimizer(self.opt_name, [p for p in self.model.parameters() if p.requires_grad],
-                                        self.lr0, task.momentum if cfg.momentum is None else cfg.momentum,
-                                        task.weight_decay if cfg.weight_decay is None else cfg.weight_decay)
+        settings = OptimizerSettings.of(task, cfg)
+        self.setup = build_training(task, self.device, settings, cfg.amp, cfg.seed)   # train()'s own builder
+        self.model, self.optimizer = self.setup.model, self.setup.optimizer
+        self.lr0, self.opt_name = settings.lr, settings.name
+        check_batch(task, b0 // 2, "micro-batch of a measured step (half the batch)", self.model)
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
         self.batches = iter(self.sampler)
         # Hooks only while a step is measured: attached, even idle ones cost a Python call per
@@ -176,12 +176,13 @@ class AdaptiveRun:
         self.rate = ScaledLearningRate(self.lr0, b0, self.opt_name, warmup=cfg.warmup_steps,
                                        total=budget_steps if cfg.schedule != "constant" else None,
                                        schedule=cfg.schedule)
-        self.eval_examples = (cfg.eval_every or max(1, budget_steps // 25)) * b0
-        self.ctx = TrainContext(task, cfg, self.model, self.optimizer, self.device, b0, b0, 1)
+        self.budget_examples = budget_steps * b0
+        self.ctx = TrainContext(task, cfg, self.model, self.optimizer, self.device, b0, b0, 1, scaler=self.setup.scaler)
         self.log = StepLog()
         self.history: list[HistoryPoint] = []
-        self.next_eval = self.eval_examples
-        self.target_at: Optional[tuple] = None
+        self.next_eval = self._evaluation_gap(0)
+        self.reached = False
+        self.smoothed = (0.0, 0.0)                # EMA of the step loss and its weight (the divergence trend rule)
         self.initial_loss = math.nan
         self.loss_sum, self.loss_n = 0.0, 0      # training loss since the last evaluation
         self.b_noise = math.nan                  # the monitor's latest estimate
@@ -249,16 +250,7 @@ class AdaptiveRun:
         ctx.batch_size, ctx.micro_batch, ctx.accumulation = b, m, k
         if measured:
             self.monitor.bind(self.model, self.optimizer)
-        batch = take(self.task.train_data, idx)
-        step_loss = 0.0
-        for i, micro in enumerate(chunks(batch, m) if k > 1 else [batch]):
-            inputs, target = split_batch(to_device(micro, self.device))
-            loss = self.task.loss_fn(forward(self.model, inputs), target)
-            (loss / k).backward()   # summed over the k passes: the gradient of the mean over b
-            lv = float(loss.detach())
-            step_loss += lv / k
-            for cb in self.callbacks:
-                cb.on_micro_batch_end(ctx, i, lv)
+        step_loss = ctx.step_loss = _train_step(ctx, self.setup, take(self.task.train_data, idx), self.callbacks)
         self._check_diverged(step_loss, b, lr)
         for cb in self.callbacks:
             cb.on_before_step(ctx)
@@ -275,10 +267,11 @@ class AdaptiveRun:
         return step_loss
 
     def _check_diverged(self, step_loss: float, b: int, lr: float) -> None:
-        cfg = self.cfg
-        blown_up = cfg.diverge_factor is not None and step_loss > cfg.diverge_factor * self.initial_loss
-        if not math.isfinite(step_loss) or blown_up:
-            what = f"became {step_loss}" if not blown_up else f"grew from {self.initial_loss:.4g} to {step_loss:.4g}"
+        decay = 1.0 - 1.0 / DIVERGE_SMOOTHING
+        loss, weight = self.smoothed
+        self.smoothed = (decay * loss + step_loss, decay * weight + 1.0)
+        what = divergence(step_loss, self.smoothed[0] / self.smoothed[1], self.ctx.step + 1, self.initial_loss, self.cfg)
+        if what:
             raise DivergedError(
                 f"the training loss {what} at step {self.ctx.step + 1} with lr={lr:g} at batch size {b} (adaptive); "
                 f"lower the starting learning rate (try {self.lr0 / 10:g}) or add warm-up (--warmup)", self.history)
@@ -319,11 +312,32 @@ class AdaptiveRun:
         point = HistoryPoint(ctx.step, ctx.examples, ctx.seconds, train_loss, metric, eval_loss,
                              self.optimizer.param_groups[0]["lr"])
         self.history.append(point)
+        self.reached = self.reached or self.task.target.reached(eval_loss, metric)
         for cb in self.callbacks:
             cb.on_evaluate(ctx, point)
-        if self.target_at is None and self.task.target.reached(point.eval_loss, point.metric):
-            self.target_at = (ctx.step, ctx.examples, ctx.seconds)
         return point
+
+    def _evaluation_gap(self, examples: int) -> int:
+        """Examples to the next evaluation: ``eval_every`` steps at the starting batch; for target-driven
+        runs 1/25 of the examples so far (at least one batch), as ``train`` does in steps."""
+        cfg, b0 = self.cfg, self.controller.start_batch
+        if cfg.eval_every is not None:
+            return cfg.eval_every * b0
+        if cfg.until_target:
+            return max(self.sampler.batch_size, int(examples * TARGET_RESOLUTION))
+        return max(b0, (self.max_examples or self.max_steps * b0) // EVALS_PER_RUN)
+
+    def crossing(self) -> Optional[tuple[float, float, float]]:
+        """(step, examples, seconds) where the target was first reached, interpolated between evaluations
+        with :func:`batchscope.train.crossing_step` (examples and seconds too: the batch changes)."""
+        target = self.task.target
+        values = [(p.step, p.metric if target.kind == "metric" else p.eval_loss) for p in self.history]
+        step = crossing_step(values, target.value, target.kind == "metric") if self.reached else None
+        if step is None:
+            return None
+        steps = [p.step for p in self.history]
+        return (step, float(np.interp(step, steps, [p.examples for p in self.history])),
+                float(np.interp(step, steps, [p.seconds for p in self.history])))
 
     def _limit_reached(self) -> bool:
         ctx = self.ctx
@@ -340,7 +354,7 @@ class AdaptiveRun:
         else:
             self.initial_loss = evaluate(self.model, self.task, "train", self.device, 2048)[0]
             self._record(self.initial_loss)
-        stopped = "target reached" if self.target_at is not None and cfg.until_target else ""
+        stopped = "target reached" if self.reached and cfg.until_target else ""
         while not stopped and not self._limit_reached():
             t0 = time.perf_counter()
             step_loss = self.step()
@@ -355,10 +369,10 @@ class AdaptiveRun:
                 cb.on_step_end(ctx, step_loss)
             stopped = self._stop_reason()
             if ctx.examples >= self.next_eval or stopped or self._limit_reached():
-                self.next_eval = (ctx.examples // self.eval_examples + 1) * self.eval_examples
+                self.next_eval = ctx.examples + self._evaluation_gap(ctx.examples)
                 self._record(self.loss_sum / self.loss_n)
                 self.loss_sum, self.loss_n = 0.0, 0
-                if self.target_at is not None and cfg.until_target:
+                if self.reached and cfg.until_target:
                     stopped = stopped or "target reached"
             self._checkpoint()
         return self._result(stopped or "step limit")
@@ -372,7 +386,7 @@ class AdaptiveRun:
         return ""
 
     def _result(self, stopped: str) -> TrainResult:
-        ctx, t = self.ctx, self.target_at
+        ctx, t = self.ctx, self.crossing()
         self.monitor.close()
         resolved = {**{k: v for k, v in asdict(self.cfg).items() if k != "adaptive"}, "lr": self.lr0,
                     "optimizer": self.opt_name, "micro_batch": None, "adaptive": self.acfg.describe()}
@@ -380,7 +394,8 @@ class AdaptiveRun:
             task=self.task.name, config=resolved, history=self.history, steps=ctx.step, examples=ctx.examples,
             seconds=ctx.seconds, reached_target=t is not None, target=self.task.target.describe(self.task.metric_name),
             target_step=t[0] if t else None, target_examples=t[1] if t else None, target_seconds=t[2] if t else None,
-            stopped_because=stopped, model=self.model, adaptive=self.summary())
+            stopped_because=stopped, target_interpolated=bool(t) and t[0] not in [p.step for p in self.history],
+            model=self.model, adaptive=self.summary())
         for cb in self.callbacks:
             cb.on_train_end(ctx, result)
         return result
@@ -401,7 +416,7 @@ class AdaptiveRun:
                 "adapt": adapt_state(self.sampler, self.controller, self.monitor, self.rate),
                 "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
                              "next_eval": self.next_eval, "initial_loss": self.initial_loss,
-                             "target_at": self.target_at, "loss_sum": self.loss_sum, "loss_n": self.loss_n,
+                             "reached": self.reached, "smoothed": list(self.smoothed), "loss_sum": self.loss_sum, "loss_n": self.loss_n,
                              "b_noise": self.b_noise, "last_measured": self.last_measured,
                              "measure_every": self.measure_every},
                 "history": [asdict(p) for p in self.history], "log": asdict(self.log),
@@ -417,7 +432,7 @@ class AdaptiveRun:
         self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
         self.loss_sum, self.loss_n, self.b_noise = n["loss_sum"], n["loss_n"], n["b_noise"]
         self.last_measured, self.measure_every = n["last_measured"], n["measure_every"]
-        self.target_at = None if n["target_at"] is None else tuple(n["target_at"])
+        self.reached, self.smoothed = n["reached"], tuple(n["smoothed"])
         self.history = [HistoryPoint(**p) for p in state["history"]]
         self.log = StepLog(**state["log"])
         torch.set_rng_state(state["rng"])

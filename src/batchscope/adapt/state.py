@@ -49,15 +49,8 @@ def load_adapt_state(state: dict, sampler: Optional[AdaptiveBatchSampler] = None
 
 def monitor_state(monitor: NoiseScaleMonitor) -> dict:
     """The monitor's smoothed moments and counters (what a resumed run needs to estimate the same)."""
-    if hasattr(monitor, "state_dict"):
-        return monitor.state_dict()
-    return {"moments": dict(vars(monitor.moments)), "steps": monitor._steps, "skipped": monitor.skipped,
-            "unmeasured": monitor.unmeasured, "sizes": monitor.sizes}
+    return monitor.state_dict()
 
 
 def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
-    if hasattr(monitor, "load_state_dict"):
-        return monitor.load_state_dict(state)
-    vars(monitor.moments).update(state["moments"])
-    monitor._steps, monitor.skipped, monitor.unmeasured = state["steps"], state["skipped"], state["unmeasured"]
-    monitor.sizes = tuple(state["sizes"])
+    monitor.load_state_dict(state)

@@ -26,6 +26,10 @@ class Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         if threading.current_thread() is threading.main_thread():
+            # torch is imported while Ctrl-C still quits at once: a KeyboardInterrupt raised inside
+            # its import can be swallowed there (the run then went on training) or abort the process.
+            import torch  # noqa: F401
+
             signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt
         try:
             return super().invoke(ctx)

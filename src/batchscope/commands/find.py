@@ -36,8 +36,10 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
 
 @click.command("find")
 @task_option
-@click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="balanced", show_default=True,
-              help="fastest: least time to target; cheapest: least compute; balanced: B near B_crit")
+@click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="fastest", show_default=True,
+              help="fastest: least time to target (on one device, time is what a run costs; the lowest "
+                   "regret over the validation suite, benchmarks/results/suite.md); cheapest: least "
+                   "compute; balanced: B near B_crit, whatever a step costs")
 @click.option("--budget", "measure_fraction", type=float, default=0.05, show_default=True,
               help="measuring run, as a fraction of the examples a full run to the target needs")
 @profile_option

@@ -188,7 +188,7 @@ class Recommendation:
         return from_dict(cls, d)
 
 
-def recommend(inp: Inputs, c: Constraints, objective: str = "balanced") -> tuple[Candidate, list[Candidate], LearningRate]:
+def recommend(inp: Inputs, c: Constraints, objective: str = "fastest") -> tuple[Candidate, list[Candidate], LearningRate]:
     cands = evaluate_candidates(inp, c, candidate_batches(c))
     best = choose(cands, objective, inp.b_noise)
     return best, cands, learning_rate(best.batch_size, inp, best.steps)

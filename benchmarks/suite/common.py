@@ -1,0 +1,94 @@
+"""What the ground truth and the judge share: one run to the target, step times, the JSON store.
+
+Only batchscope's public API is used (``train``, ``TrainConfig``, ``Callback``), so the suite keeps
+working while the library's insides change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import sys
+from pathlib import Path
+
+from batchscope import Callback, DivergedError, TrainConfig, train
+
+MAX_SECONDS = 60.0      # training seconds per run: a run slower than this is far from the best anyway
+MAX_STEPS = 30_000
+EVALS_BEFORE_TARGET = 40  # evaluations before the expected crossing: steps to target resolved to ~2.5%
+
+
+# glibc returns freed blocks above an adaptive threshold to the system and maps them again on the next
+# step; where the threshold sits depends on what the process allocated before, so one batch size timed
+# after others could run 10x slower in one pass and not in the next (seen in the suite's timing passes
+# at 128-1024 examples). Pinned, every step time is the steady state a long training run settles into.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
+def pin_malloc() -> None:
+    """Re-execute this script once with glibc's allocation thresholds fixed (Linux only)."""
+    if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in PINNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
+
+
+def run_to_target(task, batch: int, lr: float, *, seed: int = 0, warmup: int = 0, eval_every: int = 10,
+                  max_steps: int = MAX_STEPS, max_seconds: float = MAX_SECONDS) -> dict:
+    """Train at (batch, lr) until the task's target; steps and examples to it, or why not."""
+    cfg = TrainConfig(batch_size=batch, lr=lr, seed=seed, warmup_steps=warmup, until_target=True, steps=max_steps,
+                      eval_every=max(1, eval_every), max_seconds=max_seconds)
+    row = {"batch": batch, "lr": lr, "seed": seed, "warmup": warmup, "eval_every": cfg.eval_every}
+    try:
+        r = train(task, cfg)
+    except DivergedError:
+        return {**row, "reached": False, "diverged": True, "steps": None, "examples": None}
+    history = [{"step": p.step, "examples": p.examples, "eval_loss": p.eval_loss, "metric": p.metric}
+               for p in r.history]
+    # TrainResult's steps to target: the crossing interpolated between the evaluations either side
+    return {**row, "reached": r.reached_target, "diverged": False, "steps": r.target_step,
+            "examples": r.target_examples, "steps_run": r.steps, "train_seconds": r.seconds,
+            "stopped": r.stopped_because, "bracket": history[-2:] if r.reached_target else None}
+
+
+class StepClock(Callback):
+    """Seconds of every optimizer step (evaluations excluded)."""
+
+    def __init__(self):
+        self.times, self._last = [], 0.0
+
+    def on_step_end(self, ctx, loss):
+        self.times.append(ctx.seconds - self._last)
+        self._last = ctx.seconds
+
+
+def step_seconds(task, batch: int, steps: int = 30) -> float:
+    """Median seconds of one training step at ``batch`` after five warm-up steps."""
+    clock = StepClock()
+    train(task, TrainConfig(batch_size=batch, steps=steps, eval_every=steps, eval_examples=64), [clock])
+    return statistics.median(clock.times[5:])
+
+
+def interleaved_step_seconds(task, batches, rounds: int = 3) -> dict[int, float]:
+    """Step time per batch from ``rounds`` interleaved passes (every batch sees the same load), median."""
+    seen: dict[int, list[float]] = {b: [] for b in sorted(set(batches))}
+    for _ in range(rounds):
+        for b in seen:
+            seen[b].append(step_seconds(task, b))
+    return {b: statistics.median(v) for b, v in seen.items()}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_json(path: Path, data) -> None:
+    """Atomic: a killed process leaves the previous file, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def geomean(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else math.nan

@@ -1,0 +1,124 @@
+"""The Hessian-weighted noise scale B_noise = tr(HΣ) / (GᵀHG), through Hessian-vector products.
+
+McCandlish et al. 2018 (arXiv 1812.06162, eq. 2.6-2.9): for one SGD step of size ε on a locally
+quadratic loss, the expected improvement is ε|G|² - ε²/2 (GᵀHG + tr(HΣ)/B); the best step and the
+largest improvement depend on B through B_noise = tr(HΣ)/(GᵀHG). The simple noise scale
+B_simple = tr(Σ)/|G|² equals it when H is a multiple of the identity; when the noise lies in flat
+directions and the signal in sharp ones (or the reverse) the two can differ by a lot.
+
+Both quadratic forms come from per-example gradients g_i (``torch.func.vmap`` over ``grad``) and
+Hessian-vector products Hv (forward-over-reverse, ``jvp`` of ``grad``):
+    tr(HΣ) = 1/(n-1) Σ_i (g_i - ḡ)ᵀ H (g_i - ḡ)      (one HVP per example)
+    GᵀHG  ≈ ḡᵀHḡ - tr(HΣ)/n                          (the mean's own noise removed)
+    |G|²  ≈ |ḡ|² - tr(Σ)/n,  tr(Σ) = 1/(n-1) Σ_i |g_i - ḡ|²
+H is the Hessian of the mean loss over ``hessian_batch`` (by default the same examples).
+The cost is min(n, P) + 1 Hessian-vector products, about 2-3 backward passes each: meant for a few points
+of a run on small models, not every step. Models with batch-coupled layers (BatchNorm) have no
+per-example gradient and are refused by :func:`per_example_gradients`' vmap.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, jvp, vmap
+
+
+@dataclass(frozen=True)
+class HessianNoise:
+    n: int                  # examples behind the per-example gradients
+    g2: float               # |G|² (unbiased)
+    trace_sigma: float      # tr(Σ)
+    g_h_g: float            # GᵀHG (unbiased)
+    trace_h_sigma: float    # tr(HΣ)
+
+    @property
+    def b_simple(self) -> float:
+        return self.trace_sigma / self.g2 if self.g2 > 0 else math.inf
+
+    @property
+    def b_hessian(self) -> float:
+        return self.trace_h_sigma / self.g_h_g if self.g_h_g > 0 else math.inf
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "b_simple": self.b_simple, "b_hessian": self.b_hessian}
+
+
+def moments(grads: torch.Tensor, hvp: Callable[[torch.Tensor], torch.Tensor], by: str = "auto") -> HessianNoise:
+    """The estimates from per-example gradients ``grads`` (n, P) and a batched ``hvp`` ((k, P) -> (k, P)).
+
+    tr(HΣ) takes min(n, P) products: one per example (``by="examples"``), or, when the model has
+    fewer parameters than there are examples, the P columns of H and tr(HΣ) = Σ_jk H_jk Σ_jk
+    (``by="columns"``). Both are exact; pure arithmetic on what it is given, checked against closed forms.
+    """
+    n, p = grads.shape
+    if n < 2:
+        raise ValueError(f"the Hessian-weighted noise scale needs at least 2 examples, got {n}")
+    mean = grads.mean(0)                                   # (P,)
+    dev = grads - mean                                     # (n, P)
+    if by == "columns" or (by == "auto" and p < n):
+        h = hvp(torch.eye(p, dtype=grads.dtype))           # (P, P), symmetric
+        tr_h_sigma = float((h * (dev.T @ dev)).sum()) / (n - 1)
+    else:
+        tr_h_sigma = float((dev * hvp(dev)).sum()) / (n - 1)   # (n, P) products, one per example
+    tr_sigma = float((dev * dev).sum()) / (n - 1)
+    mean_h_mean = float(mean @ hvp(mean[None])[0])
+    return HessianNoise(n=n, g2=float(mean @ mean) - tr_sigma / n, trace_sigma=tr_sigma,
+                        g_h_g=mean_h_mean - tr_h_sigma / n, trace_h_sigma=tr_h_sigma)
+
+
+def _flat(tree: dict, batch_dims: int) -> torch.Tensor:
+    return torch.cat([v.reshape(*v.shape[:batch_dims], -1) for v in tree.values()], dim=-1)
+
+
+def _unflat(vec: torch.Tensor, like: dict) -> dict:
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = vec[..., i:i + v.numel()].reshape(*vec.shape[:-1], *v.shape)
+        i += v.numel()
+    return out
+
+
+def hessian_noise_scale(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets: torch.Tensor, *,
+                        hessian_batch: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                        chunk: int = 32) -> HessianNoise:
+    """tr(HΣ), GᵀHG, tr(Σ), |G|² of ``model`` at its current weights on ``(inputs, targets)``.
+
+    ``loss_fn(output, target)`` must return the batch mean (the Task contract). ``chunk`` bounds how
+    many Hessian-vector products run at once (memory: chunk x parameters).
+    """
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    frozen = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
+    buffers = dict(model.named_buffers())
+    was_training = model.training
+    model.eval()  # dropout off: the gradient of one fixed function
+
+    def loss_at(p, x, y):
+        return loss_fn(functional_call(model, ({**p, **frozen}, buffers), (x,)), y)
+
+    def one(p, x, y):
+        return loss_at(p, x[None], y[None])
+
+    try:
+        per_ex = vmap(grad(one), in_dims=(None, 0, 0))(params, inputs, targets)
+        grads = _flat(per_ex, 1).double()                  # (n, P)
+        hx, hy = hessian_batch if hessian_batch is not None else (inputs, targets)
+        grad_fn = grad(lambda p: loss_at(p, hx, hy))
+        dtype = next(iter(params.values())).dtype
+
+        def hvp_one(v_flat):
+            tangent = _unflat(v_flat.to(dtype), params)
+            return _flat(jvp(grad_fn, (params,), (tangent,))[1], 0)
+
+        batched = vmap(hvp_one)
+
+        def hvp(vs: torch.Tensor) -> torch.Tensor:
+            return torch.cat([batched(vs[i:i + chunk]).double() for i in range(0, len(vs), chunk)])
+
+        return moments(grads, hvp)
+    finally:
+        model.train(was_training)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..adapt.loop import AdaptiveConfig
 from ..errors import ConfigError
-from ..report.adaptive_plot import plot_adaptive
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..serialize import dumps, write_json
 from ..tasks import OPTIMIZERS, load_task
@@ -20,6 +18,8 @@ def _adaptive_config(adaptive: bool, max_batch, profile_path, plot):
         if given:
             raise ConfigError(f"{', '.join(given)} only apply to adaptive runs; add --adaptive")
         return None
+    from ..adapt.loop import AdaptiveConfig  # only adaptive runs need the hardware, noise and plan layers
+
     return AdaptiveConfig(profile=profile_path, max_batch=max_batch)
 
 
@@ -89,6 +89,8 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
         result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
     doc = result.to_dict()
     if plot:
+        from ..report.adaptive_plot import plot_adaptive
+
         doc["plot"] = str(plot_adaptive(result.adaptive, plot, f"{task.name}: adaptive batch from {batch_size}"))
     if out:
         write_json(out, doc)

@@ -35,6 +35,14 @@ def _adaptive_rows(a: dict) -> list[tuple]:
                                f"each; {a['nonfinite_estimates']} non-finite estimate(s) held")]
 
 
+def tensorboard_callbacks(log_dir: str, batch_size: int, micro_batch) -> list:
+    try:
+        from ..integrations.tensorboard import run_callbacks
+    except ImportError as e:  # the extra is not installed: one line naming it
+        raise ConfigError(f"--log-dir: {e}") from None
+    return run_callbacks(log_dir, batch_size, micro_batch)
+
+
 def training_options(f):
     """The options that describe one run; shared by the commands that train."""
     opts = [
@@ -70,9 +78,11 @@ def training_options(f):
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="with --adaptive: draw batch size and B_noise over training (PNG)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the result JSON here")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None,
+              help="write TensorBoard scalars here: loss, batch, lr, metric; B_noise with --micro-batch")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
-            steps, epochs, until_target, eval_every, device, adaptive, max_batch, profile_path, plot, out,
+            steps, epochs, until_target, eval_every, device, adaptive, max_batch, profile_path, plot, out, log_dir,
             as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     task = load_task(task_spec)
@@ -85,8 +95,9 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     console = console_for(as_json)
     keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
     console.print(f"training {task.name} on {device_name(device)}")
+    extra = tensorboard_callbacks(log_dir, batch_size, micro_batch) if log_dir else []
     with progress_bar(console) as progress:
-        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}")])
+        result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}"), *extra])
     doc = result.to_dict()
     if plot:
         from ..report.adaptive_plot import plot_adaptive

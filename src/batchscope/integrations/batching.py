@@ -1,0 +1,133 @@
+"""The adaptive batch in a framework's loop: a framework-free plan both callbacks share.
+
+Two levers exist between optimizer steps of Lightning and the Hugging Face Trainer:
+
+- the micro-batch: the ``DataLoader``'s batch sampler is built once, but its own ``batch_size`` may
+  change (torch's ``BatchSampler`` re-reads it for every batch; batchscope's
+  :class:`~batchscope.adapt.AdaptiveBatchSampler` has ``set_batch_size``). Both loops fetch one
+  batch ahead, so a change lands one micro-batch late;
+- the accumulation count k. Both loops start a window where ``batches run this epoch % k == 0``, so
+  a new k is applied only where it divides the batches already run this epoch (at the latest at
+  the next epoch), else old gradients would leak into a step or a step would end early.
+
+The controller of :mod:`batchscope.adapt` decides the global batch and its layout (micro-batch x
+accumulation x devices, the micro-batch under ``memory_ceiling``), as ``find`` would with the noise
+scale measured now; :class:`~batchscope.adapt.ScaledLearningRate` gives the rate for the examples
+the step really took. The noise scale is measured from the micro-batches of a step, so a layout of
+one pass on one process is run as two half micro-batches (one more fixed cost per step: the
+price of measuring).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..adapt import BatchSizeController, ScaledLearningRate
+from ..errors import ConfigError
+
+
+def optimizer_kind(optimizer) -> str:
+    """'adam' for optimizers with Adam's betas (Adam, AdamW, ...), else 'sgd'."""
+    groups = getattr(optimizer, "param_groups", [])
+    return "adam" if groups and "betas" in groups[0] else "sgd"
+
+
+def set_loader_batch_size(loader, micro_batch: int) -> None:
+    """Change the micro-batch of a built DataLoader through its batch sampler."""
+    sampler = getattr(loader, "batch_sampler", None)
+    inner = getattr(sampler, "batch_sampler", None)      # accelerate wraps it under several processes
+    for s in (sampler, inner):
+        if hasattr(s, "set_batch_size"):
+            s.set_batch_size(micro_batch)
+            return
+        if isinstance(s, torch.utils.data.BatchSampler):
+            s.batch_size = micro_batch
+            return
+    raise ConfigError(f"cannot change the micro-batch of a {type(loader).__name__} whose batch sampler is "
+                      f"{type(sampler).__name__}; build the DataLoader with batch_size=m (torch's BatchSampler) or "
+                      "batch_sampler=AdaptiveBatchSampler(...)")
+
+
+def measurable_layout(micro: int, accumulation: int, world: int) -> tuple[int, int]:
+    """At least two micro-batches per step in all, so the noise scale can be measured."""
+    if accumulation * world < 2 and micro >= 2:
+        return micro // 2, 2
+    return micro, accumulation
+
+
+@dataclass
+class StepRecord:
+    step: int
+    examples: int            # examples the step really took (all processes)
+    micro_batch: int         # the planned layout for it
+    accumulation: int
+    lr: float                # the first parameter group's rate used for the step
+    b_noise: float           # the estimate the rate rule used (nan before the first)
+
+
+@dataclass
+class BatchPlan:
+    """The controller's batch as (micro-batch, accumulation) for the loop, and its rate gain."""
+
+    controller: BatchSizeController
+    rate: ScaledLearningRate
+    micro_batch: int
+    accumulation: int
+    world: int
+    pending: Optional[tuple[int, int]] = None
+    steps: list = field(default_factory=list)     # StepRecord per optimizer step
+
+    @classmethod
+    def build(cls, step_time, *, micro_batch: int, accumulation: int, world: int, n_train: int, optimizer,
+              memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None, every: int = 50,
+              threshold: float = 0.05, min_samples: int = 5) -> "BatchPlan":
+        if accumulation * world < 2:
+            raise ConfigError(f"the adaptive batch measures the noise scale from the micro-batches of a step, but "
+                              f"it starts with {accumulation} micro-batch per step on one process; start with an "
+                              "accumulation of at least 2")
+        start = micro_batch * accumulation * world
+        controller = BatchSizeController(step_time, start_batch=start, n_train=n_train,
+                                         memory_ceiling=memory_ceiling, max_batch=max_batch, devices=world,
+                                         every=every, threshold=threshold, min_samples=min_samples)
+        rate = ScaledLearningRate(optimizer.param_groups[0]["lr"], start, optimizer_kind(optimizer))
+        return cls(controller, rate, micro_batch, accumulation, world)
+
+    def gain(self, examples: int) -> float:
+        """Rate multiplier for a step of ``examples``: the rate rule over the starting batch."""
+        return self.rate.gain(examples)
+
+    def after_step(self, step: int, examples: int, lr: float, estimate, consumed: int) -> tuple[int, int]:
+        """Count a finished optimizer step; decide when due; return (micro-batch, accumulation) for the next.
+
+        estimate: the monitor's current NoiseEstimate; consumed: micro-batches run so far this epoch.
+        """
+        self.steps.append(StepRecord(step, examples, self.micro_batch, self.accumulation, lr, self.rate.b_noise))
+        self.rate.advance(examples)
+        if estimate is not None and estimate.n_samples:
+            self.rate.observe(estimate.b_simple)
+        if self.controller.due(step):
+            d = self.controller.decide(step, estimate)
+            if d.changed:
+                self.pending = measurable_layout(d.micro_batch, d.accumulation, self.world)
+        return self.apply_if_aligned(consumed)
+
+    def apply_if_aligned(self, consumed: int) -> tuple[int, int]:
+        if self.pending is not None and consumed % self.pending[1] == 0:
+            (self.micro_batch, self.accumulation), self.pending = self.pending, None
+        return self.micro_batch, self.accumulation
+
+    def state_dict(self) -> dict:
+        return {"controller": self.controller.state_dict(), "rate": self.rate.state_dict(),
+                "micro_batch": self.micro_batch, "accumulation": self.accumulation,
+                "pending": None if self.pending is None else list(self.pending),
+                "steps": [vars(s).copy() for s in self.steps]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.rate.load_state_dict(state["rate"])
+        self.micro_batch, self.accumulation = int(state["micro_batch"]), int(state["accumulation"])
+        self.pending = None if state["pending"] is None else tuple(state["pending"])
+        self.steps = [StepRecord(**s) for s in state["steps"]]

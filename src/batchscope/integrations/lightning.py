@@ -1,0 +1,281 @@
+"""Lightning (``lightning.pytorch`` 2.x): the noise scale and an adaptive batch during ``Trainer.fit``.
+
+What Lightning's loop honours (lightning 2.6, ``loops/training_epoch_loop.py``,
+``loops/optimization/automatic.py``), and so what these callbacks rely on:
+
+- every batch from the ``DataLoader`` is one micro-batch; the loop divides its loss by
+  ``trainer.accumulate_grad_batches`` and steps once ``batches this epoch % accumulate == 0``
+  (or on the epoch's last batch), re-reading the attribute at every batch;
+- gradients are zeroed before the first backward of a window (``batch_idx % accumulate == 0``), so a
+  new count must divide the batches already run this epoch, or old gradients leak into a step;
+- the epoch's length is counted at the start of ``fit`` (``num_training_batches``); after the batch
+  sampler's size grew, the epoch's last window may end without an optimizer step, and Lightning
+  zeroes its gradients at the next epoch's first batch (the callbacks forget that window too);
+- ``on_before_optimizer_step`` runs after the window's last backward (and AMP's unscale), before
+  clipping and the step: the accumulated gradient there is the one the optimizer will use.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Optional
+
+from .requires import require
+
+pl = require("lightning.pytorch", "lightning", "batchscope.integrations.lightning")
+
+import torch  # noqa: E402
+
+from ..errors import ConfigError  # noqa: E402
+from ..noise import NoiseScaleMonitor  # noqa: E402
+from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
+from .microbatches import leading_size, measurable  # noqa: E402
+from .scalars import noise_scalars  # noqa: E402
+
+
+class NoiseScaleCallback(pl.Callback):
+    """Measures B_simple = tr(Σ)/|G|² during ``fit`` and logs it with its interval (``self.log``).
+
+    The small batch is one micro-batch of gradient accumulation (``Trainer(accumulate_grad_batches=k)``,
+    k >= 2), or one rank's batch under DDP; the big batch is the accumulated (all-reduced) gradient.
+    Norms are taken by hooks during backward: no extra pass. Steps whose micro-batches differ in
+    size, or the short window that ends an epoch, are left out. Logged on the steps the Trainer
+    writes logs (``log_every_n_steps``): ``noise/b_simple``, ``noise/b_simple_low``,
+    ``noise/b_simple_high`` (the last once finite).
+    ``monitor`` is the :class:`~batchscope.noise.NoiseScaleMonitor` doing the work (``.estimate()``).
+    Keyword arguments go to the monitor (``decay``, ``level``, ``every``, ``max_micro_batches``,
+    ``preconditioned``, ``per_layer``).
+    """
+
+    def __init__(self, *, prefix: str = "noise/", prog_bar: bool = False, **monitor_kwargs: Any):
+        self.prefix = prefix
+        self.prog_bar = prog_bar
+        self.monitor_kwargs = monitor_kwargs
+        self.monitor: Optional[NoiseScaleMonitor] = None
+        self.left_out = 0              # steps not measurable (unequal or missing micro-batches)
+        self._sizes: list[Optional[int]] = []
+        self._loss: Optional[torch.Tensor] = None
+        self._restored: Optional[dict] = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix)
+
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.monitor = NoiseScaleMonitor(pl_module, optimizer=optimizer, **self.monitor_kwargs)
+        if self._restored is not None:
+            self.monitor.load_state_dict(self._restored)
+            self._restored = None
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        # A window left open at the end of the last epoch never reached the optimizer (Lightning zeroes
+        # the gradients at the first batch of an epoch): forget its sizes, loss and captured norms.
+        if self._sizes:
+            self._sizes, self._loss = [], None
+            self.monitor.bind(pl_module, trainer.optimizers[0] if trainer.optimizers else None)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._sizes.append(leading_size(batch))
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        # Lightning passes the loss already divided by the accumulation count: the window's sum is its mean.
+        loss = loss.detach()
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        sizes, self._sizes = self._sizes, []
+        loss, self._loss = self._loss, None
+        assert self.monitor is not None
+        if not measurable(sizes, trainer.accumulate_grad_batches, trainer.world_size):
+            self.left_out += 1
+            self.monitor.bind(pl_module, optimizer)   # drops this step's captured norms
+            return
+        self.monitor.micro_batch = sizes[0]
+        point = self.monitor.update(loss)
+        # self.log has a per-call cost in Lightning: call it only on the steps the logger writes.
+        if point is None or (trainer.global_step + 1) % max(trainer.log_every_n_steps, 1):
+            return
+        for name, value in noise_scalars(point, self.prefix).items():
+            pl_module.log(name, value, on_step=True, on_epoch=False, prog_bar=self.prog_bar and
+                          name.endswith("b_simple"), batch_size=sizes[0])
+
+    def state_dict(self) -> dict:
+        monitor = self.monitor.state_dict() if self.monitor is not None else self._restored
+        return {"monitor": monitor, "left_out": self.left_out}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.left_out = state_dict.get("left_out", 0)
+        if self.monitor is not None and state_dict.get("monitor") is not None:
+            self.monitor.load_state_dict(state_dict["monitor"])
+        else:
+            self._restored = state_dict.get("monitor")
+
+
+class AdaptiveBatchCallback(NoiseScaleCallback):
+    """Adapts the batch during ``fit`` with the controller and rate rule of :mod:`batchscope.adapt`.
+
+    It measures the noise scale as :class:`NoiseScaleCallback` does (and logs it); every ``every``
+    optimizer steps :class:`~batchscope.adapt.BatchSizeController` picks the batch with the least
+    predicted time per unit of progress, laid out as micro-batch x accumulation x devices; the
+    callback sets the train DataLoader's batch sampler to the micro-batch and
+    ``trainer.accumulate_grad_batches`` to the accumulation, at the first step boundary the loop
+    allows (see :mod:`batchscope.integrations.batching`). Each step's rate is the one your optimizer
+    (and scheduler) set, times the rule of :class:`~batchscope.adapt.ScaledLearningRate` for the
+    examples the step took (AdaScale gain for SGD, square root for Adam-type) relative to the
+    starting batch, restored right after the step so schedulers see your rate. Logged per step:
+    ``adapt/examples``, ``adapt/lr``; ``plan.steps`` keeps the record, ``plan.controller.decisions``
+    the decisions with their reasons.
+
+    step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta) or a hardware profile
+    (``profile_hardware(task_from_lightning(...))``). memory_ceiling: the largest micro-batch that
+    fits (None: not limiting). Start with ``accumulate_grad_batches >= 2`` and a DataLoader built with
+    ``batch_size=m`` (or ``batch_sampler=AdaptiveBatchSampler``) and ``num_workers=0``.
+    """
+
+    def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
+                 every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
+                 **monitor_kwargs: Any):
+        super().__init__(prefix=prefix, **monitor_kwargs)
+        self.step_time = step_time
+        self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
+                            min_samples=min_samples)
+        self.plan: Optional[BatchPlan] = None
+        self._plan_state: Optional[dict] = None
+        self._base_lrs: Optional[list[float]] = None
+        self._examples = 0
+        self._lr_used = float("nan")
+        self._hook = None
+
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        loader = trainer.train_dataloader
+        micro = getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+        if not micro:
+            raise ConfigError("the adaptive batch needs a train DataLoader built with batch_size=m (the micro-batch)")
+        optimizer = trainer.optimizers[0]
+        self.plan = BatchPlan.build(self.step_time, micro_batch=micro, world=trainer.world_size,
+                                    accumulation=trainer.accumulate_grad_batches, n_train=len(loader.dataset),
+                                    optimizer=optimizer, **self.options)
+        if self._plan_state is not None:
+            self.plan.load_state_dict(self._plan_state)
+            self._plan_state = None
+        self._apply(trainer)
+        self._hook = optimizer.register_step_post_hook(self._restore_lr)
+
+    def _apply(self, trainer) -> None:
+        set_loader_batch_size(trainer.train_dataloader, self.plan.micro_batch)
+        trainer.accumulate_grad_batches = self.plan.accumulation
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self.plan.apply_if_aligned(0)
+        self._apply(trainer)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._examples = sum(s or 0 for s in self._sizes) * trainer.world_size
+        super().on_before_optimizer_step(trainer, pl_module, optimizer)
+        gain = self.plan.gain(self._examples)
+        self._base_lrs = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = g["lr"] * gain
+        self._lr_used = optimizer.param_groups[0]["lr"]
+
+    def _restore_lr(self, optimizer, args, kwargs) -> None:
+        if self._base_lrs is not None:
+            for g, lr in zip(optimizer.param_groups, self._base_lrs):
+                g["lr"] = lr
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._base_lrs is None:       # inside an accumulation window
+            return
+        self._base_lrs = None
+        plan = self.plan
+        plan.after_step(len(plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
+                        consumed=batch_idx + 1)
+        self._apply(trainer)
+        if len(plan.steps) % max(trainer.log_every_n_steps, 1):
+            return
+        pl_module.log("adapt/examples", float(self._examples), on_step=True, on_epoch=False, batch_size=1)
+        pl_module.log("adapt/lr", self._lr_used, on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict:
+        plan = self.plan.state_dict() if self.plan is not None else self._plan_state
+        return {**super().state_dict(), "plan": plan}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if self.plan is not None and state_dict.get("plan") is not None:
+            self.plan.load_state_dict(state_dict["plan"])
+        else:
+            self._plan_state = state_dict.get("plan")
+
+
+def _lightning_loss(module: "pl.LightningModule", batch) -> torch.Tensor:
+    # training_step outside a Trainer: self.log() only warns (and logs nothing); silence that one warning.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")
+        out = module.training_step(batch, 0)
+    loss = out["loss"] if isinstance(out, dict) else out
+    if not isinstance(loss, torch.Tensor):
+        raise ConfigError(f"{type(module).__name__}.training_step returned {type(out).__name__}; find needs the loss "
+                         "tensor (or a dict with 'loss')")
+    return loss
+
+
+def _first_optimizer(configured):
+    """The optimizer from any of configure_optimizers' return forms."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured
+    if isinstance(configured, dict):
+        return _first_optimizer(configured["optimizer"])
+    if isinstance(configured, (list, tuple)) and configured:
+        return _first_optimizer(configured[0])
+    raise ConfigError(f"configure_optimizers returned {type(configured).__name__}; find needs an optimizer")
+
+
+def task_from_lightning(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target,
+                        name: Optional[str] = None, reference_batch: Optional[int] = None):
+    """A batchscope Task from a LightningModule and LightningDataModule, for ``find``, ``profile``, ``noise``.
+
+    Model: a copy of ``module`` as it is now; loss: its ``training_step``; optimizer and rate: the
+    first optimizer of ``configure_optimizers`` (SGD, Adam or AdamW; schedulers are not used);
+    data: the datasets and collate function of the DataModule's train (and, if defined, val)
+    DataLoader; reference batch: the train DataLoader's batch size. target: the loss to reach (on
+    the validation split when there is one), or a :class:`~batchscope.Target`.
+    ``training_step`` runs without a Trainer: ``self.log`` logs nothing, ``self.trainer`` is absent.
+    """
+    from .steptask import build_task, optimizer_settings
+
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    train_loader = datamodule.train_dataloader()
+    try:
+        val_data = datamodule.val_dataloader().dataset
+    except Exception:  # a DataModule without val_dataloader raises Lightning's own MisconfigurationException
+        val_data = None
+    settings = optimizer_settings(_first_optimizer(copy.deepcopy(module).configure_optimizers()))
+    return build_task(name or type(module).__name__, module, _lightning_loss, train_loader.dataset, val_data,
+                      train_loader.collate_fn, settings=settings,
+                      reference_batch=reference_batch or train_loader.batch_size or 32, target=target,
+                      description=f"{type(module).__name__} with {type(datamodule).__name__}")
+
+
+def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target, **find_kwargs):
+    """batchscope's recommendation (batch size, rate, schedule, evidence) for a Lightning model and data.
+
+    ``find_kwargs`` go to :func:`batchscope.plan.find` (``objective``, ``budget``, ``max_batch``,
+    ``memory_budget``, ``ref_batch``, ``device``, ...). Returns its FindResult.
+    """
+    from ..plan.find import find as plan_find
+
+    return plan_find(task_from_lightning(module, datamodule, target=target), **find_kwargs)

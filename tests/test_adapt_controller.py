@@ -50,11 +50,11 @@ def test_threshold_holds_small_gains_so_the_batch_does_not_flap():
 
 
 def test_a_move_must_also_pay_off_at_the_interval_end_against_it():
-    c = BatchSizeController(LINE, start_batch=256, n_train=100_000)
+    c = BatchSizeController(LINE, start_batch=256, n_train=100_000, confident=True)
     held = c.decide(50, _est(800.0, low=400.0))      # at 400, 256 is the better batch: hold
     assert not held.changed and "at the interval's end 400" in held.reason
     assert c.decide(100, _est(800.0, low=790.0)).changed
-    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000, confident=False)
+    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000)
     assert loose.decide(50, _est(800.0, low=400.0)).changed
 
 

@@ -13,10 +13,10 @@ Rules that keep it safe to leave running:
   never acted on;
 - it moves only when the predicted time per unit of progress falls by more than ``threshold``
   (AdaptDL's 5%), so an estimate wandering around a boundary between two candidates cannot flap;
-- with ``confident`` (the default) the move must also clear the threshold at the end of the
-  estimate's interval that argues against it (the low end for growth, the high end for shrinking):
-  the first few measurements are noisy, and a batch grown on one lucky ratio is paid for at every
-  later step;
+- with ``confident`` (on in ``train(..., adaptive=...)``) the move must also clear the threshold
+  at the end of the estimate's interval that argues against it (the low end for growth, the high
+  end for shrinking): the first few measurements are noisy, and a batch grown on one lucky ratio
+  is paid for at every later step;
 - the per-device micro-batch stays under the memory ceiling (the batch grows beyond it by gradient
   accumulation), and the global batch stays within ``max_batch`` and the data set.
 """
@@ -96,7 +96,7 @@ class BatchSizeController:
     def __init__(self, step_time, *, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
                  max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1,
                  every: int = DEFAULT_EVERY, threshold: float = DEFAULT_THRESHOLD,
-                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = True):
+                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = False):
         self.time_model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
         check_positive_int("start_batch", start_batch)
         check_positive_int("n_train", n_train)

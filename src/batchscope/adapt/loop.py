@@ -66,6 +66,7 @@ class AdaptiveConfig:
     measure_every: Optional[int] = None
     overhead: float = 0.02
     min_samples: int = 5
+    confident: bool = True        # a move must also pay off at the interval's end against it
     noise: str = "raw"
     checkpoint: Optional[str] = None
     checkpoint_every: Optional[int] = None
@@ -156,7 +157,8 @@ class AdaptiveRun:
         self.measure_every = acfg.measure_every or auto_measure_every(time_model, b0, acfg.overhead)
         self.controller = BatchSizeController(
             time_model, start_batch=b0, n_train=task.n_train, memory_ceiling=ceiling, max_batch=acfg.max_batch,
-            every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples)
+            every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples,
+            confident=acfg.confident)
         settings = OptimizerSettings.of(task, cfg)
         self.setup = build_training(task, self.device, settings, cfg.amp, cfg.seed)   # train()'s own builder
         self.model, self.optimizer = self.setup.model, self.setup.optimizer

@@ -284,7 +284,8 @@ def evaluate_task(name: str, seeds: int, runs: dict) -> dict:
         finals = sorted({r.get("final_batch") for r in rs if r["reached"]})
         rows[label] = summarise(rs, lambda r: adaptive_seconds(r, t),
                                 f"{b_ref} -> {'/'.join(map(str, finals))} (lr0 {ref_lr:.3g})")
-    return {"task": name, "optimizer": task.optimizer, "n_train": task.n_train, "target": task.target.describe(
+    return {"task": name, "optimizer": task.optimizer, "n_train": task.n_train,
+            "higher_is_better": task.target.kind == "metric", "target": task.target.describe(
         task.metric_name), "b_crit_sweep": b_crit_of(task, best), "sweep_best_per_batch": {
         b: {"lr": r["lr"], "steps": r["steps"], "seconds": fixed_time[b]} for b, r in sorted(best.items())},
         "step_seconds": t, "rows": rows, "runs": {"fixed": fixed, "adaptive": adaptive}}
@@ -315,7 +316,9 @@ def verdicts(results: list[dict]) -> dict:
             "adaptive / best fixed": ad / best, "within 1.1x": ad / best <= 1.1, "within 0.9x": ad / best <= 0.9,
             "batch 32 / adaptive": b32 / ad, "b_crit_sweep": res["b_crit_sweep"],
             "2x faster than batch 32 needed": res["b_crit_sweep"] > 256, "2x faster than batch 32": b32 / ad >= 2,
-            "metric within best fixed seed spread": m is not None and lo - spread <= m <= hi + spread,
+            # not worse than the best fixed runs by more than their own seed spread (better is fine)
+            "metric within best fixed seed spread": m is not None and (
+                m >= lo - spread if res.get("higher_is_better", True) else m <= hi + spread),
         }
     return out
 
@@ -341,7 +344,26 @@ def markdown(results: list[dict], seeds: int) -> str:
                      f"{v['within 0.9x']} | {v['batch 32 / adaptive']:.2f}"
                      f"{' (2x needed)' if v['2x faster than batch 32 needed'] else ''} | "
                      f"{v['metric within best fixed seed spread']} |")
+    lines += ["", "Notes. Adaptive starts at the task's reference batch at the sweep's best rate there (the anchor "
+              "find gets), capped at the sweep's largest batch, and never goes below its start. Steps to target "
+              "are counted at the first evaluation (every 1/16 epoch) that reached the target, for every method "
+              "alike. Time to target charges a measured adaptive step at a step split in two with the monitor's "
+              "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
+              "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
+              "means not worse than the best fixed runs' range by more than its width. The machine was shared "
+              "(load average 6-11 on 2 cores) throughout: wall times drift by 2-5x between runs, the timing pass "
+              "takes the least of 5 per-round medians."]
     return "\n".join(lines) + "\n"
+
+
+def render(path: Path = RESULTS / "adaptive_vs_fixed.json") -> None:
+    """Rewrite the Markdown table and the verdicts from the saved JSON (no training)."""
+    doc = json.loads(path.read_text())
+    for res in doc["results"]:
+        res.setdefault("higher_is_better", get_task(res["task"]).target.kind == "metric")
+    doc["verdicts"] = verdicts(doc["results"])
+    write_json(path, doc)
+    (RESULTS / "adaptive_vs_fixed.md").write_text(markdown(doc["results"], doc["seeds"]))
 
 
 def main(argv=None) -> int:
@@ -349,7 +371,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default="dots,digits,mnist1d,teacher_adam,large_sgd,text")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--render", action="store_true", help="only rewrite the table from the saved JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        render()
+        return 0
     torch.set_num_threads(args.threads)
     runs = load(RUNS)
     results = []

@@ -61,6 +61,7 @@ def test_store_round_trip(tmp_path):
         assert store.get_meta("plan") == {"a": 1} and store.get_meta("nope") is None
         assert store.keys() == {"k1", "k2"}         # errors are retried on resume
         assert [r["x"] for r in store.records()] == [1.5, None, 2]
+        assert [r["x"] for r in store.records(statuses=("ok", "diverged"))] == [1.5, None]
 
 
 def test_sigkill_loses_nothing_finished_and_resume_repeats_nothing(tmp_path):

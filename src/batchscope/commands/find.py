@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ._interconnect import cluster_from, interconnect_options
 from ._options import device_name, device_option, json_option, keep_measured_in, profile_option, task_option
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
@@ -44,7 +45,9 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
               help="measuring run, as a fraction of the examples a full run to the target needs")
 @profile_option
 @click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
-@click.option("--devices", type=int, default=1, show_default=True, help="data-parallel devices")
+@click.option("--devices", type=int, default=1, show_default=True,
+              help="data-parallel devices (their all-reduce: the interconnect options, as in `plan`)")
+@interconnect_options
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
 @click.option("--ref-lr", type=float, default=None, help="learning rate of your known-good setting [default: the task's]")
 @click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
@@ -55,8 +58,9 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
               help="write a Markdown report with PNG plots (and find.json) to this directory")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
 @json_option
-def command(task_spec, objective, measure_fraction, profile_path, max_batch, devices, ref_batch, ref_lr,
-            memory_budget, seed, amp, device, report_dir, out, as_json) -> None:
+def command(task_spec, objective, measure_fraction, profile_path, max_batch, devices, link, per_node, network,
+            bandwidth, latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, memory_budget, seed, amp,
+            device, report_dir, out, as_json) -> None:
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
@@ -76,7 +80,8 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
     with progress_bar(console) as progress:
         result = find(task, device=device, objective=objective, measure_fraction=measure_fraction, profile=profile,
                       max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
-                      memory_budget=memory_budget, seed=seed, amp=amp,
+                      memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma,
+                      cluster=cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency),
                       callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     doc = result.to_dict()
     doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)

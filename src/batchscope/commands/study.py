@@ -64,19 +64,24 @@ def _lrs(ctx, param, values):
               help="steps of the B_simple measurement set beside B_crit (0 skips it)")
 @click.option("--evals", "evals_per_run", type=int, default=50, show_default=True, help="evaluations per run")
 @click.option("--workers", type=int, default=1, show_default=True, help="parallel worker processes")
+@click.option("--devices", "devices_text", default=None,
+              help="one worker per device: cuda:0,cuda:1,... | auto | cpu (instead of --workers)")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="run each run as a Ray task: on the cluster at ADDRESS, or a local Ray without one")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True,
               help="write report.md, report.html and plots into the directory at the end")
 @device_option
 @json_option
 def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch,
-            lr_grid, warmup_epochs, seeds, target, grad_norm_batches, noise_steps, evals_per_run, workers, make_report, device,
-            as_json) -> None:
+            lr_grid, warmup_epochs, seeds, target, grad_norm_batches, noise_steps, evals_per_run, workers, devices_text,
+            ray_address, make_report, device, as_json) -> None:
     """Sweep batch sizes (with lr rules, warm-up, optimizers, seeds) and save every run as it finishes."""
     from ..report.console import progress_bar
 
     if bool(directory) == bool(resume_dir):
         raise ConfigError("give exactly one of --dir DIR (a new study) or --resume DIR (continue one)")
     console = console_for(as_json)
+    devices = _placement(workers, devices_text, ray_address)
     plan = None if resume_dir else _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules,
                                          reference_batch, lr_grid, warmup_epochs, seeds, target, grad_norm_batches,
                                          noise_steps, evals_per_run, device)
@@ -98,8 +103,8 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
             progress.update(bar["id"], info="measuring B_simple")
 
         try:
-            summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, on_run=on_run,
-                                on_start=on_start, on_noise=on_noise)
+            summary = run_study(where, plan, resume=bool(resume_dir), workers=workers, devices=devices,
+                                ray=ray_address, on_run=on_run, on_start=on_start, on_noise=on_noise)
         except KeyboardInterrupt:
             saved = bar.get("done", 0)
             if saved:  # only say so when runs were actually saved
@@ -116,10 +121,24 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
         click.echo(dumps(doc))
         return
     rows = [("runs in the study", summary.total), ("already done before", summary.done_before),
-            ("run now", summary.ran), ("diverged", summary.diverged), ("time", f"{summary.seconds / 60:.1f} min")]
+            ("run now", summary.ran), ("diverged", summary.diverged), ("failed (twice)", summary.failed),
+            ("time", f"{summary.seconds / 60:.1f} min")]
     if files:
         rows.append(("report", str(files.markdown)))
     console.print(make_table(f"study {where}", ["", "value"], rows))
+
+
+def _placement(workers: int, devices_text, ray_address):
+    """Where the runs run: N local workers, one per device, or Ray; checked before anything starts."""
+    from ..study.placement import resolve_devices
+    from ..study.ray_runs import import_ray
+
+    devices = resolve_devices(devices_text)
+    if sum((workers > 1, devices is not None, ray_address is not None)) > 1:
+        raise ConfigError("give one of --workers N, --devices LIST or --ray: they are three ways to run the runs")
+    if ray_address is not None:
+        import_ray()  # a missing extra is one line before anything starts
+    return devices
 
 
 def _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch, lr_grid, warmup_epochs,

@@ -17,6 +17,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..hardware.units import format_bytes
 from ..errors import BatchscopeError, ConfigError, check_positive_int
 from ..hardware import HardwareProfile
 from ..serialize import decode, fields_to_dict, to_jsonable
@@ -153,8 +154,11 @@ def target_training_loss(task: Task, points: list[HistoryPoint]) -> tuple[float,
 def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest", measure_fraction: float = 0.05,
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,
-         amp: bool = False, n_windows: int = 6, callbacks=()) -> FindResult:
+         amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
+
+    ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`,
+    default :data:`~batchscope.plan.comm.DEFAULT_CLUSTER`) with overlap ``gamma``, as `plan` models it.
 
     ``measure_fraction``: the measuring run's share of the examples a full run to the target is
     projected to need. ``memory_budget``: bytes or a string such as "2GiB" or "40%" (see
@@ -182,7 +186,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
         except FindError as e:
             raise e.keep(**m.kept())
         return recommend_for(task, profile, m, noise, objective=objective, measure_fraction=measure_fraction,
-                             max_batch=max_batch, devices=devices, seconds=seconds)
+                             max_batch=max_batch, devices=devices, seconds=seconds,
+                             sync=sync_constraints(task, devices, cluster, gamma))
     except BatchscopeError as e:
         raise e.keep(profile=profile.to_dict())
 
@@ -274,11 +279,15 @@ def fit_noise(task: Task, m: Measurement, n_windows: int, seed: int, level: floa
 
 
 def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: NoiseFit, *, objective: str,
-                  measure_fraction: float, max_batch: Optional[int], devices: int, seconds: dict) -> FindResult:
-    """The time-to-target model over candidate batches, under the constraints, for the objective."""
+                  measure_fraction: float, max_batch: Optional[int], devices: int, seconds: dict,
+                  sync: Optional[dict] = None) -> FindResult:
+    """The time-to-target model over candidate batches, under the constraints, for the objective.
+
+    ``sync``: the all-reduce of several devices as Constraints fields (:func:`sync_constraints`).
+    """
     b_ref, proj = m.run.config["batch_size"], m.projection
     cons = recommend.Constraints(n_train=task.n_train, memory_ceiling=profile.max_batch, max_batch=max_batch,
-                                 devices=devices)
+                                 devices=devices, **(sync or {}))
     inp = recommend.Inputs(alpha=profile.alpha, beta=profile.beta, b_noise=noise.b_noise, b_noise_low=noise.low,
                            b_noise_high=noise.high, b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=m.lr,
                            optimizer=task.optimizer, measured=tuple((p.batch, p.seconds) for p in profile.points))
@@ -299,7 +308,7 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
                    "relative_time": best.relative_time, "fastest_batch": fastest.batch_size},
         schedule=schedule, candidates=[fields_to_dict(c) for c in cands],
         robustness=recommend.regret_if_wrong(inp, cons, objective),
-        constraints=explain_constraints(task, profile, max_batch, devices),
+        constraints=explain_constraints(task, profile, max_batch, cons),
         caveats=explain_caveats(task, m, noise, measure_fraction),
         evidence={"alpha": profile.alpha, "beta": profile.beta, "micro_batch_limit": profile.max_batch,
                   "micro_batch_limited_by": profile.limited_by, "device": profile.device.get("type"),
@@ -356,15 +365,28 @@ def explain_caveats(task: Task, m: Measurement, noise: NoiseFit, measure_fractio
     return caveats
 
 
-def explain_constraints(task: Task, profile: HardwareProfile, max_batch: Optional[int], devices: int) -> list[str]:
+def explain_constraints(task: Task, profile: HardwareProfile, max_batch: Optional[int],
+                        cons: recommend.Constraints) -> list[str]:
     out = [f"data set: at most {task.n_train:,} examples per batch"]
     out.append(f"micro-batch: at most {profile.max_batch:,} examples per pass on one device "
                f"({micro_batch_limit_reason(profile)}; larger batches accumulate)")
     if max_batch:
         out.append(f"--max-batch {max_batch}")
-    if devices > 1:
-        out.append(f"{devices} devices: global batch = micro-batch x accumulation x {devices}")
+    if cons.devices > 1:
+        out.append(f"{cons.devices} devices: global batch = micro-batch x accumulation x {cons.devices}; "
+                   f"{format_bytes(cons.grad_bytes)} of gradients all-reduced per step, "
+                   f"{cons.cluster.describe() if cons.cluster else 'no communication'}, overlap gamma {cons.gamma:g}")
     return out
+
+
+def sync_constraints(task: Task, devices: int, cluster, gamma: float) -> dict:
+    """The gradient all-reduce of ``devices`` data-parallel workers, as recommend.Constraints fields."""
+    if devices <= 1:
+        return {}
+    from .comm import DEFAULT_CLUSTER
+    from .devices import gradient_bytes
+
+    return {"cluster": cluster or DEFAULT_CLUSTER, "grad_bytes": gradient_bytes(task.make_model()), "gamma": gamma}
 
 
 def micro_batch_limit_reason(profile: HardwareProfile) -> str:

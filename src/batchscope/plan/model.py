@@ -44,15 +44,16 @@ def step_time_curve(alpha: float, beta: float, measured: Sequence[tuple[float, f
 
 def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1,
                  curve: Callable[[float], float] | None = None) -> float:
-    """Seconds per optimizer step for a global batch ``b`` over ``devices`` data-parallel workers.
+    """Seconds per optimizer step for a global batch ``b`` over ``devices`` workers, without communication.
 
-    Each device processes b / devices examples as ceil((b / devices) / micro_batch) passes; every pass
-    pays the fixed cost alpha (launches, optimizer and synchronisation are lumped into it).
+    Each device runs b / devices examples as passes of at most ``micro_batch``; every pass pays the
+    fixed cost alpha. This is :func:`batchscope.plan.devices.step_time` (the one N-device model) with
+    no all-reduce; pass a cluster there to price the gradient synchronisation.
     """
-    per_device = b / devices
-    m = per_device if micro_batch is None else min(micro_batch, per_device)
-    passes = math.ceil(per_device / m - 1e-9)
-    return passes * (curve(m) if curve is not None else alpha + beta * m)
+    from .devices import step_time
+
+    t_pass = curve if curve is not None else (lambda m: alpha + beta * m)
+    return step_time(b, devices, t_pass, 0.0, None, ceiling=micro_batch).seconds
 
 
 def time_to_target(b: int, s_min: float, b_noise: float, alpha: float, beta: float,

@@ -13,6 +13,8 @@ from typing import Literal, Optional, Sequence
 from ..errors import ConfigError
 from ..serialize import fields_to_dict, from_dict
 from . import model
+from .comm import Cluster
+from .devices import step_time
 
 Objective = Literal["fastest", "balanced", "cheapest"]
 OBJECTIVES = ("fastest", "balanced", "cheapest")
@@ -25,6 +27,9 @@ class Constraints:
     memory_ceiling: Optional[int] = None  # largest micro-batch that fits one device (None: not limiting)
     max_batch: Optional[int] = None       # the user's cap on the global batch
     devices: int = 1                      # data-parallel workers; global batch = micro x accumulation x devices
+    cluster: Optional[Cluster] = None     # how the devices synchronise gradients (None: no communication)
+    grad_bytes: float = 0.0               # bytes all-reduced per step
+    gamma: float = 1.0                    # overlap of the all-reduce with the backward pass (Pollux; 1: none)
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,9 @@ def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> 
     for b in batches:
         lay = layout(b, c)
         steps = model.steps_to_target(lay.batch_size, s_min, inp.b_noise)
-        secs = steps * model.step_seconds(lay.batch_size, inp.alpha, inp.beta, lay.micro_batch, c.devices, curve)
+        # the one N-device step time (compute, all-reduce, overlap), shared with `plan`
+        secs = steps * step_time(lay.batch_size, c.devices, curve, c.grad_bytes, c.cluster, c.gamma,
+                                 c.memory_ceiling).seconds
         rows.append((lay, steps, secs))
     fastest = min(s for _, _, s in rows)
     return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, steps * lay.batch_size, secs,

@@ -17,7 +17,7 @@ import torch
 from ..errors import ConfigError, DivergedError
 from ..serialize import from_dict
 from ..tasks import Target, Task, load_task
-from ..train import TrainConfig, crossing_step, total_steps, train
+from ..train import TrainConfig, crossing_step, resolve_device, total_steps, train
 from .measure import CurveRecorder, GradNormProbe, GradNormStats
 from .plan import RunSpec, StudyPlan
 from .store import ResultStore, StudyError, StudyLock
@@ -44,6 +44,8 @@ class RunRecord:
     target_examples: Optional[float] = None
     message: str = ""
     wall_seconds: float = 0.0
+    device: str = ""                                 # where it ran: cpu, cuda:1, and the Ray node when on Ray
+    failures: list = field(default_factory=list)     # why earlier attempts of this run failed
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -63,10 +65,10 @@ def study_target(task: Task, plan: StudyPlan) -> Target:
     return t if plan.target is None else Target(t.kind, plan.target, t.split)
 
 
-def execute_run(task: Task, plan: StudyPlan, spec: RunSpec) -> RunRecord:
-    """One run of the study with all its measurements."""
+def execute_run(task: Task, plan: StudyPlan, spec: RunSpec, device: Optional[str] = None) -> RunRecord:
+    """One run of the study with all its measurements, on ``device`` (default: the plan's)."""
     cfg = TrainConfig(batch_size=spec.batch_size, lr=spec.lr, optimizer=spec.optimizer, steps=spec.steps,
-                      epochs=spec.epochs, warmup_steps=spec.warmup_steps, seed=spec.seed, device=plan.device)
+                      epochs=spec.epochs, warmup_steps=spec.warmup_steps, seed=spec.seed, device=device or plan.device)
     total = total_steps(task, cfg, spec.batch_size)
     cfg.eval_every = max(1, total // plan.evals_per_run)
     recorder = CurveRecorder(plan.train_eval_examples)
@@ -105,7 +107,7 @@ def execute_run(task: Task, plan: StudyPlan, spec: RunSpec) -> RunRecord:
         initial_loss=initial, curve=recorder.curve, step_losses=recorder.step_losses, final=final,
         distance=distance, cosine=cosine, grad_norms=probe.stats if probe else {},
         target_step=hit, target_examples=None if hit is None else hit * spec.batch_size,
-        message=message, wall_seconds=time.perf_counter() - t0,
+        message=message, wall_seconds=time.perf_counter() - t0, device=str(resolve_device(cfg.device)),
     )
 
 
@@ -127,12 +129,13 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker(task_spec: str, plan_dict: dict, spec_dict: dict, threads: int) -> dict:
+def _worker(task_spec: str, plan_dict: dict, spec_dict: dict, threads: int, device: Optional[str] = None) -> dict:
     """Entry point in a spawned worker: load the task once per process, run, return plain data."""
     torch.set_num_threads(threads)
     if task_spec not in _TASKS:
         _TASKS[task_spec] = load_task(task_spec)
-    return execute_run(_TASKS[task_spec], StudyPlan.from_dict(plan_dict), RunSpec.from_dict(spec_dict)).to_dict()
+    spec = RunSpec.from_dict(spec_dict)
+    return execute_run(_TASKS[task_spec], StudyPlan.from_dict(plan_dict), spec, device).to_dict()
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,7 @@ class StudySummary:
     ran: int
     diverged: int
     seconds: float
+    failed: int = 0              # runs that failed twice (on Ray); a resume tries them again
 
 
 def prepare(directory: "str | Path", plan: Optional[StudyPlan], resume: bool) -> tuple[StudyPlan, Task]:
@@ -168,7 +172,8 @@ def prepare(directory: "str | Path", plan: Optional[StudyPlan], resume: bool) ->
 
 
 def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resume: bool = False,
-              workers: int = 1, task: Optional[Task] = None,
+              workers: int = 1, task: Optional[Task] = None, devices: Optional[list[str]] = None,
+              ray: Optional[str] = None,
               on_run: Optional[Callable[[RunRecord, int, int], None]] = None,
               on_start: Optional[Callable[[int, int], None]] = None,
               on_noise: Optional[Callable[[], None]] = None) -> StudySummary:
@@ -178,6 +183,8 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
     from the directory. ``task`` may pass the Task object when ``plan.task`` names it only for the
     record (one worker only: spawned workers load the task by name). After the runs, B_simple is
     measured once (``plan.noise_steps`` steps) and stored beside them; a resume measures it if missing.
+    ``devices`` runs one worker per device (:func:`~batchscope.study.placement.resolve_devices`);
+    ``ray`` runs each run as a Ray task ("" or "auto": a local or the running Ray, else the address).
     """
     if workers < 1:
         raise ConfigError(f"The 'workers' parameter must be a positive integer. Got {workers!r} instead.")
@@ -185,7 +192,7 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
     t_start = time.perf_counter()
     with StudyLock(directory):
         if task is not None and plan is not None:
-            if workers > 1:
+            if workers > 1 or devices or ray is not None:
                 raise ConfigError("a Task object cannot be sent to worker processes; pass the task by name "
                                   "(built-in, file.py:function or module:function) or use workers=1")
             if ResultStore.exists(directory) and not resume:
@@ -202,21 +209,18 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
             todo = [s for s in specs if s.key not in done]
             if on_start:
                 on_start(len(specs), len(specs) - len(todo))
-            ran = diverged = 0
+            ran = diverged = failed = 0
 
             def save(record: RunRecord) -> None:
-                nonlocal ran, diverged
+                nonlocal ran, diverged, failed
                 store.save_run(record.key, record.status, record.to_dict())
-                ran += 1
+                ran += record.status in ("ok", "diverged")   # 'retrying' and 'failed' are not done
                 diverged += record.status == "diverged"
+                failed += record.status == "failed"
                 if on_run:
                     on_run(record, len(specs) - len(todo) + ran, len(specs))
 
-            if workers == 1:
-                for spec in todo:
-                    save(execute_run(task, plan, spec))
-            else:
-                _run_parallel(plan, todo, workers, save)
+            _dispatch(task, plan, todo, save, workers, devices, ray)
             if plan.noise_steps and store.get_meta("noise") is None:
                 from .noise_ref import measure_study_noise
 
@@ -224,7 +228,25 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                     on_noise()
                 store.set_meta("noise", measure_study_noise(plan, task))
     return StudySummary(str(directory), len(specs), len(specs) - len(todo), ran, diverged,
-                        time.perf_counter() - t_start)
+                        time.perf_counter() - t_start, failed)
+
+
+def _dispatch(task: Task, plan: StudyPlan, todo: list[RunSpec], save: Callable[[RunRecord], None], workers: int,
+              devices: Optional[list[str]], ray: Optional[str]) -> None:
+    """Run ``todo`` here, in local worker processes, one per device, or on Ray; ``save`` each record."""
+    if ray is not None:
+        from .ray_runs import run_on_ray
+
+        run_on_ray(plan, todo, save, ray)
+    elif devices:
+        from .workers import run_on_devices
+
+        run_on_devices(plan, todo, devices, save)
+    elif workers == 1:
+        for spec in todo:
+            save(execute_run(task, plan, spec))
+    else:
+        _run_parallel(plan, todo, workers, save)
 
 
 def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Callable[[RunRecord], None]) -> None:
@@ -276,7 +298,8 @@ def load_study(directory: "str | Path") -> SavedStudy:
         facts = store.get_meta("task") or {}
         noise = store.get_meta("noise")
         records = []
-        for r in store.records():
+        # finished runs only: a run that failed (on Ray) has no measurements to report
+        for r in store.records(statuses=("ok", "diverged")):
             try:
                 records.append(RunRecord.from_dict(r))
             except (KeyError, TypeError, ValueError):

@@ -160,10 +160,14 @@ class ResultStore:
         """Keys of the runs finished with a readable record (a damaged one is run again)."""
         return {key for key, status, _ in self._readable() if status in statuses}
 
-    def records(self) -> Iterator[dict]:
-        """Every readable run record, oldest first; the keys of unreadable ones are left in :attr:`damaged`."""
-        for _, _, record in self._readable():
-            yield record
+    def records(self, statuses: Optional[tuple] = None) -> Iterator[dict]:
+        """Every readable run record, oldest first; the keys of unreadable ones are left in :attr:`damaged`.
+
+        ``statuses`` keeps the records with one of them (("ok", "diverged"): the finished runs).
+        """
+        for _, status, record in self._readable():
+            if statuses is None or status in statuses:
+                yield record
 
     def count(self) -> int:
         return self._query("SELECT COUNT(*) FROM runs")[0][0]

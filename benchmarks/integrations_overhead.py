@@ -2,19 +2,18 @@
 and the Lightning adaptive-batch callback against ``batchscope train --adaptive``, time to target.
 
 The model and data are the built-in mnist1d task's (MLP 40-256-256-10, 10,000 signals); each
-optimizer step takes 4 micro-batches of 64. Per framework, five arms train for ``--steps``
+optimizer step takes 4 micro-batches of 64. Per framework, six arms train for ``--steps``
 optimizer steps from the same weights: ``base`` (no callback), ``base again`` (the same, an A/A
-control that shows the timing noise), ``noise every step`` (``NoiseScaleCallback(every=1)``),
-``noise every 4`` and ``noise default`` (``NoiseScaleCallback()``: every 8th step measured, nothing
-of it running on the steps between). One round runs every arm once in a freshly shuffled order, so load on the shared
-machine and the position in the round fall on all arms alike; an arm's time runs from the start of
-its ``WARMUP + 1``-th optimizer step to the end of training (set-up and first steps excluded).
-Reported per framework: median seconds per optimizer step per arm, and per arm the median over
-rounds of its ratio to ``base`` in the same round with a 90% bootstrap interval (rounds
-resampled). Finer (``--part interleaved``): within one
-run with ``NoiseScaleCallback(every=2)`` measured and idle steps alternate, so their median ratio is
-the cost of measuring a step, free of drifts in the machine's load; a run without the callback,
-split the same way, is its A/A control. One torch thread, nice 5.
+control that shows the timing noise), ``empty callback`` (a callback that does nothing: what the
+framework's dispatch of its hooks to one more callback costs), ``noise every step``
+(``NoiseScaleCallback(every=1)``), ``noise every 4`` and ``noise default`` (``NoiseScaleCallback()``:
+every 8th step measured, nothing of it running on the steps between). One round runs every arm once
+in a freshly shuffled order, so load on the shared machine and the position in the round fall on
+all arms alike; an arm's time runs from the start of its ``WARMUP + 1``-th optimizer step to the end
+of training (set-up and first steps excluded), as thread CPU time (primary: the work itself, little
+moved by other processes) and wall clock. Reported per framework: median seconds per optimizer step
+per arm, and per arm the median over rounds of its ratio to ``base`` in the same round with a 90%
+bootstrap interval (rounds resampled).
 
 Where an idle step's time goes (``--part profile``): cProfile over ``--steps`` x 3 optimizer steps of
 each framework with ``NoiseScaleCallback(every=10**6)`` (step 1 measured, every other step idle);
@@ -29,7 +28,7 @@ starting batch (same micro-batches, no callback). Lightning runs evaluate every 
 time is training time to the evaluation that reached the target, evaluations excluded, as in
 batchscope's loop. Reported: medians over seeds and the ratios.
 
-    PYTHONPATH=src python benchmarks/integrations_overhead.py [--part all|overhead|interleaved|profile|adaptive]
+    PYTHONPATH=src python benchmarks/integrations_overhead.py [--part all|overhead|profile|adaptive]
         [--rounds 30] [--steps 100]
 """
 
@@ -53,9 +52,9 @@ from batchscope.tasks import load_task
 
 MICRO, ACCUMULATION = 64, 4
 WARMUP = 5    # optimizer steps before the clock starts
-ARMS = ("base", "base again", "noise every step", "noise every 4", "noise default")
-MONITOR = {"noise every step": {"every": 1}, "noise every 4": {"every": 4},
-           "noise default": {}}   # NoiseScaleCallback arguments per arm
+ARMS = ("base", "base again", "empty callback", "noise every step", "noise every 4", "noise default")
+MONITOR = {"empty callback": "empty", "noise every step": {"every": 1}, "noise every 4": {"every": 4},
+           "noise default": {}}   # NoiseScaleCallback arguments per arm ("empty": a callback doing nothing)
 
 
 class DictData(Dataset):
@@ -99,7 +98,8 @@ def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
             return torch.optim.SGD(self.parameters(), lr=task.lr, momentum=0.9)
 
     clock = Clock()
-    callbacks = [clock, *extra] + ([NoiseScaleCallback(**noise)] if noise is not None else [])
+    callbacks = [clock, *extra] + ([] if noise is None else [pl.Callback()] if noise == "empty" else
+                                   [NoiseScaleCallback(**noise)])
     loader = DataLoader(task.train_data, batch_size=MICRO, shuffle=True, drop_last=True)
     trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=ACCUMULATION, callbacks=callbacks,
                          accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -115,7 +115,8 @@ def hf_fit(task, net, noise, steps: int, extra=()) -> float:
 
     x, y = task.train_data.tensors
     clock = HFClock()
-    callbacks = [clock, *extra] + ([NoiseScaleCallback(**noise)] if noise is not None else [])
+    callbacks = [clock, *extra] + ([] if noise is None else [transformers.TrainerCallback()] if noise == "empty"
+                                   else [NoiseScaleCallback(**noise)])
     with tempfile.TemporaryDirectory() as out:
         args = transformers.TrainingArguments(
             output_dir=out, per_device_train_batch_size=MICRO, gradient_accumulation_steps=ACCUMULATION,
@@ -126,61 +127,6 @@ def hf_fit(task, net, noise, steps: int, extra=()) -> float:
                                        callbacks=callbacks)
         trainer.train()
     return {k: v / (steps - WARMUP) for k, v in clock.seconds.items()}
-
-
-class StepTimes:
-    """Seconds between consecutive optimizer steps (the whole window: micro-batches, callbacks, step)."""
-
-    def __init__(self):
-        self.seconds, self._last = [], None
-
-    def attach(self, optimizer):
-        optimizer.register_step_post_hook(self._post)
-
-    def _post(self, opt, args, kwargs):
-        now = time.perf_counter()
-        if self._last is not None:
-            self.seconds.append(now - self._last)
-        self._last = now
-
-
-def interleaved(framework: str, task, fits: int, steps: int) -> dict:
-    """Within one run, measured and idle steps alternate (``NoiseScaleCallback(every=2)``); the A/A run
-    has no callback and splits its steps the same way. Ratio: median measured / median idle step."""
-    import lightning.pytorch as pl
-    import transformers
-
-    class LAttach(pl.Callback):
-        def __init__(self, timer):
-            self.timer = timer
-
-        def on_train_start(self, trainer, pl_module):
-            self.timer.attach(trainer.optimizers[0])
-
-    class HAttach(transformers.TrainerCallback):
-        def __init__(self, timer):
-            self.timer = timer
-
-        def on_train_begin(self, args, state, control, optimizer=None, **kw):
-            self.timer.attach(optimizer.optimizer)
-
-    fit = lightning_fit if framework == "lightning" else hf_fit
-    attach = LAttach if framework == "lightning" else HAttach
-    out = {"noise every 2": [], "no callback (A/A)": []}
-    torch.manual_seed(0)
-    init = task.make_model().state_dict()
-    for i in range(fits):
-        for arm in out:
-            net = task.make_model()
-            net.load_state_dict(init)
-            timer = StepTimes()
-            fit(task, net, {"every": 2} if arm == "noise every 2" else None, steps, extra=[attach(timer)])
-            t = timer.seconds      # t[j] is step j+2 (1-based); the monitor measures steps 1, 3, 5, ...
-            measured, idle = t[1::2], t[0::2]
-            out[arm].append(statistics.median(measured) / statistics.median(idle))
-        print(f"{framework} interleaved fit {i + 1}/{fits}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in out.items()),
-              flush=True)
-    return {arm: {"median_ratio": statistics.median(v), "ratios": v} for arm, v in out.items()}
 
 
 def _now() -> tuple[float, float]:
@@ -356,7 +302,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--part", choices=("all", "overhead", "interleaved", "profile", "adaptive"), default="all")
+    ap.add_argument("--part", choices=("all", "overhead", "profile", "adaptive"), default="all")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "integrations_overhead.json"))
     a = ap.parse_args()
     os.nice(5)
@@ -370,8 +316,6 @@ def main() -> None:
     if a.part in ("all", "overhead"):
         for name, fit in (("lightning", lightning_fit), ("hf", hf_fit)):
             result[name] = measure(name, fit, task, a.rounds, a.steps)
-    if a.part in ("all", "interleaved"):
-        result["interleaved"] = {name: interleaved(name, task, 3, 2 * a.steps) for name in ("lightning", "hf")}
     if a.part in ("all", "profile"):
         result["idle_profile"] = {name: idle_profile(name, fit, task, 3 * a.steps)
                                   for name, fit in (("lightning", lightning_fit), ("hf", hf_fit))}
@@ -381,7 +325,8 @@ def main() -> None:
     if a.part != "all" and Path(a.out).exists():   # one part re-run: keep the other part's results
         import json
 
-        result = {**json.loads(Path(a.out).read_text()), **result}
+        kept = {k: v for k, v in json.loads(Path(a.out).read_text()).items() if k != "interleaved"}  # retired part
+        result = {**kept, **result}
     write_json(a.out, result)
     text = summary(result)
     Path(a.out).with_suffix(".txt").write_text(text + "\n")
@@ -402,13 +347,10 @@ def summary(result: dict) -> str:
                 if f"ratio_to_base{suffix}" not in r:
                     continue
                 ci = r[f"ratio_interval_90{suffix}"]
-                lines.append(f"  {clock:15s} {name:9s} base {r[f'seconds_per_step{suffix}']['base'] * 1e3:.2f} ms/step; "
+                base_ms = r[f"seconds_per_step{suffix}"]["base"] * 1e3
+                lines.append(f"  {clock:15s} {name:9s} base {base_ms:.2f} ms/step; "
                              + "; ".join(f"{arm} {r[f'ratio_to_base{suffix}'][arm]:.3f} "
                                          f"[{ci[arm][0]:.3f}, {ci[arm][1]:.3f}]" for arm in ARMS[1:]))
-    if "interleaved" in result:
-        lines.append("measured step / idle step within one run (NoiseScaleCallback(every=2)), median of 3 runs:")
-        for name, r in result["interleaved"].items():
-            lines.append(f"  {name:9s} " + "; ".join(f"{arm} {v['median_ratio']:.3f}" for arm, v in r.items()))
     if "idle_profile" in result:
         lines.append("idle steps under cProfile (NoiseScaleCallback(every=10**6)), batchscope functions, ms per step "
                      "cumulative (calls per step):")

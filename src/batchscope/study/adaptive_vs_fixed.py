@@ -139,9 +139,11 @@ def compare(optimizer: str, adaptive: list[RunRecord], fixed: list[RunRecord]) -
     tol = max(REL_FLOOR * f["time"], 2 * math.sqrt(a["time_se"] ** 2 + f["time_se"] ** 2))
     verdict = "faster" if a["time"] < f["time"] - tol else "slower" if a["time"] > f["time"] + tol else "on par"
     out.update(ratio=ratio, verdict=verdict)
+    b0, ends = out["start_batch"], out["final_batches"]
+    path = (f"held at B={b0}" if all(b == b0 for b in ends)
+            else f"from B={b0} to B={'/'.join(str(b) for b in ends)}")
     out["summary"] = (
-        f"{optimizer}: the adaptive batch ({rule} rate, from B={out['start_batch']} to "
-        f"B={'/'.join(str(b) for b in out['final_batches'])}) reached the target in {a['time']:.3g} s of steps vs "
+        f"{optimizer}: the adaptive batch ({rule} rate, {path}) reached the target in {a['time']:.3g} s of steps vs "
         f"{f['time']:.3g} s for the best fixed batch B={f['batch_size']} ({f['lr_rule']} rule): {ratio:.2f}x, "
         f"{verdict}{' within seed noise' if verdict == 'on par' else ''}; examples {a['examples']:.3g} vs "
         f"{f['examples']:.3g}, final validation metric {a['final_metric']:.3g} vs {f['final_metric']:.3g}.")

@@ -16,8 +16,13 @@ def _T(b, bn):  # time to a target up to the constant S_min
     return (1 + bn / b) * (ALPHA + BETA * b)
 
 
-def _est(b, n=20):
-    return NoiseEstimate(b_simple=b, low=b / 2, high=b * 2, g2=1.0, trace=b, method="microbatch", n_samples=n)
+def _est(b, n=20, low=None, high=None):
+    return NoiseEstimate(b_simple=b, low=b / 2 if low is None else low, high=b * 2 if high is None else high, g2=1.0,
+                         trace=b, method="microbatch", n_samples=n)
+
+
+def _sure(b):  # a narrow interval: the central value decides
+    return _est(b, low=b * 0.99, high=b * 1.01)
 
 
 def test_unconstrained_optimum_is_sqrt_alpha_bnoise_over_beta():
@@ -36,12 +41,21 @@ def test_threshold_holds_small_gains_so_the_batch_does_not_flap():
     gain_700 = 1 - _T(512, 700) / _T(256, 700)        # 4.9%: 512 is better, but not by 5%
     gain_800 = 1 - _T(512, 800) / _T(256, 800)        # 6.8%
     assert 0 < gain_700 < 0.05 < gain_800
-    held = c.decide(50, _est(700.0))
+    held = c.decide(50, _sure(700.0))
     assert not held.changed and c.batch_size == 256 and held.gain == pytest.approx(gain_700)
-    moved = c.decide(100, _est(800.0))
+    moved = c.decide(100, _sure(800.0))
     assert moved.changed and c.batch_size == 512
     # Back at 700 the move is not undone: 256 would gain nothing at all.
-    assert not c.decide(150, _est(700.0)).changed and c.batch_size == 512
+    assert not c.decide(150, _sure(700.0)).changed and c.batch_size == 512
+
+
+def test_a_move_must_also_pay_off_at_the_interval_end_against_it():
+    c = BatchSizeController(LINE, start_batch=256, n_train=100_000, confident=True)
+    held = c.decide(50, _est(800.0, low=400.0))      # at 400, 256 is the better batch: hold
+    assert not held.changed and "at the interval's end 400" in held.reason
+    assert c.decide(100, _est(800.0, low=790.0)).changed
+    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000)
+    assert loose.decide(50, _est(800.0, low=400.0)).changed
 
 
 def test_memory_ceiling_forces_accumulation_and_max_batch_caps():

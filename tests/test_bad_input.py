@@ -30,6 +30,11 @@ CASES = [
     (["train", "--task", "dots", "--lr", "1e9", "--steps", "50"], "lower the learning rate"),
     (["train", "--task", "dots", "--optimizer", "lion"], "'lion' is not one of"),
     (["train", "--task", "dots", "--device", "tpu"], "unknown device 'tpu'"),
+    (["train", "--task", "dots", "--adaptive", "-b", "64", "--max-batch", "32", "--profile", "{dots_profile}"],
+     "--max-batch 32 is below the starting batch 64"),
+    (["train", "--task", "dots", "--max-batch", "32"], "only apply to adaptive runs; add --adaptive"),
+    (["train", "--task", "dots", "--adaptive", "-b", "64", "--micro-batch", "8", "--profile", "{dots_profile}"],
+     "an adaptive run picks its own micro-batches"),
     # find
     (["find", "--task", "dots", "--ref-batch", "0", "--profile", "{dots_profile}"],
      "The 'ref_batch' parameter must be a positive integer. Got 0"),

@@ -20,6 +20,7 @@ def test_find_cli_end_to_end(tmp_path):
                 "schedule", "candidates"):
         assert key in doc, key
     assert {"value", "low", "high"} <= set(doc["b_noise"])
+    assert doc["adaptive_command"].startswith("batchscope train --task dots --adaptive --batch-size ")
     assert doc["batch_size"] == doc["micro_batch"] * doc["accumulation"]
     assert [c["batch_size"] for c in doc["candidates"]] == [2 ** k for k in range(12)]  # 1 .. 2048 < 4000
     report = (tmp_path / "report" / "README.md").read_text()

@@ -11,8 +11,10 @@
 from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision, StepTimeModel
 from .rules import ScaledLearningRate, adascale_gain, sqrt_gain
 from .sampler import AdaptiveBatchSampler
+from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state
 
 __all__ = [
     "AdaptiveBatchSampler", "BatchSizeController", "Decision", "StepTimeModel", "DEFAULT_EVERY",
-    "DEFAULT_THRESHOLD", "ScaledLearningRate", "adascale_gain", "sqrt_gain",
+    "DEFAULT_THRESHOLD", "ScaledLearningRate", "adascale_gain", "sqrt_gain", "adapt_state", "load_adapt_state",
+    "monitor_state", "load_monitor_state",
 ]

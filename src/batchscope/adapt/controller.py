@@ -13,6 +13,10 @@ Rules that keep it safe to leave running:
   never acted on;
 - it moves only when the predicted time per unit of progress falls by more than ``threshold``
   (AdaptDL's 5%), so an estimate wandering around a boundary between two candidates cannot flap;
+- with ``confident`` (on in ``train(..., adaptive=...)``) the move must also clear the threshold
+  at the end of the estimate's interval that argues against it (the low end for growth, the high
+  end for shrinking): the first few measurements are noisy, and a batch grown on one lucky ratio
+  is paid for at every later step;
 - the per-device micro-batch stays under the memory ceiling (the batch grows beyond it by gradient
   accumulation), and the global batch stays within ``max_batch`` and the data set.
 """
@@ -86,12 +90,13 @@ class BatchSizeController:
         (default: the start batch, so the batch never falls below it; pass 1 to allow shrinking).
     devices: data-parallel ranks; the global batch is a multiple of it.
     min_samples: finite noise measurements needed before the first move.
+    confident: a move must also pay off at the interval's end against it (see the module docstring).
     """
 
     def __init__(self, step_time, *, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
                  max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1,
                  every: int = DEFAULT_EVERY, threshold: float = DEFAULT_THRESHOLD,
-                 min_samples: int = DEFAULT_MIN_SAMPLES):
+                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = False):
         self.time_model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
         check_positive_int("start_batch", start_batch)
         check_positive_int("n_train", n_train)
@@ -118,6 +123,7 @@ class BatchSizeController:
         self.every = every
         self.threshold = float(threshold)
         self.min_samples = check_positive_int("min_samples", min_samples)
+        self.confident = bool(confident)
         first = rec.layout(start_batch, self.constraints)
         self.batch_size, self.micro_batch, self.accumulation = first.batch_size, first.micro_batch, first.accumulation
         self.nonfinite = 0                       # estimates held because they were not finite and positive
@@ -154,15 +160,30 @@ class BatchSizeController:
             self.nonfinite += 1
             return self._record(step, bn, low, high, 0.0, None, f"non-finite noise estimate {bn} held "
                                                                   f"({self.nonfinite} so far)")
-        cands = self.predict(bn)
-        here = next(c for c in cands if c.batch_size == self.batch_size)
-        best = min(cands, key=lambda c: c.seconds)
-        gain = 1.0 - best.seconds / here.seconds
+        best, gain = self._best(bn)
         if best.batch_size == self.batch_size or gain <= self.threshold:
             return self._record(step, bn, low, high, gain, None,
                                 f"best batch {best.batch_size} saves {gain:.1%}, not above {self.threshold:.0%}")
+        end = low if best.batch_size > self.batch_size else high     # the end of the interval against the move
+        if self.confident and math.isfinite(low):
+            sure = self._gain_of(best.batch_size, end) if math.isfinite(end) and end > 0 else -math.inf
+            if sure <= self.threshold:
+                return self._record(step, bn, low, high, gain, None,
+                                    f"batch {best.batch_size} saves {gain:.1%} at B_noise {bn:.3g} but "
+                                    f"{max(sure, -1.0):.1%} at the interval's end {end:.3g}: held")
         return self._record(step, bn, low, high, gain, best,
                             f"batch {self.batch_size} -> {best.batch_size}: predicted {gain:.1%} less time per progress")
+
+    def _best(self, bn: float) -> tuple[rec.Candidate, float]:
+        cands = self.predict(bn)
+        here = next(c for c in cands if c.batch_size == self.batch_size)
+        best = min(cands, key=lambda c: c.seconds)
+        return best, 1.0 - best.seconds / here.seconds
+
+    def _gain_of(self, b: int, bn: float) -> float:
+        """Predicted fall in time per progress from the current batch to ``b`` if B_noise were ``bn``."""
+        secs = {c.batch_size: c.seconds for c in self.predict(bn, sorted({self.batch_size, b}))}
+        return 1.0 - secs[b] / secs[self.batch_size]
 
     def _record(self, step, bn, low, high, gain, best: Optional[rec.Candidate], reason: str) -> Decision:
         previous = self.batch_size

@@ -4,8 +4,9 @@ Each optimizer step: the sampler draws the controller's current global batch; it
 controller's micro-batches (accumulation beyond the memory ceiling); the monitor measures the
 gradient noise scale on a sampled subset of steps (a measured step is split into at least two
 micro-batches, which is what the micro-batch estimator needs, so measuring costs about one extra
-fixed cost alpha per measured step; ``measure_every`` spreads it to ``overhead`` of the run); every
-``every`` steps the controller re-decides from the monitor's estimate, and the learning rate follows
+fixed cost alpha per measured step; the first ``min_samples`` steps are measured, then every
+``measure_every``-th, which spreads the cost to ``overhead`` of a long run); after each measurement
+the controller re-decides from the monitor's estimate, and the learning rate follows
 the batch (:class:`ScaledLearningRate`). Warm-up counts steps at the starting batch (progress),
 evaluations come every ``eval_every`` x starting-batch examples, so both mean the same thing
 whatever the batch grows to.
@@ -24,19 +25,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 
-from ..data import chunks, forward, split_batch, take, to_device
+from ..data import take
 from ..errors import ConfigError, DivergedError, check_positive_float, check_positive_int
 from ..hardware import HardwareProfile, profile_hardware
 from ..noise import NoiseScaleMonitor
 from ..plan.model import step_time_curve
 from ..tasks import Task
-from ..train import (Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, evaluate, make_optimizer,
-                     resolve_device, total_steps)
+from ..train import (DIVERGE_SMOOTHING, EVALS_PER_RUN, TARGET_RESOLUTION, Callback, HistoryPoint,
+                     OptimizerSettings, TrainConfig, TrainContext, TrainResult, _as_callbacks, _train_step,
+                     build_training, check_batch, crossing_step, divergence, evaluate, resolve_device, total_steps)
 from .controller import BatchSizeController, StepTimeModel
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
+from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state  # noqa: F401 (kept importable here)
 
 NOISE_KINDS = ("raw", "preconditioned")
 
@@ -48,9 +52,9 @@ class AdaptiveConfig:
     profile: a :class:`HardwareProfile`, the path of one saved by ``batchscope profile --out``, or
         None to measure one first (its step-time curve and memory ceiling drive the controller).
     memory_ceiling: examples per device pass (default: the profile's ceiling when memory limited it).
-    every: steps between decisions (default: ``measure_every``, a decision per new measurement).
-    measure_every: measure the noise every this many steps (default: the fewest that keep the
-        predicted cost of measuring within ``overhead`` of the step time at the starting batch).
+    every: steps between decisions (default: after every measured step, from the ``min_samples``-th on).
+    measure_every: measure the noise every this many steps (default: first the fewest that keep the
+        profile's predicted cost within ``overhead``, then the same from the run's own step times).
     noise: 'raw' gradient noise, or 'preconditioned' by Adam's second moments (Adam-type only).
     """
 
@@ -62,6 +66,7 @@ class AdaptiveConfig:
     measure_every: Optional[int] = None
     overhead: float = 0.02
     min_samples: int = 5
+    confident: bool = True        # a move must also pay off at the interval's end against it
     noise: str = "raw"
     checkpoint: Optional[str] = None
     checkpoint_every: Optional[int] = None
@@ -102,15 +107,20 @@ def measured_layout(b: int, micro: int, accumulation: int) -> tuple[int, int]:
     return b // d, d
 
 
-def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> int:
-    """Steps between measurements so that one extra split per measured step costs ``overhead`` of the steps.
+HOOK_FACTOR = 2.0   # measured step's extra cost / the extra pass alone (benchmarks/noise_overhead.py, CPU)
 
-    A measured step runs its batch as two passes of b/2 instead of one of b: predicted extra
-    2·t(b/2) − t(b) (about the fixed cost alpha), from the same step-time curve ``find`` uses.
+
+def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> int:
+    """Steps between measurements so that measuring costs ``overhead`` of the training time.
+
+    A measured step runs its batch as two passes instead of one: the extra pass costs the fixed
+    cost alpha of the profile's fitted line (measured medians are too noisy for a difference of two
+    of them); the norm hooks cost about as much again on a CPU (HOOK_FACTOR, measured by
+    benchmarks/noise_overhead.py). The cadence is fixed by the profile, not by timing the run, so
+    the same seed gives the same run.
     """
     curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
-    m, passes = measured_layout(b, b, 1)
-    extra = max(0.0, passes * curve(m) - curve(b))
+    extra = HOOK_FACTOR * max(time_model.alpha, 0.0)
     return max(1, math.ceil(extra / (overhead * curve(b))))
 
 
@@ -138,7 +148,7 @@ class AdaptiveRun:
     """One adaptive training run: built from the configs, driven by :meth:`run`."""
 
     def __init__(self, task: Task, cfg: TrainConfig, acfg: AdaptiveConfig, callbacks: list[Callback]):
-        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, list(callbacks)
+        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, _as_callbacks(callbacks)
         b0 = self._validate()
         self.device = resolve_device(cfg.device)
         profile = resolve_profile(task, acfg, cfg.device)
@@ -147,18 +157,20 @@ class AdaptiveRun:
         self.measure_every = acfg.measure_every or auto_measure_every(time_model, b0, acfg.overhead)
         self.controller = BatchSizeController(
             time_model, start_batch=b0, n_train=task.n_train, memory_ceiling=ceiling, max_batch=acfg.max_batch,
-            every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples)
-        torch.manual_seed(cfg.seed)
-        self.model = task.make_model().to(self.device)
-        self.lr0 = cfg.lr if cfg.lr is not None else task.lr
-        self.opt_name = (cfg.optimizer or task.optimizer).lower()
-        self.optimizer = make_optimizer(self.opt_name, [p for p in self.model.parameters() if p.requires_grad],
-                                        self.lr0, task.momentum if cfg.momentum is None else cfg.momentum,
-                                        task.weight_decay if cfg.weight_decay is None else cfg.weight_decay)
+            every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples,
+            confident=acfg.confident)
+        settings = OptimizerSettings.of(task, cfg)
+        self.setup = build_training(task, self.device, settings, cfg.amp, cfg.seed)   # train()'s own builder
+        self.model, self.optimizer = self.setup.model, self.setup.optimizer
+        self.lr0, self.opt_name = settings.lr, settings.name
+        check_batch(task, b0 // 2, "micro-batch of a measured step (half the batch)", self.model)
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
         self.batches = iter(self.sampler)
-        self.monitor = NoiseScaleMonitor(self.model, micro_batch=b0, every=self.measure_every,
-                                         optimizer=self.optimizer, preconditioned=acfg.noise == "preconditioned")
+        # Hooks only while a step is measured: attached, even idle ones cost a Python call per
+        # parameter and pass (benchmarks/noise_overhead.py), so they are removed in between.
+        self.monitor = NoiseScaleMonitor(self.model, micro_batch=b0, optimizer=self.optimizer,
+                                         preconditioned=acfg.noise == "preconditioned")
+        self.monitor.close()
         budget_steps = total_steps(task, cfg, b0)
         self.max_steps = cfg.steps
         self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
@@ -166,13 +178,18 @@ class AdaptiveRun:
         self.rate = ScaledLearningRate(self.lr0, b0, self.opt_name, warmup=cfg.warmup_steps,
                                        total=budget_steps if cfg.schedule != "constant" else None,
                                        schedule=cfg.schedule)
-        self.eval_examples = (cfg.eval_every or max(1, budget_steps // 25)) * b0
-        self.ctx = TrainContext(task, cfg, self.model, self.optimizer, self.device, b0, b0, 1)
+        self.budget_examples = budget_steps * b0
+        self.ctx = TrainContext(task, cfg, self.model, self.optimizer, self.device, b0, b0, 1, scaler=self.setup.scaler)
         self.log = StepLog()
         self.history: list[HistoryPoint] = []
-        self.next_eval = self.eval_examples
-        self.target_at: Optional[tuple] = None
+        self.next_eval = self._evaluation_gap(0)
+        self.reached = False
+        self.smoothed = (0.0, 0.0)                # EMA of the step loss and its weight (the divergence trend rule)
         self.initial_loss = math.nan
+        self.loss_sum, self.loss_n = 0.0, 0      # training loss since the last evaluation
+        self.b_noise = math.nan                  # the monitor's latest estimate
+        self.last_measured = -1                  # the last measured step (0-based)
+        self.step_times: dict[int, tuple[list, list]] = {}   # batch -> (measured, unmeasured) seconds
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
 
@@ -221,7 +238,9 @@ class AdaptiveRun:
     def step(self) -> float:
         """One optimizer step; returns its training loss."""
         ctx, c = self.ctx, self.controller
-        measured = ctx.step % self.measure_every == 0
+        measured = self.is_measured(ctx.step)
+        if measured:
+            self.last_measured = ctx.step
         idx = self._draw()
         b = len(idx)
         m, k = (c.micro_batch, c.accumulation) if b == c.batch_size else (b, 1)
@@ -231,44 +250,57 @@ class AdaptiveRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         ctx.batch_size, ctx.micro_batch, ctx.accumulation = b, m, k
-        batch = take(self.task.train_data, idx)
-        step_loss = 0.0
-        for i, micro in enumerate(chunks(batch, m) if k > 1 else [batch]):
-            inputs, target = split_batch(to_device(micro, self.device))
-            loss = self.task.loss_fn(forward(self.model, inputs), target)
-            (loss / k).backward()   # summed over the k passes: the gradient of the mean over b
-            lv = float(loss.detach())
-            step_loss += lv / k
-            for cb in self.callbacks:
-                cb.on_micro_batch_end(ctx, i, lv)
+        if measured:
+            self.monitor.bind(self.model, self.optimizer)
+        step_loss = ctx.step_loss = _train_step(ctx, self.setup, take(self.task.train_data, idx), self.callbacks)
         self._check_diverged(step_loss, b, lr)
         for cb in self.callbacks:
             cb.on_before_step(ctx)
-        self.monitor.micro_batch = m
-        if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
-            self.rate.observe(self.monitor.estimate().b_simple)
+        if measured:
+            self.monitor.micro_batch = m
+            if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
+                self.b_noise = self.monitor.estimate().b_simple
+                self.rate.observe(self.b_noise)
+            self.monitor.close()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.rate.advance(b)
-        self.log.add(b, m, k, lr, self._b_noise(), measured)
+        self.log.add(b, m, k, lr, self.b_noise, measured)
         return step_loss
 
-    def _b_noise(self) -> float:
-        est = self.monitor.estimate()
-        return est.b_simple if est.n_samples else math.nan
-
     def _check_diverged(self, step_loss: float, b: int, lr: float) -> None:
-        cfg = self.cfg
-        blown_up = cfg.diverge_factor is not None and step_loss > cfg.diverge_factor * self.initial_loss
-        if not math.isfinite(step_loss) or blown_up:
-            what = f"became {step_loss}" if not blown_up else f"grew from {self.initial_loss:.4g} to {step_loss:.4g}"
+        decay = 1.0 - 1.0 / DIVERGE_SMOOTHING
+        loss, weight = self.smoothed
+        self.smoothed = (decay * loss + step_loss, decay * weight + 1.0)
+        what = divergence(step_loss, self.smoothed[0] / self.smoothed[1], self.ctx.step + 1, self.initial_loss, self.cfg)
+        if what:
             raise DivergedError(
                 f"the training loss {what} at step {self.ctx.step + 1} with lr={lr:g} at batch size {b} (adaptive); "
                 f"lower the starting learning rate (try {self.lr0 / 10:g}) or add warm-up (--warmup)", self.history)
 
+    def is_measured(self, step: int) -> bool:
+        """The first ``min_samples`` steps are measured, so the first decision comes early; then every
+        ``measure_every``-th. Up-front cost: about ``min_samples`` steps, once per run."""
+        return step < self.acfg.min_samples or step - self.last_measured >= self.measure_every
+
+    def _calibrate(self, b: int, measured: bool, seconds: float) -> None:
+        """Set the cadence from this run's own step times: a measured step's excess over an unmeasured
+        one at the same batch, spread so that it costs ``overhead`` (the profile's guess until then).
+
+        Only when ``measure_every`` was not given: timing varies between runs, so then the measured
+        steps (not the data, rates or model) can differ between two runs of the same seed.
+        """
+        times = self.step_times.setdefault(b, ([], []))
+        times[0 if measured else 1].append(seconds)
+        del times[0][:-5], times[1][:-5]                # the latest five of each: the machine's state now
+        if self.acfg.measure_every is None and measured and min(len(times[0]), len(times[1])) >= 3:
+            excess = min(times[0]) / min(times[1]) - 1.0   # least of each: load only ever slows a step
+            self.measure_every = max(1, math.ceil(excess / self.acfg.overhead))
+
     def _decide(self) -> None:
-        c = self.controller
-        if c.due(self.ctx.step):
+        c, step = self.controller, self.ctx.step
+        due = c.due(step) if self.acfg.every else (self.last_measured == step - 1 and step >= self.acfg.min_samples)
+        if due:
             d = c.decide(self.ctx.step, self.monitor.estimate())
             if d.changed:
                 self.sampler.set_batch_size(d.batch_size)
@@ -282,11 +314,32 @@ class AdaptiveRun:
         point = HistoryPoint(ctx.step, ctx.examples, ctx.seconds, train_loss, metric, eval_loss,
                              self.optimizer.param_groups[0]["lr"])
         self.history.append(point)
+        self.reached = self.reached or self.task.target.reached(eval_loss, metric)
         for cb in self.callbacks:
             cb.on_evaluate(ctx, point)
-        if self.target_at is None and self.task.target.reached(point.eval_loss, point.metric):
-            self.target_at = (ctx.step, ctx.examples, ctx.seconds)
         return point
+
+    def _evaluation_gap(self, examples: int) -> int:
+        """Examples to the next evaluation: ``eval_every`` steps at the starting batch; for target-driven
+        runs 1/25 of the examples so far (at least one batch), as ``train`` does in steps."""
+        cfg, b0 = self.cfg, self.controller.start_batch
+        if cfg.eval_every is not None:
+            return cfg.eval_every * b0
+        if cfg.until_target:
+            return max(self.sampler.batch_size, int(examples * TARGET_RESOLUTION))
+        return max(b0, (self.max_examples or self.max_steps * b0) // EVALS_PER_RUN)
+
+    def crossing(self) -> Optional[tuple[float, float, float]]:
+        """(step, examples, seconds) where the target was first reached, interpolated between evaluations
+        with :func:`batchscope.train.crossing_step` (examples and seconds too: the batch changes)."""
+        target = self.task.target
+        values = [(p.step, p.metric if target.kind == "metric" else p.eval_loss) for p in self.history]
+        step = crossing_step(values, target.value, target.kind == "metric") if self.reached else None
+        if step is None:
+            return None
+        steps = [p.step for p in self.history]
+        return (step, float(np.interp(step, steps, [p.examples for p in self.history])),
+                float(np.interp(step, steps, [p.seconds for p in self.history])))
 
     def _limit_reached(self) -> bool:
         ctx = self.ctx
@@ -303,24 +356,25 @@ class AdaptiveRun:
         else:
             self.initial_loss = evaluate(self.model, self.task, "train", self.device, 2048)[0]
             self._record(self.initial_loss)
-        stopped = "target reached" if self.target_at is not None and cfg.until_target else ""
-        loss_sum, loss_n = 0.0, 0
+        stopped = "target reached" if self.reached and cfg.until_target else ""
         while not stopped and not self._limit_reached():
             t0 = time.perf_counter()
             step_loss = self.step()
-            ctx.seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            ctx.seconds += seconds
+            self._calibrate(ctx.batch_size, self.last_measured == ctx.step, seconds)
             ctx.step += 1
             ctx.examples += ctx.batch_size
-            loss_sum, loss_n = loss_sum + step_loss, loss_n + 1
+            self.loss_sum, self.loss_n = self.loss_sum + step_loss, self.loss_n + 1
             self._decide()
             for cb in self.callbacks:
                 cb.on_step_end(ctx, step_loss)
             stopped = self._stop_reason()
             if ctx.examples >= self.next_eval or stopped or self._limit_reached():
-                self.next_eval = (ctx.examples // self.eval_examples + 1) * self.eval_examples
-                self._record(loss_sum / loss_n)
-                loss_sum, loss_n = 0.0, 0
-                if self.target_at is not None and cfg.until_target:
+                self.next_eval = ctx.examples + self._evaluation_gap(ctx.examples)
+                self._record(self.loss_sum / self.loss_n)
+                self.loss_sum, self.loss_n = 0.0, 0
+                if self.reached and cfg.until_target:
                     stopped = stopped or "target reached"
             self._checkpoint()
         return self._result(stopped or "step limit")
@@ -334,7 +388,7 @@ class AdaptiveRun:
         return ""
 
     def _result(self, stopped: str) -> TrainResult:
-        ctx, t = self.ctx, self.target_at
+        ctx, t = self.ctx, self.crossing()
         self.monitor.close()
         resolved = {**{k: v for k, v in asdict(self.cfg).items() if k != "adaptive"}, "lr": self.lr0,
                     "optimizer": self.opt_name, "micro_batch": None, "adaptive": self.acfg.describe()}
@@ -342,7 +396,8 @@ class AdaptiveRun:
             task=self.task.name, config=resolved, history=self.history, steps=ctx.step, examples=ctx.examples,
             seconds=ctx.seconds, reached_target=t is not None, target=self.task.target.describe(self.task.metric_name),
             target_step=t[0] if t else None, target_examples=t[1] if t else None, target_seconds=t[2] if t else None,
-            stopped_because=stopped, model=self.model, adaptive=self.summary())
+            stopped_because=stopped, target_interpolated=bool(t) and t[0] not in [p.step for p in self.history],
+            model=self.model, adaptive=self.summary())
         for cb in self.callbacks:
             cb.on_train_end(ctx, result)
         return result
@@ -351,7 +406,7 @@ class AdaptiveRun:
         """What the adaptive part did: per-step columns, the decisions, the measuring cadence."""
         est = self.monitor.estimate()
         return {"steps": asdict(self.log), "decisions": [d.to_dict() for d in self.controller.decisions],
-                "measure_every": self.measure_every, "decide_every": self.controller.every,
+                "measure_every": self.measure_every, "decide_every": self.acfg.every, "min_samples": self.acfg.min_samples,
                 "nonfinite_estimates": self.controller.nonfinite, "noise": self.acfg.noise,
                 "final_b_noise": est.to_dict(), "profile": self.profile_summary}
 
@@ -360,26 +415,26 @@ class AdaptiveRun:
     def state_dict(self) -> dict:
         ctx = self.ctx
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "sampler": self.sampler.state_dict(), "controller": self.controller.state_dict(),
-                "monitor": monitor_state(self.monitor), "rate": self.rate.state_dict(),
+                "adapt": adapt_state(self.sampler, self.controller, self.monitor, self.rate),
                 "counters": {"step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
                              "next_eval": self.next_eval, "initial_loss": self.initial_loss,
-                             "target_at": self.target_at},
+                             "reached": self.reached, "smoothed": list(self.smoothed), "loss_sum": self.loss_sum, "loss_n": self.loss_n,
+                             "b_noise": self.b_noise, "last_measured": self.last_measured,
+                             "measure_every": self.measure_every},
                 "history": [asdict(p) for p in self.history], "log": asdict(self.log),
                 "rng": torch.get_rng_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.sampler.load_state_dict(state["sampler"])
+        load_adapt_state(state["adapt"], self.sampler, self.controller, self.monitor, self.rate)
         self.batches = iter(self.sampler)
-        self.controller.load_state_dict(state["controller"])
-        load_monitor_state(self.monitor, state["monitor"])
-        self.rate.load_state_dict(state["rate"])
         n = state["counters"]
         self.ctx.step, self.ctx.examples, self.ctx.seconds = n["step"], n["examples"], n["seconds"]
         self.next_eval, self.initial_loss = n["next_eval"], n["initial_loss"]
-        self.target_at = None if n["target_at"] is None else tuple(n["target_at"])
+        self.loss_sum, self.loss_n, self.b_noise = n["loss_sum"], n["loss_n"], n["b_noise"]
+        self.last_measured, self.measure_every = n["last_measured"], n["measure_every"]
+        self.reached, self.smoothed = n["reached"], tuple(n["smoothed"])
         self.history = [HistoryPoint(**p) for p in state["history"]]
         self.log = StepLog(**state["log"])
         torch.set_rng_state(state["rng"])
@@ -390,21 +445,3 @@ class AdaptiveRun:
             tmp = f"{a.checkpoint}.tmp"
             torch.save(self.state_dict(), tmp)
             os.replace(tmp, a.checkpoint)   # a run killed while writing keeps the previous checkpoint
-
-
-def monitor_state(monitor: NoiseScaleMonitor) -> dict:
-    """The monitor's smoothed moments and counters (what a resumed run needs to estimate the same)."""
-    if hasattr(monitor, "state_dict"):
-        return monitor.state_dict()
-    return {"moments": dict(vars(monitor.moments)), "steps": monitor._steps, "skipped": monitor.skipped,
-            "unmeasured": monitor.unmeasured, "sizes": monitor.sizes}
-
-
-def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
-    if hasattr(monitor, "load_state_dict"):
-        return monitor.load_state_dict(state)
-    vars(monitor.moments).update(state["moments"])
-    monitor._steps, monitor.skipped, monitor.unmeasured = state["steps"], state["skipped"], state["unmeasured"]
-    monitor.sizes = tuple(state["sizes"])
-    if monitor._capture is not None:
-        monitor._capture.active = monitor._steps % monitor.every == 0

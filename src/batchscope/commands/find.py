@@ -14,6 +14,27 @@ from ..serialize import dumps, write_json
 from ..tasks import load_task
 
 
+def adaptive_command(task_spec: str, measuring: dict, max_batch, profile_path, device: str) -> str:
+    """The `batchscope train --adaptive` line that starts where find's measuring run started."""
+    parts = ["batchscope train", f"--task {task_spec}", "--adaptive", f"--batch-size {measuring['batch_size']}",
+             f"--lr {measuring['lr']:.4g}", "--until-target"]
+    if max_batch:
+        parts.append(f"--max-batch {max_batch}")
+    if profile_path:
+        parts.append(f"--profile {profile_path}")
+    if device != "cpu":
+        parts.append(f"--device {device}")
+    return " ".join(parts)
+
+
+def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None:
+    console.print(f"or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:\n"
+                  f"  {command}")
+    if not profile_path:
+        console.print(f"  (add --profile FILE, saved by `batchscope profile --task {task_spec} --out FILE`, "
+                      "to skip measuring the hardware again)")
+
+
 @click.command("find")
 @task_option
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="fastest", show_default=True,
@@ -63,6 +84,7 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
                       cluster=cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency),
                       callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     doc = result.to_dict()
+    doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
     if out:
         write_json(out, doc)
     if report_dir:
@@ -74,6 +96,7 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
         click.echo(dumps({k: doc[k] for k in doc if k not in ("noise_steps",)}))
         return
     _print(console, task, result)
+    _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)
 
 
 def _print(console, task, result) -> None:

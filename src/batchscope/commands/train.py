@@ -4,12 +4,35 @@ from __future__ import annotations
 
 import click
 
-from ._options import device_name, device_option, json_option, keep_measured_in, task_option
-from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..errors import ConfigError
+from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..serialize import dumps, write_json
 from ..tasks import OPTIMIZERS, load_task
 from ..train import SCHEDULES, TrainConfig, train
+from ._options import device_name, device_option, json_option, keep_measured_in, task_option
+
+
+def _adaptive_config(adaptive: bool, max_batch, profile_path, plot):
+    if not adaptive:
+        given = [name for name, v in (("--max-batch", max_batch), ("--profile", profile_path), ("--plot", plot)) if v]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply to adaptive runs; add --adaptive")
+        return None
+    from ..adapt.loop import AdaptiveConfig  # only adaptive runs need the hardware, noise and plan layers
+
+    return AdaptiveConfig(profile=profile_path, max_batch=max_batch)
+
+
+def _adaptive_rows(a: dict) -> list[tuple]:
+    """What the batch did: each change with the estimate behind it, and the measuring cadence."""
+    moves = [d for d in a["decisions"] if d["changed"]]
+    path = " -> ".join([str(moves[0]["previous"])] + [f"{d['batch_size']} (step {d['step']:,}, B_noise "
+                                                      f"{d['b_noise']:.0f})" for d in moves]) if moves else "unchanged"
+    est = a["final_b_noise"]
+    return [("batch size", path),
+            ("final B_noise [interval]", f"{est['b_simple']:.4g} [{est['low']:.4g}, {est['high']:.4g}]"),
+            ("noise measured", f"first {a['min_samples']} steps, then every {a['measure_every']}; a decision after "
+                               f"each; {a['nonfinite_estimates']} non-finite estimate(s) held")]
 
 
 def tensorboard_callbacks(log_dir: str, batch_size: int, micro_batch) -> list:
@@ -47,19 +70,28 @@ def training_options(f):
 @click.option("--until-target", is_flag=True, help="stop when the task's target is reached")
 @click.option("--eval-every", type=int, default=None, help="steps between evaluations")
 @device_option
+@click.option("--adaptive", is_flag=True,
+              help="grow the batch during the run from the measured noise scale (starts at --batch-size)")
+@click.option("--max-batch", type=int, default=None, help="with --adaptive: the largest global batch")
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="with --adaptive: a hardware profile from `batchscope profile --out` (default: measure one)")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="with --adaptive: draw batch size and B_noise over training (PNG)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the result JSON here")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="write TensorBoard scalars here: loss, batch, lr, metric; B_noise with --micro-batch")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
-            steps, epochs, until_target, eval_every, device, out, log_dir, as_json) -> None:
+            steps, epochs, until_target, eval_every, device, adaptive, max_batch, profile_path, plot, out, log_dir,
+            as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
         steps = 500
+    acfg = _adaptive_config(adaptive, max_batch, profile_path, plot)
     cfg = TrainConfig(batch_size=batch_size, lr=lr, optimizer=optimizer, micro_batch=micro_batch, steps=steps,
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
-                      eval_every=eval_every, seed=seed, device=device, amp=amp)
+                      eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg)
     console = console_for(as_json)
     keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
     console.print(f"training {task.name} on {device_name(device)}")
@@ -67,6 +99,10 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     with progress_bar(console) as progress:
         result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}"), *extra])
     doc = result.to_dict()
+    if plot:
+        from ..report.adaptive_plot import plot_adaptive
+
+        doc["plot"] = str(plot_adaptive(result.adaptive, plot, f"{task.name}: adaptive batch from {batch_size}"))
     if out:
         write_json(out, doc)
     if as_json:
@@ -87,6 +123,9 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
                      f"{result.target_seconds:.1f} s)"))
     else:
         rows.append(("target " + result.target, "not reached"))
-    console.print(make_table(f"{task.name}: B={batch_size}, lr={result.config['lr']:g}, "
+    if result.adaptive:
+        rows += _adaptive_rows(result.adaptive)
+    console.print(make_table(f"{task.name}: B={batch_size}{' (adaptive)' if adaptive else ''}, "
+                             f"lr={result.config['lr']:g}, "
                              f"{result.config['optimizer']}", ["", "value"], rows,
                              caption=f"stopped: {result.stopped_because}"))

@@ -1,0 +1,48 @@
+"""`batchscope train --adaptive`: JSON columns, the plot, and bad input as one line with exit 2."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from batchscope.cli import cli
+from batchscope.commands.find import adaptive_command
+from batchscope.tasks import load_task
+
+from .test_plan_find import fake_profile
+
+
+@pytest.fixture
+def dots_profile(tmp_path):
+    path = tmp_path / "dots.json"
+    fake_profile(load_task("dots"), alpha=2e-3, beta=2e-5).save(path)
+    return str(path)
+
+
+def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
+    png = tmp_path / "adaptive.png"
+    r = CliRunner().invoke(cli, ["train", "--task", "dots", "--adaptive", "--batch-size", "8", "--steps", "60",
+                                 "--profile", dots_profile, "--max-batch", "128", "--plot", str(png), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    cols = doc["adaptive"]["steps"]
+    assert {"batch_size", "accumulation", "lr", "b_noise"} <= set(cols) and len(cols["batch_size"]) == 60
+    assert max(cols["batch_size"]) <= 128 and doc["config"]["adaptive"]["max_batch"] == 128
+    assert png.stat().st_size > 5000
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--adaptive", "--batch-size", "16", "--max-batch", "8"], "--max-batch 8 is below the starting batch 16"),
+    (["--max-batch", "64"], "--max-batch only apply to adaptive runs; add --adaptive"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(args, message, dots_profile):
+    extra = ["--profile", dots_profile] if "--adaptive" in args else []
+    r = CliRunner().invoke(cli, ["train", "--task", "dots", "--steps", "5", *args, *extra])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert f"error: {message}" in r.output
+
+
+def test_find_says_how_to_train_adaptively():
+    cmd = adaptive_command("dots", {"batch_size": 32, "lr": 0.1}, 512, "p.json", "cpu")
+    assert cmd == ("batchscope train --task dots --adaptive --batch-size 32 --lr 0.1 --until-target "
+                   "--max-batch 512 --profile p.json")

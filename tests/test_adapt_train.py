@@ -1,0 +1,91 @@
+"""train(task, TrainConfig(adaptive=...)): the batch grows with the noise scale; resume; bad input."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from batchscope import Callback, ConfigError, TrainConfig, train
+from batchscope.adapt import adascale_gain
+from batchscope.adapt.loop import AdaptiveConfig
+
+from .test_plan_find import blobs_task, fake_profile
+
+# alpha/beta = 100: with B_noise in the tens to hundreds, B* = sqrt(100 B_noise) is well above the start.
+CHEAP_EXAMPLES = dict(alpha=2e-3, beta=2e-5)
+
+
+def _run(task, steps=120, b0=8, **kw):
+    acfg = AdaptiveConfig(profile=fake_profile(task, **CHEAP_EXAMPLES), measure_every=2, every=10, **kw)
+    return train(task, TrainConfig(batch_size=b0, steps=steps, eval_every=20, adaptive=acfg))
+
+
+@pytest.mark.slow
+def test_batch_grows_and_every_step_is_logged():
+    task = blobs_task()
+    r = _run(task)
+    log = r.adaptive["steps"]
+    assert len(log["batch_size"]) == r.steps == 120 and sum(log["batch_size"]) == r.examples
+    assert log["batch_size"][0] == 8 and max(log["batch_size"]) > 8
+    changes = [d for d in r.adaptive["decisions"] if d["changed"]]
+    assert changes and all(d["gain"] > 0.05 for d in changes)
+    # measured steps run at least two micro-batches; the others the controller's layout (one here)
+    assert all(k >= 2 for k, m in zip(log["accumulation"], log["measured"]) if m)
+    assert all(k == 1 for k, m in zip(log["accumulation"], log["measured"]) if not m)
+    # SGD: lr = lr0 * AdaScale gain with the estimate known before the step
+    for s in range(1, r.steps):
+        b, bn = log["batch_size"][s], log["b_noise"][s - 1]
+        want = task.lr * (adascale_gain(b, 8, bn) if b != 8 and bn else 1.0)
+        assert log["lr"][s] == pytest.approx(want)
+    json.dumps(r.to_dict())
+
+
+def test_memory_ceiling_forces_accumulation():
+    task = blobs_task()
+    r = _run(task, b0=32, memory_ceiling=8, steps=30)   # every pass pays alpha: no growth beyond the ceiling
+    log = r.adaptive["steps"]
+    assert set(log["batch_size"]) == {32} and set(log["micro_batch"]) == {8} and set(log["accumulation"]) == {4}
+    assert all(b == m * k for b, m, k in zip(log["batch_size"], log["micro_batch"], log["accumulation"]))
+
+
+class _Kill(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, ctx, loss):
+        if ctx.step == self.at:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
+    task = blobs_task()
+    full = _run(task)
+    ck = str(tmp_path / "run.pt")
+    acfg = AdaptiveConfig(profile=fake_profile(task, **CHEAP_EXAMPLES), measure_every=2, every=10,
+                          checkpoint=ck, checkpoint_every=20)
+    cfg = TrainConfig(batch_size=8, steps=120, eval_every=20, adaptive=acfg)
+    with pytest.raises(KeyboardInterrupt):
+        train(task, cfg, [_Kill(70)])                      # the last checkpoint is at step 60
+    acfg.resume = ck
+    again = train(task, cfg)
+    a, b = full.adaptive["steps"], again.adaptive["steps"]
+    for col in ("batch_size", "accumulation", "lr", "b_noise"):
+        assert a[col] == b[col], col
+    assert [p.loss for p in full.history] == [p.loss for p in again.history]
+    for p, q in zip(full.model.parameters(), again.model.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("kw,cfg,message", [
+    ({"max_batch": 4}, {}, "--max-batch 4 is below the starting batch 8; raise --max-batch"),
+    ({"memory_ceiling": 0}, {}, "not even one example fits a device"),
+    ({}, {"micro_batch": 4}, "an adaptive run picks its own micro-batches"),
+    ({"noise": "preconditioned"}, {}, "preconditioned noise needs an Adam-type optimizer"),
+])
+def test_bad_input_is_refused_with_the_fix(kw, cfg, message):
+    task = blobs_task()
+    acfg = AdaptiveConfig(profile=fake_profile(task, **CHEAP_EXAMPLES), **kw)
+    with pytest.raises(ConfigError, match=message):
+        train(task, TrainConfig(batch_size=8, steps=10, adaptive=acfg, **cfg))

@@ -1,5 +1,7 @@
 """Tasks and fakes that several test modules share (imported as a plain module, never from a test module)."""
 
+import socket
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -54,3 +56,10 @@ def blobs_task(n=6000, seed=0):
                 train_data=TensorDataset(x[:cut], y[:cut]), val_data=TensorDataset(x[cut:], y[cut:]),
                 loss_fn=nn.functional.cross_entropy, metric_fn=accuracy, metric_name="accuracy",
                 optimizer="sgd", lr=0.02, momentum=0.0, reference_batch=32, target=Target("metric", 0.80, "val"))
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback, for a gloo rendezvous between test processes."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

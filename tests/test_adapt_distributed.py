@@ -2,7 +2,6 @@
 
 import gc
 import json
-import socket
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from batchscope.adapt import AdaptiveBatchSampler, BatchSizeController, StepTimeModel
 from batchscope.adapt.distributed import broadcast_decision
 from batchscope.noise import NoiseScaleMonitor
+from tests.helpers import free_port
 
 WORLD, N, D, STEPS = 2, 1024, 6, 16
 
@@ -36,12 +36,6 @@ def _controller() -> BatchSizeController:
     # alpha / beta = 100: B* = sqrt(100 B_noise), above the start batch once B_noise is measured
     return BatchSizeController(StepTimeModel(2e-3, 2e-5), start_batch=8, n_train=N, max_batch=256, devices=WORLD,
                                every=2, min_samples=2, confident=False)   # moves early: the test is about agreement
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, port: int, out: str) -> None:
@@ -113,7 +107,7 @@ def _one_process():
 def test_ranks_agree_with_rank0_and_with_one_process():
     with tempfile.TemporaryDirectory(prefix="batchscope-adapt-ddp-") as d:
         out = Path(d) / "rank0.json"
-        mp.spawn(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+        mp.spawn(_rank_main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
         got = json.loads(out.read_text())
     sizes, estimates, model = _one_process()
     r0, r1 = got["ranks"]

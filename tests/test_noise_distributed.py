@@ -2,7 +2,6 @@
 
 import gc
 import json
-import socket
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -15,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from batchscope.noise import NoiseScaleMonitor
+from tests.helpers import free_port
 
 WORLD, ACC, MICRO, STEPS, D = 2, 2, 4, 4, 6
 
@@ -28,12 +28,6 @@ def _data():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(STEPS, WORLD * ACC * MICRO, D, generator=g)          # (S, B, D)
     return x, x.sin().sum(-1, keepdim=True) + 0.3 * torch.randn(STEPS, WORLD * ACC * MICRO, 1, generator=g)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank: int, port: int, out: str) -> None:
@@ -74,7 +68,7 @@ def test_data_parallel_equals_micro_batch_on_the_same_split():
     # run on the same machine could remove the result file under the running ranks.
     with tempfile.TemporaryDirectory(prefix="batchscope-ddp-") as d:
         out = Path(d) / "rank0.json"
-        mp.spawn(_rank_main, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+        mp.spawn(_rank_main, args=(free_port(), str(out)), nprocs=WORLD, join=True)
         got = json.loads(out.read_text())
 
     model = _model()

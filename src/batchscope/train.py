@@ -486,7 +486,7 @@ def divergence(step_loss: float, smoothed: float, steps: int, initial: float, cf
     return None
 
 
-def _train_step(ctx: TrainContext, setup: TrainingSetup, batch, callbacks: list[Callback]) -> float:
+def accumulate_step(ctx: TrainContext, setup: TrainingSetup, batch, callbacks: list[Callback]) -> float:
     """Forward and backward over the micro-batches of one batch; returns the batch's mean loss."""
     task, m, k = ctx.task, ctx.micro_batch, ctx.accumulation
     step_loss = 0.0
@@ -504,7 +504,19 @@ def _train_step(ctx: TrainContext, setup: TrainingSetup, batch, callbacks: list[
     return step_loss
 
 
-def _as_callbacks(callbacks: Iterable) -> list[Callback]:
+def record_evaluation(ctx: TrainContext, train_loss: float, history: list[HistoryPoint],
+                      callbacks: list[Callback]) -> HistoryPoint:
+    """Evaluate on the target's split, append the point to ``history`` and tell the callbacks."""
+    eval_loss, metric = evaluate(ctx.model, ctx.task, ctx.task.target.split, ctx.device, ctx.config.eval_examples)
+    point = HistoryPoint(ctx.step, ctx.examples, ctx.seconds, train_loss, metric, eval_loss,
+                         ctx.optimizer.param_groups[0]["lr"])
+    history.append(point)
+    for cb in callbacks:
+        cb.on_evaluate(ctx, point)
+    return point
+
+
+def as_callbacks(callbacks: Iterable) -> list[Callback]:
     """Callbacks as given; an object with ``as_callback()`` (a noise monitor) is adapted."""
     return [c if isinstance(c, Callback) or not hasattr(c, "as_callback") else c.as_callback() for c in callbacks]
 
@@ -520,7 +532,7 @@ def train(task: "Task | str", config: TrainConfig, callbacks: Iterable = ()) -> 
     settings = OptimizerSettings.of(task, cfg)
     setup = build_training(task, device, settings, cfg.amp, cfg.seed)
     check_batch(task, m, "micro-batch" if m < b else "batch size", setup.model)
-    callbacks = _as_callbacks(callbacks)
+    callbacks = as_callbacks(callbacks)
     total = total_steps(task, cfg, b)
     ctx = TrainContext(task, cfg, setup.model, setup.optimizer, device, b, m, b // m, scaler=setup.scaler)
     resolved = {**asdict(cfg), "lr": settings.lr, "optimizer": settings.name, "micro_batch": m, "total_steps": total}
@@ -553,14 +565,8 @@ class _Run:
         self.reached = False
 
     def record(self, train_loss: float) -> HistoryPoint:
-        ctx, cfg = self.ctx, self.ctx.config
-        eval_loss, metric = evaluate(ctx.model, ctx.task, ctx.task.target.split, ctx.device, cfg.eval_examples)
-        point = HistoryPoint(ctx.step, ctx.examples, ctx.seconds, train_loss, metric, eval_loss,
-                             ctx.optimizer.param_groups[0]["lr"])
-        self.history.append(point)
-        self.reached = self.reached or ctx.task.target.reached(eval_loss, metric)
-        for cb in self.callbacks:
-            cb.on_evaluate(ctx, point)
+        point = record_evaluation(self.ctx, train_loss, self.history, self.callbacks)
+        self.reached = self.reached or self.ctx.task.target.reached(point.eval_loss, point.metric)
         return point
 
     def loop(self) -> str:
@@ -580,7 +586,7 @@ class _Run:
             factor = lr_factor(ctx.step, total, cfg.warmup_steps, cfg.schedule)
             for group, base in zip(ctx.optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
-            ctx.step_loss = _train_step(ctx, setup, take(ctx.task.train_data, next(stream)), self.callbacks)
+            ctx.step_loss = accumulate_step(ctx, setup, take(ctx.task.train_data, next(stream)), self.callbacks)
             decay = 1.0 - 1.0 / DIVERGE_SMOOTHING
             smoothed, weight = decay * smoothed + ctx.step_loss, decay * weight + 1.0
             why = divergence(ctx.step_loss, smoothed / weight, ctx.step + 1, initial, cfg)

@@ -35,8 +35,9 @@ from ..noise import NoiseScaleMonitor
 from ..plan.model import step_time_curve
 from ..tasks import Task
 from ..train import (DIVERGE_SMOOTHING, EVALS_PER_RUN, TARGET_RESOLUTION, Callback, HistoryPoint,
-                     OptimizerSettings, TrainConfig, TrainContext, TrainResult, _as_callbacks, _train_step,
-                     build_training, check_batch, crossing_step, divergence, evaluate, resolve_device, total_steps)
+                     OptimizerSettings, TrainConfig, TrainContext, TrainResult, accumulate_step, as_callbacks,
+                     build_training, check_batch, crossing_step, divergence, evaluate, record_evaluation,
+                     resolve_device, total_steps)
 from .controller import BatchSizeController, StepTimeModel
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
@@ -148,7 +149,7 @@ class AdaptiveRun:
     """One adaptive training run: built from the configs, driven by :meth:`run`."""
 
     def __init__(self, task: Task, cfg: TrainConfig, acfg: AdaptiveConfig, callbacks: list[Callback]):
-        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, _as_callbacks(callbacks)
+        self.task, self.cfg, self.acfg, self.callbacks = task, cfg, acfg, as_callbacks(callbacks)
         b0 = self._validate()
         self.device = resolve_device(cfg.device)
         profile = resolve_profile(task, acfg, cfg.device)
@@ -252,7 +253,7 @@ class AdaptiveRun:
         ctx.batch_size, ctx.micro_batch, ctx.accumulation = b, m, k
         if measured:
             self.monitor.bind(self.model, self.optimizer)
-        step_loss = ctx.step_loss = _train_step(ctx, self.setup, take(self.task.train_data, idx), self.callbacks)
+        step_loss = ctx.step_loss = accumulate_step(ctx, self.setup, take(self.task.train_data, idx), self.callbacks)
         self._check_diverged(step_loss, b, lr)
         for cb in self.callbacks:
             cb.on_before_step(ctx)
@@ -308,15 +309,8 @@ class AdaptiveRun:
     # ---- evaluation and the run -------------------------------------------------------------
 
     def _record(self, train_loss: float) -> HistoryPoint:
-        ctx = self.ctx
-        eval_loss, metric = evaluate(self.model, self.task, self.task.target.split, self.device,
-                                     self.cfg.eval_examples)
-        point = HistoryPoint(ctx.step, ctx.examples, ctx.seconds, train_loss, metric, eval_loss,
-                             self.optimizer.param_groups[0]["lr"])
-        self.history.append(point)
-        self.reached = self.reached or self.task.target.reached(eval_loss, metric)
-        for cb in self.callbacks:
-            cb.on_evaluate(ctx, point)
+        point = record_evaluation(self.ctx, train_loss, self.history, self.callbacks)
+        self.reached = self.reached or self.task.target.reached(point.eval_loss, point.metric)
         return point
 
     def _evaluation_gap(self, examples: int) -> int:

@@ -68,13 +68,17 @@ def _lrs(ctx, param, values):
               help="one worker per device: cuda:0,cuda:1,... | auto | cpu (instead of --workers)")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
               help="run each run as a Ray task: on the cluster at ADDRESS, or a local Ray without one")
+@click.option("--adaptive", is_flag=True, default=False,
+              help="add one run per optimizer and seed whose batch follows the gradient noise scale")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None,
+              help="hardware profile for the adaptive runs (`batchscope profile --out`) [default: measured once]")
 @click.option("--report/--no-report", "make_report", default=True, show_default=True,
               help="write report.md, report.html and plots into the directory at the end")
 @device_option
 @json_option
 def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch,
             lr_grid, warmup_epochs, seeds, target, grad_norm_batches, noise_steps, evals_per_run, workers, devices_text,
-            ray_address, make_report, device, as_json) -> None:
+            ray_address, adaptive, profile_path, make_report, device, as_json) -> None:
     """Sweep batch sizes (with lr rules, warm-up, optimizers, seeds) and save every run as it finishes."""
     from ..report.console import progress_bar
 
@@ -84,7 +88,7 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
     devices = _placement(workers, devices_text, ray_address)
     plan = None if resume_dir else _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules,
                                          reference_batch, lr_grid, warmup_epochs, seeds, target, grad_norm_batches,
-                                         noise_steps, evals_per_run, device)
+                                         noise_steps, evals_per_run, device, adaptive, profile_path)
     where = directory or resume_dir
     with progress_bar(console) as progress:
         bar = {}
@@ -142,10 +146,18 @@ def _placement(workers: int, devices_text, ray_address):
 
 
 def _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, reference_batch, lr_grid, warmup_epochs,
-          seeds, target, grad_norm_batches, noise_steps, evals_per_run, device) -> StudyPlan:
+          seeds, target, grad_norm_batches, noise_steps, evals_per_run, device, adaptive=False,
+          profile_path=None) -> StudyPlan:
     """The StudyPlan the options describe (a new study)."""
     if epochs is not None and steps is not None:
         raise ConfigError("give a budget in --epochs or in --steps, not both")
+    profile = None
+    if profile_path is not None:
+        if not adaptive:
+            raise ConfigError("--profile is the hardware profile of the adaptive runs; add --adaptive or drop --profile")
+        from ..hardware import HardwareProfile
+
+        profile = HardwareProfile.load(profile_path).to_dict()
     opts = tuple(o.strip() for o in optimizers.split(",") if o.strip())
     given = dict(lrs)
     common = given.pop("*", None)
@@ -156,5 +168,4 @@ def _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, refe
                      lr_rules=tuple(r.strip() for r in lr_rules.split(",") if r.strip()),
                      reference_batch=reference_batch, lr_grid=lr_grid, warmup_epochs=warmup_epochs, seeds=seeds,
                      target=target, grad_norm_batches=grad_norm_batches, noise_steps=noise_steps,
-                     evals_per_run=evals_per_run,
-                     device=device)
+                     evals_per_run=evals_per_run, device=device, adaptive=adaptive, profile=profile)

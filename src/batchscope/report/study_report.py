@@ -288,13 +288,36 @@ def _runs(page: Page, records: list[RunRecord], damaged: list[str]) -> None:
     page.table(["run", "status", "lr", "steps", "val acc", "gap", "‖w − w0‖", "steps to target", "wall s"], rows)
 
 
+def _adaptive(page: Page, findings: StudyFindings) -> None:
+    if not findings.adaptive:
+        return
+    page.h(2, "Adaptive batch size against the best fixed batch")
+    rows = []
+    for c in findings.adaptive:
+        for name, arm in (("adaptive", c["adaptive"]), ("best fixed", c["fixed"])):
+            if arm is None:
+                rows.append((c["optimizer"], name, "did not reach the target", "", "", "", "", ""))
+                continue
+            batch = (f"{c['start_batch']} → {'/'.join(map(str, c['final_batches']))}" if name == "adaptive"
+                     else f"{arm['batch_size']} ({arm['lr_rule']})")
+            rows.append((c["optimizer"], name, batch, _f(arm["time"]), _f(arm["clock_seconds"]),
+                         _f(arm["examples"], 4), _f(arm["final_metric"], pct=True), _f(arm["wall_seconds"])))
+    page.table(["optimizer", "arm", "batch", "time to target s (Σ t(B))", "own clock s", "examples to target",
+                "final val", "wall s (run)"], rows)
+    page.p(" ".join(c["summary"] for c in findings.adaptive) + " Time to target counts every step at the step "
+           "time t(B) the fixed runs measured, so both arms are timed on the same clock; 'own clock' is each run's "
+           "training time to the target (for the adaptive run including the noise measurement), 'wall' the "
+           "whole run with its evaluations. Means over seeds.")
+
+
 def write_report(directory: "str | Path", out: "str | Path | None" = None) -> ReportFiles:
     """Read the study in ``directory`` and write report.md, report.html, findings.json and the PNGs to ``out``."""
     directory = Path(directory)
     out = Path(out) if out is not None else directory
     out.mkdir(parents=True, exist_ok=True)
-    plan, facts, records, noise, damaged = _load(directory)
-    findings = analyse(plan, records, noise)
+    plan, facts, every, noise, damaged = _load(directory)
+    findings = analyse(plan, every, noise)
+    records = [r for r in every if not r.spec.adaptive]   # the sections below are about the fixed batches
     page = Page()
     title = f"Batch-size study: {facts.get('name', plan.task)}"
     page.h(1, title)
@@ -303,7 +326,8 @@ def write_report(directory: "str | Path", out: "str | Path | None" = None) -> Re
     plots = [_accuracy(page, plan, records, findings, out), _distance(page, plan, records, out),
              _grad_norms(page, plan, records, out), _bcrit(page, plan, findings, facts, noise, out),
              _rules_and_warmup(page, plan, records, out)]
-    _runs(page, records, damaged)
+    _adaptive(page, findings)
+    _runs(page, every, damaged)
     md = write_text(out / "report.md", page.markdown())
     htm = write_text(out / "report.html", page.html(title))
     js = write_json(out / "findings.json", {"plan": plan.to_dict(), "task": facts, "noise": noise,

@@ -14,6 +14,7 @@ from typing import Iterable, Optional
 
 import numpy as np
 
+from .adaptive_vs_fixed import adaptive_vs_fixed
 from .bcrit import BcritFit, fit_bcrit
 from .plan import StudyPlan
 from .runner import RunRecord
@@ -356,14 +357,20 @@ class StudyFindings:
     bcrit: dict          # optimizer -> {"points", "fit" (BcritFit dict or None), "note", "b_crit_over_b_simple"}
     train_accuracy: list = field(default_factory=list)   # see train_accuracy_change
     diverged: list = field(default_factory=list)         # keys of the runs that diverged
+    adaptive: list = field(default_factory=list)         # adaptive vs best fixed, per optimizer (adaptive_vs_fixed)
 
     def to_dict(self) -> dict:
         return {"findings": [f.to_dict() for f in self.findings], "bcrit": self.bcrit,
-                "train_accuracy": self.train_accuracy, "diverged": self.diverged}
+                "train_accuracy": self.train_accuracy, "diverged": self.diverged, "adaptive": self.adaptive}
 
 
 def analyse(plan: StudyPlan, records: list[RunRecord], noise: Optional[dict] = None) -> StudyFindings:
-    """Every finding, the B_crit fit per optimizer, and its ratio to the measured B_simple (``noise``)."""
+    """Every finding, the B_crit fit per optimizer, and its ratio to the measured B_simple (``noise``).
+
+    The findings and the fit are over the fixed-batch runs; adaptive runs are set against them apart.
+    """
+    every = records
+    records = [r for r in records if not r.spec.adaptive]
     findings = [finding_large_batch_accuracy(plan, records), finding_lr_scaling(plan, records),
                 finding_distance(plan, records), finding_adam_vs_sgd(plan, records), finding_warmup(plan, records)]
     why = not_enough_finished(records)
@@ -379,4 +386,4 @@ def analyse(plan: StudyPlan, records: list[RunRecord], noise: Optional[dict] = N
         bcrit[opt] = {"points": points, "fit": fit.to_dict() if fit else None, "note": note,
                       "b_crit_over_b_simple": ratio}
     return StudyFindings(findings, bcrit, train_accuracy_change(plan, records),
-                         [r.key for r in records if r.status == "diverged"])
+                         [r.key for r in every if r.status == "diverged"], adaptive_vs_fixed(every))

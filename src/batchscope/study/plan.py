@@ -3,6 +3,11 @@
 A study is the Cartesian product batch size x optimizer x learning-rate rule x learning-rate
 multiplier x warm-up x seed, with everything else held fixed. Budgets are either the same number
 of epochs for every batch size (same examples) or the same number of optimizer steps (same updates).
+
+With ``adaptive``, each (optimizer, seed) also gets one run whose batch follows the gradient noise
+scale (:mod:`batchscope.adapt`): it starts at the smallest batch with the optimizer's base rate,
+scales the rate itself (AdaScale for SGD, square root for Adam-type), may grow up to the largest
+batch of the grid, and has the same budget: the same epochs (examples), or the same optimizer steps.
 """
 
 from __future__ import annotations
@@ -50,9 +55,12 @@ class RunSpec:
     steps: Optional[int] = None
     epochs: Optional[float] = None
     grad_norms: bool = False      # measure the gradient-norm distribution in this run
+    adaptive: bool = False        # the batch follows the noise scale; batch_size and lr are where it starts
 
     @property
     def key(self) -> str:
+        if self.adaptive:
+            return f"adaptive-B{self.batch_size}-{self.optimizer}-s{self.seed}"
         return (f"B{self.batch_size}-{self.optimizer}-{self.lr_rule}-x{self.lr_multiplier:g}"
                 f"-w{self.warmup_epochs:g}-s{self.seed}")
 
@@ -93,6 +101,11 @@ class StudyPlan:
     evals_per_run: int = 50
     train_eval_examples: int = 2048           # training examples evaluated at each point of the curve
     device: str = "cpu"
+    adaptive: bool = False                    # add one adaptive-batch run per optimizer and seed
+    # The hardware profile (HardwareProfile.to_dict()) every adaptive run decides with. It is measured
+    # once by the driver (or read from --profile) and stored with the plan, so workers on other machines,
+    # and a resumed study, choose batches from the same step-time curve instead of each measuring its own.
+    profile: Optional[dict] = None
 
     def __post_init__(self):
         object.__setattr__(self, "batch_sizes", tuple(sorted(_tuple("batch_sizes", self.batch_sizes, int))))
@@ -157,7 +170,10 @@ class StudyPlan:
         return replace(self, lrs={o: self.base_lr(o, task) for o in self.optimizers})
 
     def check(self, task: Task) -> None:
-        """Errors that need the task: batch sizes beyond the data."""
+        """Errors that need the task: batch sizes beyond the data, an adaptive arm that cannot start."""
+        if self.adaptive and self.batch_sizes[0] < 2:
+            raise ConfigError(f"the adaptive runs start at the smallest batch size, {self.batch_sizes[0]}, and measure "
+                              "the noise on two micro-batches of it; use batch sizes of 2 or more with --adaptive")
         too_big = [b for b in self.batch_sizes if b > task.n_train]
         if too_big:
             raise ConfigError(f"batch size(s) {', '.join(map(str, too_big))} larger than the training set of task "
@@ -185,7 +201,16 @@ class StudyPlan:
                                 if self.grad_norm_batches and spec.baseline and seed == self.seeds[0]:
                                     spec = replace(spec, grad_norms=True)
                                 runs.append(spec)
+            if self.adaptive:
+                runs += [self.adaptive_spec(opt, seed, task) for opt in self.optimizers]
         return runs
+
+    def adaptive_spec(self, optimizer: str, seed: int, task: Task) -> RunSpec:
+        """The adaptive run of ``optimizer``: smallest batch, base rate, no warm-up, the study's budget."""
+        return RunSpec(batch_size=self.batch_sizes[0], optimizer=optimizer, lr_rule="adaptive", lr_multiplier=1.0,
+                       warmup_epochs=0.0, seed=seed, lr=self.base_lr(optimizer, task), warmup_steps=0,
+                       steps=self.steps if self.budget == "steps" else None,
+                       epochs=self.epochs if self.budget == "epochs" else None, adaptive=True)
 
     def to_dict(self) -> dict:
         return asdict(self)

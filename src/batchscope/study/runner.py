@@ -5,6 +5,7 @@ run to the store before starting to wait for the next.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -46,6 +47,10 @@ class RunRecord:
     wall_seconds: float = 0.0
     device: str = ""                                 # where it ran: cpu, cuda:1, and the Ray node when on Ray
     failures: list = field(default_factory=list)     # why earlier attempts of this run failed
+    target_seconds: Optional[float] = None           # training seconds to the target, interpolated like the step
+    # adaptive runs: 'path' (step, batch, accumulation, lr at the start and at each decision), 'batch_runs' ([batch, steps]
+    # in order, for time = sum of t(B) per step), 'final_batch', 'measure_every'
+    adaptive: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -71,6 +76,8 @@ def execute_run(task: Task, plan: StudyPlan, spec: RunSpec, device: Optional[str
                       epochs=spec.epochs, warmup_steps=spec.warmup_steps, seed=spec.seed, device=device or plan.device)
     total = total_steps(task, cfg, spec.batch_size)
     cfg.eval_every = max(1, total // plan.evals_per_run)
+    if spec.adaptive:
+        cfg.adaptive, cfg.eval_every = adaptive_setup(task, plan, spec)
     recorder = CurveRecorder(plan.train_eval_examples)
     callbacks = [recorder]
     probe = None
@@ -78,15 +85,17 @@ def execute_run(task: Task, plan: StudyPlan, spec: RunSpec, device: Optional[str
         probe = GradNormProbe(plan.grad_norm_batches, round(plan.grad_norm_early * total), seed=spec.seed)
         callbacks.append(probe)
     t0 = time.perf_counter()
-    status, message = "ok", ""
+    status, message, adaptive = "ok", "", {}
     try:
         result = train(task, cfg, callbacks)
         steps, examples, seconds = result.steps, result.examples, result.seconds
         model = result.model
+        adaptive = batch_path(result.adaptive) if spec.adaptive else {}
     except DivergedError as e:
         status, message = "diverged", str(e)
         steps = len(recorder.step_losses)
-        examples, seconds = steps * spec.batch_size, float("nan")
+        examples = recorder.curve[-1]["examples"] if spec.adaptive and recorder.curve else steps * spec.batch_size
+        seconds = float("nan")
         model = None
     if model is None:
         final = {"train_loss": None, "train_metric": None, "val_loss": None, "val_metric": None, "gap": None}
@@ -100,15 +109,56 @@ def execute_run(task: Task, plan: StudyPlan, spec: RunSpec, device: Optional[str
         final, distance, cosine = recorder.final, recorder.distance, recorder.cosine
     target = study_target(task, plan)
     value = "eval_metric" if target.kind == "metric" else "eval_loss"
-    hit = crossing_step([(p["step"], p[value]) for p in recorder.curve], target.value, target.kind == "metric")
+    def cross(x: str) -> Optional[float]:   # the target crossing along the step, examples or seconds axis
+        return crossing_step([(p[x], p[value]) for p in recorder.curve], target.value, target.kind == "metric")
+
     initial = recorder.curve[0]["train_loss"] if recorder.curve else float("nan")
     return RunRecord(
         key=spec.key, spec=spec, status=status, steps=steps, examples=examples, seconds=seconds,
         initial_loss=initial, curve=recorder.curve, step_losses=recorder.step_losses, final=final,
         distance=distance, cosine=cosine, grad_norms=probe.stats if probe else {},
-        target_step=hit, target_examples=None if hit is None else hit * spec.batch_size,
+        target_step=cross("step"), target_examples=cross("examples"), target_seconds=cross("seconds"),
         message=message, wall_seconds=time.perf_counter() - t0, device=str(resolve_device(cfg.device)),
+        adaptive=adaptive,
     )
+
+
+def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
+    """(AdaptiveConfig, eval_every in steps at the starting batch) of an adaptive run.
+
+    The batch may grow up to the study's largest batch, so every batch it uses lies inside the range
+    whose step time the fixed runs measured. Evaluations are spaced in examples (the loop counts
+    ``eval_every`` steps at the starting batch): with an epochs budget ``evals_per_run`` over the
+    run, as for the fixed runs; with a steps budget the examples are not known in advance, so the
+    spacing assumes the batch at the geometric mean of the smallest and largest batch.
+    """
+    from ..adapt.loop import AdaptiveConfig
+    from ..hardware import HardwareProfile
+
+    profile = HardwareProfile.from_dict(plan.profile) if plan.profile is not None else None
+    b0, b_max = spec.batch_size, plan.batch_sizes[-1]
+    examples = (spec.epochs * task.n_train if spec.epochs is not None
+                else spec.steps * math.sqrt(b0 * b_max))
+    every = max(1, round(examples / b0 / plan.evals_per_run))
+    return AdaptiveConfig(profile=profile, max_batch=b_max), every
+
+
+def batch_path(summary: dict) -> dict:
+    """What an adaptive run stores: the decisions' path, the per-step batches run-length coded, the final batch."""
+    steps = summary["steps"]
+    runs: list = []
+    for b in steps["batch_size"]:
+        if runs and runs[-1][0] == b:
+            runs[-1][1] += 1
+        else:
+            runs.append([b, 1])
+    lrs = steps["lr"]
+    start = ([{"step": 0, "batch_size": steps["batch_size"][0], "accumulation": steps["accumulation"][0],
+               "lr": lrs[0], "changed": False}] if lrs else [])
+    path = start + [{"step": d["step"], "batch_size": d["batch_size"], "accumulation": d["accumulation"],
+                     "lr": lrs[min(d["step"], len(lrs) - 1)], "changed": d["changed"]} for d in summary["decisions"]]
+    return {"path": path, "batch_runs": runs, "final_batch": steps["batch_size"][-1] if runs else None,
+            "measure_every": summary["measure_every"], "profile": summary["profile"]}
 
 
 _TASKS: dict = {}
@@ -200,6 +250,7 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
             plan = plan.resolved(task)
         else:
             plan, task = prepare(directory, plan, resume)
+        plan = with_profile(plan, task)
         specs = plan.expand(task)
         with ResultStore(directory) as store:
             if store.get_meta("plan") is None:
@@ -229,6 +280,24 @@ def run_study(directory: "str | Path", plan: Optional[StudyPlan] = None, *, resu
                 store.set_meta("noise", measure_study_noise(plan, task))
     return StudySummary(str(directory), len(specs), len(specs) - len(todo), ran, diverged,
                         time.perf_counter() - t_start, failed)
+
+
+def with_profile(plan: StudyPlan, task: Task) -> StudyPlan:
+    """The plan with the hardware profile its adaptive runs decide with, measured here once if it has none.
+
+    Measured in the driver, not in each run: runs on other devices, nodes or a later resume then
+    pick batches from the same step-time curve, so the adaptive runs differ only by seed. A profile
+    given with the plan (``--profile``) is checked to belong to the task.
+    """
+    if not plan.adaptive:
+        return plan
+    from ..hardware import HardwareProfile, profile_hardware
+
+    if plan.profile is not None:
+        HardwareProfile.from_dict(plan.profile).check_task(task)
+        return plan
+    profile = profile_hardware(task, device=plan.device, max_batch=plan.batch_sizes[-1])
+    return replace(plan, profile=profile.to_dict())
 
 
 def _dispatch(task: Task, plan: StudyPlan, todo: list[RunSpec], save: Callable[[RunRecord], None], workers: int,

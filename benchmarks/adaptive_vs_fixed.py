@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from batchscope import Callback, DivergedError, Target, Task, TrainConfig, load_task, train
+from batchscope import DivergedError, Target, Task, TrainConfig, load_task, train
+from batchscope.train import StepClock
 from batchscope.adapt.loop import AdaptiveConfig
 from batchscope.hardware import profile_hardware
 from batchscope.noise import NoiseScaleMonitor
@@ -141,13 +142,6 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
             "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0}
 
 
-class StepClock(Callback):
-    def __init__(self):
-        self.times, self._last = [], 0.0
-
-    def on_step_end(self, ctx, loss):
-        self.times.append(ctx.seconds - self._last)
-        self._last = ctx.seconds
 
 
 def step_seconds(task: Task, b: int, measured: bool, steps: int = 20) -> float:

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from batchscope import Callback, DivergedError, TrainConfig, load_task, train
+from batchscope import DivergedError, TrainConfig, load_task, train
+from batchscope.train import StepClock
 from batchscope.plan.find import find
 from batchscope.serialize import write_json
 
@@ -44,15 +45,6 @@ MAX_SECONDS = 120.0         # per sweep run: a run slower than this is far from 
 MAX_EPOCHS = 300
 
 
-class StepClock(Callback):
-    """Per-step training seconds (evaluations excluded)."""
-
-    def __init__(self):
-        self.times, self._last = [], 0.0
-
-    def on_step_end(self, ctx, loss):
-        self.times.append(ctx.seconds - self._last)
-        self._last = ctx.seconds
 
 
 def batches_for(task) -> list[int]:

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from batchscope import Callback, ConfigError, DivergedError, TrainConfig, train
-from batchscope.train import lr_factor
+from batchscope.train import StepClock, lr_factor
 
 
 class GradCapture(Callback):
@@ -92,3 +92,11 @@ def test_steps_to_target_do_not_depend_on_the_cap(tiny_task):
     assert 100 < exact.target_step < 300 and exact.steps == int(exact.target_step) + 1
     assert capped.target_step == pytest.approx(exact.target_step, rel=0.01) and capped.target_interpolated
     assert capped.steps <= 1.05 * exact.steps and len(capped.history) < 0.7 * len(exact.history)
+
+
+def test_step_clock_times_every_step_and_adds_up_to_the_training_time(tiny_task):
+    clock = StepClock()
+    r = train(tiny_task, TrainConfig(batch_size=32, steps=40, eval_every=10), [clock])
+    assert len(clock.times) == r.steps == 40
+    assert all(t > 0 for t in clock.times)
+    assert sum(clock.times) == pytest.approx(r.seconds, rel=1e-9)

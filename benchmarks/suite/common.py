@@ -1,6 +1,6 @@
 """What the ground truth and the judge share: one run to the target, step times, the JSON store.
 
-Only batchscope's public API is used (``train``, ``TrainConfig``, ``Callback``), so the suite keeps
+Only batchscope's public API is used (``train``, ``TrainConfig``, ``StepClock``), so the suite keeps
 working while the library's insides change.
 """
 
@@ -13,7 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from batchscope import Callback, DivergedError, TrainConfig, train
+from batchscope import DivergedError, TrainConfig, train
+from batchscope.train import StepClock  # noqa: F401  (the suite scripts time steps with it)
 
 MAX_SECONDS = 60.0      # training seconds per run: a run slower than this is far from the best anyway
 MAX_STEPS = 30_000
@@ -51,15 +52,6 @@ def run_to_target(task, batch: int, lr: float, *, seed: int = 0, warmup: int = 0
             "stopped": r.stopped_because, "bracket": history[-2:] if r.reached_target else None}
 
 
-class StepClock(Callback):
-    """Seconds of every optimizer step (evaluations excluded)."""
-
-    def __init__(self):
-        self.times, self._last = [], 0.0
-
-    def on_step_end(self, ctx, loss):
-        self.times.append(ctx.seconds - self._last)
-        self._last = ctx.seconds
 
 
 def step_seconds(task, batch: int, steps: int = 30) -> float:

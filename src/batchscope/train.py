@@ -133,6 +133,18 @@ class Callback:
     def on_train_end(self, ctx: TrainContext, result: TrainResult) -> None: ...
 
 
+class StepClock(Callback):
+    """Seconds of every optimizer step (evaluations excluded), for timing a run step by step."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._last = 0.0
+
+    def on_step_end(self, ctx: TrainContext, loss: float) -> None:
+        self.times.append(ctx.seconds - self._last)
+        self._last = ctx.seconds
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

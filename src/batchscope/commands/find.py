@@ -28,8 +28,8 @@ def adaptive_command(task_spec: str, measuring: dict, max_batch, profile_path, d
 
 
 def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None:
-    console.print(f"or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:\n"
-                  f"  {command}")
+    console.print("or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:")
+    console.print(f"  {command}", soft_wrap=True, markup=False)  # one line, so it can be copied as it is
     if not profile_path:
         console.print(f"  (add --profile FILE, saved by `batchscope profile --task {task_spec} --out FILE`, "
                       "to skip measuring the hardware again)")

@@ -27,9 +27,22 @@ def adaptive_command(task_spec: str, measuring: dict, max_batch, profile_path, d
     return " ".join(parts)
 
 
+def _shell_lines(command: str, width: int = 78) -> str:
+    """The command indented, broken before options with ``\\`` so it fits 80 columns and still pastes."""
+    words = command.split(" --")
+    lines, line = [], "  " + words[0]
+    for w in words[1:]:
+        if len(line) + len(w) + 5 > width:
+            lines.append(line + " \\")
+            line = "    --" + w
+        else:
+            line += " --" + w
+    return "\n".join(lines + [line])
+
+
 def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None:
     console.print("or let the batch follow the noise scale as it grows, from the measuring run's batch and rate:")
-    console.print(f"  {command}", soft_wrap=True, markup=False)  # one line, so it can be copied as it is
+    console.print(_shell_lines(command), soft_wrap=True, markup=False)
     if not profile_path:
         console.print(f"  (add --profile FILE, saved by `batchscope profile --task {task_spec} --out FILE`, "
                       "to skip measuring the hardware again)")

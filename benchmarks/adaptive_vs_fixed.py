@@ -38,6 +38,7 @@ from torch.utils.data import TensorDataset
 
 from batchscope import DivergedError, Target, Task, TrainConfig, load_task, train
 from batchscope.train import StepClock
+from find_vs_sweep import best_per_batch  # the same sweep rows, the same choice of rate per batch
 from batchscope.adapt.loop import AdaptiveConfig
 from batchscope.hardware import profile_hardware
 from batchscope.noise import NoiseScaleMonitor
@@ -180,14 +181,6 @@ def cached(runs: dict, key: str, fn):
         r = runs[key]
         print(f"  {key}: " + (f"{r['steps']} steps" if r.get("reached") else "not reached"), flush=True)
     return runs[key]
-
-
-def best_per_batch(rows: list[dict]) -> dict[int, dict]:
-    best = {}
-    for r in rows:
-        if r["reached"] and (r["batch"] not in best or r["steps"] < best[r["batch"]]["steps"]):
-            best[r["batch"]] = r
-    return best
 
 
 def sweep(task: Task, runs: dict) -> list[dict]:

@@ -1,15 +1,19 @@
 """BatchSizeController on hand-computed cases: the optimum, the threshold, memory, missing estimates."""
 
+import functools
 import math
 
 import pytest
 
-from batchscope.adapt import BatchSizeController, StepTimeModel
+from batchscope.adapt import BatchSizeController as Calibrated
+from batchscope.adapt import StepTimeModel
 from batchscope.errors import ConfigError
 from batchscope.noise import NoiseEstimate
 
 ALPHA, BETA = 0.0256, 1e-4          # t(B) = alpha + beta B: B* = sqrt(alpha B_noise / beta) = 256 at B_noise 256
 LINE = StepTimeModel(ALPHA, BETA)
+# The hand-computed cases are written in B_noise itself: the suite's factor off (tested on its own below).
+BatchSizeController = functools.partial(Calibrated, noise_factor=1.0)
 
 
 def _T(b, bn):  # time to a target up to the constant S_min
@@ -122,3 +126,28 @@ def test_uses_the_same_model_as_find():
     cons = rec.Constraints(n_train=10_000)
     best, _, _ = rec.recommend(inp, cons, "fastest")
     assert c.decide(50, _est(300.0)).batch_size == best.batch_size
+
+
+def test_the_calibrated_factor_plans_with_factor_times_b_simple():
+    from batchscope.plan.critical_batch import LIVE_FACTOR
+    c = Calibrated(LINE, start_batch=16, n_train=100_000)
+    d = c.decide(50, _sure(256.0 / LIVE_FACTOR))        # B_simple 112: B_noise 256 once calibrated
+    assert c.b_noise(_sure(256.0 / LIVE_FACTOR)) == pytest.approx(256.0)
+    assert d.b_noise == pytest.approx(256.0) and d.b_noise_low == pytest.approx(256.0 * 0.99 / 1.01, rel=0.03)
+    assert d.batch_size == 256
+    raw = BatchSizeController(LINE, start_batch=16, n_train=100_000)
+    assert raw.decide(50, _sure(256.0 / LIVE_FACTOR)).batch_size == 128   # sqrt(alpha 112 / beta) = 169 -> 128
+    with pytest.raises(ConfigError, match="noise_factor"):
+        Calibrated(LINE, start_batch=16, n_train=100, noise_factor=0.0)
+
+
+def test_the_batch_shrinks_to_a_quarter_of_the_start_and_no_further():
+    c = BatchSizeController(LINE, start_batch=256, n_train=100_000)
+    assert c.min_batch == 64
+    d = c.decide(50, _sure(1.0))                  # B* = sqrt(alpha / beta) = 16, floored at 256 / 4
+    assert d.changed and c.batch_size == 64
+    only_up = BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=256)
+    assert not only_up.decide(50, _sure(1.0)).changed and only_up.batch_size == 256
+    assert BatchSizeController(LINE, start_batch=4, n_train=100, devices=2).min_batch == 4   # two per device
+    with pytest.raises(ConfigError, match="min_batch 512 is above the starting batch 256"):
+        BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=512)

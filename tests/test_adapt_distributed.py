@@ -35,7 +35,8 @@ def _data():
 def _controller() -> BatchSizeController:
     # alpha / beta = 100: B* = sqrt(100 B_noise), above the start batch once B_noise is measured
     return BatchSizeController(StepTimeModel(2e-3, 2e-5), start_batch=8, n_train=N, max_batch=256, devices=WORLD,
-                               every=2, min_samples=2, confident=False)   # moves early: the test is about agreement
+                               every=2, min_samples=2, confident=False,   # moves early: the test is about agreement
+                               noise_factor=1.0, min_batch=8)             # and grows within one epoch
 
 
 def _rank_main(rank: int, port: int, out: str) -> None:

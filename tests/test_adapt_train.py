@@ -43,7 +43,8 @@ def test_batch_grows_and_every_step_is_logged():
 
 def test_memory_ceiling_forces_accumulation():
     task = blobs_task()
-    r = _run(task, b0=32, memory_ceiling=8, steps=30)   # every pass pays alpha: no growth beyond the ceiling
+    # every pass pays alpha: no growth beyond the ceiling (and no shrinking below the start, which would pay)
+    r = _run(task, b0=32, memory_ceiling=8, steps=30, min_batch=32)
     log = r.adaptive["steps"]
     assert set(log["batch_size"]) == {32} and set(log["micro_batch"]) == {8} and set(log["accumulation"]) == {4}
     assert all(b == m * k for b, m, k in zip(log["batch_size"], log["micro_batch"], log["accumulation"]))
@@ -83,9 +84,20 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     ({"memory_ceiling": 0}, {}, "not even one example fits a device"),
     ({}, {"micro_batch": 4}, "an adaptive run picks its own micro-batches"),
     ({"noise": "preconditioned"}, {}, "preconditioned noise needs an Adam-type optimizer"),
+    ({"decision_level": 1.5}, {}, "'decision_level' parameter must be in"),
+    ({"min_batch": 16}, {}, "min_batch 16 is above the starting batch 8"),
+    ({"noise_factor": -1.0}, {}, "'noise_factor' parameter must be a positive number"),
 ])
 def test_bad_input_is_refused_with_the_fix(kw, cfg, message):
     task = blobs_task()
     acfg = AdaptiveConfig(profile=fake_profile(task, **CHEAP_EXAMPLES), **kw)
     with pytest.raises(ConfigError, match=message):
         train(task, TrainConfig(batch_size=8, steps=10, adaptive=acfg, **cfg))
+
+
+def test_raw_noise_plans_with_the_suite_factor_and_preconditioned_noise_without():
+    from batchscope.adapt.loop import noise_factor_of
+    from batchscope.plan.critical_batch import LIVE_FACTOR
+    assert noise_factor_of(AdaptiveConfig()) == LIVE_FACTOR
+    assert noise_factor_of(AdaptiveConfig(noise="preconditioned")) == 1.0
+    assert noise_factor_of(AdaptiveConfig(noise_factor=3.0)) == 3.0

@@ -13,6 +13,7 @@ from batchscope.integrations.microbatches import leading_size, measurable
 from batchscope.integrations.scalars import noise_scalars
 from batchscope.integrations.state import pack_state, unpack_state
 from batchscope.noise import NoiseEstimate, NoisePoint
+from batchscope.plan.critical_batch import LIVE_FACTOR
 
 
 def test_leading_size_of_tensors_tuples_and_dicts():
@@ -63,7 +64,8 @@ def test_plan_grows_the_batch_and_scales_the_rate():
     layout = p.after_step(2, 16, 0.1, est, consumed=4)   # decision due at step 2
     assert layout[0] * layout[1] > 16 and p.controller.decisions[-1].changed
     b = layout[0] * layout[1]
-    assert p.gain(b) == pytest.approx((1 + 500 / 16) / (1 + 500 / b))   # AdaScale gain
+    bn = LIVE_FACTOR * 500                           # the B_noise the controller plans with
+    assert p.gain(b) == pytest.approx((1 + bn / 16) / (1 + bn / b))     # AdaScale gain
     assert [s.examples for s in p.steps] == [16, 16]
 
 

@@ -61,6 +61,8 @@ def test_microbatch_estimator_in_a_user_loop_matches_the_closed_form():
         model.zero_grad(set_to_none=True)
     assert monitor.sizes == (4, 32) and monitor.estimate().method == "microbatch"
     _check_unbiased(monitor.raw, g2_true, tr_true)
+    wide, quartiles = monitor.estimate(), monitor.estimate(level=0.5)   # same centre, narrower interval
+    assert quartiles.b_simple == wide.b_simple and wide.low < quartiles.low < quartiles.b_simple < quartiles.high < wide.high
 
 
 def test_exact_estimator_matches_the_closed_form():

@@ -152,14 +152,16 @@ def main() -> int:
                          f"{np.mean([0.5 <= r['ratio'] <= 2 for r in res.values()]):.0%} | "
                          f"{np.mean([r['covered'] for r in res.values()]):.0%} | "
                          f"{math.exp(statistics.median([r['half_width'] for r in res.values()])):.1f} |")
-    lines += ["", "Constants for batchscope.plan.critical_batch (window estimate, fitted on every task with it):", ""]
-    for fam, members in (("all", list(truth)), ("sgd", [n for n in truth if gt[n]["optimizer"] == "sgd"]),
-                         ("adam", [n for n in truth if gt[n]["optimizer"] != "sgd"])):
-        logs = [math.log(truth[n] / table[n]["window"]) for n in members
-                if "window" in table[n] and math.isfinite(table[n]["window"])]
-        if len(logs) >= 2:
-            lines.append(f"- {fam}: factor {math.exp(np.mean(logs)):.2f}, log spread {np.std(logs, ddof=1):.2f}, "
-                         f"{len(logs)} tasks")
+    for kind, user in (("window", "find's measuring run"), ("path", "the adaptive controller")):
+        lines += ["", f"Constants for batchscope.plan.critical_batch ({kind} estimate, {user}; fitted on every task "
+                      "with it):", ""]
+        for fam, members in (("all", list(truth)), ("sgd", [n for n in truth if gt[n]["optimizer"] == "sgd"]),
+                             ("adam", [n for n in truth if gt[n]["optimizer"] != "sgd"])):
+            logs = [math.log(truth[n] / table[n][kind]) for n in members
+                    if kind in table[n] and math.isfinite(table[n][kind])]
+            if len(logs) >= 2:
+                lines.append(f"- {fam}: factor {math.exp(np.mean(logs)):.2f}, log spread {np.std(logs, ddof=1):.2f}, "
+                             f"{len(logs)} tasks")
     lines += rate_rules(gt)
     (RESULTS / "suite_calibration.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

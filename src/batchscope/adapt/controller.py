@@ -6,6 +6,17 @@ it is Pollux's goodput (Qiao et al., OSDI 2021) and the argmin ``find`` computes
 evaluated by :func:`batchscope.plan.recommend.evaluate_candidates`, the same code ``find`` uses, so
 the two can never disagree on the model; only B_noise differs (measured now instead of predicted).
 
+The B_noise it plans with is ``noise_factor`` x the monitor's B_simple. S(B) above is the model the
+sweep's critical batch is fitted with, and over the validation suite's tasks the measured B_crit
+was 2.28x the B_simple averaged over the run to the target (geometric mean over 11 tasks, within 2x
+on 9 of them leave-one-task-out; ``plan.critical_batch.LIVE_FACTOR``). Both the batch and the
+learning rate (:meth:`b_noise`) use the calibrated value; ``noise_factor=1`` plans with raw B_simple.
+
+The batch may fall below the start down to ``min_batch`` (default: a quarter of the start): early in
+training B_noise is small and a smaller batch then makes more progress per example. The floor keeps
+the batch within a factor the user's known-good start can vouch for (a model with BatchNorm, say,
+was only checked at the start's micro-batches).
+
 Rules that keep it safe to leave running:
 
 - it holds the starting batch until the monitor has ``min_samples`` finite measurements;
@@ -29,10 +40,12 @@ from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, check_positive_int
 from ..plan import recommend as rec
+from ..plan.critical_batch import LIVE_FACTOR
 
 DEFAULT_EVERY = 50          # steps between decisions
 DEFAULT_THRESHOLD = 0.05    # AdaptDL: re-allocate only for a predicted speed-up above 5%
 DEFAULT_MIN_SAMPLES = 5     # finite noise measurements before the first decision
+SHRINK_LIMIT = 4            # the default floor: the start batch / 4
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class Decision:
     micro_batch: int          # per device and pass
     accumulation: int         # passes per optimizer step on each device
     previous: int             # global batch before this decision
-    b_noise: float            # the estimate acted on (nan when held for lack of one)
+    b_noise: float            # noise_factor x B_simple, as acted on (nan when held for lack of one)
     b_noise_low: float
     b_noise_high: float
     gain: float               # predicted fall in time per unit progress of the best candidate vs the current batch
@@ -70,13 +83,14 @@ class Decision:
         return asdict(self)
 
 
-def _estimate_parts(estimate) -> tuple[float, float, float, int]:
-    """(B_noise, low, high, finite samples) from a NoiseEstimate, a number, or None."""
+def _estimate_parts(estimate, factor: float = 1.0) -> tuple[float, float, float, int]:
+    """(B_noise, low, high, finite samples) from a NoiseEstimate or a B_simple number (x ``factor``), or None."""
     if estimate is None:
         return math.nan, math.nan, math.nan, 0
     if isinstance(estimate, (int, float)):
-        return float(estimate), math.nan, math.nan, 1_000_000
-    return (float(estimate.b_simple), float(estimate.low), float(estimate.high), int(estimate.n_samples))
+        return factor * float(estimate), math.nan, math.nan, 1_000_000
+    return (factor * float(estimate.b_simple), factor * float(estimate.low), factor * float(estimate.high),
+            int(estimate.n_samples))
 
 
 class BatchSizeController:
@@ -87,16 +101,18 @@ class BatchSizeController:
     n_train: the data set size (the batch never exceeds it).
     memory_ceiling: largest micro-batch that fits one device (None: not limiting).
     max_batch: the user's cap on the global batch. min_batch: the smallest batch considered
-        (default: the start batch, so the batch never falls below it; pass 1 to allow shrinking).
+        (default: a quarter of the start, at least two per device; pass ``start_batch`` to only grow).
     devices: data-parallel ranks; the global batch is a multiple of it.
     min_samples: finite noise measurements needed before the first move.
     confident: a move must also pay off at the interval's end against it (see the module docstring).
+    noise_factor: B_noise = noise_factor x B_simple (see the module docstring; 1: raw B_simple).
     """
 
     def __init__(self, step_time, *, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
                  max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1,
                  every: int = DEFAULT_EVERY, threshold: float = DEFAULT_THRESHOLD,
-                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = False):
+                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = False,
+                 noise_factor: float = LIVE_FACTOR):
         self.time_model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
         check_positive_int("start_batch", start_batch)
         check_positive_int("n_train", n_train)
@@ -119,7 +135,16 @@ class BatchSizeController:
         self.constraints = rec.Constraints(n_train=n_train, memory_ceiling=memory_ceiling, max_batch=max_batch,
                                            devices=devices)
         self.start_batch = start_batch
-        self.min_batch = start_batch if min_batch is None else check_positive_int("min_batch", min_batch)
+        if not (isinstance(noise_factor, (int, float)) and math.isfinite(noise_factor) and noise_factor > 0):
+            raise ConfigError(f"The 'noise_factor' parameter must be a positive number. Got {noise_factor!r} instead.")
+        self.noise_factor = float(noise_factor)
+        if min_batch is None:
+            floor = max(2 * devices, start_batch // SHRINK_LIMIT)
+            min_batch = min(start_batch, -(-floor // devices) * devices)
+        self.min_batch = check_positive_int("min_batch", min_batch)
+        if self.min_batch > start_batch:
+            raise ConfigError(f"min_batch {self.min_batch} is above the starting batch {start_batch}; "
+                              f"use at most {start_batch}")
         self.every = every
         self.threshold = float(threshold)
         self.min_samples = check_positive_int("min_samples", min_samples)
@@ -150,9 +175,13 @@ class BatchSizeController:
         """Whether ``step`` (optimizer steps done) is a decision point."""
         return step > 0 and step % self.every == 0
 
+    def b_noise(self, estimate: Union[object, float, None]) -> float:
+        """The B_noise planned with: ``noise_factor`` x the estimate's B_simple (NaN without one)."""
+        return _estimate_parts(estimate, self.noise_factor)[0]
+
     def decide(self, step: int, estimate: Union[object, float, None]) -> Decision:
-        """Look at ``estimate`` (a NoiseEstimate, a number, or None) and keep or change the batch."""
-        bn, low, high, n = _estimate_parts(estimate)
+        """Look at ``estimate`` (a NoiseEstimate, a B_simple number, or None) and keep or change the batch."""
+        bn, low, high, n = _estimate_parts(estimate, self.noise_factor)
         if n < self.min_samples:
             return self._record(step, bn, low, high, 0.0, None, f"waiting for an estimate ({n} of "
                                                                   f"{self.min_samples} measurements)")

@@ -32,6 +32,7 @@ from ..data import take
 from ..errors import ConfigError, DivergedError, check_positive_float, check_positive_int
 from ..hardware import HardwareProfile, profile_hardware
 from ..noise import NoiseScaleMonitor
+from ..plan.critical_batch import LIVE_FACTOR
 from ..plan.model import step_time_curve
 from ..tasks import Task
 from ..train import (DIVERGE_SMOOTHING, EVALS_PER_RUN, TARGET_RESOLUTION, Callback, HistoryPoint,
@@ -57,6 +58,15 @@ class AdaptiveConfig:
     measure_every: measure the noise every this many steps (default: first the fewest that keep the
         profile's predicted cost within ``overhead``, then the same from the run's own step times).
     noise: 'raw' gradient noise, or 'preconditioned' by Adam's second moments (Adam-type only).
+    decision_level: the level of the B_noise interval a move must pay off at both ends of (with
+        ``confident``). The quartiles, not the 90% interval: five measurements' 90% interval spans
+        a factor of 10 or more (a ratio of two noisy sums) and held every move of the short runs in
+        benchmarks/results/adaptive_vs_fixed.md; 3 to 1 odds, with ``threshold`` on top, and a
+        wrong move is undone at a later measurement.
+    noise_factor: B_noise = noise_factor x the monitor's B_simple (default: the suite-calibrated
+        ``plan.critical_batch.LIVE_FACTOR`` for raw noise; 1 for preconditioned noise, which the
+        suite could not calibrate: 4 tasks, within 2x of B_crit on 2).
+    min_batch: the smallest global batch (default: a quarter of the starting batch).
     """
 
     profile: Union[HardwareProfile, str, Path, None] = None
@@ -68,7 +78,10 @@ class AdaptiveConfig:
     overhead: float = 0.02
     min_samples: int = 5
     confident: bool = True        # a move must also pay off at the interval's end against it
+    decision_level: float = 0.5   # ... of this interval (the quartiles: 3 to 1 odds that the move pays)
     noise: str = "raw"
+    noise_factor: Optional[float] = None
+    min_batch: Optional[int] = None
     checkpoint: Optional[str] = None
     checkpoint_every: Optional[int] = None
     resume: Optional[str] = None
@@ -92,6 +105,12 @@ def resolve_profile(task: Task, acfg: AdaptiveConfig, device: str) -> HardwarePr
         from ..hardware import load_profile_for
         return load_profile_for(task, acfg.profile)
     return profile_hardware(task, device=device, max_batch=acfg.max_batch)
+
+
+def noise_factor_of(acfg: AdaptiveConfig) -> float:
+    if acfg.noise_factor is not None:
+        return acfg.noise_factor
+    return LIVE_FACTOR if acfg.noise == "raw" else 1.0
 
 
 def memory_ceiling_of(profile: HardwareProfile, acfg: AdaptiveConfig) -> Optional[int]:
@@ -159,12 +178,13 @@ class AdaptiveRun:
         self.controller = BatchSizeController(
             time_model, start_batch=b0, n_train=task.n_train, memory_ceiling=ceiling, max_batch=acfg.max_batch,
             every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples,
-            confident=acfg.confident)
+            confident=acfg.confident, min_batch=acfg.min_batch, noise_factor=noise_factor_of(acfg))
         settings = OptimizerSettings.of(task, cfg)
         self.setup = build_training(task, self.device, settings, cfg.amp, cfg.seed)   # train()'s own builder
         self.model, self.optimizer = self.setup.model, self.setup.optimizer
         self.lr0, self.opt_name = settings.lr, settings.name
-        check_batch(task, b0 // 2, "micro-batch of a measured step (half the batch)", self.model)
+        check_batch(task, measured_layout(self.controller.min_batch, self.controller.min_batch, 1)[0],
+                    "micro-batch of a measured step at the smallest batch (half of it)", self.model)
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
         self.batches = iter(self.sampler)
         # Hooks only while a step is measured: attached, even idle ones cost a Python call per
@@ -223,6 +243,8 @@ class AdaptiveRun:
         if cfg.steps is None and cfg.epochs is None and not cfg.until_target:
             raise ConfigError("say how long to train: steps, epochs or until_target")
         check_positive_float("overhead", self.acfg.overhead)
+        if not 0 < acfg.decision_level < 1:
+            raise ConfigError(f"The 'decision_level' parameter must be in (0, 1). Got {acfg.decision_level!r} instead.")
         if acfg.checkpoint_every is not None:
             check_positive_int("checkpoint_every", acfg.checkpoint_every)
         return b0
@@ -260,7 +282,7 @@ class AdaptiveRun:
         if measured:
             self.monitor.micro_batch = m
             if self.monitor.update(step_loss, step=ctx.step + 1) is not None:
-                self.b_noise = self.monitor.estimate().b_simple
+                self.b_noise = self.controller.b_noise(self.monitor.estimate())
                 self.rate.observe(self.b_noise)
             self.monitor.close()
         self.optimizer.step()
@@ -302,7 +324,7 @@ class AdaptiveRun:
         c, step = self.controller, self.ctx.step
         due = c.due(step) if self.acfg.every else (self.last_measured == step - 1 and step >= self.acfg.min_samples)
         if due:
-            d = c.decide(self.ctx.step, self.monitor.estimate())
+            d = c.decide(self.ctx.step, self.monitor.estimate(self.acfg.decision_level))
             if d.changed:
                 self.sampler.set_batch_size(d.batch_size)
 

@@ -176,8 +176,8 @@ class NoiseScaleMonitor:
             return "dataparallel" if self._world > 1 else "microbatch"
         return "dataparallel" if _world_size() > 1 else "microbatch"
 
-    def estimate(self) -> NoiseEstimate:
-        """The current smoothed B_simple with its interval."""
+    def estimate(self, level: Optional[float] = None) -> NoiseEstimate:
+        """The current smoothed B_simple with its interval (at ``level``, default the monitor's)."""
         layers = None
         if self.per_layer and self._layer_sums is not None:
             t, g = (self._layer_sums / self._layer_w).tolist()
@@ -187,7 +187,7 @@ class NoiseScaleMonitor:
             caveats = (f"the model has BatchNorm (layer {self._coupled[0]!r}): batch statistics couple the examples "
                        f"of a micro-batch, so micro-batch gradients are not independent draws and B_simple is "
                        f"approximate; larger micro-batches couple less",)
-        return self.moments.estimate(self.method_name, self.level, skipped=self.skipped,
+        return self.moments.estimate(self.method_name, self.level if level is None else level, skipped=self.skipped,
                                      batch_small=self.sizes[0], batch_big=self.sizes[1],
                                      preconditioned=self.preconditioned, layers=layers, caveats=caveats)
 

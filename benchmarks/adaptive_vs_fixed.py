@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import nn
@@ -125,24 +126,29 @@ def fixed_run(task: Task, b: int, lr: float, warmup: int = 0, seed: int = 0) -> 
             "metric": r.final.metric, "eval_loss": r.final.eval_loss, "stopped": r.stopped_because}
 
 
-def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: int, noise: str = "raw") -> dict:
+def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: int, noise: str = "raw", *,
+                 every: Optional[int] = None, max_seconds: float = MAX_SECONDS) -> dict:
+    """One adaptive run to the target; ``every``: evaluations every this many x b0 examples (default 1/16 epoch)."""
     acfg = AdaptiveConfig(profile=profile, max_batch=max_batch, noise=noise)
-    cfg = TrainConfig(batch_size=b0, lr=lr, until_target=True, epochs=MAX_EPOCHS, eval_every=eval_every(task, b0),
-                      max_seconds=MAX_SECONDS, seed=seed, adaptive=acfg)
+    cfg = TrainConfig(batch_size=b0, lr=lr, until_target=True, epochs=MAX_EPOCHS,
+                      eval_every=every or eval_every(task, b0), max_seconds=max_seconds, seed=seed, adaptive=acfg)
     try:
         r = train(task, cfg)
     except DivergedError as e:
         return {"reached": False, "diverged": True, "steps": None, "error": str(e)}
     a = r.adaptive["steps"]
-    n = r.target_step or 0
-    moves = [(d["step"], d["batch_size"], round(d["b_noise"], 1)) for d in r.adaptive["decisions"] if d["changed"]]
+    n = math.ceil(r.target_step or 0)   # the crossing is interpolated: the step it falls in is kept (charged in part)
+    changed = [d for d in r.adaptive["decisions"] if d["changed"]]
+    moves = [(d["step"], d["batch_size"], round(d["b_noise"], 1)) for d in changed]
     return {"seed": seed, "noise": noise, "reached": r.reached_target, "diverged": False, "steps": r.target_step,
             "examples": r.target_examples, "wall_seconds": r.target_seconds, "metric": r.final.metric,
-            "eval_loss": r.final.eval_loss, "stopped": r.stopped_because,
-            "batch_sizes": a["batch_size"][:n], "measured": a["measured"][:n], "moves": moves,
+            "eval_loss": r.final.eval_loss, "stopped": r.stopped_because, "train_seconds": r.seconds,
+            "steps_run": r.steps, "batch_sizes": a["batch_size"][:n], "measured": a["measured"][:n], "moves": moves,
+            "move_reasons": [f"step {d['step']}: {d['reason']} (B_noise {d['b_noise']:.3g} "
+                             f"[{d['b_noise_low']:.3g}, {d['b_noise_high']:.3g}])" for d in changed],
+            "last_decisions": [f"step {d['step']}: {d['reason']}" for d in r.adaptive["decisions"][-3:]],
+            "decisions": len(r.adaptive["decisions"]),
             "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0}
-
-
 
 
 def step_seconds(task: Task, b: int, measured: bool, steps: int = 20) -> float:
@@ -205,10 +211,10 @@ def find_recommendation(task: Task, runs: dict, profile, ref_lr: float, max_batc
     return cached(runs, f"{task.name}/find", run)
 
 
-def task_profile(task: Task):
-    """One hardware profile per task (kept in results/, so reruns reuse it), as `batchscope profile --out`."""
+def task_profile(task: Task, path: Optional[Path] = None):
+    """One hardware profile per task (kept in ``path``, so reruns reuse it), as `batchscope profile --out`."""
     from batchscope.hardware import HardwareProfile
-    path = RESULTS / f"adaptive_vs_fixed_profile_{task.name}.json"
+    path = path or RESULTS / f"adaptive_vs_fixed_profile_{task.name}.json"
     if path.exists():
         return HardwareProfile.load(path)
     p = profile_hardware(task)
@@ -217,8 +223,13 @@ def task_profile(task: Task):
 
 
 def adaptive_seconds(run: dict, t: dict) -> float:
-    """Steps to target charged at the interleaved step time of each step's batch (measured or not)."""
-    return sum(t[f"{b}/{'measured' if m else 'plain'}"] for b, m in zip(run["batch_sizes"], run["measured"]))
+    """Steps to target charged at the interleaved step time of each step's batch (measured or not).
+
+    The crossing is interpolated between evaluations, so the step it falls in counts in part.
+    """
+    n = run["steps"]
+    return sum(min(1.0, n - i) * t[f"{b}/{'measured' if m else 'plain'}"]
+               for i, (b, m) in enumerate(zip(run["batch_sizes"], run["measured"])))
 
 
 def powers_of_two(lo: int, hi: int) -> list[int]:

@@ -147,8 +147,9 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
             "move_reasons": [f"step {d['step']}: {d['reason']} (B_noise {d['b_noise']:.3g} "
                              f"[{d['b_noise_low']:.3g}, {d['b_noise_high']:.3g}])" for d in changed],
             "last_decisions": [f"step {d['step']}: {d['reason']}" for d in r.adaptive["decisions"][-3:]],
-            "decisions": len(r.adaptive["decisions"]),
-            "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0}
+            "decisions": len(r.adaptive["decisions"]), "nonfinite_estimates": r.adaptive["nonfinite_estimates"],
+            "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0,
+            "final_lr": a["lr"][n - 1] if n else lr}
 
 
 def step_seconds(task: Task, b: int, measured: bool, steps: int = 20) -> float:

@@ -96,11 +96,11 @@ def adaptive_runs(task, s: dict, store: dict, save) -> list[dict]:
     return out
 
 
-def step_times(task, sizes: list[int], store: dict, save, rounds: int) -> dict:
+def step_times(task, sizes: list[int], store: dict, save, rounds: int, which: str = "A") -> dict:
     """One interleaved timing pass over ``sizes`` (plain and measured steps), kept in the store."""
-    key = f"{task.name}/timing/{rounds}/" + ",".join(map(str, sizes))
+    key = f"{task.name}/timing-{which}/{rounds}/" + ",".join(map(str, sizes))
     if key not in store:
-        print(f"[{task.name}] timing pass over {len(sizes)} batches x (plain, measured) x {rounds} rounds",
+        print(f"[{task.name}] timing pass {which} over {len(sizes)} batches x (plain, measured) x {rounds} rounds",
               flush=True)
         t0 = time.perf_counter()
         store[key] = {**timing_pass(task, sizes, rounds), "_wall": time.perf_counter() - t0,
@@ -118,6 +118,26 @@ def visited(run: dict) -> list[int]:
     return out
 
 
+def times_to_target(per_batch: dict, runs: list[dict], t: dict) -> dict:
+    """Fixed batches (ground-truth steps x t(B)) and adaptive (its own steps, each at its batch) on one pass."""
+    fixed = {b: v["steps"] * t[f"{b}/plain"] for b, v in per_batch.items()}
+    b_best = min(fixed, key=fixed.get)
+    ad = summarise(runs, lambda r: adaptive_seconds(r, t), "")
+    return {"fixed": fixed, "best": b_best, "adaptive": ad, "ratio": ad["seconds"] / fixed[b_best]}
+
+
+def decompose(runs: list[dict], per_batch: dict, tt: dict) -> dict:
+    """Per reached run: the cost of where it ended (fixed at its final batch / best fixed), of getting
+    there (its time / fixed at its final batch), and its rate there / the sweep's best rate there."""
+    t = tt["step_seconds"]
+    rows = [{"final_batch": r["final_batch"], "choice": tt["fixed"][r["final_batch"]] / tt["fixed"][tt["best"]],
+             "path": adaptive_seconds(r, t) / tt["fixed"][r["final_batch"]],
+             "lr_over_tuned": r.get("final_lr", math.nan) / per_batch[r["final_batch"]]["lr"]}
+            for r in runs if r["reached"] and r["final_batch"] in tt["fixed"]]
+    return {k: statistics.median(x[k] for x in rows) if rows else math.nan
+            for k in ("choice", "path", "lr_over_tuned")} | {"per_run": rows}
+
+
 def evaluate_task(name: str, entry: dict, store: dict, save, rounds: int) -> dict:
     task = SUITE[name]()
     s = setting(name, entry)
@@ -130,21 +150,21 @@ def evaluate_task(name: str, entry: dict, store: dict, save, rounds: int) -> dic
     used = {b for r in runs for b in r.get("batch_sizes", [])}
     sizes = sorted(b for b in set(per_batch) | used if b <= task.n_train)
     t = step_times(task, sizes, store, save, rounds)
-    fixed = {b: v["steps"] * t[f"{b}/plain"] for b, v in per_batch.items()}
-    b_best = min(fixed, key=fixed.get)
-    ad = summarise(runs, lambda r: adaptive_seconds(r, t), f"{s['b0']} (lr0 {s['lr']:.3g})")
-    ratio = ad["seconds"] / fixed[b_best]
-    b_ref = s["b0"]
+    tt = {**times_to_target(per_batch, runs, t), "step_seconds": t}
+    # A/A control: a second pass, same sizes, to show how far the ratio moves with the machine's state
+    control = times_to_target(per_batch, runs, step_times(task, sizes, store, save, rounds, "B"))
+    fixed, b_best, ad, b_ref = tt["fixed"], tt["best"], tt["adaptive"], s["b0"]
     return {"task": name, "kind": KIND.get(name, ""), "optimizer": entry["optimizer"], "setting": s,
             "b_crit": gt["b_crit"], "b_crit_interval": [gt["b_crit_low"], gt["b_crit_high"]],
             "best_fixed": {"batch": b_best, "lr": per_batch[b_best]["lr"], "steps": per_batch[b_best]["steps"],
                            "seconds": fixed[b_best]},
             "batch_32_seconds": fixed.get(32), "reference_seconds": fixed[b_ref],
             "fixed_seconds": {str(b): v for b, v in sorted(fixed.items())}, "step_seconds": t,
-            "adaptive": {**ad, "ratio_to_best": ratio, "reference_over_adaptive": fixed[b_ref] / ad["seconds"],
+            "adaptive": {**ad, "ratio_to_best": tt["ratio"], "reference_over_adaptive": fixed[b_ref] / ad["seconds"],
                          "batch_32_over_adaptive": fixed[32] / ad["seconds"] if 32 in fixed else None,
-                         "visited": [visited(r) for r in runs],
-                         "stopped": [r.get("stopped") for r in runs]},
+                         "visited": [visited(r) for r in runs], "stopped": [r.get("stopped") for r in runs],
+                         "decomposition": decompose(runs, per_batch, tt)},
+            "control": {"best_batch": control["best"], "ratio_to_best": control["ratio"]},
             "runs": runs}
 
 
@@ -154,7 +174,10 @@ def summary(results: list[dict]) -> dict:
             "worst_task": results[ratios.index(max(ratios))]["task"],
             "within_1.1": sum(x <= 1.1 for x in ratios), "within_0.9": sum(x <= 0.9 for x in ratios),
             "median_reference_over_adaptive": statistics.median(r["adaptive"]["reference_over_adaptive"]
-                                                                for r in results)}
+                                                                for r in results),
+            "control_median_ratio": statistics.median(r["control"]["ratio_to_best"] for r in results),
+            "control_largest_change": max(abs(r["control"]["ratio_to_best"] / r["adaptive"]["ratio_to_best"] - 1)
+                                          for r in results)}
 
 
 def _cell_visited(res: dict) -> str:
@@ -164,6 +187,7 @@ def _cell_visited(res: dict) -> str:
 
 def _row(res: dict) -> str:
     a, best = res["adaptive"], res["best_fixed"]
+    d = a["decomposition"]
     capped = [x for x in a["stopped"] if x and x.startswith("time limit")]
     note = f"; {len(capped)} run(s) stopped at the {res['setting']['max_seconds']:g}s cap" if capped else ""
     b32 = res["batch_32_seconds"]
@@ -172,21 +196,44 @@ def _row(res: dict) -> str:
              f"{a['seconds']:.3g}s ({a['reached']}{note})", f"{a['ratio_to_best']:.2f}",
              _cell_visited(res), f"{a['steps']:.0f}" if a["steps"] else "-",
              f"{res['setting']['b0']}: {res['reference_seconds']:.3g}s", f"{a['reference_over_adaptive']:.2f}",
-             f"{b32:.3g}s" if b32 is not None else "-"]
+             f"{b32:.3g}s" if b32 is not None else "-", f"{d['choice']:.2f}", f"{d['path']:.2f}",
+             f"{d['lr_over_tuned']:.2f}", f"{res['control']['ratio_to_best']:.2f}"]
     return "| " + " | ".join(cells) + " |"
+
+
+def observations(results: list[dict]) -> list[str]:
+    """Per run, from its own log: the moves and their reasons, held non-finite estimates, the final
+    measuring cadence (steps between measurements; 1 means every step was measured at the end)."""
+    lines = []
+    for res in results:
+        for r in res["runs"]:
+            if not r.get("reached"):
+                lines.append(f"- {res['task']} seed {r.get('seed')}: not reached ({r.get('stopped') or r.get('error')})")
+                continue
+            moves = "; ".join(r["move_reasons"]) or "no move"
+            extra = [f"{r['nonfinite_estimates']} non-finite estimates held"] if r.get("nonfinite_estimates") else []
+            extra.append(f"{sum(r['measured'])} of {math.ceil(r['steps'])} steps measured, measuring every "
+                         f"{r['measure_every']} at the end")
+            lines.append(f"- {res['task']} seed {r['seed']} ({r['steps']:.0f} steps, lr {r['final_lr']:.3g} at the "
+                         f"end): {moves}; {', '.join(extra)}")
+    return lines
 
 
 def markdown(results: list[dict], s: dict, meta: dict) -> str:
     head = ["task", "opt", "B_crit (ground truth)", "best fixed B (time, steps)", "adaptive time, median [reached]",
             "adaptive / best fixed", "batches adaptive visited (start -> final; per seed if they differ)",
-            "adaptive steps", "reference B: time", "reference / adaptive", "batch 32 time"]
+            "adaptive steps", "reference B: time", "reference / adaptive", "batch 32 time",
+            "fixed at final B / best", "adaptive / fixed at final B", "lr at final B / tuned",
+            "adaptive / best, pass B (A/A)"]
     lines = ["# Adaptive batch size on the validation suite", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [_row(r) for r in results]
     lines += ["", f"Summary over {s['tasks']} tasks: adaptive / best fixed median {s['median_ratio']:.2f}, worst "
               f"{s['worst_ratio']:.2f} ({s['worst_task']}); within 1.1x of the best fixed batch on "
               f"{s['within_1.1']}/{s['tasks']}, within 0.9x (faster by 10% or more) on {s['within_0.9']}/"
-              f"{s['tasks']}; reference batch / adaptive median {s['median_reference_over_adaptive']:.2f}.", "",
+              f"{s['tasks']}; reference batch / adaptive median {s['median_reference_over_adaptive']:.2f}. A/A control (a "
+              f"second timing pass): median ratio {s['control_median_ratio']:.2f}, largest change of a task's ratio "
+              f"{s['control_largest_change']:.0%}.", "",
               "Time to target = steps x step time from one interleaved timing pass per task (after the runs; "
               f"{meta['rounds']} rounds, the least per-round median). Fixed batches: the ground truth's steps "
               "(geometric mean of two seeds at the best rate for that batch, benchmarks/suite/ground_truth.json); "
@@ -195,7 +242,12 @@ def markdown(results: list[dict], s: dict, meta: dict) -> str:
               "best rate there, capped at the sweep's largest batch, each step charged at its own batch (a "
               "measured step at the time of a step split in two with the monitor attached), median over seeds. "
               "Both count steps to the target interpolated between evaluations, at the ground truth's "
-              "evaluation cadence at the reference batch (in examples).",
+              "evaluation cadence at the reference batch (in examples). The three columns after batch 32 split the "
+              "ratio (medians over seeds): where adaptive ended (the ground truth's time at its final batch / the "
+              "best fixed time), how it got there (its time / the ground truth's time at that batch: the steps "
+              "at the starting batch, measured steps, a rate other than the tuned one), and its rate at the "
+              "final batch / the sweep's best rate there (the AdaScale gain for SGD, sqrt(B/B0) for Adam).",
+              "", "## What each run did", "", *observations(results),
               "", f"Run: {meta['wall'] / 60:.0f} min wall, one torch thread, load average {meta['load_min']:.1f}-"
               f"{meta['load_max']:.1f} on {os.cpu_count()} cores; code {meta['commit']}."]
     return "\n".join(lines) + "\n"

@@ -15,8 +15,9 @@ For each task and seed, four ways to train to the task's target:
 Time to target = steps x step time, from one interleaved timing pass over every batch size after
 all runs (5 rounds, the least per-round median) (for adaptive runs each step is charged at its own batch, a measured step at the time of a
 step split into two micro-batches with the monitor attached); the real training seconds of each run
-(evaluations excluded) are reported beside it. The two Adam tasks also run adaptive with the noise
-measured on Adam's preconditioned gradient. Results: benchmarks/results/adaptive_vs_fixed.{md,json}
+(evaluations excluded) are reported beside it. Every task also runs adaptive with the raw B_simple
+as B_noise (no suite factor), the two Adam tasks also with the noise measured on Adam's
+preconditioned gradient: which estimate steers best. Results: benchmarks/results/adaptive_vs_fixed.{md,json}
 (finished runs are kept in adaptive_vs_fixed_runs.json, so a killed benchmark resumes).
 
     PYTHONPATH=src nice -n 5 python benchmarks/adaptive_vs_fixed.py [--tasks ...] [--seeds 3]
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -40,6 +42,7 @@ from torch.utils.data import TensorDataset
 from batchscope import DivergedError, Target, Task, TrainConfig, load_task, train
 from batchscope.train import StepClock
 from find_vs_sweep import best_per_batch  # the same sweep rows, the same choice of rate per batch
+from batchscope.adapt.controller import SHRINK_LIMIT
 from batchscope.adapt.loop import AdaptiveConfig
 from batchscope.hardware import profile_hardware
 from batchscope.noise import NoiseScaleMonitor
@@ -128,8 +131,10 @@ def fixed_run(task: Task, b: int, lr: float, warmup: int = 0, seed: int = 0) -> 
 
 def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: int, noise: str = "raw", *,
                  every: Optional[int] = None, max_seconds: float = MAX_SECONDS) -> dict:
-    """One adaptive run to the target; ``every``: evaluations every this many x b0 examples (default 1/16 epoch)."""
-    acfg = AdaptiveConfig(profile=profile, max_batch=max_batch, noise=noise)
+    """noise: 'raw' (the default: calibrated B_simple), 'uncalibrated' (raw B_simple as B_noise) or 'preconditioned';
+    every: evaluations every this many x b0 examples (default 1/16 epoch)."""
+    kind, factor = ("raw", 1.0) if noise == "uncalibrated" else (noise, None)
+    acfg = AdaptiveConfig(profile=profile, max_batch=max_batch, noise=kind, noise_factor=factor)
     cfg = TrainConfig(batch_size=b0, lr=lr, until_target=True, epochs=MAX_EPOCHS,
                       eval_every=every or eval_every(task, b0), max_seconds=max_seconds, seed=seed, adaptive=acfg)
     try:
@@ -224,13 +229,10 @@ def task_profile(task: Task, path: Optional[Path] = None):
 
 
 def adaptive_seconds(run: dict, t: dict) -> float:
-    """Steps to target charged at the interleaved step time of each step's batch (measured or not).
-
-    The crossing is interpolated between evaluations, so the step it falls in counts in part.
-    """
-    n = run["steps"]
-    return sum(min(1.0, n - i) * t[f"{b}/{'measured' if m else 'plain'}"]
-               for i, (b, m) in enumerate(zip(run["batch_sizes"], run["measured"])))
+    """Steps to target charged at the interleaved step time of each step's batch (measured or not); the
+    step in which the interpolated crossing falls is charged for the fraction of it that was needed."""
+    secs = [t[f"{b}/{'measured' if m else 'plain'}"] for b, m in zip(run["batch_sizes"], run["measured"])]
+    return sum(secs[:-1]) + (run["steps"] - (len(secs) - 1)) * secs[-1] if secs else 0.0
 
 
 def powers_of_two(lo: int, hi: int) -> list[int]:
@@ -258,12 +260,13 @@ def evaluate_task(name: str, seeds: int, runs: dict) -> dict:
     print(f"[{name}] profile and find", flush=True)
     profile = task_profile(task)
     rec = find_recommendation(task, runs, profile, ref_lr, max_batch)
-    noises = ("raw", "preconditioned") if task.optimizer in ("adam", "adamw") else ("raw",)
+    noises = ("raw", "uncalibrated") + (("preconditioned",) if task.optimizer in ("adam", "adamw") else ())
     adaptive = {nz: [cached(runs, f"{name}/adaptive-{nz}/{s}",
                             lambda: adaptive_run(task, profile, b_ref, ref_lr, max_batch, s, nz))
                      for s in range(seeds)] for nz in noises}
     print(f"[{name}] step times (one interleaved pass)", flush=True)
-    sizes = sorted(set(powers_of_two(min(best), max_batch)) | set(best) | {32, rec["batch"]})
+    floor = min(min(best), max(2, b_ref // SHRINK_LIMIT))        # the controller's default smallest batch
+    sizes = sorted(set(powers_of_two(floor, max_batch)) | set(best) | {32, rec["batch"]})
     key = f"{name}/timing/" + ",".join(str(b) for b in sizes if b <= task.n_train)
     t = cached(runs, key, lambda: {**timing_pass(task, [b for b in sizes if b <= task.n_train]), "reached": True,
                                    "steps": 0})
@@ -279,7 +282,8 @@ def evaluate_task(name: str, seeds: int, runs: dict) -> dict:
         b = methods[m][0]
         rows[m] = summarise(rs, lambda r, b=b: r["steps"] * t[f"{b}/plain"], f"{b} (lr {methods[m][1]:.3g})")
     for nz, rs in adaptive.items():
-        label = "adaptive" if nz == "raw" else "adaptive, preconditioned noise"
+        label = {"raw": "adaptive", "uncalibrated": "adaptive, raw B_simple as B_noise",
+                 "preconditioned": "adaptive, preconditioned noise"}[nz]
         finals = sorted({r.get("final_batch") for r in rs if r["reached"]})
         rows[label] = summarise(rs, lambda r: adaptive_seconds(r, t),
                                 f"{b_ref} -> {'/'.join(map(str, finals))} (lr0 {ref_lr:.3g})")
@@ -294,8 +298,10 @@ def summarise(rs: list[dict], seconds, setting: str) -> dict:
     ok = [r for r in rs if r["reached"]]
     secs = [seconds(r) for r in ok]
     metrics = [r["metric"] if r["metric"] is not None else r["eval_loss"] for r in ok]
+    # a seed that never reached the target counts as infinitely slow, not as absent
+    every = secs + [math.inf] * (len(rs) - len(ok))
     return {"setting": setting, "reached": f"{len(ok)}/{len(rs)}",
-            "seconds": statistics.median(secs) if secs else math.inf, "seconds_all": secs,
+            "seconds": statistics.median(every) if every else math.inf, "seconds_all": secs,
             "wall": statistics.median(r["wall_seconds"] for r in ok) if ok else math.inf,
             "examples": statistics.median(r["examples"] for r in ok) if ok else None,
             "steps": statistics.median(r["steps"] for r in ok) if ok else None,
@@ -322,7 +328,8 @@ def verdicts(results: list[dict]) -> dict:
     return out
 
 
-def markdown(results: list[dict], seeds: int) -> str:
+def markdown(results: list[dict], seeds: int, loads=()) -> str:
+    load = ", ".join(f"{x:.1f}" for x in loads) or "not recorded"
     lines = ["# Adaptive batch size vs fixed batches", "",
              f"Time to target (s) = steps x step time from one interleaved timing pass (median over {seeds} seeds; "
              "adaptive runs charge each step at its own batch); wall = real training seconds (median). "
@@ -344,13 +351,13 @@ def markdown(results: list[dict], seeds: int) -> str:
                      f"{' (2x needed)' if v['2x faster than batch 32 needed'] else ''} | "
                      f"{v['metric within best fixed seed spread']} |")
     lines += ["", "Notes. Adaptive starts at the task's reference batch at the sweep's best rate there (the anchor "
-              "find gets), capped at the sweep's largest batch, and never goes below its start. Steps to target "
-              "are counted at the first evaluation (every 1/16 epoch) that reached the target, for every method "
-              "alike. Time to target charges a measured adaptive step at a step split in two with the monitor's "
+              "find gets), capped at the sweep's largest batch; it may go down to a quarter of its start. Steps to target "
+              "are interpolated between the evaluations (every 1/16 epoch) around the crossing, for every method "
+              "alike; a seed that never reached the target counts as infinitely slow in the median. Time to target charges a measured adaptive step at a step split in two with the monitor's "
               "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
               "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
-              "means not worse than the best fixed runs' range by more than its width. The machine was shared "
-              "(load average 6-11 on 2 cores) throughout: wall times drift by 2-5x between runs, the timing pass "
+              "means not worse than the best fixed runs' range by more than its width. "
+              f"Load average (1 min, 2 cores) after each task: {load}; the timing pass "
               "takes the least of 5 per-round medians."]
     return "\n".join(lines) + "\n"
 
@@ -362,7 +369,7 @@ def render(path: Path = RESULTS / "adaptive_vs_fixed.json") -> None:
         res.setdefault("higher_is_better", get_task(res["task"]).target.kind == "metric")
     doc["verdicts"] = verdicts(doc["results"])
     write_json(path, doc)
-    (RESULTS / "adaptive_vs_fixed.md").write_text(markdown(doc["results"], doc["seeds"]))
+    (RESULTS / "adaptive_vs_fixed.md").write_text(markdown(doc["results"], doc["seeds"], doc.get("load_average", ())))
 
 
 def main(argv=None) -> int:
@@ -379,13 +386,15 @@ def main(argv=None) -> int:
     runs = load(RUNS)
     results = []
     t0 = time.perf_counter()
+    loads = []
     for name in args.tasks.split(","):
         results.append(evaluate_task(name, args.seeds, runs))
+        loads.append(os.getloadavg()[0])
         doc = {"seeds": args.seeds, "threads": args.threads, "results": results, "verdicts": verdicts(results),
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "load_average": loads}
         write_json(RESULTS / "adaptive_vs_fixed.json", doc)
-        (RESULTS / "adaptive_vs_fixed.md").write_text(markdown(results, args.seeds))
-        print(markdown(results[-1:], args.seeds), flush=True)
+        (RESULTS / "adaptive_vs_fixed.md").write_text(markdown(results, args.seeds, loads))
+        print(markdown(results[-1:], args.seeds, loads[-1:]), flush=True)
     return 0
 
 

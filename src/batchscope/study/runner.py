@@ -126,8 +126,8 @@ def execute_run(task: Task, plan: StudyPlan, spec: RunSpec, device: Optional[str
 def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
     """(AdaptiveConfig, eval_every in steps at the starting batch) of an adaptive run.
 
-    The batch may grow up to the study's largest batch, so every batch it uses lies inside the range
-    whose step time the fixed runs measured. Evaluations are spaced in examples (the loop counts
+    The batch starts at the study's smallest batch and may grow up to its largest (no shrinking), so
+    every batch it uses lies inside the range whose step time the fixed runs measured. Evaluations are spaced in examples (the loop counts
     ``eval_every`` steps at the starting batch): with an epochs budget ``evals_per_run`` over the
     run, as for the fixed runs; with a steps budget the examples are not known in advance, so the
     spacing assumes the batch at the geometric mean of the smallest and largest batch.
@@ -140,7 +140,7 @@ def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
     examples = (spec.epochs * task.n_train if spec.epochs is not None
                 else spec.steps * math.sqrt(b0 * b_max))
     every = max(1, round(examples / b0 / plan.evals_per_run))
-    return AdaptiveConfig(profile=profile, max_batch=b_max), every
+    return AdaptiveConfig(profile=profile, max_batch=b_max, min_batch=b0), every
 
 
 def batch_path(summary: dict) -> dict:

@@ -101,3 +101,15 @@ def test_raw_noise_plans_with_the_suite_factor_and_preconditioned_noise_without(
     assert noise_factor_of(AdaptiveConfig()) == LIVE_FACTOR
     assert noise_factor_of(AdaptiveConfig(noise="preconditioned")) == 1.0
     assert noise_factor_of(AdaptiveConfig(noise_factor=3.0)) == 3.0
+
+
+def test_the_automatic_cadence_spreads_the_measuring_cost_and_never_measures_every_step():
+    from batchscope.adapt.loop import MIN_CADENCE, auto_measure_every, cadence_from_times
+    from batchscope.adapt import StepTimeModel
+    # a measured step 40% dearer than a plain one: every 20th step keeps measuring at 2% of the time
+    assert cadence_from_times([1.4, 1.5, 1.45], [1.0, 1.1, 1.2], 0.02) == 20
+    # plain steps that all caught a pause make measuring look free: still every other step, not every one
+    assert cadence_from_times([1.0, 1.1, 1.0], [1.3, 1.2, 1.25], 0.02) == MIN_CADENCE == 2
+    # from the profile: the extra pass costs alpha, the hooks as much again (HOOK_FACTOR 2)
+    assert auto_measure_every(StepTimeModel(0.01, 0.001), 90, 0.02) == 10      # 0.02 / (0.02 * 0.1)
+    assert auto_measure_every(StepTimeModel(0.0, 0.001), 90, 0.02) == MIN_CADENCE

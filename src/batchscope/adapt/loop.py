@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -141,7 +141,21 @@ def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> in
     """
     curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
     extra = HOOK_FACTOR * max(time_model.alpha, 0.0)
-    return max(1, math.ceil(extra / (overhead * curve(b))))
+    return max(MIN_CADENCE, math.ceil(extra / (overhead * curve(b))))
+
+
+MIN_CADENCE = 2   # an automatic cadence leaves every other step unmeasured, so plain steps keep being timed
+
+
+def cadence_from_times(measured: Sequence[float], plain: Sequence[float], overhead: float) -> int:
+    """Steps between measurements so that a measured step's excess over a plain one costs ``overhead``.
+
+    The least of each (load only ever slows a step). Never below :data:`MIN_CADENCE`: at 1 no plain
+    step would be timed again, so one comparison spoilt by load (plain steps that all caught a
+    pause make measuring look free) would fix the cadence at every step for the rest of the run.
+    """
+    excess = min(measured) / min(plain) - 1.0
+    return max(MIN_CADENCE, math.ceil(excess / overhead))
 
 
 @dataclass
@@ -317,8 +331,7 @@ class AdaptiveRun:
         times[0 if measured else 1].append(seconds)
         del times[0][:-5], times[1][:-5]                # the latest five of each: the machine's state now
         if self.acfg.measure_every is None and measured and min(len(times[0]), len(times[1])) >= 3:
-            excess = min(times[0]) / min(times[1]) - 1.0   # least of each: load only ever slows a step
-            self.measure_every = max(1, math.ceil(excess / self.acfg.overhead))
+            self.measure_every = cadence_from_times(times[0], times[1], self.acfg.overhead)
 
     def _decide(self) -> None:
         c, step = self.controller, self.ctx.step

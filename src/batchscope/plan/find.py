@@ -342,7 +342,7 @@ def explain_caveats(task: Task, m: Measurement, noise: NoiseFit, measure_fractio
         "tasks (B_simple grows as the loss falls, and the measuring run sees only the start of training).",
         f"the {noise.crit.level:.0%} interval adds the task-to-task spread of that ratio over the suite to the "
         f"sampling noise of the {noise.crit.steps} steps; left out of the fit, a suite task's measured B_crit fell "
-        "inside it on 8 of 10 tasks (benchmarks/results/suite.md).",
+        "inside it on 9 of 11 tasks (benchmarks/results/suite_calibration.md, window).",
     ]
     if noise.at_target.extrapolation > 1.5:
         caveats.append(f"B_crit at the target is extrapolated {noise.at_target.extrapolation:.1f}x beyond the losses "

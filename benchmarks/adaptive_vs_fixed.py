@@ -235,6 +235,14 @@ def adaptive_seconds(run: dict, t: dict) -> float:
     return sum(secs[:-1]) + (run["steps"] - (len(secs) - 1)) * secs[-1] if secs else 0.0
 
 
+def measuring_share(run: dict, t: dict) -> float:
+    """Share of an adaptive run's charged time to target spent measuring: each measured step's excess
+    over a plain step at its batch (from the same timing pass), the up-front first steps included."""
+    extra = sum(t[f"{b}/measured"] - t[f"{b}/plain"] for b, m in zip(run["batch_sizes"], run["measured"]) if m)
+    total = adaptive_seconds(run, t)
+    return extra / total if total > 0 else math.nan
+
+
 def powers_of_two(lo: int, hi: int) -> list[int]:
     out, b = [], lo
     while b <= hi:
@@ -287,6 +295,8 @@ def evaluate_task(name: str, seeds: int, runs: dict) -> dict:
         finals = sorted({r.get("final_batch") for r in rs if r["reached"]})
         rows[label] = summarise(rs, lambda r: adaptive_seconds(r, t),
                                 f"{b_ref} -> {'/'.join(map(str, finals))} (lr0 {ref_lr:.3g})")
+        shares = [measuring_share(r, t) for r in rs if r["reached"]]
+        rows[label]["measuring"] = statistics.median(shares) if shares else None
     return {"task": name, "optimizer": task.optimizer, "n_train": task.n_train,
             "higher_is_better": task.target.kind == "metric", "target": task.target.describe(
         task.metric_name), "b_crit_sweep": b_crit_of(task, best), "sweep_best_per_batch": {
@@ -334,14 +344,15 @@ def markdown(results: list[dict], seeds: int, loads=()) -> str:
              f"Time to target (s) = steps x step time from one interleaved timing pass (median over {seeds} seeds; "
              "adaptive runs charge each step at its own batch); wall = real training seconds (median). "
              "ratio = time / best fixed.", "",
-             "| task | method | setting | reached | time to target (s) | ratio | wall (s) | examples | final metric "
-             "[seed range] |", "|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| task | method | setting | reached | time to target (s) | ratio | measuring | wall (s) | examples | "
+             "final metric [seed range] |", "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for res in results:
         best = res["rows"]["best fixed"]["seconds"]
         for method, r in res["rows"].items():
             rng = r["metric_range"]
+            share = f"{r['measuring']:.1%}" if r.get("measuring") is not None else "-"
             lines.append(f"| {res['task']} | {method} | {r['setting']} | {r['reached']} | {r['seconds']:.3g} | "
-                         f"{r['seconds'] / best:.2f} | {r['wall']:.3g} | {r['examples'] or 0:,.0f} | "
+                         f"{r['seconds'] / best:.2f} | {share} | {r['wall']:.3g} | {r['examples'] or 0:,.0f} | "
                          + (f"{r['metric']:.4g} [{rng[0]:.4g}, {rng[1]:.4g}]" if rng else "-") + " |")
     lines += ["", "| task | B_crit (sweep) | adaptive / best fixed | <= 1.1x | <= 0.9x | batch 32 / adaptive | "
                   "metric within seed spread |", "|---|---:|---:|---|---|---:|---|"]
@@ -353,7 +364,9 @@ def markdown(results: list[dict], seeds: int, loads=()) -> str:
     lines += ["", "Notes. Adaptive starts at the task's reference batch at the sweep's best rate there (the anchor "
               "find gets), capped at the sweep's largest batch; it may go down to a quarter of its start. Steps to target "
               "are interpolated between the evaluations (every 1/16 epoch) around the crossing, for every method "
-              "alike; a seed that never reached the target counts as infinitely slow in the median. Time to target charges a measured adaptive step at a step split in two with the monitor's "
+              "alike; a seed that never reached the target counts as infinitely slow in the median. measuring = the "
+              "share of an adaptive run's time to target that its measured steps cost beyond plain steps (median "
+              "over seeds), the first min_samples steps included. Time to target charges a measured adaptive step at a step split in two with the monitor's "
               "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
               "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
               "means not worse than the best fixed runs' range by more than its width. "

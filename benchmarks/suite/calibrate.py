@@ -27,6 +27,7 @@ import math
 import statistics
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -122,12 +123,24 @@ def rate_rules(gt: dict) -> list[str]:
     return lines
 
 
-def main() -> int:
+def load_table() -> tuple[dict, dict, dict]:
+    """(ground truth, measured B_crit per task, every candidate estimate per task) from the stored files."""
     gt = read_json(HERE / "ground_truth.json")
     judged = {r["task"]: r for r in read_json(RESULTS / "suite_before.json").get("tasks", [])}
     paths = read_json(HERE / "noise_paths.json")
     truth = {n: e["summary"]["b_crit"] for n, e in gt.items() if "summary" in e}
-    table = {n: candidates(n, judged.get(n, {}), paths.get(n, {})) for n in truth}
+    return gt, truth, {n: candidates(n, judged.get(n, {}), paths.get(n, {})) for n in truth}
+
+
+def constants(truth: dict, table: dict, members, kind: str) -> Optional[tuple[float, float, int]]:
+    """(factor, log spread, tasks) of B_crit ≈ factor · estimate ``kind`` over ``members``: the geometric mean
+    of B_crit / estimate and the standard deviation of its log (batchscope.plan.critical_batch's constants)."""
+    logs = [math.log(truth[n] / table[n][kind]) for n in members if kind in table[n] and math.isfinite(table[n][kind])]
+    return (math.exp(np.mean(logs)), float(np.std(logs, ddof=1)), len(logs)) if len(logs) >= 2 else None
+
+
+def main() -> int:
+    gt, truth, table = load_table()
     kinds = sorted({k for v in table.values() for k in v})
     lines = ["# Which estimate predicts the measured B_crit (leave-one-task-out)", "",
              "Raw ratio = estimate / measured B_crit. Calibrated: c from the other tasks; within 2x and "
@@ -157,11 +170,9 @@ def main() -> int:
                       "with it):", ""]
         for fam, members in (("all", list(truth)), ("sgd", [n for n in truth if gt[n]["optimizer"] == "sgd"]),
                              ("adam", [n for n in truth if gt[n]["optimizer"] != "sgd"])):
-            logs = [math.log(truth[n] / table[n][kind]) for n in members
-                    if kind in table[n] and math.isfinite(table[n][kind])]
-            if len(logs) >= 2:
-                lines.append(f"- {fam}: factor {math.exp(np.mean(logs)):.2f}, log spread {np.std(logs, ddof=1):.2f}, "
-                             f"{len(logs)} tasks")
+            c = constants(truth, table, members, kind)
+            if c:
+                lines.append(f"- {fam}: factor {c[0]:.2f}, log spread {c[1]:.2f}, {c[2]} tasks")
     lines += rate_rules(gt)
     (RESULTS / "suite_calibration.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

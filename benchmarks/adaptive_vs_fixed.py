@@ -370,7 +370,7 @@ def markdown(results: list[dict], seeds: int, loads=()) -> str:
               "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
               "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
               "means not worse than the best fixed runs' range by more than its width. "
-              f"Load average (1 min, 2 cores) after each task: {load}; the timing pass "
+              f"Load average (1 min, 2 cores) after each task of the run that wrote this table (finished runs and timing passes are read back from adaptive_vs_fixed_runs.json, measured when first run): {load}; the timing pass "
               "takes the least of 5 per-round medians."]
     return "\n".join(lines) + "\n"
 

@@ -22,18 +22,23 @@ def dots_profile(tmp_path):
 def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
     png = tmp_path / "adaptive.png"
     r = CliRunner().invoke(cli, ["train", "--task", "dots", "--adaptive", "--batch-size", "8", "--steps", "60",
-                                 "--profile", dots_profile, "--max-batch", "128", "--plot", str(png), "--json"])
+                                 "--profile", dots_profile, "--max-batch", "128", "--min-batch", "8", "--plot", str(png),
+                                 "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     cols = doc["adaptive"]["steps"]
     assert {"batch_size", "accumulation", "lr", "b_noise"} <= set(cols) and len(cols["batch_size"]) == 60
     assert max(cols["batch_size"]) <= 128 and doc["config"]["adaptive"]["max_batch"] == 128
+    assert min(cols["batch_size"]) >= 8 and doc["config"]["adaptive"]["min_batch"] == 8
     assert png.stat().st_size > 5000
 
 
 @pytest.mark.parametrize("args,message", [
     (["--adaptive", "--batch-size", "16", "--max-batch", "8"], "--max-batch 8 is below the starting batch 16"),
     (["--max-batch", "64"], "--max-batch only apply to adaptive runs; add --adaptive"),
+    (["--adaptive", "--batch-size", "16", "--min-batch", "32"], "--min-batch 32 is outside 2..16"),
+    (["--adaptive", "--batch-size", "16", "--min-batch", "1"], "--min-batch 1 is outside 2..16"),
+    (["--min-batch", "8"], "--min-batch only apply to adaptive runs; add --adaptive"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args, message, dots_profile):
     extra = ["--profile", dots_profile] if "--adaptive" in args else []

@@ -85,7 +85,7 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     ({}, {"micro_batch": 4}, "an adaptive run picks its own micro-batches"),
     ({"noise": "preconditioned"}, {}, "preconditioned noise needs an Adam-type optimizer"),
     ({"decision_level": 1.5}, {}, "'decision_level' parameter must be in"),
-    ({"min_batch": 16}, {}, "min_batch 16 is above the starting batch 8"),
+    ({"min_batch": 16}, {}, "--min-batch 16 is outside 2..8"),
     ({"noise_factor": -1.0}, {}, "'noise_factor' parameter must be a positive number"),
 ])
 def test_bad_input_is_refused_with_the_fix(kw, cfg, message):

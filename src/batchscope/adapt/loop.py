@@ -240,6 +240,9 @@ class AdaptiveRun:
         if acfg.max_batch is not None and acfg.max_batch < b0:
             raise ConfigError(f"--max-batch {acfg.max_batch} is below the starting batch {b0}; raise --max-batch to "
                               f"at least {b0} or start from a smaller --batch-size")
+        if acfg.min_batch is not None and not 2 <= acfg.min_batch <= b0:
+            raise ConfigError(f"--min-batch {acfg.min_batch} is outside 2..{b0}: the batch may shrink to it from the "
+                              f"starting batch {b0}, and a measured step needs two examples; use 2 to {b0}")
         if acfg.memory_ceiling is not None and acfg.memory_ceiling < 1:
             raise ConfigError(f"the memory ceiling is {acfg.memory_ceiling} examples: not even one example fits a "
                               "device; free memory or use a smaller model")

@@ -12,15 +12,16 @@ from ..train import SCHEDULES, TrainConfig, train
 from ._options import device_name, device_option, json_option, keep_measured_in, task_option
 
 
-def _adaptive_config(adaptive: bool, max_batch, profile_path, plot):
+def _adaptive_config(adaptive: bool, max_batch, min_batch, profile_path, plot):
     if not adaptive:
-        given = [name for name, v in (("--max-batch", max_batch), ("--profile", profile_path), ("--plot", plot)) if v]
+        given = [name for name, v in (("--max-batch", max_batch), ("--min-batch", min_batch),
+                                      ("--profile", profile_path), ("--plot", plot)) if v]
         if given:
             raise ConfigError(f"{', '.join(given)} only apply to adaptive runs; add --adaptive")
         return None
     from ..adapt.loop import AdaptiveConfig  # only adaptive runs need the hardware, noise and plan layers
 
-    return AdaptiveConfig(profile=profile_path, max_batch=max_batch)
+    return AdaptiveConfig(profile=profile_path, max_batch=max_batch, min_batch=min_batch)
 
 
 def _adaptive_rows(a: dict) -> list[tuple]:
@@ -71,8 +72,10 @@ def training_options(f):
 @click.option("--eval-every", type=int, default=None, help="steps between evaluations")
 @device_option
 @click.option("--adaptive", is_flag=True,
-              help="grow the batch during the run from the measured noise scale (starts at --batch-size)")
+              help="let the batch follow the measured noise scale during the run (starts at --batch-size)")
 @click.option("--max-batch", type=int, default=None, help="with --adaptive: the largest global batch")
+@click.option("--min-batch", type=int, default=None,
+              help="with --adaptive: the smallest global batch [default: a quarter of --batch-size]")
 @click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="with --adaptive: a hardware profile from `batchscope profile --out` (default: measure one)")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
@@ -82,13 +85,13 @@ def training_options(f):
               help="write TensorBoard scalars here: loss, batch, lr, metric; B_noise with --micro-batch")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
-            steps, epochs, until_target, eval_every, device, adaptive, max_batch, profile_path, plot, out, log_dir,
-            as_json) -> None:
+            steps, epochs, until_target, eval_every, device, adaptive, max_batch, min_batch, profile_path, plot, out,
+            log_dir, as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
         steps = 500
-    acfg = _adaptive_config(adaptive, max_batch, profile_path, plot)
+    acfg = _adaptive_config(adaptive, max_batch, min_batch, profile_path, plot)
     cfg = TrainConfig(batch_size=batch_size, lr=lr, optimizer=optimizer, micro_batch=micro_batch, steps=steps,
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
                       eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg)

@@ -58,11 +58,11 @@ class AdaptiveConfig:
     measure_every: measure the noise every this many steps (default: first the fewest that keep the
         profile's predicted cost within ``overhead``, then the same from the run's own step times).
     noise: 'raw' gradient noise, or 'preconditioned' by Adam's second moments (Adam-type only).
-    decision_level: the level of the B_noise interval a move must pay off at both ends of (with
-        ``confident``). The quartiles, not the 90% interval: five measurements' 90% interval spans
-        a factor of 10 or more (a ratio of two noisy sums) and held every move of the short runs in
-        benchmarks/results/adaptive_vs_fixed.md; 3 to 1 odds, with ``threshold`` on top, and a
-        wrong move is undone at a later measurement.
+    decision_level: with ``confident``, a move must still pay off at the end of the B_noise interval
+        of this level that argues against it. The quartiles, not the 90% interval: five
+        measurements' 90% interval spans a factor of 10 or more (a ratio of two noisy sums) and held
+        every move of the short runs of benchmarks/adaptive_vs_fixed.py; 3 to 1 odds, with
+        ``threshold`` on top, and a wrong move is undone at a later measurement.
     noise_factor: B_noise = noise_factor x the monitor's B_simple (default: the suite-calibrated
         ``plan.critical_batch.LIVE_FACTOR`` for raw noise; 1 for preconditioned noise, which the
         suite could not calibrate: 4 tasks, within 2x of B_crit on 2).
@@ -127,6 +127,7 @@ def measured_layout(b: int, micro: int, accumulation: int) -> tuple[int, int]:
     return b // d, d
 
 
+MIN_CADENCE = 2   # an automatic cadence leaves every other step unmeasured, so plain steps keep being timed
 HOOK_FACTOR = 2.0   # measured step's extra cost / the extra pass alone (benchmarks/noise_overhead.py, CPU)
 
 
@@ -142,9 +143,6 @@ def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> in
     curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
     extra = HOOK_FACTOR * max(time_model.alpha, 0.0)
     return max(MIN_CADENCE, math.ceil(extra / (overhead * curve(b))))
-
-
-MIN_CADENCE = 2   # an automatic cadence leaves every other step unmeasured, so plain steps keep being timed
 
 
 def cadence_from_times(measured: Sequence[float], plain: Sequence[float], overhead: float) -> int:
@@ -198,7 +196,7 @@ class AdaptiveRun:
         self.model, self.optimizer = self.setup.model, self.setup.optimizer
         self.lr0, self.opt_name = settings.lr, settings.name
         check_batch(task, measured_layout(self.controller.min_batch, self.controller.min_batch, 1)[0],
-                    "micro-batch of a measured step at the smallest batch (half of it)", self.model)
+                    "micro-batch of a measured step at the smallest batch", self.model)
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
         self.batches = iter(self.sampler)
         # Hooks only while a step is measured: attached, even idle ones cost a Python call per

@@ -127,10 +127,11 @@ def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
     """(AdaptiveConfig, eval_every in steps at the starting batch) of an adaptive run.
 
     The batch starts at the study's smallest batch and may grow up to its largest (no shrinking), so
-    every batch it uses lies inside the range whose step time the fixed runs measured. Evaluations are spaced in examples (the loop counts
-    ``eval_every`` steps at the starting batch): with an epochs budget ``evals_per_run`` over the
-    run, as for the fixed runs; with a steps budget the examples are not known in advance, so the
-    spacing assumes the batch at the geometric mean of the smallest and largest batch.
+    every batch it uses lies inside the range whose step time the fixed runs measured. Evaluations
+    are spaced in examples (the loop counts ``eval_every`` steps at the starting batch): with an
+    epochs budget ``evals_per_run`` over the run, as for the fixed runs; with a steps budget the
+    examples are not known in advance, so the spacing assumes the batch at the geometric mean of
+    the smallest and largest batch.
     """
     from ..adapt.loop import AdaptiveConfig
     from ..hardware import HardwareProfile

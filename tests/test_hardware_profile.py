@@ -160,3 +160,16 @@ def test_cuda_ceiling_matches_bisection_and_survives_oom():
                train_data=TensorDataset(torch.randn(64, 1), torch.randn(64, 1)), target=Target("loss", 0.1, "train"))
     r = cuda_memory_probe(hog, "cuda")(8)
     assert r.oom and torch.cuda.memory_allocated() < 64 * MiB  # everything was released
+
+
+def test_a_step_time_cliff_no_batch_explains_is_flagged(tiny_task):
+    from batchscope.hardware.profile import jump_notes
+    # the mnist1d profile taken under load: 1.55 ms at 128, 18.45 ms at 256 (5.9x per example)
+    notes = jump_notes([(64, 1.57e-3), (128, 1.55e-3), (256, 18.45e-3), (512, 20.51e-3)])
+    assert len(notes) == 1 and "from B=128 to B=256 (6.0x per example)" in notes[0]
+    # per-example cost rising 1.5x (a kernel switch seen on an idle machine) is not flagged
+    assert jump_notes([(64, 1.61e-3), (128, 4.82e-3)]) == []
+    assert not any("rose" in n for n in fake_profile(tiny_task, memory_budget="1GB").notes)
+    cliff = lambda b: StepTiming(b, 1e-3 if b < 64 else 1e-2 * b / 64, 1e-5, 5)  # noqa: E731
+    p = profile_hardware(tiny_task, memory_probe=lambda b: ProbeResult(b, MiB + b), time_probe=cliff)
+    assert any("from B=32 to B=64" in n for n in p.notes)

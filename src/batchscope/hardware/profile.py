@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -236,6 +236,29 @@ def _load_note(facts: dict) -> list[str]:
     return []
 
 
+JUMP = 2.0   # per-example step time rising more than this between neighbouring grid points is flagged
+
+
+def jump_notes(points: Sequence[tuple[int, float]], limit: float = JUMP) -> list[str]:
+    """Where the time per example rises more than ``limit``-fold from one grid point to the next.
+
+    A larger batch costs more per example when it spills a cache or switches kernels, but not by
+    this much in one step of the grid; profiles taken while other processes or surplus threads
+    competed showed such cliffs (12x for a doubling) that a rerun on an idle machine did not, and
+    every plan made from them inherits the cliff.
+    """
+    out = []
+    for (b1, t1), (b2, t2) in zip(points, points[1:]):
+        if t1 <= 0 or t2 <= 0:
+            continue
+        per_example = (t2 / b2) / (t1 / b1)
+        if per_example > limit:
+            out.append(f"step time rose {t2 / t1:.1f}x from B={b1} to B={b2} ({per_example:.1f}x per example): "
+                       "more than a larger batch explains; if other processes or too many threads competed, "
+                       "profile again on an idle machine or with fewer threads (torch.set_num_threads)")
+    return out
+
+
 def _noop(stage: str, done: int, total: Optional[int], info: str) -> None:
     return None
 
@@ -328,7 +351,8 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         alpha=alpha, beta=beta, r2=r2, residuals=residuals, points=points, memory_probes=probes,
         ceiling_steps=ceiling.steps if ceiling else 0, over_budget_steps=ceiling.over_budget if ceiling else 0,
         knee=knee(model, KNEE_GAIN), knee_fit=knee_from_line(alpha, beta, KNEE_GAIN),
-        seconds=time.perf_counter() - t_start, notes=notes + _load_note(facts),
+        seconds=time.perf_counter() - t_start,
+        notes=notes + _load_note(facts) + jump_notes([(p.batch, p.seconds) for p in points]),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         optimizer=fields_to_dict(settings),
     )

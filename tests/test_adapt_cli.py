@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from batchscope.cli import cli
 from batchscope.commands.find import adaptive_command
 from batchscope.tasks import load_task
+from batchscope.plan.critical_batch import LIVE_FACTOR
 
 from .test_plan_find import fake_profile
 
@@ -30,6 +31,10 @@ def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
     assert {"batch_size", "accumulation", "lr", "b_noise"} <= set(cols) and len(cols["batch_size"]) == 60
     assert max(cols["batch_size"]) <= 128 and doc["config"]["adaptive"]["max_batch"] == 128
     assert min(cols["batch_size"]) >= 8 and doc["config"]["adaptive"]["min_batch"] == 8
+    # the B_noise column is what the controller planned with: the suite factor x the monitor's B_simple
+    a = doc["adaptive"]
+    assert a["noise_factor"] == LIVE_FACTOR
+    assert cols["b_noise"][-1] == pytest.approx(LIVE_FACTOR * a["final_estimate"]["b_simple"])
     assert png.stat().st_size > 5000
 
 

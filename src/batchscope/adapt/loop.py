@@ -433,12 +433,14 @@ class AdaptiveRun:
         return result
 
     def summary(self) -> dict:
-        """What the adaptive part did: per-step columns, the decisions, the measuring cadence."""
+        """What the adaptive part did: per-step columns (``b_noise``: the B_noise planned with, noise_factor x
+        B_simple), the decisions, the measuring cadence, the monitor's last estimate (B_simple itself)."""
         est = self.monitor.estimate()
         return {"steps": asdict(self.log), "decisions": [d.to_dict() for d in self.controller.decisions],
                 "measure_every": self.measure_every, "decide_every": self.acfg.every, "min_samples": self.acfg.min_samples,
                 "nonfinite_estimates": self.controller.nonfinite, "noise": self.acfg.noise,
-                "final_b_noise": est.to_dict(), "profile": self.profile_summary}
+                "noise_factor": self.controller.noise_factor, "final_estimate": est.to_dict(),
+                "profile": self.profile_summary}
 
     # ---- resume -----------------------------------------------------------------------------
 

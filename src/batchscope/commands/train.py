@@ -29,9 +29,10 @@ def _adaptive_rows(a: dict) -> list[tuple]:
     moves = [d for d in a["decisions"] if d["changed"]]
     path = " -> ".join([str(moves[0]["previous"])] + [f"{d['batch_size']} (step {d['step']:,}, B_noise "
                                                       f"{d['b_noise']:.0f})" for d in moves]) if moves else "unchanged"
-    est = a["final_b_noise"]
+    est, k = a["final_estimate"], a["noise_factor"]
     return [("batch size", path),
-            ("final B_noise [interval]", f"{est['b_simple']:.4g} [{est['low']:.4g}, {est['high']:.4g}]"),
+            ("final B_simple [interval]", f"{est['b_simple']:.4g} [{est['low']:.4g}, {est['high']:.4g}]; planned "
+                                          f"with B_noise = {k:g} x B_simple = {k * est['b_simple']:.4g}"),
             ("noise measured", f"first {a['min_samples']} steps, then every {a['measure_every']}; a decision after "
                                f"each; {a['nonfinite_estimates']} non-finite estimate(s) held")]
 

@@ -41,7 +41,9 @@ from torch.utils.data import TensorDataset
 
 from batchscope import DivergedError, Target, Task, TrainConfig, load_task, train
 from batchscope.train import StepClock
-from find_vs_sweep import best_per_batch  # the same sweep rows, the same choice of rate per batch
+# the same sweep rows, rate choice, run to the target and evaluation cadence as find_vs_sweep.py
+from find_vs_sweep import MAX_EPOCHS, MAX_SECONDS, best_per_batch, eval_every
+from find_vs_sweep import to_target as fixed_run
 from batchscope.adapt.controller import SHRINK_LIMIT
 from batchscope.adapt.loop import AdaptiveConfig
 from batchscope.hardware import profile_hardware
@@ -54,8 +56,6 @@ RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "adaptive_vs_fixed_runs.json"
 SWEEP_RUNS = RESULTS / "find_vs_sweep_runs.json"
 FIND_RESULTS = RESULTS / "find_vs_sweep.json"
-MAX_EPOCHS = 300
-MAX_SECONDS = 120.0
 
 
 # ---- tasks of our own: an Adam task and a larger data set, both generated -------------------------
@@ -103,11 +103,6 @@ def get_task(name: str) -> Task:
 
 # ---- runs ---------------------------------------------------------------------------------------
 
-def eval_every(task: Task, b: int) -> int:
-    """1/16 epoch between evaluations (as find_vs_sweep.py), so steps to target resolve to ~n/16 examples."""
-    return max(1, min(100, task.n_train // (16 * b)))
-
-
 def sweep_batches(task: Task) -> list[int]:
     """Generated tasks: a small sweep, 32 x powers of four up to 2048, and the reference batch."""
     out, b = {task.reference_batch}, 32
@@ -115,18 +110,6 @@ def sweep_batches(task: Task) -> list[int]:
         out.add(b)
         b *= 4
     return sorted(out)
-
-
-def fixed_run(task: Task, b: int, lr: float, warmup: int = 0, seed: int = 0) -> dict:
-    cfg = TrainConfig(batch_size=b, lr=lr, until_target=True, epochs=MAX_EPOCHS, warmup_steps=warmup,
-                      eval_every=eval_every(task, b), max_seconds=MAX_SECONDS, seed=seed)
-    try:
-        r = train(task, cfg)
-    except DivergedError as e:
-        return {"batch": b, "lr": lr, "reached": False, "diverged": True, "steps": None, "error": str(e)}
-    return {"batch": b, "lr": lr, "warmup": warmup, "seed": seed, "reached": r.reached_target, "diverged": False,
-            "steps": r.target_step, "examples": r.target_examples, "wall_seconds": r.target_seconds,
-            "metric": r.final.metric, "eval_loss": r.final.eval_loss, "stopped": r.stopped_because}
 
 
 def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: int, noise: str = "raw", *,
@@ -370,7 +353,9 @@ def markdown(results: list[dict], seeds: int, loads=()) -> str:
               "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
               "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
               "means not worse than the best fixed runs' range by more than its width. "
-              f"Load average (1 min, 2 cores) after each task of the run that wrote this table (finished runs and timing passes are read back from adaptive_vs_fixed_runs.json, measured when first run): {load}; the timing pass "
+              "Load average (1 min, 2 cores) after each task of the run that wrote this table (finished runs "
+              f"and timing passes are read back from adaptive_vs_fixed_runs.json, measured when first run): {load}; "
+              "the timing pass "
               "takes the least of 5 per-round medians."]
     return "\n".join(lines) + "\n"
 

@@ -71,9 +71,10 @@ def to_target(task, b: int, lr: float, warmup: int = 0, seed: int = 0) -> dict:
         r = train(task, cfg)
     except DivergedError as e:
         return {"batch": b, "lr": lr, "reached": False, "diverged": True, "steps": None, "error": str(e)}
-    return {"batch": b, "lr": lr, "warmup": warmup, "reached": r.reached_target, "diverged": False,
+    return {"batch": b, "lr": lr, "warmup": warmup, "seed": seed, "reached": r.reached_target, "diverged": False,
             "steps": r.target_step, "examples": r.target_examples, "wall_seconds": r.target_seconds,
-            "steps_run": r.steps, "stopped": r.stopped_because}
+            "steps_run": r.steps, "stopped": r.stopped_because, "metric": r.final.metric,
+            "eval_loss": r.final.eval_loss}
 
 
 def step_time(task, b: int, steps: int = 25) -> float:

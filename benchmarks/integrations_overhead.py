@@ -80,10 +80,11 @@ class LossModel(nn.Module):
         return {"loss": nn.functional.cross_entropy(logits, labels), "logits": logits}
 
 
-def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
+def lightning_module(task, net):
+    """``net`` as a LightningModule with the task's loss and optimizer (mnist1d: cross-entropy, SGD momentum 0.9)."""
     import lightning.pytorch as pl
 
-    from batchscope.integrations.lightning import NoiseScaleCallback
+    from batchscope.train import make_optimizer
 
     class Module(pl.LightningModule):
         def __init__(self):
@@ -92,10 +93,18 @@ def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
 
         def training_step(self, batch, batch_idx):
             x, y = batch
-            return nn.functional.cross_entropy(self.net(x), y)
+            return task.loss_fn(self.net(x), y)
 
         def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=task.lr, momentum=0.9)
+            return make_optimizer(task.optimizer, self.parameters(), task.lr, task.momentum, task.weight_decay)
+
+    return Module()
+
+
+def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
+    import lightning.pytorch as pl
+
+    from batchscope.integrations.lightning import NoiseScaleCallback
 
     clock = Clock()
     callbacks = [clock, *extra] + ([] if noise is None else [pl.Callback()] if noise == "empty" else
@@ -104,7 +113,7 @@ def lightning_fit(task, net, noise, steps: int, extra=()) -> float:
     trainer = pl.Trainer(max_steps=steps, accumulate_grad_batches=ACCUMULATION, callbacks=callbacks,
                          accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    trainer.fit(Module(), loader)
+    trainer.fit(lightning_module(task, net), loader)
     return {k: v / (steps - WARMUP) for k, v in clock.seconds.items()}
 
 
@@ -219,22 +228,10 @@ def lightning_to_target(task, profile, seed: int, adaptive: bool) -> dict:
     import lightning.pytorch as pl
 
     from batchscope.integrations.lightning import AdaptiveBatchCallback
-    from batchscope.train import evaluate, make_optimizer
+    from batchscope.train import evaluate
 
     torch.manual_seed(seed)
     net = task.make_model()
-
-    class Module(pl.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.net = net
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return task.loss_fn(self.net(x), y)
-
-        def configure_optimizers(self):
-            return make_optimizer(task.optimizer, self.parameters(), task.lr, task.momentum, task.weight_decay)
 
     class ToTarget(pl.Callback):
         """Evaluates every 5 optimizer steps; stops at the target; keeps training time (evaluations out)."""
@@ -267,7 +264,7 @@ def lightning_to_target(task, profile, seed: int, adaptive: bool) -> dict:
     trainer = pl.Trainer(max_epochs=30, accumulate_grad_batches=2, callbacks=callbacks, accelerator="cpu",
                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    trainer.fit(Module(), loader)
+    trainer.fit(lightning_module(task, net), loader)
     return {"seconds": stop.seconds, "steps": stop.steps, "examples": stop.examples, "reached": stop.reached}
 
 

@@ -62,8 +62,8 @@ class Sweep:
     first_estimate = 300           # expected steps at the reference batch (sets the first evaluations)
     max_seconds = MAX_SECONDS
 
-    def first_cap(self, est_steps: float) -> int:
-        """Step cap of a batch's first run, before any rate there has reached the target."""
+    def first_cap(self, batch: int, est_steps: float) -> int:
+        """Step cap of a run at ``batch`` before any rate there has reached the target."""
         return MAX_STEPS
 
     def __init__(self, task, store: dict, save):
@@ -99,7 +99,7 @@ class Sweep:
 
         def cap():
             b0 = best()
-            return (self.first_cap(est_steps) if b0 is None
+            return (self.first_cap(b, est_steps) if b0 is None
                     else int(1.5 * b0[0]) + 2 * max(1, int(b0[0] // EVALS_BEFORE_TARGET)))
 
         for f in self.factors:
@@ -107,7 +107,7 @@ class Sweep:
             tried[lr] = self.trial(b, lr, 0, best()[0] if best() else est_steps, cap())
         if best() is None:   # nothing reached: look further out once on both sides
             for f in (min(self.factors) / 2, max(self.factors) * 2):
-                tried[centre * f] = self.trial(b, centre * f, 0, est_steps, self.first_cap(est_steps))
+                tried[centre * f] = self.trial(b, centre * f, 0, est_steps, self.first_cap(b, est_steps))
         for _ in range(self.max_extend):
             top = best()
             if top is None:

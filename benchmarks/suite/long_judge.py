@@ -166,7 +166,7 @@ def _secs(x: float) -> str:
 
 def _clock_table(results: list[dict], k: str) -> list[str]:
     arms = list(results[0]["clocks"][k]["arms"])
-    head = ["task", "t(32), t(1024)", "best fixed: B (lr)", "steps", "time", "batch 32: steps, time", "32 / best",
+    head = ["task", "t(32), t(largest)", "best fixed: B (lr)", "steps", "time", "batch 32: steps, time", "32 / best",
             "largest: B, steps, time", "largest / best"] + [f"{a}: time, / best" for a in arms]
     if k == "cpu":
         head.append("A/A (pass B): best B, 32 / best, largest / best")

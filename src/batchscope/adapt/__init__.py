@@ -8,7 +8,8 @@
   Adam-type) with warm-up and decay counted in progress, not steps.
 """
 
-from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision, StepTimeModel
+from ..hardware.steptime import StepTimeModel  # the one step-time model, here for `from batchscope.adapt import`
+from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision
 from .rules import ScaledLearningRate, adascale_gain, sqrt_gain
 from .sampler import AdaptiveBatchSampler
 from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state

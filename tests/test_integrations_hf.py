@@ -79,7 +79,7 @@ def test_default_samples_every_8th_step_and_matches_the_monitor(tmp_path):
     for x, y in zip(got, ref):
         assert x.b_simple == pytest.approx(y.b_simple, rel=1e-6)
         assert x.g2 == pytest.approx(y.g2, rel=1e-6)
-    assert cb._handle is None and not cb.monitor._capture.attached   # removed after the run
+    assert cb._handle is None and not cb.monitor._capture._handles   # removed after the run
 
 
 @pytest.mark.slow

@@ -200,7 +200,7 @@ class AdaptivePolicy(BatchPolicy):
             every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples,
             confident=acfg.confident, min_batch=acfg.min_batch, noise_factor=noise_factor_of(acfg))
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
-        self.batches = iter(self.sampler)
+        self.batches = None                       # the sampler's iterator, made at the first draw
         budget_steps = total_steps(task, cfg, b0)
         self.max_steps = cfg.steps
         self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
@@ -249,7 +249,14 @@ class AdaptivePolicy(BatchPolicy):
         ``measure_every``-th. Up-front cost: about ``min_samples`` steps, once per run."""
         return step < self.acfg.min_samples or step - self.last_measured >= self.measure_every
 
+    def __getstate__(self) -> dict:
+        # A fork copies the sampler, not its iterator (a generator cannot be copied): a new iterator
+        # of the copied sampler continues at the same example.
+        return {**self.__dict__, "batches": None}
+
     def _draw(self) -> torch.Tensor:
+        if self.batches is None:
+            self.batches = iter(self.sampler)
         try:
             return torch.tensor(next(self.batches))
         except StopIteration:  # end of an epoch: the sampler starts the next one
@@ -334,7 +341,7 @@ class AdaptivePolicy(BatchPolicy):
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        self.batches = iter(self.sampler)
+        self.batches = None
         self.controller.load_state_dict(state["controller"])
         load_monitor_state(self.monitor, state["monitor"])
         self.rate.load_state_dict(state["rate"])

@@ -11,13 +11,13 @@
 """
 
 from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision, StepTimeModel, check_limits
-from .policy import AdaptiveConfig, AdaptivePolicy
+from .policy import Adaptation, AdaptiveConfig, AdaptivePolicy
 from .rules import ScaledLearningRate, adascale_gain, sqrt_gain
 from .sampler import AdaptiveBatchSampler
 from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state
 
 __all__ = [
-    "AdaptiveBatchSampler", "AdaptiveConfig", "AdaptivePolicy", "BatchSizeController", "check_limits", "Decision", "StepTimeModel", "DEFAULT_EVERY",
+    "AdaptiveBatchSampler", "Adaptation", "AdaptiveConfig", "AdaptivePolicy", "BatchSizeController", "check_limits", "Decision", "StepTimeModel", "DEFAULT_EVERY",
     "DEFAULT_THRESHOLD", "ScaledLearningRate", "adascale_gain", "sqrt_gain", "adapt_state", "load_adapt_state",
     "monitor_state", "load_monitor_state",
 ]

@@ -184,6 +184,76 @@ class StepLog:
         self.measured.append(measured)
 
 
+class Adaptation:
+    """What adapting is, with no loop attached: when to measure, what a measurement does to the
+    critical batch and the rate, and when the controller decides. :class:`AdaptivePolicy` (the
+    training loop) and the framework callbacks both drive one of these, built from one
+    :class:`AdaptiveConfig`, so every setting has one default.
+    """
+
+    def __init__(self, acfg: AdaptiveConfig, time_model: StepTimeModel, *, start_batch: int, n_train: int,
+                 lr0: float, optimizer: str, memory_ceiling: Optional[int] = None, devices: int = 1,
+                 warmup: float = 0.0, total: Optional[float] = None, schedule: str = "constant"):
+        self.acfg = acfg
+        self.measure_every = acfg.measure_every or auto_measure_every(time_model, start_batch, acfg.overhead)
+        self.controller = BatchSizeController(
+            time_model, start_batch=start_batch, n_train=n_train, memory_ceiling=memory_ceiling,
+            max_batch=acfg.max_batch, devices=devices, every=acfg.every or self.measure_every,
+            threshold=acfg.threshold, min_samples=acfg.min_samples, confident=acfg.confident,
+            min_batch=acfg.min_batch, noise_factor=noise_factor_of(acfg))
+        self.rate = ScaledLearningRate(lr0, start_batch, optimizer, warmup=warmup, total=total, schedule=schedule)
+        self.b_crit = math.nan                    # the latest predicted critical batch
+        self.last_measured = -1                   # the last measured step (0-based)
+        self.step_times: dict[int, tuple[list, list]] = {}   # batch -> (measured, unmeasured) seconds
+
+    def measures(self, step: int) -> bool:
+        """Whether step ``step`` (0-based) is measured: the first ``min_samples`` steps, so the first
+        decision comes early, then every ``measure_every``-th. Marks the step when it is."""
+        measured = step < self.acfg.min_samples or step - self.last_measured >= self.measure_every
+        if measured:
+            self.last_measured = step
+        return measured
+
+    def observe(self, estimate) -> None:
+        """A measured step's estimate (a NoiseEstimate): the critical batch and the rate follow it."""
+        self.b_crit = self.controller.b_crit(estimate)
+        self.rate.observe(self.b_crit)
+
+    def end_step(self, steps_done: int, batch: int, measured: bool, seconds: float, estimate) -> Optional[object]:
+        """Count a finished step of ``batch`` examples; returns the controller's Decision when one was due.
+
+        estimate: a function giving the monitor's current NoiseEstimate (called only when a decision is due).
+        """
+        self.rate.advance(batch)
+        self._calibrate(batch, measured, seconds)
+        c = self.controller
+        due = c.due(steps_done) if self.acfg.every else (measured and steps_done >= self.acfg.min_samples)
+        return c.decide(steps_done, estimate()) if due else None
+
+    def _calibrate(self, b: int, measured: bool, seconds: float) -> None:
+        """Set the cadence from this run's own step times: a measured step's excess over an unmeasured
+        one at the same batch, spread so that it costs ``overhead`` (the profile's guess until then).
+
+        Only when ``measure_every`` was not given: timing varies between runs, so then the measured
+        steps (not the data, rates or model) can differ between two runs of the same seed.
+        """
+        times = self.step_times.setdefault(b, ([], []))
+        times[0 if measured else 1].append(seconds)
+        del times[0][:-5], times[1][:-5]                # the latest five of each: the machine's state now
+        if self.acfg.measure_every is None and measured and min(len(times[0]), len(times[1])) >= 3:
+            self.measure_every = cadence_from_times(times[0], times[1], self.acfg.overhead)
+
+    def state_dict(self) -> dict:
+        return {"controller": self.controller.state_dict(), "rate": self.rate.state_dict(), "b_crit": self.b_crit,
+                "last_measured": self.last_measured, "measure_every": self.measure_every}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.rate.load_state_dict(state["rate"])
+        self.b_crit, self.last_measured = state["b_crit"], state["last_measured"]
+        self.measure_every = state["measure_every"]
+
+
 class AdaptivePolicy(BatchPolicy):
     """The controller's batch, the scaled rate, and the measuring cadence, step by step."""
 
@@ -192,28 +262,21 @@ class AdaptivePolicy(BatchPolicy):
         b0 = self._check(task, cfg, acfg, settings.name)
         self.task, self.acfg, self.start_batch = task, acfg, b0
         profile = resolve_profile(task, acfg, cfg.device)
-        time_model = StepTimeModel.from_profile(profile)
         ceiling = memory_ceiling_of(profile, acfg)
-        self.measure_every = acfg.measure_every or auto_measure_every(time_model, b0, acfg.overhead)
-        self.controller = BatchSizeController(
-            time_model, start_batch=b0, n_train=task.n_train, memory_ceiling=ceiling, max_batch=acfg.max_batch,
-            every=acfg.every or self.measure_every, threshold=acfg.threshold, min_samples=acfg.min_samples,
-            confident=acfg.confident, min_batch=acfg.min_batch, noise_factor=noise_factor_of(acfg))
+        budget_steps = total_steps(task, cfg, b0)
+        self.lr0 = settings.lr
+        self.adaptation = Adaptation(acfg, StepTimeModel.from_profile(profile), start_batch=b0, n_train=task.n_train,
+                                     lr0=settings.lr, optimizer=settings.name, memory_ceiling=ceiling,
+                                     warmup=cfg.warmup_steps, schedule=cfg.schedule,
+                                     total=budget_steps if cfg.schedule != "constant" else None)
+        self.controller = self.adaptation.controller
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
         self.batches = None                       # the sampler's iterator, made at the first draw
-        budget_steps = total_steps(task, cfg, b0)
         self.max_steps = cfg.steps
         self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
                              None if cfg.steps is not None else budget_steps * b0)
-        self.lr0, self.opt_name = settings.lr, settings.name
-        self.rate = ScaledLearningRate(self.lr0, b0, self.opt_name, warmup=cfg.warmup_steps,
-                                       total=budget_steps if cfg.schedule != "constant" else None,
-                                       schedule=cfg.schedule)
         self.monitor: Optional[NoiseScaleMonitor] = None
         self.log = StepLog()
-        self.b_crit = math.nan                    # the latest predicted critical batch
-        self.last_measured = -1                   # the last measured step (0-based)
-        self.step_times: dict[int, tuple[list, list]] = {}   # batch -> (measured, unmeasured) seconds
         self.current: Optional[StepPlan] = None
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
@@ -242,17 +305,12 @@ class AdaptivePolicy(BatchPolicy):
                                          preconditioned=self.acfg.noise == "preconditioned")
         self.monitor.close()
 
-    # ---- one step ---------------------------------------------------------------------------
-
-    def is_measured(self, step: int) -> bool:
-        """The first ``min_samples`` steps are measured, so the first decision comes early; then every
-        ``measure_every``-th. Up-front cost: about ``min_samples`` steps, once per run."""
-        return step < self.acfg.min_samples or step - self.last_measured >= self.measure_every
-
     def __getstate__(self) -> dict:
         # A fork copies the sampler, not its iterator (a generator cannot be copied): a new iterator
         # of the copied sampler continues at the same example.
         return {**self.__dict__, "batches": None}
+
+    # ---- one step ---------------------------------------------------------------------------
 
     def _draw(self) -> torch.Tensor:
         if self.batches is None:
@@ -265,16 +323,14 @@ class AdaptivePolicy(BatchPolicy):
 
     def plan(self, ctx: TrainContext) -> StepPlan:
         c = self.controller
-        measured = self.is_measured(ctx.step)
-        if measured:
-            self.last_measured = ctx.step
+        measured = self.adaptation.measures(ctx.step)
         idx = self._draw()
         b = len(idx)
         m, k = (c.micro_batch, c.accumulation) if b == c.batch_size else (b, 1)
         if measured:
             m, k = measured_layout(b, m, k)
             self.monitor.bind(ctx.model, ctx.optimizer)
-        self.current = StepPlan(idx, m, k, self.rate.lr(b), measured)
+        self.current = StepPlan(idx, m, k, self.adaptation.rate.lr(b), measured)
         return self.current
 
     def on_before_step(self, ctx: TrainContext) -> None:
@@ -283,37 +339,15 @@ class AdaptivePolicy(BatchPolicy):
             return
         self.monitor.micro_batch = plan.micro_batch
         if self.monitor.update(ctx.step_loss, step=ctx.step + 1) is not None:
-            self.b_crit = self.controller.b_crit(self.monitor.estimate())
-            self.rate.observe(self.b_crit)
+            self.adaptation.observe(self.monitor.estimate())
         self.monitor.close()
 
     def after_step(self, ctx: TrainContext, plan: StepPlan, seconds: float) -> None:
-        b = plan.batch_size
-        self.rate.advance(b)
-        self.log.add(b, plan.micro_batch, plan.accumulation, plan.lr, self.b_crit, plan.measure)
-        self._calibrate(b, plan.measure, seconds)
-        self._decide(ctx.step, plan.measure)
-
-    def _calibrate(self, b: int, measured: bool, seconds: float) -> None:
-        """Set the cadence from this run's own step times: a measured step's excess over an unmeasured
-        one at the same batch, spread so that it costs ``overhead`` (the profile's guess until then).
-
-        Only when ``measure_every`` was not given: timing varies between runs, so then the measured
-        steps (not the data, rates or model) can differ between two runs of the same seed.
-        """
-        times = self.step_times.setdefault(b, ([], []))
-        times[0 if measured else 1].append(seconds)
-        del times[0][:-5], times[1][:-5]                # the latest five of each: the machine's state now
-        if self.acfg.measure_every is None and measured and min(len(times[0]), len(times[1])) >= 3:
-            self.measure_every = cadence_from_times(times[0], times[1], self.acfg.overhead)
-
-    def _decide(self, step: int, measured: bool) -> None:
-        c = self.controller
-        due = c.due(step) if self.acfg.every else (measured and step >= self.acfg.min_samples)
-        if due:
-            d = c.decide(step, self.monitor.estimate(self.acfg.decision_level))
-            if d.changed:
-                self.sampler.set_batch_size(d.batch_size)
+        b, a = plan.batch_size, self.adaptation
+        self.log.add(b, plan.micro_batch, plan.accumulation, plan.lr, a.b_crit, plan.measure)
+        d = a.end_step(ctx.step, b, plan.measure, seconds, lambda: self.monitor.estimate(self.acfg.decision_level))
+        if d is not None and d.changed:
+            self.sampler.set_batch_size(d.batch_size)
 
     def exhausted(self, ctx: TrainContext) -> bool:
         return ((self.max_steps is not None and ctx.step >= self.max_steps)
@@ -329,22 +363,18 @@ class AdaptivePolicy(BatchPolicy):
         noise_factor x B_simple), the decisions, the measuring cadence, the monitor's last B_simple."""
         est = self.monitor.estimate()
         return {"steps": asdict(self.log), "decisions": [d.to_dict() for d in self.controller.decisions],
-                "measure_every": self.measure_every, "decide_every": self.acfg.every,
+                "measure_every": self.adaptation.measure_every, "decide_every": self.acfg.every,
                 "min_samples": self.acfg.min_samples, "nonfinite_estimates": self.controller.nonfinite,
                 "noise": self.acfg.noise, "noise_factor": self.controller.noise_factor,
                 "final_estimate": est.to_dict(), "profile": self.profile_summary}
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "controller": self.controller.state_dict(),
-                "monitor": monitor_state(self.monitor), "rate": self.rate.state_dict(), "log": asdict(self.log),
-                "b_crit": self.b_crit, "last_measured": self.last_measured, "measure_every": self.measure_every}
+        return {"sampler": self.sampler.state_dict(), "adaptation": self.adaptation.state_dict(),
+                "monitor": monitor_state(self.monitor), "log": asdict(self.log)}
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
         self.batches = None
-        self.controller.load_state_dict(state["controller"])
+        self.adaptation.load_state_dict(state["adaptation"])
         load_monitor_state(self.monitor, state["monitor"])
-        self.rate.load_state_dict(state["rate"])
         self.log = StepLog(**state["log"])
-        self.b_crit, self.last_measured = state["b_crit"], state["last_measured"]
-        self.measure_every = state["measure_every"]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 
@@ -55,7 +56,8 @@ def in_flag_terms(message: str, command: "click.Command | None") -> str:
     for param in getattr(command, "params", ()):
         if isinstance(param, click.Option) and param.name:
             flag = max(param.opts, key=len)
-            message = message.replace(f"The '{param.name}' parameter", f"The {flag} option")
+            message = re.sub(rf"The '{param.name}' parameter(?: of [A-Za-z_][\w.]*)?(?= must)", f"The {flag} option",
+                             message)
     return message
 
 

@@ -92,7 +92,8 @@ class Run:
                  device: torch.device, callbacks: list[Callback]):
         self.task, self.cfg, self.policy, self.setup, self.callbacks = task, cfg, policy, setup, callbacks
         b0 = policy.start_batch
-        self.ctx = TrainContext(task, cfg, setup.model, setup.optimizer, device, b0, b0, 1, scaler=setup.scaler)
+        self.ctx = TrainContext(task, cfg, setup.model, setup.optimizer, device, b0, *policy.start_layout(),
+                                scaler=setup.scaler)
         self.total = total_steps(task, cfg, b0)     # the budget in steps at the starting batch
         self.history: list[HistoryPoint] = []
         self.reached = False
@@ -377,7 +378,7 @@ def start_run(task: "Task | str", config: TrainConfig, callbacks: Iterable = (),
     device = resolve_device(config.device)
     setup = build_training(task, device, OptimizerSettings.of(task, config), config.amp, config.seed)
     policy.begin(TrainContext(task, config, setup.model, setup.optimizer, device, policy.start_batch,
-                              policy.start_batch, 1, scaler=setup.scaler))
+                              *policy.start_layout(), scaler=setup.scaler))
     run = Run(task, config, policy, setup, device, as_callbacks(callbacks))
     run.start()
     return run

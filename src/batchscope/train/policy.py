@@ -46,6 +46,10 @@ class BatchPolicy(Callback):
 
     start_batch: int                 # the first step's batch: the unit of evaluation gaps and budgets
 
+    def start_layout(self) -> tuple[int, int]:
+        """(micro-batch, accumulation) of the first step, what callbacks see before it."""
+        return self.start_batch, 1
+
     def begin(self, ctx: TrainContext) -> None:
         """Once, when the run's model and optimizer exist (before any step or a resume)."""
 
@@ -98,6 +102,9 @@ class FixedBatch(BatchPolicy):
         check_batch(self.task, m, "micro-batch" if m < self.start_batch else "batch size", ctx.model)
         groups = ctx.optimizer.param_groups
         self.base_lrs = tuple(self.lr if self.lr is not None else g["lr"] for g in groups)
+
+    def start_layout(self) -> tuple[int, int]:
+        return self.micro_batch, self.start_batch // self.micro_batch
 
     def plan(self, ctx: TrainContext) -> StepPlan:
         factor = lr_factor(ctx.step, self.total, self.warmup, self.schedule)

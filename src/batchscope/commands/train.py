@@ -93,10 +93,15 @@ def training_options(f):
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the result JSON here")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
               help="write TensorBoard scalars here: loss, batch, lr, metric; B_simple with --micro-batch")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="write the run's whole state here every --checkpoint-every steps (resume with --resume-from)")
+@click.option("--checkpoint-every", type=int, default=None, help="steps between checkpoints [default: 100]")
+@click.option("--resume-from", type=click.Path(), default=None,
+              help="continue the run a --checkpoint wrote (same task and settings)")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
             steps, epochs, until_target, eval_every, device, adaptive, max_batch, min_batch, profile_path, plot, out,
-            log_dir, as_json) -> None:
+            log_dir, checkpoint, checkpoint_every, resume_from, as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
@@ -104,7 +109,9 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     acfg = _adaptive_config(adaptive, max_batch, min_batch, profile_path, plot)
     cfg = TrainConfig(batch_size=batch_size, lr=lr, optimizer=optimizer, micro_batch=micro_batch, steps=steps,
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
-                      eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg)
+                      eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg,
+                      checkpoint=checkpoint, checkpoint_every=checkpoint_every or (100 if checkpoint else None),
+                      resume=resume_from)
     console = console_for(as_json)
     keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
     console.print(f"training {task.name} on {device_name(device)}")

@@ -298,6 +298,16 @@ def task_table(name: str, entry: dict) -> list[str]:
     return lines + [""]
 
 
+def along(name: str, entry: dict) -> str:
+    """One task's row: how the branched B_crit and B_simple moved from its first point to its last."""
+    pts = entry["points"]
+    shown = [("flat" if a["flat"] else _num(a["b_crit"]) + ("+" if a["at_top"] else "")) for a in map(analyse, pts)]
+    t = tally(pts, "live")
+    return (f"| {name} | {' -> '.join(shown)} | {_num(pts[0]['b_simple'])} -> {_num(pts[-1]['b_simple'])} "
+            f"| {_num(entry.get('b_crit_run'))} | {t['within_2x']} of {t['measured']} | "
+            f"{_num(t['median_ratio'], '{:.2f}')} |")
+
+
 def render(store: dict) -> str:
     entries = {k: v for k, v in store.items() if v.get("points")}
     pts = [p for v in entries.values() for p in v["points"]]
@@ -324,6 +334,11 @@ def render(store: dict) -> str:
         t = tally(pts, name)
         head.append(f"| {name} ({FACTORS[name]}) | {t['measured']} of {t['points']} | {t['within_2x']} | "
                     f"{_num(t['median_ratio'], '{:.2f}')} | {_num(t['geomean_ratio'], '{:.2f}')} |")
+    head += ["", "## Along each run", "",
+             "| task | branched B_crit, first -> last point | B_simple, first -> last | B_crit of the whole run "
+             "(sweep) | live within 2x | median live ratio |", "|---|---|---|---:|---:|---:|"]
+    for name, entry in entries.items():
+        head.append(along(name, entry))
     head += ["", f"Time: {seconds / 60:.1f} min of measuring over {len(entries)} tasks "
              "(one thread, `nice -n 15`, a shared machine), the reference runs' own steps not counted.", "",
              "## Per task", ""]

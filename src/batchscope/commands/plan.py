@@ -7,7 +7,8 @@ import textwrap
 import click
 
 from ._interconnect import cluster_from, interconnect_options
-from ._options import device_option, json_option, task_option
+from ._outputs import Outputs, check_outputs
+from ._options import FINITE, SEED, device_option, json_option, task_option
 from ..errors import ConfigError
 from ..report.console import console_for
 from ..serialize import dumps, write_json
@@ -63,11 +64,11 @@ def _measured(task, find_path, profile_path, device, seed, console):
 @click.option("--grad-dtype", type=click.Choice(["model", "bfloat16", "float16"]), default="model", show_default=True,
               help="dtype of the all-reduced gradients (bf16/fp16: a DDP compression hook)")
 @click.option("--device-memory", default=None, help="memory of one target device, e.g. 80GB [default: the profile's]")
-@click.option("--price", type=float, default=None, help="price of one device-hour")
-@click.option("--knee", "knee_fraction", type=float, default=0.25, show_default=True,
+@click.option("--price", type=FINITE, default=None, help="price of one device-hour")
+@click.option("--knee", "knee_fraction", type=FINITE, default=0.25, show_default=True,
               help="knee: doubling the devices saves at most this fraction of the time")
 @click.option("--max-batch", type=int, default=None, help="largest global batch to consider")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a PNG: time and cost")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
@@ -82,6 +83,7 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     from ..plan.sizing import plan_devices
     from ..report.plan_report import frontier_lines, plan_table, plot_plan
 
+    check_outputs(("--out", out, "file"), ("--plot", plot_path, "file"))
     console = console_for(as_json)
     devices = _ints(devices_text, "devices")
     batches = _ints(batches_text, "batches") if batches_text else None
@@ -100,13 +102,18 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     if fit is not None:
         doc["comm_measurement"] = {"bandwidth": fit.link.bandwidth, "latency": fit.link.latency, "ranks": fit.ranks,
                                    "r2": fit.r2, "points": fit.points}
+    outputs = Outputs()
     if out:
-        write_json(out, doc)
+        outputs.write("--out", out, lambda: write_json(out, doc))
     if plot_path:
-        console.print(f"plot: {plot_plan(dp, plot_path, f'{task.name}: time and cost against the device count')}")
+        drawn = outputs.write("--plot", plot_path,
+                              lambda: plot_plan(dp, plot_path, f"{task.name}: time and cost against the device count"))
+        if drawn:
+            console.print(f"plot: {drawn}")
     if as_json:
         click.echo(dumps(doc))
-        return
-    console.print(plan_table(dp, task.name))
-    for line in frontier_lines(dp) + [f"assumes: {a}" for a in dp.assumptions] + dp.plan.notes:
-        console.print(textwrap.fill(line, 80, subsequent_indent="    ", break_on_hyphens=False))
+    else:
+        console.print(plan_table(dp, task.name))
+        for line in frontier_lines(dp) + [f"assumes: {a}" for a in dp.assumptions] + dp.plan.notes:
+            console.print(textwrap.fill(line, 80, subsequent_indent="    ", break_on_hyphens=False))
+    outputs.finish(as_json)

@@ -79,9 +79,12 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
+    from ..plan.sizing import check_grid
 
     check_outputs(("--out", out, "file"), ("--report", report_dir, "directory"))
     task = load_task(task_spec)
+    if (max_batch is None or max_batch > 0) and devices > 0:   # other values: find's own message
+        check_grid(task, [devices], None, max_batch)   # the data set or --max-batch leaves no batch for them
     console = console_for(as_json)
     profile = HardwareProfile.load(profile_path) if profile_path else None  # checked against the task by find
     here = device_name(device)

@@ -50,6 +50,22 @@ def _measured(task, find_path, profile_path, device, seed, console):
     return measured_from_result(find(task, device=device, profile=profile, seed=seed))
 
 
+def _links_note(link: str, per_node: int, network: str, fit, profile) -> str:
+    """Which interconnect the table assumes, and whether it was chosen, measured or left at the default."""
+    ctx = click.get_current_context()
+    default = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT
+               for name in ("link", "network", "bandwidth", "latency")}
+    inside = ("measured here" if fit is not None else
+              f"{link} ({'assumed by default' if default['link'] and default['bandwidth'] and default['latency'] else 'as given'})")
+    between = ("none (one node)" if network == "none" else
+               f"{network} ({'assumed by default' if default['network'] else 'as given'})")
+    note = f"links: within nodes of {per_node}, {inside}; between nodes, {between}"
+    if fit is None and default["link"] and default["network"]:
+        note += (f"; the profile is of a {profile.device.get('type', 'device')}: set --link/--network to the "
+                 "cluster you plan for, or --measure-comm")
+    return note
+
+
 @click.command("plan")
 @task_option
 @click.option("--find", "find_path", type=click.Path(dir_okay=False), default=None,
@@ -80,7 +96,7 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     import torch
 
     from ..hardware.units import parse_bytes
-    from ..plan.sizing import plan_devices
+    from ..plan.sizing import check_grid, plan_devices
     from ..report.plan_report import frontier_lines, plan_table, plot_plan
 
     check_outputs(("--out", out, "file"), ("--plot", plot_path, "file"))
@@ -89,6 +105,10 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     batches = _ints(batches_text, "batches") if batches_text else None
     memory = parse_bytes(device_memory, name="device_memory") if device_memory else None
     task = load_task(task_spec)
+    check_grid(task, devices, batches, max_batch)   # the data set or --max-batch rules these out before measuring
+    if comm_ranks is not None and not measure_comm:
+        raise ConfigError(f"--comm-ranks {comm_ranks} sets the processes of --measure-comm; add --measure-comm "
+                          "or drop --comm-ranks")
     options = (link, per_node, network, bandwidth, latency, net_bandwidth, net_latency)
     cluster = cluster_from(*options)          # checked before anything is measured
     fit = _measure_comm(console, comm_ranks) if measure_comm else None
@@ -113,7 +133,7 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     if as_json:
         click.echo(dumps(doc))
     else:
-        console.print(plan_table(dp, task.name))
+        console.print(plan_table(dp, task.name, _links_note(link, per_node, network, fit, measured.profile)))
         for line in frontier_lines(dp) + [f"assumes: {a}" for a in dp.assumptions] + dp.plan.notes:
             console.print(textwrap.fill(line, 80, subsequent_indent="    ", break_on_hyphens=False))
     outputs.finish(as_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import click
@@ -159,13 +160,14 @@ def _print_summary(console, where, summary, files) -> None:
 def _placement(workers: int, devices_text, ray_address):
     """Where the runs run: N local workers, one per device, or Ray; checked before anything starts."""
     from ..study.placement import resolve_devices
-    from ..study.ray_runs import import_ray
+    from ..study.ray_runs import check_reachable, import_ray
 
     devices = resolve_devices(devices_text)
     if sum((workers > 1, devices is not None, ray_address is not None)) > 1:
         raise ConfigError("give one of --workers N, --devices LIST or --ray: they are three ways to run the runs")
     if ray_address is not None:
-        import_ray()  # a missing extra is one line before anything starts
+        import_ray()  # a missing extra, or a cluster that is not there, is one line before anything starts
+        check_reachable(ray_address or os.environ.get("RAY_ADDRESS", ""))
     return devices
 
 

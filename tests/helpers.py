@@ -63,3 +63,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def sleeping_rank(rank, *args):
+    """A torch.distributed rank that never finishes (for the bounded wait of the spawned measurements)."""
+    import time
+
+    time.sleep(600)

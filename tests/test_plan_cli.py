@@ -62,7 +62,7 @@ def test_a_find_result_for_another_model_is_refused(find_json):
     res = CliRunner().invoke(cli, ["plan", "--task", "tests/study_tasks.py:blobs", "--find", find_json])
     assert res.exit_code == 0
     res = CliRunner().invoke(cli, ["plan", "--task", "dots", "--find", find_json])
-    assert res.exit_code == 2 and "the profile was measured for task 'blobs'" in res.stderr
+    assert res.exit_code == 2 and "is a find result for task 'blobs'" in res.stderr
 
 
 def test_a_file_that_is_not_a_find_result_is_refused(tmp_path):

@@ -60,3 +60,19 @@ def check_positive_float(name: str, value, *, where: str = "") -> float:
         at = f" of {where}" if where else ""
         raise ConfigError(f"The '{name}' parameter{at} must be a positive finite number. Got {value!r} instead.")
     return v
+
+
+# Above this a learning rate overflows the optimizer's float32 arithmetic in the first step (Adam
+# divides it by 1 - beta1 = 0.1; float32 ends at 3.4e38) instead of diverging as a number: a rate
+# that large is a typing slip, refused with the others.
+MAX_LR = 1e30
+
+
+def check_lr(name: str, value, *, where: str = "") -> float:
+    """A learning rate: positive, finite and at most :data:`MAX_LR`."""
+    v = check_positive_float(name, value, where=where)
+    if v > MAX_LR:
+        at = f" of {where}" if where else ""
+        raise ConfigError(f"The '{name}' parameter{at} must be a learning rate up to {MAX_LR:g} (a larger one "
+                          f"overflows the optimizer's float32 arithmetic). Got {value!r} instead.")
+    return v

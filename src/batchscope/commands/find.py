@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from ._interconnect import cluster_from, interconnect_options
-from ._options import device_name, device_option, json_option, keep_measured_in, profile_option, task_option
+from ._outputs import Outputs, check_outputs
+from ._options import (FINITE, LEARNING_RATE, SEED, device_name, device_option, json_option, keep_measured_in,
+                       profile_option, task_option)
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
 from ..serialize import dumps, write_json
@@ -54,7 +56,7 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
               help="fastest: least time to target (on one device, time is what a run costs; the lowest "
                    "regret over the validation suite, benchmarks/results/suite.md); cheapest: least "
                    "compute; balanced: B near B_crit, whatever a step costs")
-@click.option("--budget", "measure_fraction", type=float, default=0.05, show_default=True,
+@click.option("--budget", "measure_fraction", type=FINITE, default=0.05, show_default=True,
               help="measuring run, as a fraction of the examples a full run to the target needs")
 @profile_option
 @click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
@@ -62,9 +64,9 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
               help="data-parallel devices (their all-reduce: the interconnect options, as in `plan`)")
 @interconnect_options
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
-@click.option("--ref-lr", type=float, default=None, help="learning rate of your known-good setting [default: the task's]")
+@click.option("--ref-lr", type=LEARNING_RATE, default=None, help="learning rate of your known-good setting [default: the task's]")
 @click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--amp", is_flag=True, help="profile and measure under mixed precision (CUDA only)")
 @device_option
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
@@ -77,8 +79,12 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
+    from ..plan.sizing import check_grid
 
+    check_outputs(("--out", out, "file"), ("--report", report_dir, "directory"))
     task = load_task(task_spec)
+    if (max_batch is None or max_batch > 0) and devices > 0:   # other values: find's own message
+        check_grid(task, [devices], None, max_batch)   # the data set or --max-batch leaves no batch for them
     console = console_for(as_json)
     profile = HardwareProfile.load(profile_path) if profile_path else None  # checked against the task by find
     here = device_name(device)
@@ -98,18 +104,21 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
                       callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     doc = result.to_dict()
     doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
+    outputs = Outputs()
     if out:
-        write_json(out, doc)
+        outputs.write("--out", out, lambda: write_json(out, doc))
     if report_dir:
         from ..report.find_report import write_find_report
 
-        path = write_find_report(result, task, report_dir)
-        console.print(f"report: {path}")
+        path = outputs.write("--report", report_dir, lambda: write_find_report(result, task, report_dir))
+        if path:
+            console.print(f"report: {path}")
     if as_json:
         click.echo(dumps({k: doc[k] for k in doc if k not in ("noise_steps",)}))
-        return
-    _print(console, task, result)
-    _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)
+    else:
+        _print(console, task, result)
+        _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)
+    outputs.finish(as_json)
 
 
 def _print(console, task, result) -> None:

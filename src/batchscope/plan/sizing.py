@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import ConfigError
+from ..errors import BatchscopeError, ConfigError, check_positive_int
 from ..hardware.steptime import StepTimeModel
 from ..hardware.units import format_bytes
 from ..tasks import Task
@@ -57,10 +57,17 @@ def measured_from_find(doc: dict, task: Task, source: str) -> Measured:
         b_noise = float(doc["b_noise"]["value"])
         ev = doc["evidence"]
         b_ref, examples_ref = int(ev["ref_batch"]), float(ev["projected_examples_at_ref"])
-        profile = HardwareProfile.from_dict(doc["profile"]).check_task(task)
+        profile = HardwareProfile.from_dict(doc["profile"])
+    except BatchscopeError as e:   # a find result whose profile is damaged: that message, naming the file
+        raise ConfigError(f"{source}: {e}") from e
     except (KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"{source} is not a `batchscope find --out` result ({type(e).__name__}: {e}); "
                           "write one with `batchscope find --task NAME --out result.json`") from e
+    if profile.task != task.name or profile.parameters != task.parameter_count():   # a find result, for another task
+        raise ConfigError(f"{source} is a find result for task {profile.task!r} ({profile.parameters:,} parameters), "
+                          f"not for task {task.name!r} ({task.parameter_count():,} parameters); give the --task it was "
+                          "written for, or write one for this task with `batchscope find --task TASK --out "
+                          "result.json`")
     if not (b_noise > 0 and math.isfinite(b_noise) and examples_ref > 0):
         raise ConfigError(f"{source} holds no usable noise scale (B_noise {b_noise!r}); run find again")
     s_min = model.s_min_from_reference(examples_ref / b_ref, b_ref, b_noise)
@@ -75,6 +82,30 @@ def measured_from_result(result, source: str = "measured now (find pipeline)") -
     return Measured(b_noise, model.s_min_from_reference(examples_ref / b_ref, b_ref, b_noise), result.profile, source)
 
 
+def check_grid(task: Task, devices: Sequence[int] = (1,), batches: Optional[Sequence[int]] = None,
+               max_batch: Optional[int] = None) -> int:
+    """The largest global batch a plan for ``task`` may use; refuses, before anything is measured, a grid beyond it.
+
+    The limit is the training set (a step cannot take more examples than there are) or ``max_batch``;
+    a message names which of the two it is, since the fixes differ.
+    """
+    if max_batch is not None:
+        check_positive_int("max_batch", max_batch)
+    limit = task.n_train if max_batch is None else min(task.n_train, max_batch)
+    by_data = limit == task.n_train
+    why = (f"task {task.name!r} has {task.n_train:,} training examples" if by_data
+           else f"--max-batch is {max_batch:,}")
+    too_big = sorted(b for b in set(batches or ()) if b > limit)
+    if too_big:
+        raise ConfigError(f"global batch {', '.join(f'{b:,}' for b in too_big)} is larger than a step can take: {why}; "
+                          f"give --batches up to {limit:,}" + ("" if by_data else " or raise --max-batch"))
+    if devices and min(devices) > limit:
+        raise ConfigError(f"{min(devices):,} devices need a global batch of at least {min(devices):,} (one example "
+                          f"each), but {why}; " + (f"plan for at most {limit:,} devices" if by_data
+                                                   else "raise --max-batch or plan for fewer devices"))
+    return limit
+
+
 def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: Sequence[int],
                  batches: Optional[Sequence[int]] = None, gamma: float = 1.0, price: Optional[float] = None,
                  knee_fraction: float = KNEE_FRACTION, device_memory: Optional[float] = None,
@@ -86,7 +117,7 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
         ceiling = ceiling_on(device_memory, prof.m0, prof.m1, prof.parameters, task.optimizer)
     else:
         ceiling = prof.max_batch   # the largest micro-batch a pass may take (what find uses too)
-    limit = min(task.n_train, max_batch) if max_batch else task.n_train
+    limit = check_grid(task, devices, batches, max_batch)
     step = DataParallelStep(StepTimeModel.from_profile(prof), ceiling, cluster, grad_bytes, gamma)
     plan = make_plan(devices, measured.s_min, measured.b_noise, step, limit=limit, batches=batches, price=price,
                      knee_fraction=knee_fraction)

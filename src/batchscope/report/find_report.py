@@ -62,13 +62,20 @@ def write_find_report(result: FindResult, task, directory: "str | Path") -> Path
     return write_text(d / "README.md", _markdown(result, task))
 
 
+def _task_line(task) -> str:
+    """What the task is; a user's task that describes neither its data nor its model gets the facts known here."""
+    data = task.description or f"{task.name}, {task.n_train:,} training examples"
+    model = task.model_description or f"{task.parameter_count():,} parameters"
+    return f"{data}; model {model}; target {task.target.describe(task.metric_name)}"
+
+
 def _markdown(result: FindResult, task) -> str:
     r = result.recommendation
     m = result.measuring
     lines = [
         f"# batchscope find: {task.name}",
         "",
-        f"Task: {task.description}; model {task.model_description}; target {task.target.describe(task.metric_name)}.",
+        f"Task: {_task_line(task)}.",
         "",
         "## Recommendation",
         "",

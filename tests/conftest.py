@@ -13,5 +13,5 @@ def tiny_task() -> Task:
 @pytest.fixture(autouse=True)
 def _few_threads():
     # Two cores on CI: keep torch from oversubscribing when pytest runs beside other work.
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield

@@ -23,8 +23,8 @@ def dots_profile(tmp_path):
 def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
     png = tmp_path / "adaptive.png"
     r = CliRunner().invoke(cli, ["train", "--task", "dots", "--adaptive", "--batch-size", "8", "--steps", "60",
-                                 "--profile", dots_profile, "--max-batch", "128", "--min-batch", "8", "--plot", str(png),
-                                 "--json"])
+                                 "--profile", dots_profile, "--max-batch", "128", "--min-batch", "8",
+                                 "--plot", str(png), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     cols = doc["adaptive"]["steps"]

@@ -4,7 +4,6 @@ Each row names the problem the message must mention. Rows that need files get th
 ``files`` fixture (placeholders in braces).
 """
 
-import json
 import os
 import signal
 import subprocess

@@ -98,7 +98,8 @@ def test_non_finite_estimates_are_held_counted_never_acted_on(bad):
 
 
 def test_bad_input_names_the_fix():
-    with pytest.raises(ConfigError, match="The 'max_batch' parameter must be at least the starting batch 16. Got 8 instead."):
+    with pytest.raises(ConfigError,
+                       match="The 'max_batch' parameter must be at least the starting batch 16. Got 8 instead."):
         BatchSizeController(LINE, start_batch=16, n_train=1000, max_batch=8)
     with pytest.raises(ConfigError, match="The 'memory_ceiling' parameter must be a positive integer"):
         BatchSizeController(LINE, start_batch=16, n_train=1000, memory_ceiling=0)

@@ -243,3 +243,16 @@ def test_adaptive_callback_state_survives_checkpoint(tmp_path):
     assert repr(resumed.plan.controller.decisions[:k]) == repr(first.plan.controller.decisions)
     assert resumed.plan.steps[n].examples == first.plan.micro_batch * first.plan.accumulation
     assert resumed.plan.rate.progress > saved["rate"]["progress"]
+
+
+def test_adaptive_callback_state_keeps_the_whole_step_time_model_and_refuses_a_broken_one():
+    from batchscope.adapt import StepTimeModel
+    from batchscope.errors import ConfigError
+    from batchscope.integrations.hf import AdaptiveBatchCallback
+
+    model = StepTimeModel(0.02, 2e-5, ((8, 0.021), (64, 0.024)))
+    saved = AdaptiveBatchCallback(model, every=4).state()["args"]
+    assert saved["step_time"] == {"alpha": 0.02, "beta": 2e-5, "measured": [[8.0, 0.021], [64.0, 0.024]]}
+    assert AdaptiveBatchCallback(**saved).step_time == model     # what a resumed Trainer plans with
+    with pytest.raises(ConfigError, match=r"'alpha' parameter of StepTimeModel .* Got nan instead"):
+        AdaptiveBatchCallback({"alpha": math.nan, "beta": 1e-5})

@@ -12,7 +12,8 @@
   :func:`batch_warmup` built on it (the schedules an adaptive run is judged against).
 """
 
-from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision, StepTimeModel, check_limits
+from ..hardware.steptime import StepTimeModel  # the one step-time model, here for `from batchscope.adapt import`
+from .controller import DEFAULT_EVERY, DEFAULT_THRESHOLD, BatchSizeController, Decision, check_limits
 from .policy import Adaptation, AdaptiveConfig, AdaptivePolicy
 from .rules import ScaledLearningRate, adascale_gain, sqrt_gain
 from .sampler import AdaptiveBatchSampler

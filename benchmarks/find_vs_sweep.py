@@ -207,7 +207,8 @@ def markdown(results: list[dict]) -> str:
         c, k = r["find_cost"], r["b_crit"]
         lines.append(
             f"| {r['task']} | {r['recommended']['batch']} ({r['recommended']['lr']:.3g}) | {r['regret']:.2f} | "
-            f"{r['balanced']['batch']} | {r['balanced']['regret']:.2f} | {r['best']['batch']} ({r['best']['lr']:.3g}) | "
+            f"{r['balanced']['batch']} | {r['balanced']['regret']:.2f} | "
+            f"{r['best']['batch']} ({r['best']['lr']:.3g}) | "
             f"{h[0]:.2f} | {h[1]:.2f} | {c['examples_fraction']:.1%} | {c['wall_fraction_incl_profile']:.0%} | "
             f"{k['predicted_over_run']:.0f} [{k['predicted_low']:.0f}-{k['predicted_high']:.0f}] | "
             f"{k['measured']:.0f} [{k['measured_low']:.0f}-{k['measured_high']:.0f}] | {k['ratio']:.2f} |")

@@ -55,7 +55,8 @@ def test_find_cli_keeps_what_it_measured_when_it_fails(tmp_path):
     assert r.exit_code == 2, r.output
     assert "measurements so far written to" in r.stderr
     doc = json.loads(out.read_text())
-    assert doc["error"].startswith("the measuring run made no progress toward the target val loss <= 1e-06 in 601 steps")
+    assert doc["error"].startswith(
+        "the measuring run made no progress toward the target val loss <= 1e-06 in 601 steps")
     assert doc["complete"] is False
     assert doc["profile"]["task"] == "linear" and len(doc["measuring_history"]) > 1 and doc["measuring_noise"]
 
@@ -74,8 +75,8 @@ def test_find_output_reads_at_80_columns_when_piped(tmp_path):
         assert header in r.stdout
     # the profile cut at 256 by --max-batch: said as such, and no candidate runs micro-batches above it
     assert "micro-batch limit: 256" in text and "capped by max_batch, not by memory" in text
-    assert max(c["micro_batch"] for c in json.loads(
-        CliRunner().invoke(cli, ["find", "--task", "dots", "--profile", str(prof), "--json"]).stdout)["candidates"]) == 256
+    doc = json.loads(CliRunner().invoke(cli, ["find", "--task", "dots", "--profile", str(prof), "--json"]).stdout)
+    assert max(c["micro_batch"] for c in doc["candidates"]) == 256
     assert "[2/2] measuring noise scale: 0/" in r.stdout  # progress as plain lines, not a cut bar
     assert "planning for the hardware in" in text and "measured here, on cpu" in text and "on auto" not in text
 

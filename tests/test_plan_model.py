@@ -109,7 +109,8 @@ def test_learning_rate_choice_and_warmup():
     assert same.lr == pytest.approx(0.1) and same.warmup_steps == 0
     big = learning_rate(256, inp, 1000)
     assert big.lr == pytest.approx(0.1 * (1 + 4) / (1 + 1)) and big.warmup_steps == 50
-    assert "sqrt" in learning_rate(256, _inputs(opt="adam"), 1000).rule or "square root" in learning_rate(256, _inputs(opt="adam"), 1000).rule
+    rule = learning_rate(256, _inputs(opt="adam"), 1000).rule
+    assert "sqrt" in rule or "square root" in rule
 
 
 def test_growth_fit_recovers_a_power_law_and_predicts_at_target():

@@ -24,7 +24,9 @@ def regression_task() -> Task:
     x = torch.randn(N + 1024, D, generator=g) * torch.logspace(-1, 0, D)   # Hessian condition number 100
     w = torch.randn(D, generator=g)
     y = x @ w + 0.5 * torch.randn(N + 1024, generator=g)          # noise floor 0.25
-    loss = lambda out, t: nn.functional.mse_loss(out.squeeze(-1), t)
+
+    def loss(out, t):
+        return nn.functional.mse_loss(out.squeeze(-1), t)
     return Task(name="linreg", make_model=lambda: nn.Linear(D, 1), train_data=TensorDataset(x[:N], y[:N]),
                 val_data=TensorDataset(x[N:], y[N:]), loss_fn=loss, optimizer="sgd", lr=0.1, momentum=0.0,
                 reference_batch=32, target=Target("loss", 0.4, "val"))

@@ -121,7 +121,7 @@ def test_uses_the_same_model_as_find():
     from batchscope.plan import recommend as rec
     c = BatchSizeController(StepTimeModel(0.01, 2e-4, ((16, 0.013), (64, 0.02), (256, 0.06))),
                             start_batch=16, n_train=10_000)
-    inp = rec.Inputs(alpha=0.01, beta=2e-4, b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
+    inp = rec.Inputs(alpha=0.01, beta=2e-4, b_crit=300.0, b_crit_low=300.0, b_crit_high=300.0, b_ref=16,
                      steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=((16, 0.013), (64, 0.02), (256, 0.06)))
     cons = rec.Constraints(n_train=10_000)
     best, _, _ = rec.recommend(inp, cons, "fastest")

@@ -63,7 +63,7 @@ def test_candidates_are_clamped_by_data_cap_and_devices():
 
 def _inputs(bn=256.0, alpha=0.01, beta=1e-4, opt="sgd"):
     # the reference run at B=64 needs 5000 steps, so S_min = 5000 / (1 + bn/64)
-    return Inputs(alpha=alpha, beta=beta, b_noise=bn, b_noise_low=bn / 2, b_noise_high=bn * 2,
+    return Inputs(alpha=alpha, beta=beta, b_crit=bn, b_crit_low=bn / 2, b_crit_high=bn * 2,
                   b_ref=64, steps_ref=5000.0, lr_ref=0.1, optimizer=opt)
 
 

@@ -167,7 +167,7 @@ class BatchSizeController:
         S_min cancels out of every comparison, so the reference is one step at the current batch.
         """
         tm = self.time_model
-        inp = rec.Inputs(alpha=tm.alpha, beta=tm.beta, b_noise=b_noise, b_noise_low=b_noise, b_noise_high=b_noise,
+        inp = rec.Inputs(alpha=tm.alpha, beta=tm.beta, b_crit=b_noise, b_crit_low=b_noise, b_crit_high=b_noise,
                          b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=tm.measured)
         return rec.evaluate_candidates(inp, self.constraints, list(batches or self.candidates()))
 

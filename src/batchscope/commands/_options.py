@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
+from contextlib import contextmanager
 
 import click
 
@@ -46,6 +48,24 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+@contextmanager
+def option_names(options: "dict[str, str]"):
+    """Say a library error in the command's words: the Python parameters it names ('max_batch', in the
+    library's one template "The 'max_batch' parameter of find ...") become the options (--max-batch)."""
+    try:
+        yield
+    except BatchscopeError as e:
+        e.args = (in_option_terms(str(e), options),)
+        raise
+
+
+def in_option_terms(message: str, options: "dict[str, str]") -> str:
+    for name, flag in options.items():
+        message = re.sub(rf"\b([Tt]he) '{name}' parameter(?: of [\w.]+)?", rf"\1 {flag} option", message)
+        message = message.replace(f"'{name}'", flag)
+    return message
 
 
 def keep_measured_in(path) -> None:

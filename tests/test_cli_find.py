@@ -76,7 +76,8 @@ def test_find_output_reads_at_80_columns_when_piped(tmp_path):
     # the default output fits one screen: candidates near the choice only
     assert len(r.stdout.splitlines()) <= 35, r.stdout
     text = " ".join(r.stdout.split())
-    for header in ("time / fastest", "compute / E_min", "micro x acc", "candidates near the choice (--verbose: all 12)"):
+    for header in ("time / fastest", "compute / E_min", "micro x acc",
+                   "candidates near the choice (--verbose: all 12)"):
         assert header in r.stdout
     rows = [ln for ln in r.stdout.splitlines() if re.match(r"(> )?\d+ +\d+ x \d+ ", ln)]
     assert len(rows) == 5 and sum(ln.startswith("> ") for ln in rows) == 1, rows
@@ -127,3 +128,10 @@ def test_find_s_library_modules_name_no_command_line_option():
         words = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
                  and id(n) not in docstrings]
         assert not [w for w in words if re.search(r"(^|\s)--[a-z]", w)], name
+
+
+def test_help_says_how_to_choose_a_target_without_a_baseline():
+    r = CliRunner().invoke(cli, ["find", "--help"], env={"COLUMNS": "80"})
+    text = " ".join(r.stdout.split())
+    assert "--target-epochs" in text and "so no baseline run is needed" in text
+    assert "Choose the epochs you would train for at that setting" in text

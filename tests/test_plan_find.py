@@ -91,7 +91,7 @@ def test_metric_target_maps_to_a_training_loss():
 def _points(metrics, losses):
     from batchscope.train import HistoryPoint
 
-    return [HistoryPoint(5 * i, 160 * i, 0.0, l, m, l, 0.1) for i, (m, l) in enumerate(zip(metrics, losses))]
+    return [HistoryPoint(5 * i, 160 * i, 0.0, loss, m, loss, 0.1) for i, (m, loss) in enumerate(zip(metrics, losses))]
 
 
 def test_a_metric_target_is_read_once_the_metric_covered_a_third_of_the_way():

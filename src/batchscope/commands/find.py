@@ -68,9 +68,10 @@ NEAR = 2                  # candidates shown either side of the choice (--verbos
                    f"to {EXTEND_STEPS} steps at most, while that run cannot be projected yet)")
 @click.option("--target-epochs", type=float, default=None,
               help="instead of the task's target: the loss your reference setting (--ref-batch, --ref-lr) is "
-                   "projected to reach after this many epochs, fitted on the measuring run, so no baseline run "
-                   "is needed. Choose the epochs you would train for at that setting; batch sizes are then "
-                   "compared by the time they take to reach that loss")
+                   "projected to reach after this many epochs (a power law in the examples fitted on the "
+                   "measuring run; optimistic near a loss floor), so no baseline run is needed. Choose the epochs "
+                   "you would train for at that setting; batch sizes are then compared by the time they take to "
+                   "reach that loss")
 @profile_option
 @click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
 @click.option("--devices", type=int, default=1, show_default=True,

@@ -462,7 +462,8 @@ def measuring_record(m: Measurement, target: str) -> dict:
     run, proj = m.run, m.projection
     return {"batch_size": run.config["batch_size"], "micro_batch": m.micro_batch, "lr": m.lr, "steps": run.steps,
             "examples": run.examples, "seconds": run.seconds, "stopped_because": run.stopped_because,
-            "device": str(resolve_device(run.config.get("device", "cpu"))), "projected_examples_to_target": proj.examples,
+            "device": str(resolve_device(run.config.get("device", "cpu"))),
+            "projected_examples_to_target": proj.examples,
             "progress": proj.progress, "fraction_of_projected_run": run.examples / proj.examples,
             "target": {"stated": target, "eval_loss": m.target.eval, "train_loss": m.target.train, "how": m.target.how},
             "extension": m.extension, "history": [fields_to_dict(p) for p in run.history]}

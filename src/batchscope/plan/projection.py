@@ -68,7 +68,8 @@ def project_examples(examples: Sequence[float], values: Sequence[float], start: 
     return Projection(float(math.exp(log_e)), latest, len(pts))
 
 
-def loss_after(examples: Sequence[float], losses: Sequence[float], at_examples: float) -> Optional[tuple[float, float, float, int]]:
+def loss_after(examples: Sequence[float], losses: Sequence[float],
+               at_examples: float) -> Optional[tuple[float, float, float, int]]:
     """The loss projected at ``at_examples`` from ln(loss) = a + b ln(examples) over the later half of the
     evaluations (the form :func:`project_examples` assumes): (loss, a, b, points), or None while the loss
     is not clearly falling (a slope within two standard errors of zero, or rising)."""

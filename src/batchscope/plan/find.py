@@ -117,7 +117,7 @@ class BudgetStop(Callback):
     Progress is measured on the log of the evaluation loss toward the target's loss (:func:`read_target`).
     While the run to the target cannot be projected (the target's loss not readable yet, or no clear
     progress toward it), the run goes on past ``min_steps``, to ``extend_steps`` at most; ``extension``
-    records from where and why.
+    records from where and why, when that wait is what made the run longer than its budget.
     """
 
     def __init__(self, task: Task, fraction: float, min_steps: int, extend_steps: int,
@@ -154,6 +154,8 @@ class BudgetStop(Callback):
         if math.isfinite(self.projection.examples):
             if ctx.examples >= self.fraction * self.projection.examples:
                 ctx.stop, ctx.stop_reason = True, "budget used"
+            else:  # projected, with budget left: the budget, not the wait for a projection, sets the length
+                self.extension = None
             return
         if self.extension is None:
             self.extension = {"from_step": ctx.step, "why": self.why_not(), "cap_steps": self.extend_steps}

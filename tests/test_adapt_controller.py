@@ -58,7 +58,7 @@ def test_a_move_must_also_pay_off_at_the_interval_end_against_it():
     held = c.decide(50, _est(800.0, low=400.0))      # at 400, 256 is the better batch: hold
     assert not held.changed and "at the interval's end 400" in held.reason
     assert c.decide(100, _est(800.0, low=790.0)).changed
-    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000)
+    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000, confident=False)
     assert loose.decide(50, _est(800.0, low=400.0)).changed
 
 
@@ -98,9 +98,9 @@ def test_non_finite_estimates_are_held_counted_never_acted_on(bad):
 
 
 def test_bad_input_names_the_fix():
-    with pytest.raises(ConfigError, match="max batch 8 is below the starting batch 16; raise --max-batch"):
+    with pytest.raises(ConfigError, match="The 'max_batch' parameter must be at least the starting batch 16. Got 8 instead."):
         BatchSizeController(LINE, start_batch=16, n_train=1000, max_batch=8)
-    with pytest.raises(ConfigError, match="not even one example fits a device"):
+    with pytest.raises(ConfigError, match="The 'memory_ceiling' parameter must be a positive integer"):
         BatchSizeController(LINE, start_batch=16, n_train=1000, memory_ceiling=0)
     with pytest.raises(ConfigError, match="threshold"):
         BatchSizeController(LINE, start_batch=16, n_train=1000, threshold=1.5)
@@ -132,8 +132,8 @@ def test_the_calibrated_factor_plans_with_factor_times_b_simple():
     from batchscope.plan.critical_batch import LIVE_FACTOR
     c = Calibrated(LINE, start_batch=16, n_train=100_000)
     d = c.decide(50, _sure(256.0 / LIVE_FACTOR))        # B_simple 112: B_noise 256 once calibrated
-    assert c.b_noise(_sure(256.0 / LIVE_FACTOR)) == pytest.approx(256.0)
-    assert d.b_noise == pytest.approx(256.0) and d.b_noise_low == pytest.approx(256.0 * 0.99 / 1.01, rel=0.03)
+    assert c.b_crit(_sure(256.0 / LIVE_FACTOR)) == pytest.approx(256.0)
+    assert d.b_crit == pytest.approx(256.0) and d.b_crit_low == pytest.approx(256.0 * 0.99 / 1.01, rel=0.03)
     assert d.batch_size == 256
     raw = BatchSizeController(LINE, start_batch=16, n_train=100_000)
     assert raw.decide(50, _sure(256.0 / LIVE_FACTOR)).batch_size == 128   # sqrt(alpha 112 / beta) = 169 -> 128
@@ -149,5 +149,5 @@ def test_the_batch_shrinks_to_a_quarter_of_the_start_and_no_further():
     only_up = BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=256)
     assert not only_up.decide(50, _sure(1.0)).changed and only_up.batch_size == 256
     assert BatchSizeController(LINE, start_batch=4, n_train=100, devices=2).min_batch == 4   # two per device
-    with pytest.raises(ConfigError, match="min_batch 512 is above the starting batch 256"):
+    with pytest.raises(ConfigError, match=r"The 'min_batch' parameter must be in 2\.\.256 .*Got 512"):
         BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=512)

@@ -24,14 +24,14 @@ CASES = [
     # train
     (["train", "--task", "nope"], "unknown task 'nope'"),
     (["train", "--task", "{missing}.py:make_task"], "does not exist"),
-    (["train", "--task", "dots", "--batch-size", "0"], "The 'batch_size' parameter must be a positive integer"),
+    (["train", "--task", "dots", "--batch-size", "0"], "The --batch-size option must be a positive integer"),
     (["train", "--task", "dots", "--batch-size", "99999", "--steps", "1"], "larger than the training set"),
     (["train", "--task", "dots", "-b", "32", "--micro-batch", "5", "--steps", "1"], "micro-batch"),
     (["train", "--task", "dots", "--lr", "1e9", "--steps", "50"], "lower the learning rate"),
     (["train", "--task", "dots", "--optimizer", "lion"], "'lion' is not one of"),
     (["train", "--task", "dots", "--device", "tpu"], "unknown device 'tpu'"),
     (["train", "--task", "dots", "--adaptive", "-b", "64", "--max-batch", "32", "--profile", "{dots_profile}"],
-     "--max-batch 32 is below the starting batch 64"),
+     "The --max-batch option must be at least the starting batch 64. Got 32 instead."),
     (["train", "--task", "dots", "--max-batch", "32"], "only apply to adaptive runs; add --adaptive"),
     (["train", "--task", "dots", "--adaptive", "-b", "64", "--micro-batch", "8", "--profile", "{dots_profile}"],
      "an adaptive run picks its own micro-batches"),
@@ -57,8 +57,8 @@ CASES = [
     (["noise", "--task", "dots", "-b", "32", "--micro-batch", "5", "--steps", "5"], "does not divide batch size 32"),
     (["noise", "--task", "dots", "-b", "1", "--steps", "5"], "needs two batch sizes"),
     # profile
-    (["profile", "--task", "dots", "--max-batch", "0"], "The 'max_batch' parameter"),
-    (["profile", "--task", "dots", "--memory-budget", "big"], "The 'memory_budget' parameter must be a size"),
+    (["profile", "--task", "dots", "--max-batch", "0"], "The --max-batch option"),
+    (["profile", "--task", "dots", "--memory-budget", "big"], "The --memory-budget option must be a size"),
     (["profile", "--task", "dots", "--threads", "0"], "--threads must be a positive integer"),
     # study and report
     (["study", "--task", "dots"], "give exactly one of --dir DIR"),

@@ -106,13 +106,15 @@ def test_the_adaptive_command_fits_80_columns_and_pastes_as_the_same_command():
 
 
 def test_library_messages_name_parameters_and_the_command_names_its_options():
-    from batchscope.commands._options import in_option_terms
-    from batchscope.commands.find import OPTIONS
+    from batchscope.commands._options import in_flag_terms
+    from batchscope.commands.find import command
 
-    said = in_option_terms("The 'measure_fraction' parameter of find must be a fraction in (0, 1]. Got 0 instead.",
-                           OPTIONS)
+    said = in_flag_terms("The 'measure_fraction' parameter of find must be a fraction in (0, 1]. Got 0 instead.",
+                         command)
     assert said == "The --budget option must be a fraction in (0, 1]. Got 0 instead."
-    assert in_option_terms("give 'measure_fraction' at least 3.0%", OPTIONS) == "give --budget at least 3.0%"
+    assert in_flag_terms("give 'measure_fraction' at least 3.0%", command) == "give --budget at least 3.0%"
+    assert in_flag_terms("lower 'devices' or raise 'max_batch'", command) == "lower --devices or raise --max-batch"
+    assert in_flag_terms("unknown task 'link'", command) == "unknown task 'link'"   # a value, not a parameter
 
 
 def test_find_s_library_modules_name_no_command_line_option():

@@ -6,10 +6,6 @@ The CLI prints ``str(error)`` as one line and exits non-zero; library users catc
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import dataclass
-from typing import Callable
 
 
 class BatchscopeError(Exception):
@@ -54,27 +50,35 @@ def parameter_message(name: str, what: str, value, *, where: str = "") -> str:
     return f"The '{name}' parameter{at} must be {what}. Got {value!r} instead."
 
 
-@dataclass(frozen=True)
 class Rule:
-    """What a parameter must be: ``what`` completes "must be ..."; ``optional``: None is accepted."""
+    """What a parameter must be: ``what`` completes "must be ..."; ``optional``: None is accepted.
 
-    what: str
-    test: Callable[[object], bool]
-    optional: bool = False
+    A plain class: this module is imported before the command line can handle Ctrl-C, so it stays light.
+    """
+
+    __slots__ = ("what", "test", "optional")
+
+    def __init__(self, what: str, test: "Callable[[object], bool]", optional: bool = False):
+        self.what, self.test, self.optional = what, test, optional
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_integral(v) -> bool:
+    """int or any integer type (numpy's too: they have ``__index__``), never bool."""
+    return hasattr(type(v), "__index__") and not isinstance(v, bool)
+
+
 def _is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
 
 
 POSITIVE_INT = Rule("a positive integer", lambda v: _is_int(v) and v > 0)
 POSITIVE_NUMBER = Rule("a positive finite number", lambda v: _is_number(v) and v > 0)
 FRACTION = Rule("a fraction in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1)
-INTEGER = Rule("an integer", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool))
+INTEGER = Rule("an integer", _is_integral)
 
 
 def one_of(choices) -> Rule:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import signal
 import threading
-from contextlib import contextmanager
 
 import click
 
@@ -40,7 +39,8 @@ class Group(click.Group):
             click.echo(f"error: {e.format_message()}{hint}", err=True)
             ctx.exit(2)
         except BatchscopeError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {in_flag_terms(str(e), self.get_command(ctx, ctx.invoked_subcommand or ''))}",
+                       err=True)
             where = ctx.meta.get(KEEP_KEY)
             if where and save_measured(where, e):
                 click.echo(f"measurements so far written to {where}", err=True)
@@ -50,21 +50,16 @@ class Group(click.Group):
             ctx.exit(130)
 
 
-@contextmanager
-def option_names(options: "dict[str, str]"):
-    """Say a library error in the command's words: the Python parameters it names ('max_batch', in the
-    library's one template "The 'max_batch' parameter of find ...") become the options (--max-batch)."""
-    try:
-        yield
-    except BatchscopeError as e:
-        e.args = (in_option_terms(str(e), options),)
-        raise
-
-
-def in_option_terms(message: str, options: "dict[str, str]") -> str:
-    for name, flag in options.items():
-        message = re.sub(rf"\b([Tt]he) '{name}' parameter(?: of [\w.]+)?", rf"\1 {flag} option", message)
-        message = message.replace(f"'{name}'", flag)
+def in_flag_terms(message: str, command: "click.Command | None") -> str:
+    """The library names parameters ("The 'max_batch' parameter ...", "give 'measure_fraction' ..."); a
+    command-line user typed flags: each parameter of ``command`` that the message names becomes its flag
+    ("The --max-batch option ...", "give --budget ...")."""
+    for param in getattr(command, "params", ()):
+        if isinstance(param, click.Option) and param.name:
+            flag = max(param.opts, key=len)
+            message = re.sub(rf"The '{param.name}' parameter(?: of [A-Za-z_][\w.]*)?(?= must)", f"The {flag} option",
+                             message)
+            message = re.sub(rf"\b(give|raise|lower|pass|set) '{param.name}'", rf"\1 {flag}", message)
     return message
 
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 
 from ._interconnect import cluster_from, interconnect_options
-from ._options import (device_name, device_option, json_option, keep_measured_in, option_names, profile_option,
-                       task_option)
+from ._options import device_name, device_option, json_option, keep_measured_in, profile_option, task_option
 from ..plan.find import EXTEND_STEPS
 from ..plan.recommend import OBJECTIVES
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
@@ -50,10 +49,6 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
                       "to skip measuring the hardware again)")
 
 
-# The find() parameters its messages may name, and the options that set them.
-OPTIONS = {"measure_fraction": "--budget", "max_batch": "--max-batch", "ref_batch": "--ref-batch", "ref_lr": "--ref-lr",
-           "devices": "--devices", "objective": "--objective", "memory_budget": "--memory-budget",
-           "target_epochs": "--target-epochs", "seed": "--seed", "gamma": "--gamma"}
 NEAR = 2                  # candidates shown either side of the choice (--verbose: all)
 
 
@@ -107,7 +102,7 @@ def command(task_spec, objective, measure_fraction, target_epochs, profile_path,
                       f"measured here, on {here}")
     # what was measured before a failure goes where the user asked results to go
     keep_measured_in(out or (report_dir and str(Path(report_dir) / "find-partial.json")))
-    with progress_bar(console) as progress, option_names(OPTIONS):
+    with progress_bar(console) as progress:
         result = find(task, device=device, objective=objective, measure_fraction=measure_fraction, profile=profile,
                       max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
                       memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma, target_epochs=target_epochs,

@@ -133,7 +133,7 @@ def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
     examples are not known in advance, so the spacing assumes the batch at the geometric mean of
     the smallest and largest batch.
     """
-    from ..adapt.loop import AdaptiveConfig
+    from ..adapt import AdaptiveConfig
     from ..hardware import HardwareProfile
 
     profile = HardwareProfile.from_dict(plan.profile) if plan.profile is not None else None

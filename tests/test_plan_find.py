@@ -134,3 +134,13 @@ def test_loss_after_reads_a_power_law_in_the_examples():
     examples = [100.0 * 2 ** k for k in range(8)]
     assert loss_after(examples, [3.0 * e ** -0.5 for e in examples], 1e4)[0] == pytest.approx(0.03, rel=1e-9)
     assert loss_after(examples, [1.0] * 8, 1e4) is None                    # not falling: no projection
+
+
+def test_a_result_saved_before_the_renames_still_loads():
+    from batchscope.plan.recommend import Recommendation
+
+    old = {"objective": "fastest", "batch_size": 64, "micro_batch": 64, "accumulation": 1, "devices": 1, "lr": 0.1,
+           "lr_rule": "sgd", "lr_why": "", "warmup_steps": 0, "b_noise": {"value": 50.0},
+           "b_crit_at_target": {"value": 9.0}, "predicted": {}}
+    r = Recommendation.from_dict(old)
+    assert (r.b_crit, r.b_simple_at_target) == ({"value": 50.0}, {"value": 9.0})

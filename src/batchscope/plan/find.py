@@ -26,7 +26,7 @@ import numpy as np
 from ..hardware.units import format_bytes
 from ..errors import (FRACTION, INTEGER, POSITIVE_INT, POSITIVE_NUMBER, BatchscopeError, ConfigError, check_params,
                       one_of, optional, parameter_message)
-from ..hardware import HardwareProfile
+from ..hardware import HardwareProfile, StepTimeModel
 from ..serialize import decode, fields_to_dict, to_jsonable
 from ..tasks import Task, load_task
 from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, resolve_device, train
@@ -421,9 +421,9 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
     b_ref, proj, crit = m.run.config["batch_size"], m.projection, noise.crit
     cons = recommend.Constraints(n_train=task.n_train, memory_ceiling=profile.max_batch, max_batch=max_batch,
                                  devices=devices, **(sync or {}))
-    inp = recommend.Inputs(alpha=profile.alpha, beta=profile.beta, b_crit=crit.value, b_crit_low=crit.low,
+    inp = recommend.Inputs(step_time=StepTimeModel.from_profile(profile), b_crit=crit.value, b_crit_low=crit.low,
                            b_crit_high=crit.high, b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=m.lr,
-                           optimizer=task.optimizer, measured=tuple((p.batch, p.seconds) for p in profile.points))
+                           optimizer=task.optimizer)
     best, cands, lr = recommend.recommend(inp, cons, objective)
     fastest = min(cands, key=lambda x: x.seconds)
     bt = noise.b_simple_at_target

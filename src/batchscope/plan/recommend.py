@@ -7,14 +7,15 @@ hand-computed cases. The inputs say where each number came from; the outputs kee
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Sequence
 
 from ..errors import POSITIVE_INT, POSITIVE_NUMBER, ConfigError, Rule, check_params, optional
+from ..hardware.steptime import StepTimeModel
 from ..serialize import fields_to_dict, from_dict
 from . import model
 from .comm import Cluster
-from .devices import step_time
+from .devices import DataParallelStep
 
 Objective = Literal["fastest", "balanced", "cheapest"]
 OBJECTIVES = ("fastest", "balanced", "cheapest")
@@ -50,8 +51,7 @@ class Constraints:
 
 @dataclass(frozen=True)
 class Inputs:
-    alpha: float              # seconds per step, fixed part (hardware profile)
-    beta: float               # seconds per example (hardware profile)
+    step_time: StepTimeModel  # one device's seconds per pass (hardware profile)
     b_crit: float             # the predicted critical batch for a fixed batch over the whole run
     b_crit_low: float
     b_crit_high: float
@@ -59,7 +59,6 @@ class Inputs:
     steps_ref: float          # projected steps to target at b_ref
     lr_ref: float             # known-good learning rate at b_ref
     optimizer: str            # sgd | adam | adamw
-    measured: tuple = ()      # (batch, median seconds) from the profile: used inside its range
 
 
 @dataclass(frozen=True)
@@ -131,19 +130,18 @@ def candidate_batches(c: Constraints, smallest: int = 1) -> list[int]:
 def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> list[Candidate]:
     s_min = model.s_min_from_reference(inp.steps_ref, inp.b_ref, inp.b_crit)
     e_min = s_min * inp.b_crit
-    curve = model.step_time_curve(inp.alpha, inp.beta, inp.measured)
+    # the one N-device step time (compute, all-reduce, overlap), shared with `plan`
+    step = DataParallelStep(inp.step_time, c.memory_ceiling, c.cluster, c.grad_bytes, c.gamma)
     rows = []
     for b in batches:
         lay = layout(b, c)
-        steps = model.steps_to_target(lay.batch_size, s_min, inp.b_crit)
-        # the one N-device step time (compute, all-reduce, overlap), shared with `plan`
-        secs = steps * step_time(lay.batch_size, c.devices, curve, c.grad_bytes, c.cluster, c.gamma,
-                                 c.memory_ceiling).seconds
-        rows.append((lay, steps, secs))
-    fastest = min(s for _, _, s in rows)
-    return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, steps * lay.batch_size, secs,
-                      secs / fastest, steps * lay.batch_size / e_min)
-            for lay, steps, secs in rows]
+        bs, bc = lay.batch_size, inp.b_crit
+        rows.append((lay, model.steps_to_target(bs, s_min, bc), model.examples_to_target(bs, s_min, bc),
+                     model.time_to_target(bs, s_min, bc, step(bs, c.devices).seconds)))
+    fastest = min(secs for *_, secs in rows)
+    return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, examples, secs, secs / fastest,
+                      examples / e_min)
+            for lay, steps, examples, secs in rows]
 
 
 def choose(cands: Sequence[Candidate], objective: str, b_crit: float) -> Candidate:
@@ -231,7 +229,7 @@ def regret_if_wrong(inp: Inputs, c: Constraints, objective: str) -> dict:
         bc = getattr(inp, f"b_crit_{end}")
         if not (bc > 0 and math.isfinite(bc)):
             continue
-        alt = Inputs(**{**asdict(inp), "b_crit": bc})
+        alt = replace(inp, b_crit=bc)
         cands = evaluate_candidates(alt, c, candidate_batches(c))
         there = next(x for x in cands if x.batch_size == chosen.batch_size)
         out[end] = {"b_crit": bc, "best_batch": min(cands, key=lambda x: x.seconds).batch_size,
@@ -249,7 +247,7 @@ def growth_schedule(b_crit_at, losses: Sequence[float], inp: Inputs, c: Constrai
     stages = []
     for loss in losses:
         bc = b_crit_at(loss)
-        stage_inp = Inputs(**{**asdict(inp), "b_crit": bc})
+        stage_inp = replace(inp, b_crit=bc)
         best, _, lr = recommend(stage_inp, c, objective)
         if stages and stages[-1]["batch_size"] == best.batch_size:
             continue

@@ -47,7 +47,7 @@ def check_find_kwargs(find_kwargs: dict, where: str) -> None:
     if unknown:
         hint = "; ".join(f"{k!r} is called {RENAMED[k]!r} here" for k in unknown if k in RENAMED)
         raise ConfigError(f"{where} got unknown keyword argument(s) {', '.join(map(repr, unknown))}"
-                          f"{'; ' + hint if hint else ''}; it takes {', '.join(sorted(known))}")
+                          f"{'; ' + hint if hint else ''}; it takes target, progress, {', '.join(sorted(known))}")
 
 
 def progress_wanted(progress: Optional[bool], stream: Optional[TextIO] = None) -> bool:
@@ -99,7 +99,7 @@ class FindProgress(Callback):
 
     def on_evaluate(self, ctx, point) -> None:
         if self._due("measuring"):
-            metric = "" if point.metric is None else f", metric {point.metric:.4g}"
+            metric = "" if point.metric is None else f", {ctx.task.metric_name or 'metric'} {point.metric:.4g}"
             self.say(f"  step {point.step}: {point.examples:,} examples, {ctx.task.target.split} loss "
                      f"{point.eval_loss:.4g}{metric} ({time.perf_counter() - self._t0:.0f} s so far)")
 

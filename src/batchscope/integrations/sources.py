@@ -68,7 +68,9 @@ def _from_mapping(d: dict, where: str, source: str):
 def _from_file(path: Path, where: str):
     from ..plan.find_file import read_document
 
-    doc = read_document(path, what=f"the step-time file of {where}")
+    doc = read_document(path, what=f"the step-time file of {where}",
+                        fix="write one with `batchscope profile --task NAME --out FILE`, FindResult.save(path) or "
+                            "`batchscope find --out FILE`")
     try:
         return _from_mapping(doc, where, f"file {str(path)!r}")
     except ConfigError as e:

@@ -32,17 +32,17 @@ def is_find_document(doc) -> bool:
     return all(k in doc for k in FIND_KEYS)
 
 
-def read_document(path: "str | Path", what: str = "find result") -> dict:
+def read_document(path: "str | Path", what: str = "find result", fix: str = WRITE_ONE) -> dict:
     """The JSON object in ``path``, or a ConfigError saying the file is missing, not JSON or not an object."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{what} {str(path)!r} does not exist; {WRITE_ONE}")
+        raise ConfigError(f"{what} {str(path)!r} does not exist; {fix}")
     try:
         doc = read_json(path)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{what} {str(path)!r} is not valid JSON ({e}); {WRITE_ONE}") from e
+        raise ConfigError(f"{what} {str(path)!r} is not valid JSON ({e}); {fix}") from e
     if not isinstance(doc, dict):
-        raise ConfigError(f"{what} {str(path)!r} holds a JSON {type(doc).__name__}, not an object; {WRITE_ONE}")
+        raise ConfigError(f"{what} {str(path)!r} holds a JSON {type(doc).__name__}, not an object; {fix}")
     return doc
 
 

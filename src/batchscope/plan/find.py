@@ -19,7 +19,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -27,11 +28,14 @@ from ..hardware.units import format_bytes
 from ..errors import (FRACTION, INTEGER, POSITIVE_INT, POSITIVE_NUMBER, BatchscopeError, ConfigError, check_params,
                       one_of, optional, parameter_message)
 from ..hardware import HardwareProfile, StepTimeModel
-from ..serialize import decode, fields_to_dict, to_jsonable
+from ..serialize import decode, fields_to_dict, to_jsonable, write_json
 from ..tasks import Task, load_task
 from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, resolve_device, train
 from . import critical_batch, growth, recommend
 from .projection import Projection, loss_after, loss_at_metric, progress, project_examples
+
+if TYPE_CHECKING:
+    import torch
 
 EVAL_EVERY = 5            # steps between evaluations of the measuring run
 MIN_STEPS = 30            # fewer steps give too few per-step noise estimates for 6 windows
@@ -184,6 +188,37 @@ class FindResult:
                    measuring=decode(dict, d["measuring"]), noise_steps=decode(dict, d["noise_steps"]),
                    growth=decode(dict, d["growth"]), seconds=decode(dict, d.get("cost_seconds", {})))
 
+    def save(self, path: "str | Path") -> Path:
+        """Write the result as JSON (``to_dict()`` with a schema), to reuse with :meth:`load` or as the
+        ``step_time`` of the adaptive callbacks."""
+        from .find_file import FIND_SCHEMA
+
+        return write_json(path, {"schema": FIND_SCHEMA, **self.to_dict()})
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "FindResult":
+        """A result written by :meth:`save` or ``batchscope find --out``; another kind of file is a ConfigError."""
+        from .find_file import WRITE_ONE, read_find_document
+
+        doc = read_find_document(path)
+        try:
+            return cls.from_dict(doc)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"find result {str(path)!r} is incomplete or malformed ({type(e).__name__}: {e}); "
+                              f"{WRITE_ONE}") from e
+
+    def lr_scheduler(self, optimizer) -> "torch.optim.lr_scheduler.LambdaLR":
+        """The recommended rate and warm-up for one's own loop: sets ``optimizer`` to the recommended
+        learning rate and returns a ``LambdaLR`` ramping it linearly over ``warmup_steps`` optimizer
+        steps (step s at rate x (s+1)/warmup, as ``train`` does), constant after; call its ``step()``
+        after each ``optimizer.step()``. Without a warm-up the factor is 1 throughout."""
+        from .find_file import warmup_scheduler
+
+        r = self.recommendation
+        return warmup_scheduler(optimizer, r.lr, r.warmup_steps)
+
 
 @dataclass
 class Measurement:
@@ -246,7 +281,7 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,
          amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0,
-         target_epochs: Optional[float] = None) -> FindResult:
+         target_epochs: Optional[float] = None, progress=None) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
 
     ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`,
@@ -261,6 +296,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     "2GiB" or "40%" (see :func:`profile_hardware`). A ``profile`` measured on another kind of device
     is used as it is: it describes the hardware to plan for, while the measuring run trains on
     ``device``. A failure after the hardware was profiled carries what was measured in ``error.measured``.
+    ``progress``: called as ``progress(stage, done, total, info)`` while the hardware is profiled
+    (see :func:`profile_hardware`); the measuring run reports through ``callbacks``.
     """
     task = load_task(task)
     b_ref = _validate(task, objective=objective, measure_fraction=measure_fraction, devices=devices,
@@ -270,7 +307,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     if profile is None:
         from ..hardware import profile_hardware
 
-        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp)
+        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp,
+                                   progress=progress)
     else:
         check_profile(profile, task)
     seconds = {"profile": time.perf_counter() - t0}

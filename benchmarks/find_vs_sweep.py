@@ -184,9 +184,9 @@ def evaluate_task(name: str) -> dict:
         },
         "b_crit": {"measured": fit.b_crit, "measured_low": fit.b_crit_low,
                    "measured_high": fit.b_crit_high,
-                   "predicted_over_run": rec.b_noise["value"], "predicted_low": rec.b_noise["low"],
-                   "predicted_high": rec.b_noise["high"], "predicted_at_target": rec.b_crit_at_target["value"],
-                   "ratio": rec.b_noise["value"] / fit.b_crit if fit.b_crit else None},
+                   "predicted_over_run": rec.b_crit["value"], "predicted_low": rec.b_crit["low"],
+                   "predicted_high": rec.b_crit["high"], "predicted_at_target": rec.b_simple_at_target["value"],
+                   "ratio": rec.b_crit["value"] / fit.b_crit if fit.b_crit else None},
         "sweep": {"best_per_batch": {b: {"lr": r["lr"], "steps": r["steps"], "examples": r["examples"],
                                          "step_seconds": t_step.get(b), "seconds": times.get(b)}
                                      for b, r in sorted(best.items())}},

@@ -188,7 +188,7 @@ def test_find_on_a_trainer(tmp_path):
                                              gradient_accumulation_steps=1),
                                    train_dataset=TokenData(1024), eval_dataset=TokenData(256, seed=1))
     r = find(trainer, target=0.45, memory_budget="256MiB", max_batch=128)
-    assert r.recommendation.batch_size >= 1 and r.recommendation.b_noise["value"] > 0
+    assert r.recommendation.batch_size >= 1 and r.recommendation.b_crit["value"] > 0
 
 
 def _numbers(est):

@@ -207,7 +207,7 @@ def test_find_on_a_lightning_module():
              max_batch=128)
     rec = r.recommendation
     assert rec.batch_size in [c["batch_size"] if isinstance(c, dict) else c.batch_size for c in rec.candidates]
-    assert rec.b_noise["value"] > 0 and rec.lr > 0
+    assert rec.b_crit["value"] > 0 and rec.lr > 0
 
 
 def _records(rows):

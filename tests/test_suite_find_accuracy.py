@@ -52,6 +52,6 @@ def test_find_predicts_the_critical_batch_it_measures():
         steps.append(best)
     measured = fit_bcrit(batches, steps)
     result = find(task, objective="balanced", max_batch=512)
-    predicted = result.recommendation.b_noise["value"]
+    predicted = result.recommendation.b_crit["value"]
     print(f"predicted {predicted:.0f}, measured {measured.b_crit:.0f}, steps {steps}")
     assert measured.b_crit / 3 <= predicted <= measured.b_crit * 3, (predicted, measured.b_crit, steps)

@@ -84,13 +84,15 @@ class Group(click.Group):
 
 
 def in_flag_terms(message: str, command: "click.Command | None") -> str:
-    """The library names parameters ("The 'max_batch' parameter ..."); a command-line user typed flags:
-    each parameter of ``command`` that the message names becomes its flag ("The --max-batch option ...")."""
+    """The library names parameters ("The 'max_batch' parameter ...", "give 'measure_fraction' ..."); a
+    command-line user typed flags: each parameter of ``command`` that the message names becomes its flag
+    ("The --max-batch option ...", "give --budget ...")."""
     for param in getattr(command, "params", ()):
         if isinstance(param, click.Option) and param.name:
             flag = max(param.opts, key=len)
             message = re.sub(rf"The '{param.name}' parameter(?: of [A-Za-z_][\w.]*)?(?= must)", f"The {flag} option",
                              message)
+            message = re.sub(rf"\b(give|raise|lower|pass|set) '{param.name}'", rf"\1 {flag}", message)
     return message
 
 

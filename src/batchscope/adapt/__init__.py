@@ -21,7 +21,8 @@ from .schedules import BatchSchedule, Breakpoint, batch_warmup, seesaw
 from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state
 
 __all__ = [
-    "AdaptiveBatchSampler", "Adaptation", "AdaptiveConfig", "AdaptivePolicy", "BatchSizeController", "check_limits", "Decision", "StepTimeModel", "DEFAULT_EVERY",
+    "AdaptiveBatchSampler", "Adaptation", "AdaptiveConfig", "AdaptivePolicy", "BatchSizeController", "check_limits",
+    "Decision", "StepTimeModel", "DEFAULT_EVERY",
     "DEFAULT_THRESHOLD", "ScaledLearningRate", "adascale_gain", "sqrt_gain", "adapt_state", "load_adapt_state",
     "monitor_state", "load_monitor_state", "BatchSchedule", "Breakpoint", "batch_warmup", "seesaw",
 ]

@@ -195,7 +195,8 @@ class BatchSizeController:
                                     f"batch {best.batch_size} saves {gain:.1%} at B_crit {bn:.3g} but "
                                     f"{max(sure, -1.0):.1%} at the interval's end {end:.3g}: held")
         return self._record(step, bn, low, high, gain, best,
-                            f"batch {self.batch_size} -> {best.batch_size}: predicted {gain:.1%} less time per progress")
+                            f"batch {self.batch_size} -> {best.batch_size}: "
+                            f"predicted {gain:.1%} less time per progress")
 
     def _best(self, bn: float) -> tuple[rec.Candidate, float]:
         cands = self.predict(bn)

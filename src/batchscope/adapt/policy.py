@@ -90,7 +90,8 @@ class AdaptiveConfig:
         if not 0 < self.decision_level < 1:
             raise ConfigError(f"The 'decision_level' parameter must be in (0, 1). Got {self.decision_level!r} instead.")
         if self.noise not in NOISE_KINDS:
-            raise ConfigError(f"The 'noise' parameter must be one of {', '.join(NOISE_KINDS)}. Got {self.noise!r} instead.")
+            raise ConfigError(f"The 'noise' parameter must be one of {', '.join(NOISE_KINDS)}. "
+                              f"Got {self.noise!r} instead.")
         if self.noise == "preconditioned" and optimizer not in ADAM_TYPE:
             raise ConfigError(f"The 'noise' parameter 'preconditioned' needs an Adam-type optimizer; the run uses "
                               f"{optimizer}. Use noise='raw'.")

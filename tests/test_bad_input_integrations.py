@@ -99,7 +99,8 @@ def files(tmp_path_factory):
                                                "measuring": {}}))
     (d / "zero.json").write_text(json.dumps({**profile.to_dict(), "alpha": 0.0, "beta": 0.0}))
     return {"missing": str(d / "missing.json"), "not_json": str(d / "not.json"), "other_json": str(d / "other.json"),
-            "json_list": str(d / "list.json"), "broken_find": str(d / "broken.json"), "profile": str(d / "profile.json"),
+            "json_list": str(d / "list.json"), "broken_find": str(d / "broken.json"),
+            "profile": str(d / "profile.json"),
             "zero_profile": str(d / "zero.json")}
 
 

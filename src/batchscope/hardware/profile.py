@@ -280,7 +280,8 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
                      max_step_seconds: Optional[float] = 10.0,
                      memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
-                     grid: Optional[list[int]] = None, optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
+                     grid: Optional[list[int]] = None,
+                     optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
     """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
 
     ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the

@@ -295,9 +295,10 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     the batch grows, an epoch runs out of data early and its last, partial window is dropped (its
     gradients are zeroed at the next epoch), so count training in ``max_steps`` or epochs knowing
     that a step now takes more examples. step_time: a :class:`~batchscope.adapt.StepTimeModel`,
-    ``{"alpha": s, "beta": s, "measured": [[batch, s], ...]}`` (measured optional), a hardware profile, a find result (its profile), or the path of a
-    saved profile or find result; checked here (:mod:`batchscope.integrations.sources`), and a
-    profile against the model when training begins. Start with ``gradient_accumulation_steps >= 2``.
+    ``{"alpha": s, "beta": s, "measured": [[batch, s], ...]}`` (measured optional), a hardware
+    profile, a find result (its profile), or the path of a saved profile or find result; checked
+    here (:mod:`batchscope.integrations.sources`), and a profile against the model when training
+    begins. Start with ``gradient_accumulation_steps >= 2``.
     Unlike :class:`NoiseScaleCallback` it measures every step (its ``every`` is the controller's).
     ``args.gradient_accumulation_steps`` and the DataLoader's batch size are yours again at the end
     of ``train()``; after a ``train()`` that raised, see :func:`restore_arguments`.

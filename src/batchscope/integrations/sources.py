@@ -37,7 +37,6 @@ def check_line(alpha, beta, where: str, measured=()):
 
 
 def _from_mapping(d: dict, where: str, source: str):
-    from ..adapt import StepTimeModel
     from ..hardware import HardwareProfile
     from ..plan.find_file import HARDWARE_SCHEMA, is_find_document
 

@@ -1,8 +1,8 @@
 """The learning rate that goes with a batch size that changes, and schedules that survive the change.
 
-- SGD: the AdaScale gain r = (1 + B_noise/B0) / (1 + B_noise/B) (Johnson et al. 2020), which is
-  eps_opt(B) / eps_opt(B0) in McCandlish et al. 2018 (eq. 2.6): about B/B0 while B << B_noise,
-  saturating at 1 + B_noise/B0 beyond it. The rate is lr0 · r relative to a known-good (B0, lr0).
+- SGD: the AdaScale gain r = (1 + B_crit/B0) / (1 + B_crit/B) (Johnson et al. 2020), which is
+  eps_opt(B) / eps_opt(B0) in McCandlish et al. 2018 (eq. 2.6): about B/B0 while B << B_crit,
+  saturating at 1 + B_crit/B0 beyond it. The rate is lr0 · r relative to a known-good (B0, lr0).
 - Adam-type: the square root of the batch ratio, sqrt(B/B0) (Malladi et al. 2022; OLMo-core's batch
   warm-up; AdaptDL's AdamScale uses r^0.5).
 
@@ -25,7 +25,7 @@ ADAM_TYPE = ("adam", "adamw")
 
 
 def adascale_gain(b: float, b0: float, b_crit: float) -> float:
-    """r = (1 + B_noise/B0) / (1 + B_noise/B): the SGD step-size ratio between batch B and B0."""
+    """r = (1 + B_crit/B0) / (1 + B_crit/B): the SGD step-size ratio between batch B and B0."""
     return model.sgd_lr(b, b0, 1.0, b_crit)
 
 

@@ -9,7 +9,7 @@ batch and rate, until the next breakpoint. Two schedules from the literature are
   rule. Halving the rate at batch B and doubling the batch at rate x gain(2)/2 leave the same
   quantity unchanged: eta/sqrt(B) for Adam-type optimizers (the square-root rule; normalized SGD,
   the proxy for Adam in that paper) gives Seesaw's own factor 1/sqrt(2); eta/B for SGD (the linear
-  rule while B << B_noise, the equivalence that paper proves for SGD) gives 1, the rate unchanged.
+  rule while B << B_crit, the equivalence that paper proves for SGD) gives 1, the rate unchanged.
   ``rate_factor`` overrides it (``1 / math.sqrt(2)`` applies Seesaw's Adam factor to SGD too).
 - :func:`batch_warmup` (as OLMo's): the batch doubles at fixed example counts and the rate follows by
   the optimizer's rule, x sqrt(2) for Adam-type, x 2 for SGD (linear, no AdaScale saturation: a

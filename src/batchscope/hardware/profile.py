@@ -21,14 +21,19 @@ from .device import device_facts
 from .fit import fit_step_time, knee_from_line
 from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_free_memory, cuda_memory_probe
 from .step import StepRunner
-from .steptime import StepTimeModel, knee
+from .steptime import StepTimeModel, knee, line_problem
 from .timing import StepTiming, TimeProbe, step_time_probe
-from .units import format_bytes, parse_bytes
+from .units import MAX_BYTES, format_bytes, parse_bytes
 
 SCHEMA = "batchscope.hardware/1"
 CPU_BUDGET_FRACTION = 0.5    # of available RAM: the data pipeline, the OS and neighbours need the rest
 CUDA_BUDGET_FRACTION = 0.9   # of free device memory
 KNEE_GAIN = 0.10             # the knee: doubling B gains less than this much throughput
+# A saved profile's step times end here (about 11.6 days a step): no device is profiled that slowly,
+# and larger numbers (an alpha of 1e308) overflow the plans made from them to inf.
+MAX_STEP_SECONDS = 1e6
+FLAT_GAIN = 0.05             # the step-time grid stops after two grid steps in a row gaining less than this
+FLAT_STEPS = 2
 
 # progress(stage, done, total, info): stage is "memory" or "step time"; total is None while unknown.
 Progress = Callable[[str, int, Optional[int], str], None]
@@ -85,17 +90,13 @@ class HardwareProfile:
     schema: str = SCHEMA
 
     # Predictions -------------------------------------------------------------------------------
-    @property
-    def step_time_model(self) -> StepTimeModel:
-        """The one step-time model (see :mod:`batchscope.hardware.steptime`), from the measured points."""
-        return StepTimeModel.from_measurements(self.alpha, self.beta, [(p.batch, p.seconds) for p in self.points])
-
     def step_time(self, batch: float) -> float:
-        """Predicted seconds per optimizer step at ``batch`` (one pass, no accumulation)."""
-        return self.step_time_model(batch)
+        """Predicted seconds per optimizer step at ``batch`` (one pass, no accumulation).
 
-    def throughput(self, batch: float) -> float:
-        return batch / self.step_time(batch)
+        The one step-time model, ``StepTimeModel.from_profile(profile)``, which code that plans with
+        a profile evaluates; this is its shorthand at the prompt.
+        """
+        return StepTimeModel.from_profile(self).seconds(batch)
 
     def memory(self, batch: float) -> float:
         """Predicted peak bytes of one training step at ``batch``."""
@@ -116,7 +117,7 @@ class HardwareProfile:
     # JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         # the step-time model goes along for readers; it is recomputed from the points on load
-        return {**fields_to_dict(self), "step_time_model": self.step_time_model.to_dict()}
+        return {**fields_to_dict(self), "step_time_model": StepTimeModel.from_profile(self).to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HardwareProfile":
@@ -165,9 +166,9 @@ def _number(d: dict, name: str, *, optional: bool = False) -> Optional[float]:
 def check_profile_fields(d: dict) -> None:
     """Refuse a saved profile whose numbers cannot describe a device, before any work starts.
 
-    The step-time line must predict a positive time at batch 1 and at ``max_batch`` (a fit may have
-    a slightly negative intercept or slope, so each sign alone is allowed); the memory line, where
-    present, must be finite; every measured point needs a positive batch and positive seconds.
+    The step-time line follows the one model's rule (:func:`~batchscope.hardware.steptime.line_problem`:
+    alpha and beta finite, neither negative, not both zero); the memory line, where present, must be
+    finite; every measured point needs a positive batch and positive seconds.
     """
     for name in ("task", "memory_method", "limited_by"):
         if not isinstance(d.get(name), str):
@@ -176,12 +177,18 @@ def check_profile_fields(d: dict) -> None:
     if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
         raise _bad("max_batch", mb, "a positive integer")
     alpha, beta = _number(d, "alpha"), _number(d, "beta")
+    problem = line_problem(alpha, beta)
+    if problem is not None:
+        raise _bad(*problem)
     for b in (1, mb):
-        if alpha + beta * b <= 0:
-            raise _bad("alpha", alpha, f"such that alpha + beta*B is a positive step time at B={b} "
-                       f"(beta={beta!r} gives {alpha + beta * b:.3g} s)")
-    for name in ("m0", "m1"):
-        _number(d, name, optional=True)
+        if not alpha + beta * b <= MAX_STEP_SECONDS:
+            big = abs(alpha) >= abs(beta * b)
+            raise _bad("alpha" if big else "beta", alpha if big else beta,
+                       f"such that alpha + beta*B is a step time up to {MAX_STEP_SECONDS:g} s at B={b}")
+    m0, m1 = _number(d, "m0", optional=True), _number(d, "m1", optional=True)
+    if m0 is not None and m1 is not None and not abs(m0) + abs(m1) * mb <= MAX_BYTES:
+        raise _bad("m0" if abs(m0) >= abs(m1 * mb) else "m1", m0 if abs(m0) >= abs(m1 * mb) else m1,
+                   f"such that m0 + m1*B is a memory up to 1 EiB at B={mb}")
     points = d.get("points")
     if not isinstance(points, list) or not points:
         raise _bad("points", points, "a non-empty list of measured step times")
@@ -193,6 +200,8 @@ def check_profile_fields(d: dict) -> None:
             raise _bad("points[].batch", b, "a positive integer")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < math.inf):
             raise _bad("points[].seconds", t, "a positive finite number")
+        if t > MAX_STEP_SECONDS:
+            raise _bad("points[].seconds", t, f"a step time up to {MAX_STEP_SECONDS:g} s")
 
 
 def load_profile_for(task: Task, path: "str | Path") -> HardwareProfile:
@@ -271,12 +280,15 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
                      max_step_seconds: Optional[float] = 10.0,
                      memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
-                     grid: Optional[list[int]] = None, optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
+                     grid: Optional[list[int]] = None,
+                     optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
     """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
 
     ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the
     free memory on CUDA, half the available RAM on the CPU. ``max_batch`` caps the search.
-    ``max_step_seconds``: the step-time grid stops once one step takes longer (the fit extrapolates).
+    ``max_step_seconds``: the step-time grid stops once one step takes longer (the fit extrapolates);
+    it also stops where throughput stops growing (two grid steps in a row gaining < 5%, see
+    :func:`_time_grid`), so the grid reaches the memory ceiling only while larger batches still pay.
     ``memory_probe`` / ``time_probe`` replace the PyTorch probes (tests, other devices).
     ``optimizer``: the run's optimizer (default: the task's); its state is part of the memory.
     """
@@ -340,7 +352,7 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         residuals = [r / p.seconds for r, p in zip(tfit.residuals, points)]
     else:  # a one-example training set: no slope to fit
         alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
-    model = StepTimeModel.from_measurements(alpha, beta, [(p.batch, p.seconds) for p in points])
+    model = StepTimeModel(alpha, beta, tuple((p.batch, p.seconds) for p in points))
     probes = list(cache.values())
     mfit = fit_memory(probes) if ceiling is not None else None  # every probe, the grid's included
     return HardwareProfile(
@@ -373,15 +385,39 @@ def _memory_probe(task: Task, dev: torch.device, amp: bool, seed: int, settings:
 
 def _time_grid(time_probe: TimeProbe, sizes: list[int], max_step_seconds: Optional[float],
                report: Progress) -> tuple[list[StepTiming], list[str]]:
-    """Time each batch of ``sizes`` in order, stopping after a step slower than ``max_step_seconds``."""
+    """Time each batch of ``sizes`` in order, stopping early where larger batches add nothing to learn.
+
+    Two stopping rules, each written into the profile's notes:
+
+    - one step took longer than ``max_step_seconds``;
+    - throughput (examples per second) stopped growing: two grid steps in a row (doublings, on the
+      default grid) each gained less than 5% over the best throughput measured so far. From there
+      on the device is saturated and the step time grows in proportion to the batch, which the
+      fitted line extrapolates; timing on to the memory ceiling only costs time (on a CPU with a
+      large data set, minutes at B=4096 and beyond). Two steps, not one, so that one noisy point
+      does not cut the grid short; against the best so far, so that a slower point counts as no
+      gain. The knee (doubling gains < 10%) is then inside the measured range.
+    """
     timings: list[StepTiming] = []
     notes: list[str] = []
+    best, flat = 0.0, 0
     for i, b in enumerate(sizes):
         timing = time_probe(b)
         timings.append(timing)
         report("step time", i + 1, len(sizes), f"B={b}: {timing.seconds * 1e3:.3g} ms")
-        if max_step_seconds is not None and timing.seconds > max_step_seconds and b != sizes[-1]:
+        if b == sizes[-1]:
+            break
+        if max_step_seconds is not None and timing.seconds > max_step_seconds:
             notes.append(f"step-time grid stopped after B={b}: one step took {timing.seconds:.3g} s "
                          f"(> {max_step_seconds:g} s); larger batches are extrapolated from the fit")
+            break
+        throughput = b / timing.seconds if timing.seconds > 0 else math.inf
+        flat = flat + 1 if i > 0 and throughput < (1 + FLAT_GAIN) * best else 0
+        best = max(best, throughput)
+        if flat >= FLAT_STEPS:
+            first = timings[-1 - FLAT_STEPS].batch
+            notes.append(f"step-time grid stopped after B={b}: throughput grew less than {FLAT_GAIN:.0%} over each "
+                         f"of the last {FLAT_STEPS} grid steps (from B={first}, best {best:,.0f} examples/s); "
+                         "larger batches are extrapolated from the fit")
             break
     return timings, notes

@@ -16,9 +16,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
-from ..errors import ConfigError, check_positive_float, check_positive_int
+from ..errors import ConfigError, check_lr, check_positive_float, check_positive_int
 from ..tasks import Task
-from ..train import OPTIMIZERS
+from ..tasks import OPTIMIZERS
 
 DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 # Exponent p of lr(B) = lr_ref * (B / B_ref)^p: none keeps the rate, linear follows Goyal et al.
@@ -124,7 +124,7 @@ class StudyPlan:
         for o, v in self.lrs.items():
             if o not in OPTIMIZERS:
                 raise ConfigError(f"learning rate given for unknown optimizer {o!r}; use {', '.join(OPTIMIZERS)}")
-            check_positive_float("lr", v, where=o)
+            check_lr("lr", v, where=o)
         for r in self.lr_rules:
             if r not in LR_RULES:
                 raise ConfigError(f"The 'lr_rules' parameter must hold names from {', '.join(LR_RULES)}. "
@@ -135,7 +135,8 @@ class StudyPlan:
             if not (w >= 0 and math.isfinite(w)):
                 raise ConfigError(f"The 'warmup_epochs' parameter must hold numbers >= 0. Got {w!r} instead.")
         if self.budget not in BUDGETS:
-            raise ConfigError(f"The 'budget' parameter must be one of {', '.join(BUDGETS)}. Got {self.budget!r} instead.")
+            raise ConfigError(f"The 'budget' parameter must be one of {', '.join(BUDGETS)}. "
+                              f"Got {self.budget!r} instead.")
         if self.budget == "epochs":
             check_positive_float("epochs", self.epochs)
         else:
@@ -143,9 +144,11 @@ class StudyPlan:
         if self.reference_batch is not None:
             check_positive_int("reference_batch", self.reference_batch)
         if self.grad_norm_batches < 0:
-            raise ConfigError(f"The 'grad_norm_batches' parameter must be >= 0. Got {self.grad_norm_batches!r} instead.")
+            raise ConfigError(f"The 'grad_norm_batches' parameter must be >= 0. "
+                              f"Got {self.grad_norm_batches!r} instead.")
         if not 0 < self.grad_norm_early < 1:
-            raise ConfigError(f"The 'grad_norm_early' parameter must lie in (0, 1). Got {self.grad_norm_early!r} instead.")
+            raise ConfigError(f"The 'grad_norm_early' parameter must lie in (0, 1). "
+                              f"Got {self.grad_norm_early!r} instead.")
         check_positive_int("evals_per_run", self.evals_per_run)
         if self.noise_steps < 0:
             raise ConfigError(f"The 'noise_steps' parameter must be >= 0. Got {self.noise_steps!r} instead.")
@@ -191,6 +194,7 @@ class StudyPlan:
                             for b in self.batch_sizes:
                                 per_epoch = task.n_train // b
                                 lr = self.base_lr(opt, task) * mult * (b / self.b_ref) ** LR_RULES[rule]
+                                check_lr("lr", lr, where=f"the run at B={b} ({opt}, {rule} rule, x{mult:g})")
                                 spec = RunSpec(
                                     batch_size=b, optimizer=opt, lr_rule=rule, lr_multiplier=mult,
                                     warmup_epochs=w, seed=seed, lr=lr,

@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError, DivergedError
+from ..hardware.processes import end_children, sigint_ignored_in_children
 from ..serialize import from_dict
 from ..tasks import Target, Task, load_task
 from ..train import TrainConfig, crossing_step, resolve_device, total_steps, train
@@ -48,8 +49,8 @@ class RunRecord:
     device: str = ""                                 # where it ran: cpu, cuda:1, and the Ray node when on Ray
     failures: list = field(default_factory=list)     # why earlier attempts of this run failed
     target_seconds: Optional[float] = None           # training seconds to the target, interpolated like the step
-    # adaptive runs: 'path' (step, batch, accumulation, lr at the start and at each decision), 'batch_runs' ([batch, steps]
-    # in order, for time = sum of t(B) per step), 'final_batch', 'measure_every'
+    # adaptive runs: 'path' (step, batch, accumulation, lr at the start and at each decision),
+    # 'batch_runs' ([batch, steps] in order, for time = sum of t(B) per step), 'final_batch', 'measure_every'
     adaptive: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -133,7 +134,7 @@ def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
     examples are not known in advance, so the spacing assumes the batch at the geometric mean of
     the smallest and largest batch.
     """
-    from ..adapt.loop import AdaptiveConfig
+    from ..adapt import AdaptiveConfig
     from ..hardware import HardwareProfile
 
     profile = HardwareProfile.from_dict(plan.profile) if plan.profile is not None else None
@@ -327,24 +328,22 @@ def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Call
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     plan_dict = plan.to_dict()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(_worker, plan.task, plan_dict, s.to_dict(), threads) for s in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    save(RunRecord.from_dict(f.result()))
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
-
-
-def load_records(directory: "str | Path") -> tuple[StudyPlan, dict, list[RunRecord]]:
-    """The plan, the task facts and every readable saved run of a study directory (read-only, no lock)."""
-    study = load_study(directory)
-    return study.plan, study.facts, study.records
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    started: list = []        # the workers: they ignore Ctrl-C (no traceback from each), so this process ends them
+    ok = False
+    try:
+        with sigint_ignored_in_children(started):   # the pool starts its processes in submit()
+            pending = {pool.submit(_worker, plan.task, plan_dict, s.to_dict(), threads) for s in todo}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                save(RunRecord.from_dict(f.result()))
+        ok = True
+    finally:
+        if not ok:   # the runs in flight are of no use now; the pool then sees its workers gone and fails the rest
+            end_children(started)
+        pool.shutdown(wait=True, cancel_futures=ok)
 
 
 @dataclass

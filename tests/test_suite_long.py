@@ -81,7 +81,7 @@ class TinySweep(long_tier.LongSweep):
 @pytest.mark.slow
 def test_a_clock_profile_file_drives_find_and_adaptive_training(tmp_path):
     from batchscope import TrainConfig, train
-    from batchscope.adapt.loop import AdaptiveConfig
+    from batchscope.adapt import AdaptiveConfig
     from batchscope.plan.find import find
 
     task = tiny_task()

@@ -9,8 +9,9 @@ for real on this CPU and charges every step on a clock, one of:
 - ``gpu_shaped``: t(B) = alpha + beta B with alpha = 4 ms and the knee alpha/beta at B = 1,024, a
   stand-in for a GPU's fixed cost per step (kernel launches, the optimizer), not a measured GPU;
 - ``data_parallel``: 8 devices, each a ``gpu_shaped`` device running B/8 examples, gradients
-  all-reduced over NVLink 4 (plan's one N-device step-time model, ``batchscope.plan.devices.step_time``
-  with the ``nvlink4`` preset and no overlap, gamma 1, as `find --devices` assumes by default).
+  all-reduced over NVLink 4 (plan's one N-device step-time model,
+  ``batchscope.plan.devices.DataParallelStep``, with the ``nvlink4`` preset and no overlap, gamma 1,
+  as `find --devices` assumes by default).
 
 A run's path is a list of (steps, batch) segments, steps possibly fractional (the crossing of the
 target is interpolated between evaluations): its time is the sum of steps x t(batch). Every clock
@@ -24,9 +25,9 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
-from batchscope.hardware import HardwareProfile, ProfilePoint, StepTimeModel, fit_step_time, knee
+from batchscope.hardware import HardwareProfile, ProfilePoint, StepTimeModel, fit_step_time, knee, knee_from_line
 from batchscope.plan.comm import PRESETS, Cluster
-from batchscope.plan.devices import step_time as data_parallel_step_time
+from batchscope.plan.devices import DataParallelStep
 
 GPU_ALPHA = 0.004        # seconds per step: a GPU's fixed cost, stated, not measured
 GPU_KNEE = 1024          # alpha / beta: the batch at which a step costs twice its fixed part
@@ -56,24 +57,25 @@ def fixed_path(steps: float, batch: int) -> list[tuple[float, int]]:
     return [(steps, batch)]
 
 
-def line(alpha: float, beta: float) -> Callable[[float], float]:
-    return lambda b: alpha + beta * b
+def gpu_line(alpha: float = GPU_ALPHA, knee_batch: float = GPU_KNEE) -> StepTimeModel:
+    """The GPU-shaped t(B) as the one step-time model with no measured points: the line itself."""
+    return StepTimeModel(alpha, alpha / knee_batch)
 
 
 def gpu_shaped(alpha: float = GPU_ALPHA, knee_batch: float = GPU_KNEE) -> Clock:
     return Clock("gpu", f"GPU-shaped stand-in: t(B) = {alpha * 1e3:g} ms + {alpha * 1e6 / knee_batch:.4g} us x B "
                  f"(knee alpha/beta at B = {knee_batch:g}), a GPU's fixed cost per step, not a measured GPU",
-                 line(alpha, alpha / knee_batch))
+                 gpu_line(alpha, knee_batch).seconds)
 
 
 def data_parallel(grad_bytes: float, devices: int = DP_DEVICES, link: str = DP_LINK, gamma: float = DP_GAMMA,
-                  per_device: Clock | None = None) -> Clock:
-    """``devices`` data-parallel copies of ``per_device`` (default the GPU-shaped clock) joined by ``link``."""
-    per_device = per_device or gpu_shaped()
-    cluster = Cluster(PRESETS[link], per_node=devices)
+                  per_device: StepTimeModel | None = None) -> Clock:
+    """``devices`` data-parallel copies of ``per_device`` (default the GPU-shaped line) joined by ``link``."""
+    step = DataParallelStep(per_device or gpu_line(), cluster=Cluster(PRESETS[link], per_node=devices),
+                            grad_bytes=grad_bytes, gamma=gamma)
 
     def t(b: int) -> float:
-        return data_parallel_step_time(b, devices, per_device.step_seconds, grad_bytes, cluster, gamma).seconds
+        return step(b, devices).seconds
     return Clock(f"dp{devices}", f"{devices} devices data parallel over {link}, each the GPU-shaped clock on B/"
                  f"{devices} examples, {grad_bytes:,.0f} gradient bytes all-reduced per step (plan's step-time "
                  f"model, gamma {gamma:g})", t)
@@ -83,12 +85,13 @@ def measured_model(step_seconds: Mapping[int, float]) -> StepTimeModel:
     """The hardware profile's step-time model of measured medians (the fitted line outside their range)."""
     batches = sorted(step_seconds)
     fit = fit_step_time(batches, [step_seconds[b] for b in batches])
-    return StepTimeModel.from_measurements(fit.intercept, fit.slope, [(b, step_seconds[b]) for b in batches])
+    return StepTimeModel(fit.intercept, fit.slope, tuple((b, step_seconds[b]) for b in batches))
 
 
 def measured(step_seconds: Mapping[int, float], what: str = "this machine") -> Clock:
     model = measured_model({int(b): float(s) for b, s in step_seconds.items()})
-    return Clock("cpu", f"{what}: step times measured in an interleaved timing pass (one torch thread)", model)
+    return Clock("cpu", f"{what}: step times measured in an interleaved timing pass (one torch thread)",
+                 model.seconds)
 
 
 def profile(clock: Clock, task_name: str, parameters: int, batches: Iterable[int], optimizer: dict | None = None,
@@ -99,7 +102,7 @@ def profile(clock: Clock, task_name: str, parameters: int, batches: Iterable[int
     bs = sorted({int(b) for b in batches})
     secs = [clock.step_seconds(b) for b in bs]
     fit = fit_step_time(bs, secs)
-    model = StepTimeModel.from_measurements(fit.intercept, fit.slope, list(zip(bs, secs)))
+    model = StepTimeModel(fit.intercept, fit.slope, tuple(zip(bs, secs)))
     return HardwareProfile(
         task=task_name, parameters=parameters, device=device or {"type": "clock", "name": clock.description},
         amp=False, max_batch=bs[-1], limited_by="max_batch", memory_budget=None,
@@ -107,7 +110,7 @@ def profile(clock: Clock, task_name: str, parameters: int, batches: Iterable[int
         alpha=fit.intercept, beta=fit.slope, r2=fit.r2,
         residuals=[(s - fit(b)) / s for b, s in zip(bs, secs)],
         points=[ProfilePoint(b, s, 0.0, b / s, None, 0) for b, s in zip(bs, secs)], memory_probes=[],
-        ceiling_steps=0, over_budget_steps=0, knee=knee(model),
-        knee_fit=4.5 * fit.intercept / fit.slope if fit.slope > 0 else None, seconds=0.0,
+        ceiling_steps=0, over_budget_steps=0, knee=knee(model), knee_fit=knee_from_line(fit.intercept, fit.slope),
+        seconds=0.0,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notes=[f"clock '{clock.name}': {clock.description}"], optimizer=optimizer or {})

@@ -45,7 +45,7 @@ from batchscope.train import StepClock
 from find_vs_sweep import MAX_EPOCHS, MAX_SECONDS, best_per_batch, eval_every
 from find_vs_sweep import to_target as fixed_run
 from batchscope.adapt.controller import SHRINK_LIMIT
-from batchscope.adapt.loop import AdaptiveConfig
+from batchscope.adapt import AdaptiveConfig
 from batchscope.hardware import profile_hardware
 from batchscope.noise import NoiseScaleMonitor
 from batchscope.plan.find import find

@@ -270,7 +270,7 @@ def lightning_to_target(task, profile, seed: int, adaptive: bool) -> dict:
 
 def adaptive_to_target(seeds: int) -> dict:
     from batchscope import TrainConfig, train
-    from batchscope.adapt.loop import AdaptiveConfig
+    from batchscope.adapt import AdaptiveConfig
     from batchscope.hardware import profile_hardware
 
     task = load_task("dots")

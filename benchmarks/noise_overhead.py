@@ -18,7 +18,7 @@ only in whether (and how often) the monitor measures. Three fixes over a plain i
   the paired per-round ratio, with a 95% bootstrap interval over rounds.
 
 Where the batch is one pass (no accumulation), a measured step is split into two micro-batches,
-as the adaptive loop does (``batchscope.adapt.loop.measured_layout``), so its cost includes the
+as the adaptive loop does (``batchscope.adapt.policy.measured_layout``), so its cost includes the
 extra pass. Results: benchmarks/results/noise_overhead.{json,txt}.
 
     PYTHONPATH=src nice -n 5 python benchmarks/noise_overhead.py [--rounds 150]
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from batchscope.adapt.loop import measured_layout
+from batchscope.adapt.policy import measured_layout
 from batchscope.data import take
 from batchscope.noise import NoiseScaleMonitor
 from batchscope.serialize import write_json

@@ -28,21 +28,21 @@ def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     cols = doc["adaptive"]["steps"]
-    assert {"batch_size", "accumulation", "lr", "b_noise"} <= set(cols) and len(cols["batch_size"]) == 60
+    assert {"batch_size", "accumulation", "lr", "b_crit"} <= set(cols) and len(cols["batch_size"]) == 60
     assert max(cols["batch_size"]) <= 128 and doc["config"]["adaptive"]["max_batch"] == 128
     assert min(cols["batch_size"]) >= 8 and doc["config"]["adaptive"]["min_batch"] == 8
     # the B_noise column is what the controller planned with: the suite factor x the monitor's B_simple
     a = doc["adaptive"]
     assert a["noise_factor"] == LIVE_FACTOR
-    assert cols["b_noise"][-1] == pytest.approx(LIVE_FACTOR * a["final_estimate"]["b_simple"])
+    assert cols["b_crit"][-1] == pytest.approx(LIVE_FACTOR * a["final_estimate"]["b_simple"])
     assert png.stat().st_size > 5000
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--adaptive", "--batch-size", "16", "--max-batch", "8"], "--max-batch 8 is below the starting batch 16"),
+    (["--adaptive", "--batch-size", "16", "--max-batch", "8"], "The --max-batch option must be at least the starting batch 16. Got 8 instead."),
     (["--max-batch", "64"], "--max-batch only apply to adaptive runs; add --adaptive"),
-    (["--adaptive", "--batch-size", "16", "--min-batch", "32"], "--min-batch 32 is outside 2..16"),
-    (["--adaptive", "--batch-size", "16", "--min-batch", "1"], "--min-batch 1 is outside 2..16"),
+    (["--adaptive", "--batch-size", "16", "--min-batch", "32"], "The --min-batch option must be in 2..16 (the starting batch; a measured step needs two examples). Got 32 instead."),
+    (["--adaptive", "--batch-size", "16", "--min-batch", "1"], "The --min-batch option must be in 2..16 (the starting batch; a measured step needs two examples). Got 1 instead."),
     (["--min-batch", "8"], "--min-batch only apply to adaptive runs; add --adaptive"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args, message, dots_profile):

@@ -58,7 +58,7 @@ def test_a_move_must_also_pay_off_at_the_interval_end_against_it():
     held = c.decide(50, _est(800.0, low=400.0))      # at 400, 256 is the better batch: hold
     assert not held.changed and "at the interval's end 400" in held.reason
     assert c.decide(100, _est(800.0, low=790.0)).changed
-    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000)
+    loose = BatchSizeController(LINE, start_batch=256, n_train=100_000, confident=False)
     assert loose.decide(50, _est(800.0, low=400.0)).changed
 
 
@@ -98,9 +98,9 @@ def test_non_finite_estimates_are_held_counted_never_acted_on(bad):
 
 
 def test_bad_input_names_the_fix():
-    with pytest.raises(ConfigError, match="max batch 8 is below the starting batch 16; raise --max-batch"):
+    with pytest.raises(ConfigError, match="The 'max_batch' parameter must be at least the starting batch 16. Got 8 instead."):
         BatchSizeController(LINE, start_batch=16, n_train=1000, max_batch=8)
-    with pytest.raises(ConfigError, match="not even one example fits a device"):
+    with pytest.raises(ConfigError, match="The 'memory_ceiling' parameter must be a positive integer"):
         BatchSizeController(LINE, start_batch=16, n_train=1000, memory_ceiling=0)
     with pytest.raises(ConfigError, match="threshold"):
         BatchSizeController(LINE, start_batch=16, n_train=1000, threshold=1.5)
@@ -119,10 +119,10 @@ def test_state_dict_round_trip_and_due():
 
 def test_uses_the_same_model_as_find():
     from batchscope.plan import recommend as rec
-    c = BatchSizeController(StepTimeModel(0.01, 2e-4, ((16, 0.013), (64, 0.02), (256, 0.06))),
-                            start_batch=16, n_train=10_000)
-    inp = rec.Inputs(alpha=0.01, beta=2e-4, b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
-                     steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=((16, 0.013), (64, 0.02), (256, 0.06)))
+    measured = ((16, 0.013), (64, 0.02), (256, 0.06))
+    c = BatchSizeController(StepTimeModel(0.01, 2e-4, measured), start_batch=16, n_train=10_000)
+    inp = rec.Inputs(step_time=StepTimeModel(0.01, 2e-4, measured), b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
+                     steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
     cons = rec.Constraints(n_train=10_000)
     best, _, _ = rec.recommend(inp, cons, "fastest")
     assert c.decide(50, _est(300.0)).batch_size == best.batch_size
@@ -132,8 +132,8 @@ def test_the_calibrated_factor_plans_with_factor_times_b_simple():
     from batchscope.plan.critical_batch import LIVE_FACTOR
     c = Calibrated(LINE, start_batch=16, n_train=100_000)
     d = c.decide(50, _sure(256.0 / LIVE_FACTOR))        # B_simple 112: B_noise 256 once calibrated
-    assert c.b_noise(_sure(256.0 / LIVE_FACTOR)) == pytest.approx(256.0)
-    assert d.b_noise == pytest.approx(256.0) and d.b_noise_low == pytest.approx(256.0 * 0.99 / 1.01, rel=0.03)
+    assert c.b_crit(_sure(256.0 / LIVE_FACTOR)) == pytest.approx(256.0)
+    assert d.b_crit == pytest.approx(256.0) and d.b_crit_low == pytest.approx(256.0 * 0.99 / 1.01, rel=0.03)
     assert d.batch_size == 256
     raw = BatchSizeController(LINE, start_batch=16, n_train=100_000)
     assert raw.decide(50, _sure(256.0 / LIVE_FACTOR)).batch_size == 128   # sqrt(alpha 112 / beta) = 169 -> 128
@@ -149,5 +149,13 @@ def test_the_batch_shrinks_to_a_quarter_of_the_start_and_no_further():
     only_up = BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=256)
     assert not only_up.decide(50, _sure(1.0)).changed and only_up.batch_size == 256
     assert BatchSizeController(LINE, start_batch=4, n_train=100, devices=2).min_batch == 4   # two per device
-    with pytest.raises(ConfigError, match="min_batch 512 is above the starting batch 256"):
+    with pytest.raises(ConfigError, match=r"The 'min_batch' parameter must be in 2\.\.256 .*Got 512"):
         BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=512)
+
+
+def test_one_step_time_model_and_a_broken_one_is_refused_before_any_decision():
+    import batchscope.hardware
+    assert StepTimeModel is batchscope.hardware.StepTimeModel
+    for alpha, beta in ((math.nan, 1e-5), (-0.01, 1e-5), (0.01, -1e-5), (0.0, 0.0)):
+        with pytest.raises(ConfigError, match="parameter of StepTimeModel must be"):
+            BatchSizeController(StepTimeModel(alpha, beta), start_batch=16, n_train=1000)

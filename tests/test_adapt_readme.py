@@ -1,4 +1,4 @@
-"""The README's own-loop example runs as printed, and the batch grows in it."""
+"""The adaptive own-loop example of docs/train.md runs as printed, and the batch grows in it."""
 
 import re
 from pathlib import Path
@@ -11,8 +11,8 @@ from batchscope.adapt import StepTimeModel
 from batchscope.noise import NoiseScaleMonitor
 
 
-def test_readme_own_loop_runs():
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+def test_own_loop_example_runs():
+    text = (Path(__file__).parents[1] / "docs" / "train.md").read_text()
     code = re.search(r"```python\n(from batchscope.adapt import .*?)```", text, re.S).group(1)
     assert len(code.strip().splitlines()) <= 10
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ import torch
 
 from batchscope import Callback, ConfigError, TrainConfig, train
 from batchscope.adapt import adascale_gain
-from batchscope.adapt.loop import AdaptiveConfig
+from batchscope.adapt import AdaptiveConfig
 
 from .test_plan_find import blobs_task, fake_profile
 
@@ -35,7 +35,7 @@ def test_batch_grows_and_every_step_is_logged():
     assert all(k == 1 for k, m in zip(log["accumulation"], log["measured"]) if not m)
     # SGD: lr = lr0 * AdaScale gain with the estimate known before the step
     for s in range(1, r.steps):
-        b, bn = log["batch_size"][s], log["b_noise"][s - 1]
+        b, bn = log["batch_size"][s], log["b_crit"][s - 1]
         want = task.lr * (adascale_gain(b, 8, bn) if b != 8 and bn else 1.0)
         assert log["lr"][s] == pytest.approx(want)
     json.dumps(r.to_dict())
@@ -64,15 +64,14 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
     task = blobs_task()
     full = _run(task)
     ck = str(tmp_path / "run.pt")
-    acfg = AdaptiveConfig(profile=fake_profile(task, **CHEAP_EXAMPLES), measure_every=2, every=10,
-                          checkpoint=ck, checkpoint_every=20)
-    cfg = TrainConfig(batch_size=8, steps=120, eval_every=20, adaptive=acfg)
+    acfg = AdaptiveConfig(profile=fake_profile(task, **CHEAP_EXAMPLES), measure_every=2, every=10)
+    cfg = TrainConfig(batch_size=8, steps=120, eval_every=20, adaptive=acfg, checkpoint=ck, checkpoint_every=20)
     with pytest.raises(KeyboardInterrupt):
         train(task, cfg, [_Kill(70)])                      # the last checkpoint is at step 60
-    acfg.resume = ck
+    cfg.resume = ck
     again = train(task, cfg)
     a, b = full.adaptive["steps"], again.adaptive["steps"]
-    for col in ("batch_size", "accumulation", "lr", "b_noise"):
+    for col in ("batch_size", "accumulation", "lr", "b_crit"):
         assert a[col] == b[col], col
     assert [p.loss for p in full.history] == [p.loss for p in again.history]
     for p, q in zip(full.model.parameters(), again.model.parameters()):
@@ -80,13 +79,13 @@ def test_killed_and_resumed_run_follows_the_uninterrupted_trajectory(tmp_path):
 
 
 @pytest.mark.parametrize("kw,cfg,message", [
-    ({"max_batch": 4}, {}, "--max-batch 4 is below the starting batch 8; raise --max-batch"),
-    ({"memory_ceiling": 0}, {}, "not even one example fits a device"),
+    ({"max_batch": 4}, {}, "The 'max_batch' parameter must be at least the starting batch 8. Got 4 instead."),
+    ({"memory_ceiling": 0}, {}, "The 'memory_ceiling' parameter must be a positive integer. Got 0 instead."),
     ({}, {"micro_batch": 4}, "an adaptive run picks its own micro-batches"),
-    ({"noise": "preconditioned"}, {}, "preconditioned noise needs an Adam-type optimizer"),
+    ({"noise": "preconditioned"}, {}, "'preconditioned' needs an Adam-type optimizer; the run uses sgd"),
     ({"decision_level": 1.5}, {}, "'decision_level' parameter must be in"),
-    ({"min_batch": 16}, {}, "--min-batch 16 is outside 2..8"),
-    ({"noise_factor": -1.0}, {}, "'noise_factor' parameter must be a positive number"),
+    ({"min_batch": 16}, {}, r"The 'min_batch' parameter must be in 2\.\.8 .*Got 16 instead\."),
+    ({"noise_factor": -1.0}, {}, "'noise_factor' parameter must be a positive finite number"),
 ])
 def test_bad_input_is_refused_with_the_fix(kw, cfg, message):
     task = blobs_task()
@@ -96,7 +95,7 @@ def test_bad_input_is_refused_with_the_fix(kw, cfg, message):
 
 
 def test_raw_noise_plans_with_the_suite_factor_and_preconditioned_noise_without():
-    from batchscope.adapt.loop import noise_factor_of
+    from batchscope.adapt.policy import noise_factor_of
     from batchscope.plan.critical_batch import LIVE_FACTOR
     assert noise_factor_of(AdaptiveConfig()) == LIVE_FACTOR
     assert noise_factor_of(AdaptiveConfig(noise="preconditioned")) == 1.0
@@ -104,7 +103,7 @@ def test_raw_noise_plans_with_the_suite_factor_and_preconditioned_noise_without(
 
 
 def test_the_automatic_cadence_spreads_the_measuring_cost_and_never_measures_every_step():
-    from batchscope.adapt.loop import MIN_CADENCE, auto_measure_every, cadence_from_times
+    from batchscope.adapt.policy import MIN_CADENCE, auto_measure_every, cadence_from_times
     from batchscope.adapt import StepTimeModel
     # a measured step 40% dearer than a plain one: every 20th step keeps measuring at 2% of the time
     assert cadence_from_times([1.4, 1.5, 1.45], [1.0, 1.1, 1.2], 0.02) == 20

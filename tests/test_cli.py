@@ -29,7 +29,7 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path):
     cases = [
         (["train", "--task", "nope"], "error: unknown task 'nope'"),
         (["train", "--task", str(tmp_path / "x.py") + ":make_task"], "does not exist"),
-        (["train", "--task", "dots", "--batch-size", "0"], "The 'batch_size' parameter must be a positive integer"),
+        (["train", "--task", "dots", "--batch-size", "0"], "The --batch-size option must be a positive integer"),
         (["train", "--task", "dots", "--batch-size", "99999", "--steps", "1"], "larger than the training set"),
         (["train", "--task", "dots", "--lr", "1e9", "--steps", "50"], "lower the learning rate"),
     ]

@@ -26,9 +26,9 @@ def test_profile_json_out_and_plot(tmp_path):
 
 def test_profile_user_errors_are_one_line_and_exit_2():
     cases = [
-        (["profile", "--task", "dots", "--memory-budget", "lots"], "The 'memory_budget' parameter must be a size"),
+        (["profile", "--task", "dots", "--memory-budget", "lots"], "The --memory-budget option must be a size"),
         (["profile", "--task", "dots", "--amp"], "needs a CUDA device; drop --amp"),
-        (["profile", "--task", "dots", "--max-batch", "0"], "The 'max_batch' parameter of profile_hardware"),
+        (["profile", "--task", "dots", "--max-batch", "0"], "The --max-batch option must"),
         (["profile", "--task", "dots", "--memory-budget", "1KiB"], "does not fit the memory budget even at batch size 1"),
     ]
     for args, message in cases:

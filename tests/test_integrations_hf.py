@@ -80,7 +80,7 @@ def test_default_samples_every_8th_step_and_matches_the_monitor(tmp_path):
     for x, y in zip(got, ref):
         assert x.b_simple == pytest.approx(y.b_simple, rel=1e-6)
         assert x.g2 == pytest.approx(y.g2, rel=1e-6)
-    assert cb._handle is None and not cb.monitor._capture.attached   # removed after the run
+    assert cb._handle is None and not cb.monitor._capture._handles   # removed after the run
 
 
 @pytest.mark.slow
@@ -335,17 +335,18 @@ def test_adaptive_callback_gives_the_arguments_back(tmp_path, caplog):
         model = tiny_bert()
         if fail:
             fail_at(model, fail)
-        cb = AdaptiveBatchCallback({"alpha": 0.02, "beta": 2e-5}, every=4, min_samples=3)
+        cb = AdaptiveBatchCallback({"alpha": 0.5, "beta": 1e-6}, every=4, min_samples=3)
         transformers.Trainer(model=model, args=a, train_dataset=TokenData(512), callbacks=[cb]).train()
         return cb
 
-    # 8 x 4 to start; the decision at step 4 (batch 128, as 64 x 2) changes the accumulation
+    # 8 x 4 to start; a near-constant step time: the decision at step 4 (batch 512, as 256 x 2) changes the
+    # accumulation
     a = args(tmp_path, gradient_accumulation_steps=4, learning_rate=0.1, max_steps=6)
     cb = run(a)
     assert isinstance(cb.step_time, StepTimeModel) and cb.plan.accumulation == 2
     assert a.gradient_accumulation_steps == 4 and cb._loader.batch_sampler.batch_size == 8
     with pytest.raises(RuntimeError, match="boom"):
-        run(a, fail=20)                                # in step 6, after the change
+        run(a, fail=18)                                # in step 5, after the change
     assert a.gradient_accumulation_steps == 2          # the Trainer calls no callback on an exception ...
     with caplog.at_level("WARNING", logger="batchscope"):
         run(a)                                         # ... so the next train() puts it back first
@@ -372,3 +373,16 @@ def test_stop_at_target_stops_at_the_first_evaluation_that_reaches_it(tmp_path):
     with pytest.raises(ConfigError, match="eval_strategy='no'"):
         transformers.Trainer(model=tiny_bert(), args=args(tmp_path), train_dataset=TokenData(64),
                              callbacks=[StopAtTarget(0.5)]).train()
+
+
+def test_adaptive_callback_state_keeps_the_whole_step_time_model_and_refuses_a_broken_one():
+    from batchscope.adapt import StepTimeModel
+    from batchscope.errors import ConfigError
+    from batchscope.integrations.hf import AdaptiveBatchCallback
+
+    model = StepTimeModel(0.02, 2e-5, ((8, 0.021), (64, 0.024)))
+    saved = AdaptiveBatchCallback(model, every=4).state()["args"]
+    assert saved["step_time"] == {"alpha": 0.02, "beta": 2e-5, "measured": [[8.0, 0.021], [64.0, 0.024]]}
+    assert AdaptiveBatchCallback(**saved).step_time == model     # what a resumed Trainer plans with
+    with pytest.raises(ConfigError, match=r"'alpha' parameter of StepTimeModel .* Got nan instead"):
+        AdaptiveBatchCallback({"alpha": math.nan, "beta": 1e-5})

@@ -72,7 +72,7 @@ def test_default_samples_every_8th_step_matches_the_monitor_and_logs_every_step(
     for a, b in zip(got, ref):
         assert a.b_simple == pytest.approx(b.b_simple, rel=1e-9)
         assert a.g2 == pytest.approx(b.g2, rel=1e-9) and a.trace == pytest.approx(b.trace, rel=1e-9)
-    assert not cb.monitor._capture.attached      # step 25 would be idle: no hooks left on the model
+    assert not cb.monitor._capture._handles      # step 25 would be idle: no hooks left on the model
     # The steps the logger writes (none of them measured) carry the latest estimate.
     assert t.callback_metrics["noise/b_simple"].item() == pytest.approx(got[-1].b_simple, rel=1e-6)
 
@@ -348,7 +348,7 @@ def test_adaptive_callback_gives_the_trainer_back_after_an_exception_and_at_the_
         assert any(d.changed for d in cb.plan.controller.decisions)       # it did change them during the fit
         assert t.accumulate_grad_batches == 2 and t.train_dataloader.batch_sampler.batch_size == 8
         assert t.optimizers[0].param_groups[0]["lr"] == 0.1
-        assert not cb.monitor._capture.attached and cb._hook is None
+        assert not cb.monitor._capture._handles and cb._hook is None
 
 
 def test_adaptive_callback_takes_a_profile_or_a_find_result_by_path(tmp_path):

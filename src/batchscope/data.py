@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import Dataset, TensorDataset, default_collate
@@ -16,16 +16,37 @@ def take(dataset: Dataset, index: torch.Tensor):
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Endless stream of index batches: a fresh permutation each epoch, the last partial batch dropped.
+    """Endless stream of index batches from ``generator`` (see :class:`IndexStream`)."""
+    stream = IndexStream(n, batch_size, generator=generator)
+    while True:
+        yield stream.next()
+
+
+class IndexStream:
+    """Endless index batches of one size: a fresh seeded permutation each epoch, the tail dropped.
 
     Every step therefore sees exactly ``batch_size`` distinct examples, which the gradient
-    estimators need (their formulas assume a fixed batch size).
+    estimators need. An object, not a generator, so a fork or a checkpoint can carry its position.
     """
-    per_epoch = n // batch_size
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for k in range(per_epoch):
-            yield perm[k * batch_size : (k + 1) * batch_size]
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, generator: Optional[torch.Generator] = None):
+        self.n, self.batch_size = n, batch_size
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self.perm: Optional[torch.Tensor] = None
+        self.k = 0                                  # batches taken from the current permutation
+
+    def next(self) -> torch.Tensor:
+        if self.perm is None or self.k == self.n // self.batch_size:
+            self.perm, self.k = torch.randperm(self.n, generator=self.generator), 0
+        b, self.k = self.batch_size, self.k + 1
+        return self.perm[(self.k - 1) * b: self.k * b]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "perm": self.perm, "k": self.k}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.perm, self.k = state["perm"], int(state["k"])
 
 
 def to_device(batch, device: torch.device):

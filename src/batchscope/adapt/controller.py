@@ -1,19 +1,19 @@
 """BatchSizeController: the planner of ``find``, re-run every K steps with the live noise scale.
 
-Progress per second at global batch B is 1 / (S(B)·t(B)) with S(B) = S_min (1 + B_noise/B) and t(B)
+Progress per second at global batch B is 1 / (S(B)·t(B)) with S(B) = S_min (1 + B_crit/B) and t(B)
 the hardware profile's step time (with accumulation when B exceeds the memory ceiling); maximising
 it is Pollux's goodput (Qiao et al., OSDI 2021) and the argmin ``find`` computes. The candidates are
 evaluated by :func:`batchscope.plan.recommend.evaluate_candidates`, the same code ``find`` uses, so
-the two can never disagree on the model; only B_noise differs (measured now instead of predicted).
+the two can never disagree on the model; only B_crit differs (measured now instead of predicted).
 
-The B_noise it plans with is ``noise_factor`` x the monitor's B_simple. S(B) above is the model the
+The critical batch B_crit it plans with is ``noise_factor`` x the monitor's B_simple. S(B) above is the model the
 sweep's critical batch is fitted with, and over the validation suite's tasks the measured B_crit
 was 2.28x the B_simple averaged over the run to the target (geometric mean over 11 tasks, within 2x
 on 9 of them leave-one-task-out; ``plan.critical_batch.LIVE_FACTOR``). Both the batch and the
-learning rate (:meth:`b_noise`) use the calibrated value; ``noise_factor=1`` plans with raw B_simple.
+learning rate (:meth:`b_crit`) use the calibrated value; ``noise_factor=1`` plans with raw B_simple.
 
 The batch may fall below the start down to ``min_batch`` (default: a quarter of the start): early in
-training B_noise is small and a smaller batch then makes more progress per example. The floor keeps
+training B_crit is small and a smaller batch then makes more progress per example. The floor keeps
 the batch within a factor the user's known-good start can vouch for (a model with BatchNorm, say,
 was only checked at the start's micro-batches).
 
@@ -24,7 +24,7 @@ Rules that keep it safe to leave running:
   never acted on;
 - it moves only when the predicted time per unit of progress falls by more than ``threshold``
   (AdaptDL's 5%), so an estimate wandering around a boundary between two candidates cannot flap;
-- with ``confident`` (on in ``train(..., adaptive=...)``) the move must also clear the threshold
+- with ``confident`` (on by default) the move must also clear the threshold
   at the end of the estimate's interval that argues against it (the low end for growth, the high
   end for shrinking): the first few measurements are noisy, and a batch grown on one lucky ratio
   is paid for at every later step;
@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, check_positive_int
+from ..hardware.steptime import StepTimeModel  # the one step-time model (batchscope.adapt re-exports it)
 from ..plan import recommend as rec
 from ..plan.critical_batch import LIVE_FACTOR
 
@@ -46,21 +47,6 @@ DEFAULT_EVERY = 50          # steps between decisions
 DEFAULT_THRESHOLD = 0.05    # AdaptDL: re-allocate only for a predicted speed-up above 5%
 DEFAULT_MIN_SAMPLES = 5     # finite noise measurements before the first decision
 SHRINK_LIMIT = 4            # the default floor: the start batch / 4
-
-
-@dataclass(frozen=True)
-class StepTimeModel:
-    """Seconds per forward/backward pass: t(m) = alpha + beta·m, measured medians used inside their range."""
-
-    alpha: float
-    beta: float
-    measured: tuple = ()     # ((batch, median seconds), ...)
-
-    @classmethod
-    def from_profile(cls, profile) -> "StepTimeModel":
-        """From a :class:`~batchscope.hardware.HardwareProfile` (or anything with alpha, beta, points)."""
-        return cls(float(profile.alpha), float(profile.beta),
-                   tuple((int(p.batch), float(p.seconds)) for p in getattr(profile, "points", ())))
 
 
 @dataclass(frozen=True)
@@ -72,9 +58,9 @@ class Decision:
     micro_batch: int          # per device and pass
     accumulation: int         # passes per optimizer step on each device
     previous: int             # global batch before this decision
-    b_noise: float            # noise_factor x B_simple, as acted on (nan when held for lack of one)
-    b_noise_low: float
-    b_noise_high: float
+    b_crit: float             # predicted critical batch, noise_factor x B_simple, as acted on (nan: none yet)
+    b_crit_low: float
+    b_crit_high: float
     gain: float               # predicted fall in time per unit progress of the best candidate vs the current batch
     changed: bool
     reason: str
@@ -84,13 +70,42 @@ class Decision:
 
 
 def _estimate_parts(estimate, factor: float = 1.0) -> tuple[float, float, float, int]:
-    """(B_noise, low, high, finite samples) from a NoiseEstimate or a B_simple number (x ``factor``), or None."""
+    """(B_crit, low, high, finite samples) from a NoiseEstimate or a B_simple number (x ``factor``), or None."""
     if estimate is None:
         return math.nan, math.nan, math.nan, 0
     if isinstance(estimate, (int, float)):
         return factor * float(estimate), math.nan, math.nan, 1_000_000
     return (factor * float(estimate.b_simple), factor * float(estimate.low), factor * float(estimate.high),
             int(estimate.n_samples))
+
+
+def check_limits(*, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
+                 max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1) -> int:
+    """The one check of an adaptive run's batch limits (every entry point calls it); returns the floor.
+
+    The floor defaults to a quarter of the start, at least two per device, a multiple of the devices.
+    """
+    for name, value in (("start_batch", start_batch), ("n_train", n_train), ("devices", devices)):
+        check_positive_int(name, value)
+    for name, value in (("memory_ceiling", memory_ceiling), ("max_batch", max_batch), ("min_batch", min_batch)):
+        if value is not None:
+            check_positive_int(name, value)
+    if start_batch > n_train:
+        raise ConfigError(f"The 'start_batch' parameter must be at most the data set's {n_train} examples. "
+                          f"Got {start_batch!r} instead.")
+    if start_batch % devices:
+        raise ConfigError(f"The 'start_batch' parameter must be a multiple of the {devices} devices. "
+                          f"Got {start_batch!r} instead.")
+    if max_batch is not None and max_batch < start_batch:
+        raise ConfigError(f"The 'max_batch' parameter must be at least the starting batch {start_batch}. "
+                          f"Got {max_batch!r} instead.")
+    if min_batch is None:
+        floor = max(2 * devices, start_batch // SHRINK_LIMIT)
+        return min(start_batch, -(-floor // devices) * devices)
+    if not 2 <= min_batch <= start_batch:
+        raise ConfigError(f"The 'min_batch' parameter must be in 2..{start_batch} (the starting batch; a measured "
+                          f"step needs two examples). Got {min_batch!r} instead.")
+    return min_batch
 
 
 class BatchSizeController:
@@ -105,46 +120,26 @@ class BatchSizeController:
     devices: data-parallel ranks; the global batch is a multiple of it.
     min_samples: finite noise measurements needed before the first move.
     confident: a move must also pay off at the interval's end against it (see the module docstring).
-    noise_factor: B_noise = noise_factor x B_simple (see the module docstring; 1: raw B_simple).
+    noise_factor: B_crit = noise_factor x B_simple (see the module docstring; 1: raw B_simple).
     """
 
     def __init__(self, step_time, *, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
                  max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1,
                  every: int = DEFAULT_EVERY, threshold: float = DEFAULT_THRESHOLD,
-                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = False,
+                 min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = True,
                  noise_factor: float = LIVE_FACTOR):
         self.time_model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
-        check_positive_int("start_batch", start_batch)
-        check_positive_int("n_train", n_train)
+        self.min_batch = check_limits(start_batch=start_batch, n_train=n_train, memory_ceiling=memory_ceiling,
+                                      max_batch=max_batch, min_batch=min_batch, devices=devices)
         check_positive_int("every", every)
-        check_positive_int("devices", devices)
-        if memory_ceiling is not None and (isinstance(memory_ceiling, bool) or not isinstance(memory_ceiling, int)
-                                           or memory_ceiling < 1):
-            raise ConfigError(f"the memory ceiling is {memory_ceiling!r} examples: not even one example fits a "
-                              "device; free memory, use a smaller model, or profile again with a larger budget")
-        if max_batch is not None and max_batch < start_batch:
-            raise ConfigError(f"max batch {max_batch} is below the starting batch {start_batch}; raise --max-batch "
-                              f"to at least {start_batch} or start from a smaller batch")
-        if start_batch > n_train:
-            raise ConfigError(f"starting batch {start_batch} is larger than the data set ({n_train} examples); "
-                              f"use at most {n_train}")
-        if start_batch % devices:
-            raise ConfigError(f"starting batch {start_batch} is not a multiple of the {devices} devices")
         if not (0.0 <= threshold < 1.0):
             raise ConfigError(f"The 'threshold' parameter must be in [0, 1). Got {threshold!r} instead.")
+        if not (isinstance(noise_factor, (int, float)) and math.isfinite(noise_factor) and noise_factor > 0):
+            raise ConfigError(f"The 'noise_factor' parameter must be a positive number. Got {noise_factor!r} instead.")
         self.constraints = rec.Constraints(n_train=n_train, memory_ceiling=memory_ceiling, max_batch=max_batch,
                                            devices=devices)
         self.start_batch = start_batch
-        if not (isinstance(noise_factor, (int, float)) and math.isfinite(noise_factor) and noise_factor > 0):
-            raise ConfigError(f"The 'noise_factor' parameter must be a positive number. Got {noise_factor!r} instead.")
         self.noise_factor = float(noise_factor)
-        if min_batch is None:
-            floor = max(2 * devices, start_batch // SHRINK_LIMIT)
-            min_batch = min(start_batch, -(-floor // devices) * devices)
-        self.min_batch = check_positive_int("min_batch", min_batch)
-        if self.min_batch > start_batch:
-            raise ConfigError(f"min_batch {self.min_batch} is above the starting batch {start_batch}; "
-                              f"use at most {start_batch}")
         self.every = every
         self.threshold = float(threshold)
         self.min_samples = check_positive_int("min_samples", min_samples)
@@ -161,22 +156,21 @@ class BatchSizeController:
         grid = rec.candidate_batches(self.constraints, smallest=min(self.min_batch, self.batch_size))
         return sorted(set(grid) | {self.batch_size})
 
-    def predict(self, b_noise: float, batches: Optional[Sequence[int]] = None) -> list[rec.Candidate]:
-        """Predicted steps and seconds to a common target for each batch, with ``b_noise`` as it is now.
+    def predict(self, b_crit: float, batches: Optional[Sequence[int]] = None) -> list[rec.Candidate]:
+        """Predicted steps and seconds to a common target for each batch, with ``b_crit`` as it is now.
 
         S_min cancels out of every comparison, so the reference is one step at the current batch.
         """
-        tm = self.time_model
-        inp = rec.Inputs(alpha=tm.alpha, beta=tm.beta, b_noise=b_noise, b_noise_low=b_noise, b_noise_high=b_noise,
-                         b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=tm.measured)
+        inp = rec.Inputs(step_time=self.time_model, b_noise=b_crit, b_noise_low=b_crit, b_noise_high=b_crit,
+                         b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
         return rec.evaluate_candidates(inp, self.constraints, list(batches or self.candidates()))
 
     def due(self, step: int) -> bool:
         """Whether ``step`` (optimizer steps done) is a decision point."""
         return step > 0 and step % self.every == 0
 
-    def b_noise(self, estimate: Union[object, float, None]) -> float:
-        """The B_noise planned with: ``noise_factor`` x the estimate's B_simple (NaN without one)."""
+    def b_crit(self, estimate: Union[object, float, None]) -> float:
+        """The critical batch planned with: ``noise_factor`` x the estimate's B_simple (NaN without one)."""
         return _estimate_parts(estimate, self.noise_factor)[0]
 
     def decide(self, step: int, estimate: Union[object, float, None]) -> Decision:
@@ -198,7 +192,7 @@ class BatchSizeController:
             sure = self._gain_of(best.batch_size, end) if math.isfinite(end) and end > 0 else -math.inf
             if sure <= self.threshold:
                 return self._record(step, bn, low, high, gain, None,
-                                    f"batch {best.batch_size} saves {gain:.1%} at B_noise {bn:.3g} but "
+                                    f"batch {best.batch_size} saves {gain:.1%} at B_crit {bn:.3g} but "
                                     f"{max(sure, -1.0):.1%} at the interval's end {end:.3g}: held")
         return self._record(step, bn, low, high, gain, best,
                             f"batch {self.batch_size} -> {best.batch_size}: predicted {gain:.1%} less time per progress")
@@ -210,7 +204,7 @@ class BatchSizeController:
         return best, 1.0 - best.seconds / here.seconds
 
     def _gain_of(self, b: int, bn: float) -> float:
-        """Predicted fall in time per progress from the current batch to ``b`` if B_noise were ``bn``."""
+        """Predicted fall in time per progress from the current batch to ``b`` if B_crit were ``bn``."""
         secs = {c.batch_size: c.seconds for c in self.predict(bn, sorted({self.batch_size, b}))}
         return 1.0 - secs[b] / secs[self.batch_size]
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 
@@ -38,7 +39,8 @@ class Group(click.Group):
             click.echo(f"error: {e.format_message()}{hint}", err=True)
             ctx.exit(2)
         except BatchscopeError as e:
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {in_flag_terms(str(e), self.get_command(ctx, ctx.invoked_subcommand or ''))}",
+                       err=True)
             where = ctx.meta.get(KEEP_KEY)
             if where and save_measured(where, e):
                 click.echo(f"measurements so far written to {where}", err=True)
@@ -46,6 +48,17 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def in_flag_terms(message: str, command: "click.Command | None") -> str:
+    """The library names parameters ("The 'max_batch' parameter ..."); a command-line user typed flags:
+    each parameter of ``command`` that the message names becomes its flag ("The --max-batch option ...")."""
+    for param in getattr(command, "params", ()):
+        if isinstance(param, click.Option) and param.name:
+            flag = max(param.opts, key=len)
+            message = re.sub(rf"The '{param.name}' parameter(?: of [A-Za-z_][\w.]*)?(?= must)", f"The {flag} option",
+                             message)
+    return message
 
 
 def keep_measured_in(path) -> None:

@@ -19,20 +19,29 @@ def _adaptive_config(adaptive: bool, max_batch, min_batch, profile_path, plot):
         if given:
             raise ConfigError(f"{', '.join(given)} only apply to adaptive runs; add --adaptive")
         return None
-    from ..adapt.loop import AdaptiveConfig  # only adaptive runs need the hardware, noise and plan layers
+    from ..adapt import AdaptiveConfig  # only adaptive runs need the hardware, noise and plan layers
 
     return AdaptiveConfig(profile=profile_path, max_batch=max_batch, min_batch=min_batch)
 
 
+def _number(value, fmt: str = ".4g") -> str:
+    """A figure of the result JSON, which writes an unbounded end as the string "inf"."""
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def _adaptive_rows(a: dict) -> list[tuple]:
-    """What the batch did: each change with the estimate behind it, and the measuring cadence."""
+    """What the batch did: each change with the critical batch behind it, and the measuring cadence."""
     moves = [d for d in a["decisions"] if d["changed"]]
-    path = " -> ".join([str(moves[0]["previous"])] + [f"{d['batch_size']} (step {d['step']:,}, B_noise "
-                                                      f"{d['b_noise']:.0f})" for d in moves]) if moves else "unchanged"
+    path = " -> ".join([str(moves[0]["previous"])] + [f"{d['batch_size']} (step {d['step']:,}, B_crit "
+                                                      f"{_number(d['b_crit'], '.0f')})" for d in moves]) if moves else "unchanged"
     est, k = a["final_estimate"], a["noise_factor"]
+    b_crit = _number(k * float(est["b_simple"])) if est["b_simple"] is not None else "n/a"
     return [("batch size", path),
-            ("final B_simple [interval]", f"{est['b_simple']:.4g} [{est['low']:.4g}, {est['high']:.4g}]; planned "
-                                          f"with B_noise = {k:g} x B_simple = {k * est['b_simple']:.4g}"),
+            ("final B_simple [interval]", f"{_number(est['b_simple'])} [{_number(est['low'])}, {_number(est['high'])}]"
+                                          f"; B_crit = {k:g} x B_simple = {b_crit}"),
             ("noise measured", f"first {a['min_samples']} steps, then every {a['measure_every']}; a decision after "
                                f"each; {a['nonfinite_estimates']} non-finite estimate(s) held")]
 
@@ -80,14 +89,19 @@ def training_options(f):
 @click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="with --adaptive: a hardware profile from `batchscope profile --out` (default: measure one)")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
-              help="with --adaptive: draw batch size and B_noise over training (PNG)")
+              help="with --adaptive: draw batch size and B_crit over training (PNG)")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the result JSON here")
 @click.option("--log-dir", type=click.Path(file_okay=False), default=None,
-              help="write TensorBoard scalars here: loss, batch, lr, metric; B_noise with --micro-batch")
+              help="write TensorBoard scalars here: loss, batch, lr, metric; B_simple with --micro-batch")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="write the run's whole state here every --checkpoint-every steps (resume with --resume-from)")
+@click.option("--checkpoint-every", type=int, default=None, help="steps between checkpoints [default: 100]")
+@click.option("--resume-from", type=click.Path(), default=None,
+              help="continue the run a --checkpoint wrote (same task and settings)")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
             steps, epochs, until_target, eval_every, device, adaptive, max_batch, min_batch, profile_path, plot, out,
-            log_dir, as_json) -> None:
+            log_dir, checkpoint, checkpoint_every, resume_from, as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
@@ -95,7 +109,9 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     acfg = _adaptive_config(adaptive, max_batch, min_batch, profile_path, plot)
     cfg = TrainConfig(batch_size=batch_size, lr=lr, optimizer=optimizer, micro_batch=micro_batch, steps=steps,
                       epochs=epochs, until_target=until_target, warmup_steps=warmup_steps, schedule=schedule,
-                      eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg)
+                      eval_every=eval_every, seed=seed, device=device, amp=amp, adaptive=acfg,
+                      checkpoint=checkpoint, checkpoint_every=checkpoint_every or (100 if checkpoint else None),
+                      resume=resume_from)
     console = console_for(as_json)
     keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
     console.print(f"training {task.name} on {device_name(device)}")

@@ -107,7 +107,7 @@ class BatchPlan:
         self.steps.append(StepRecord(step, examples, self.micro_batch, self.accumulation, lr, self.rate.b_noise))
         self.rate.advance(examples)
         if estimate is not None and estimate.n_samples:
-            self.rate.observe(self.controller.b_noise(estimate))
+            self.rate.observe(self.controller.b_crit(estimate))
         if self.controller.due(step):
             d = self.controller.decide(step, estimate)
             if d.changed:

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
+from ..adapt import StepTimeModel  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
 from .finding import check_find_kwargs, check_target, progress_wanted, run_find  # noqa: E402
 from .microbatches import leading_size, measurable, measure_in_halves, one_pass  # noqa: E402
@@ -291,9 +292,10 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     the batch grows, an epoch runs out of data early and its last, partial window is dropped (its
     gradients are zeroed at the next epoch), so count training in ``max_steps`` or epochs knowing
     that a step now takes more examples. step_time: a :class:`~batchscope.adapt.StepTimeModel`,
-    ``{"alpha": s, "beta": s}``, a hardware profile, a find result (its profile), or the path of a
-    saved profile or find result; checked here (:mod:`batchscope.integrations.sources`), and a
-    profile against the model when training begins. Start with ``gradient_accumulation_steps >= 2``.
+    ``{"alpha": s, "beta": s, "measured": [[batch, s], ...]}`` (measured optional), a hardware
+    profile, a find result (its profile), or the path of a saved profile or find result; checked
+    here (:mod:`batchscope.integrations.sources`), and a profile against the model when training
+    begins. Start with ``gradient_accumulation_steps >= 2``.
     Unlike :class:`NoiseScaleCallback` it measures every step (its ``every`` is the controller's).
     ``args.gradient_accumulation_steps`` and the DataLoader's batch size are yours again at the end
     of ``train()``; after a ``train()`` that raised, see :func:`restore_arguments`.
@@ -376,7 +378,10 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     def state(self) -> dict:
         out = super().state()
         tm = self.plan.controller.time_model if self.plan is not None else self.step_time
-        out["args"].update({"step_time": {"alpha": tm.alpha, "beta": tm.beta}, **self.options})
+        if not isinstance(tm, StepTimeModel):
+            tm = StepTimeModel.from_profile(tm)
+        saved = {"alpha": tm.alpha, "beta": tm.beta, "measured": [list(p) for p in tm.measured]}
+        out["args"].update({"step_time": saved, **self.options})
         out["attributes"]["saved_plan"] = self.plan.state_dict() if self.plan is not None else self.saved_plan
         return out
 

@@ -4,52 +4,23 @@ Accepted: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta), ``{"alpha": 
 :class:`~batchscope.hardware.HardwareProfile`, a :class:`~batchscope.plan.find.FindResult` (its
 profile), or the path of a saved profile (``batchscope profile --out``) or find result
 (``FindResult.save``, ``batchscope find --out``), as ``AdaptiveConfig(profile=path)`` takes a path.
-Anything else, or numbers that cannot be a step time (nan, negative, zero), is a ConfigError
-before training starts, not an AttributeError or ZeroDivisionError in the middle of it.
+Anything else, or numbers that cannot be a step time (nan, negative, zero: refused by
+:class:`~batchscope.hardware.steptime.StepTimeModel` itself), is a ConfigError before training
+starts, not an AttributeError or ZeroDivisionError in the middle of it.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..errors import ConfigError
 
-ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s}, a HardwareProfile, a FindResult, or the path "
+ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s[, 'measured': [[batch, s], ...]]}, a HardwareProfile, a FindResult, or the path "
             "of a saved profile or find result")
 
 
-def _number(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-
-
-def check_line(alpha, beta, where: str, measured=()) -> None:
-    """alpha + beta*B must be a positive step time that does not fall as B grows.
-
-    A line fitted to measured points may have a slightly negative intercept or slope (as a saved
-    profile may, :func:`~batchscope.hardware.profile.check_profile_fields`): it must then be positive
-    at B=1 and at the largest batch measured. Without points, alpha and beta must both be >= 0.
-    """
-    for name, v in (("alpha", alpha), ("beta", beta)):
-        if not _number(v):
-            raise ConfigError(f"The step time of {where} has {name}={v!r}; alpha (seconds per step) and beta (seconds "
-                              "per example) must be finite numbers, as profile_hardware measures them.")
-    batches = [b for b, _ in measured]
-    if batches:
-        for b in (1, max(batches)):
-            if alpha + beta * b <= 0:
-                raise ConfigError(f"The step time of {where} is {alpha + beta * b:.3g} s at B={b} (alpha={alpha!r}, "
-                                  f"beta={beta!r}); a step must take a positive time: profile the hardware again.")
-        return
-    if alpha < 0 or beta < 0 or alpha + beta <= 0:
-        raise ConfigError(f"The step time of {where} is alpha + beta*B with alpha={alpha!r} s and beta={beta!r} s; a "
-                          "step must take a positive time that does not fall as the batch grows: give alpha >= 0 and "
-                          "beta >= 0, not both 0 (profile_hardware measures them).")
-
-
 def _from_mapping(d: dict, where: str, source: str):
-    from ..adapt import StepTimeModel
-    from ..hardware import HardwareProfile
+    from ..hardware import HardwareProfile, StepTimeModel
     from ..plan.find_file import HARDWARE_SCHEMA, is_find_document
 
     if is_find_document(d):
@@ -61,8 +32,7 @@ def _from_mapping(d: dict, where: str, source: str):
         raise ConfigError(f"The step time of {where} ({source}) needs 'alpha' and 'beta' (seconds per step and per "
                           f"example); it has no {' or '.join(repr(k) for k in missing)} (keys: "
                           f"{', '.join(map(repr, d)) or 'none'}). Give both, or {ACCEPTED}.")
-    check_line(d["alpha"], d["beta"], where)
-    return StepTimeModel(float(d["alpha"]), float(d["beta"]))
+    return StepTimeModel(d["alpha"], d["beta"], d.get("measured") or ())
 
 
 def _from_file(path: Path, where: str):
@@ -82,20 +52,17 @@ def _from_file(path: Path, where: str):
 
 def resolve_step_time(value, where: str):
     """The step-time model or hardware profile that ``value`` stands for (see the module docstring)."""
-    from ..hardware import HardwareProfile
+    from ..hardware import HardwareProfile, StepTimeModel
     from ..plan.find import FindResult
 
     if isinstance(value, FindResult):
         return value.profile
-    if isinstance(value, HardwareProfile):
-        return value
+    if isinstance(value, (HardwareProfile, StepTimeModel)):
+        return value                       # both checked when they were built
     if isinstance(value, dict):
         return _from_mapping(value, where, "a dict")
     if isinstance(value, (str, Path)):
         return _from_file(Path(value), where)
-    if hasattr(value, "alpha") and hasattr(value, "beta"):
-        check_line(value.alpha, value.beta, where, getattr(value, "measured", ()) or ())
-        return value
     raise ConfigError(f"The 'step_time' parameter of {where} must be {ACCEPTED}. Got {type(value).__name__} "
                       f"({value!r:.60}) instead.")
 

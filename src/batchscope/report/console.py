@@ -146,7 +146,7 @@ class ProgressCallback(Callback):
         self.progress.update(self.task_id, completed=ctx.step)
 
     def on_evaluate(self, ctx: TrainContext, point: HistoryPoint) -> None:
-        info = f"loss {point.loss:.3f}"
+        info = f"B={ctx.batch_size}  loss {point.loss:.3f}" if ctx.config.adaptive else f"loss {point.loss:.3f}"
         if point.metric is not None:
             info += f"  {ctx.task.metric_name or 'metric'} {point.metric:.3f}"
         elif point.eval_loss is not None:

@@ -18,7 +18,7 @@ from typing import Optional
 
 from ..errors import ConfigError, check_positive_float, check_positive_int
 from ..tasks import Task
-from ..train import OPTIMIZERS
+from ..tasks import OPTIMIZERS
 
 DEFAULT_BATCH_SIZES = (32, 64, 128, 256, 512, 1024)
 # Exponent p of lr(B) = lr_ref * (B / B_ref)^p: none keeps the rate, linear follows Goyal et al.

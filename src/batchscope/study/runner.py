@@ -133,7 +133,7 @@ def adaptive_setup(task: Task, plan: StudyPlan, spec: RunSpec) -> tuple:
     examples are not known in advance, so the spacing assumes the batch at the geometric mean of
     the smallest and largest batch.
     """
-    from ..adapt.loop import AdaptiveConfig
+    from ..adapt import AdaptiveConfig
     from ..hardware import HardwareProfile
 
     profile = HardwareProfile.from_dict(plan.profile) if plan.profile is not None else None
@@ -339,12 +339,6 @@ def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Call
             for f in pending:
                 f.cancel()
             raise
-
-
-def load_records(directory: "str | Path") -> tuple[StudyPlan, dict, list[RunRecord]]:
-    """The plan, the task facts and every readable saved run of a study directory (read-only, no lock)."""
-    study = load_study(directory)
-    return study.plan, study.facts, study.records
 
 
 @dataclass

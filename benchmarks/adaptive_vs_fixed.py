@@ -13,8 +13,9 @@ For each task and seed, four ways to train to the task's target:
   find_vs_sweep.json; generated tasks: find run here), at its rate and warm-up.
 
 Time to target = steps x step time, from one interleaved timing pass over every batch size after
-all runs (5 rounds, the least per-round median) (for adaptive runs each step is charged at its own batch, a measured step at the time of a
-step split into two micro-batches with the monitor attached); the real training seconds of each run
+all runs (5 rounds, the least per-round median) (for adaptive runs each step is charged at its own
+batch, a measured step at the time of a step split into two micro-batches with the monitor attached);
+the real training seconds of each run
 (evaluations excluded) are reported beside it. Every task also runs adaptive with the raw B_simple
 as B_noise (no suite factor), the two Adam tasks also with the noise measured on Adam's
 preconditioned gradient: which estimate steers best. Results: benchmarks/results/adaptive_vs_fixed.{md,json}
@@ -345,11 +346,13 @@ def markdown(results: list[dict], seeds: int, loads=()) -> str:
                      f"{' (2x needed)' if v['2x faster than batch 32 needed'] else ''} | "
                      f"{v['metric within best fixed seed spread']} |")
     lines += ["", "Notes. Adaptive starts at the task's reference batch at the sweep's best rate there (the anchor "
-              "find gets), capped at the sweep's largest batch; it may go down to a quarter of its start. Steps to target "
+              "find gets), capped at the sweep's largest batch; it may go down to a quarter of its start. "
+              "Steps to target "
               "are interpolated between the evaluations (every 1/16 epoch) around the crossing, for every method "
               "alike; a seed that never reached the target counts as infinitely slow in the median. measuring = the "
               "share of an adaptive run's time to target that its measured steps cost beyond plain steps (median "
-              "over seeds), the first min_samples steps included. Time to target charges a measured adaptive step at a step split in two with the monitor's "
+              "over seeds), the first min_samples steps included. Time to target charges a measured adaptive "
+              "step at a step split in two with the monitor's "
               "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
               "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
               "means not worse than the best fixed runs' range by more than its width. "

@@ -42,6 +42,15 @@ TASK_FILE = textwrap.dedent('''
             raise ValueError("no weights file configured")
         return _task(make)
 
+    def wrong_dtype():
+        return _task(lambda: nn.Linear(5, 2).double())
+
+    def forward_raises():
+        class Net(nn.Linear):
+            def forward(self, x):
+                raise ValueError("no tokenizer loaded")
+        return _task(lambda: Net(5, 2))
+
     def loss_not_a_mean():
         return _task(lambda: nn.Linear(5, 2), lambda out, y: nn.functional.cross_entropy(out, y, reduction="none"))
 ''')
@@ -81,6 +90,14 @@ def cases(tasks: Path, tmp_path: Path):
         # 4. errors inside the user's task
         (["train", "--task", user("wrong_input_size"), "--steps", 2],
          "task 'user': forward failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
+        # issue 21, class 9: the fix follows from what forward raised, not always "the input size"
+        (["train", "--task", user("wrong_input_size"), "--steps", 2], "; make the model's input size match the task's data"),
+        (["train", "--task", user("wrong_dtype"), "--steps", 2],
+         "must have the same dtype, but got Float and Double); make the model's parameters and the task's data the "
+         "same dtype (for example float32)"),
+        (["train", "--task", user("forward_raises"), "--steps", 2],
+         "task 'user': forward failed (ValueError: no tokenizer loaded); fix the model's forward() so that it runs on "
+         "a batch of the task's data"),
         (["train", "--task", user("make_model_raises"), "--steps", 2],
          "task 'user': make_model failed (ValueError: no weights file configured); fix make_model() of the task"),
         (["profile", "--task", user("make_model_raises")],
@@ -94,6 +111,17 @@ def cases(tasks: Path, tmp_path: Path):
          "the hardware profile's 'alpha' must be a finite number; got 'fast'"),
         (["find", "--task", "dots", "--profile", saved_profile(tmp_path, max_batch=0)],
          "the hardware profile's 'max_batch' must be a positive integer; got 0"),
+        # issue 21, class 4: huge finite numbers in a saved profile, refused before they overflow a plan
+        (["find", "--task", "dots", "--profile", saved_profile(tmp_path, alpha=1e308)],
+         "the hardware profile's 'alpha' must be such that alpha + beta*B is a step time up to 1e+06 s at B=1; "
+         "got 1e+308"),
+        (["find", "--task", "dots", "--profile", saved_profile(tmp_path, beta=1e308)],
+         "the hardware profile's 'beta' must be such that alpha + beta*B is a step time up to 1e+06 s"),
+        (["plan", "--task", "dots", "--profile", saved_profile(tmp_path, beta=1e300)], "'beta' must be such that"),
+        (["find", "--task", "dots", "--profile", saved_profile(tmp_path, points=[{"batch": 4, "seconds": 1e308}])],
+         "the hardware profile's 'points[].seconds' must be a step time up to 1e+06 s; got 1e+308"),
+        (["find", "--task", "dots", "--profile", saved_profile(tmp_path, m0=1.0, m1=1e300)],
+         "the hardware profile's 'm1' must be such that m0 + m1*B is a memory up to 1 EiB"),
         # 7. the noise monitor's smoothing
         (["noise", "--task", "dots", "--decay", 0, "--steps", 2],
          "The --decay option must be in (0, 1] (1 weighs all steps equally, 0.95 about the last 40). Got 0.0"),
@@ -118,7 +146,8 @@ def test_bad_input_is_one_line_and_exit_2(tasks, tmp_path):
 
 def test_the_divergence_hint_names_no_missing_option():
     r = run("noise", "--task", "dots", "--lr", 50, "--steps", 40)
-    assert r.exit_code == 2 and ("lower the learning rate" in r.stderr or "lower the rate" in r.stderr) and "--warmup" not in r.stderr
+    assert r.exit_code == 2 and "--warmup" not in r.stderr
+    assert "lower the learning rate" in r.stderr or "lower the rate" in r.stderr
 
 
 def test_a_batchnorm_model_profiles_from_batch_2(tasks, tmp_path):
@@ -163,3 +192,12 @@ def test_ctrl_c_during_memory_probes_reaches_the_parent(tmp_path):
         finally:
             proc.kill()
         assert rc == 130, (delay, rc, proc.stderr.read()[-2000:])
+
+
+def test_the_find_report_describes_a_user_task_from_its_facts(tasks):
+    """A user task without description or model_description: the report says what is known, not 'Task: ; model ;'."""
+    from batchscope.report.find_report import _task_line
+    from batchscope.tasks import load_task
+
+    task = load_task(f"{tasks}:wrong_dtype")
+    assert _task_line(task) == f"user, 256 training examples; model 12 parameters; target {task.target.describe()}"

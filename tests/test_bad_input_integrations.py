@@ -100,9 +100,9 @@ def files(tmp_path_factory):
     (d / "broken.json").write_text(json.dumps({"batch_size": 8, "lr": 0.1, "profile": profile.to_dict(),
                                                "measuring": {}}))
     (d / "zero.json").write_text(json.dumps({**profile.to_dict(), "alpha": 0.0, "beta": 0.0}))
-    return {"missing": str(d / "missing.json"), "not_json": str(d / "not.json"), "other_json": str(d / "other.json"),
-            "json_list": str(d / "list.json"), "broken_find": str(d / "broken.json"), "profile": str(d / "profile.json"),
-            "zero_profile": str(d / "zero.json")}
+    names = {"missing": "missing.json", "not_json": "not.json", "other_json": "other.json", "json_list": "list.json",
+             "broken_find": "broken.json", "profile": "profile.json", "zero_profile": "zero.json"}
+    return {k: str(d / v) for k, v in names.items()}
 
 
 @pytest.mark.parametrize("call, problem", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

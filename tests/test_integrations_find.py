@@ -68,7 +68,7 @@ def test_progress_lines_say_each_stage(found):
     steps = [ln for ln in lines if ln.startswith("  step ")]
     assert steps[0].startswith("  step 0: 0 examples, val loss ") and ", accuracy 0." in steps[0]   # then 1 a second
     assert any(ln.startswith("  measuring run: ") and "(budget used)" in ln for ln in lines)
-    assert lines[-2].startswith("find: batch ") and ", warm-up 2 steps; B_noise " in lines[-2]
+    assert lines[-2].startswith("find: batch ") and ", warm-up 2 steps; B_crit " in lines[-2]
     assert lines[-1] == "  target: val accuracy >= 0.8; a note on how the target is computed"
     assert "the target val accuracy >= 0.8: a note on how the target is computed" in found[0].recommendation.caveats
 

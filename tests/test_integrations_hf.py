@@ -10,6 +10,7 @@ from batchscope.errors import ConfigError  # noqa: E402
 from batchscope.integrations.hf import NoiseScaleCallback  # noqa: E402
 from batchscope.noise import NoiseScaleMonitor  # noqa: E402
 
+from .helpers import batchscope_calls  # noqa: E402
 from .hf_helpers import TokenData, args, tiny_bert  # noqa: E402
 
 
@@ -80,7 +81,8 @@ def test_default_samples_every_8th_step_and_matches_the_monitor(tmp_path):
     for x, y in zip(got, ref):
         assert x.b_simple == pytest.approx(y.b_simple, rel=1e-6)
         assert x.g2 == pytest.approx(y.g2, rel=1e-6)
-    assert cb._handle is None and not cb.monitor._capture._handles   # removed after the run
+    model.train()   # no size hook and no gradient hook left after the run
+    assert batchscope_calls(lambda: model(**TokenData(8)[:]).loss.backward()) == []
 
 
 @pytest.mark.slow
@@ -182,11 +184,12 @@ def test_task_from_trainer_uses_the_model_s_loss_and_the_trainer_s_settings(tmp_
 def test_find_on_a_trainer(tmp_path):
     from batchscope.integrations.hf import find
 
-    trainer = transformers.Trainer(model=tiny_bert(), args=args(tmp_path, learning_rate=0.1, per_device_train_batch_size=32,
-                                                                gradient_accumulation_steps=1),
+    trainer = transformers.Trainer(model=tiny_bert(),
+                                   args=args(tmp_path, learning_rate=0.1, per_device_train_batch_size=32,
+                                             gradient_accumulation_steps=1),
                                    train_dataset=TokenData(1024), eval_dataset=TokenData(256, seed=1))
     r = find(trainer, target=0.45, memory_budget="256MiB", max_batch=128)
-    assert r.recommendation.batch_size >= 1 and r.recommendation.b_noise["value"] > 0
+    assert r.recommendation.batch_size >= 1 and r.recommendation.b_crit["value"] > 0
 
 
 def _numbers(est):

@@ -14,6 +14,7 @@ from batchscope.errors import ConfigError  # noqa: E402
 from batchscope.integrations.lightning import NoiseScaleCallback  # noqa: E402
 from batchscope.noise import NoiseScaleMonitor  # noqa: E402
 
+from .helpers import batchscope_calls  # noqa: E402
 from .lightning_helpers import TinyClassifier, TinyData, make_data, trainer  # noqa: E402
 
 
@@ -72,7 +73,8 @@ def test_default_samples_every_8th_step_matches_the_monitor_and_logs_every_step(
     for a, b in zip(got, ref):
         assert a.b_simple == pytest.approx(b.b_simple, rel=1e-9)
         assert a.g2 == pytest.approx(b.g2, rel=1e-9) and a.trace == pytest.approx(b.trace, rel=1e-9)
-    assert not cb.monitor._capture._handles      # step 25 would be idle: no hooks left on the model
+    x, y = make_data(8)[:]      # step 25 would be idle: no hooks left on the model
+    assert batchscope_calls(lambda: nn.functional.cross_entropy(module(x), y).backward()) == []
     # The steps the logger writes (none of them measured) carry the latest estimate.
     assert t.callback_metrics["noise/b_simple"].item() == pytest.approx(got[-1].b_simple, rel=1e-6)
 
@@ -207,7 +209,7 @@ def test_find_on_a_lightning_module():
              max_batch=128)
     rec = r.recommendation
     assert rec.batch_size in [c["batch_size"] if isinstance(c, dict) else c.batch_size for c in rec.candidates]
-    assert rec.b_noise["value"] > 0 and rec.lr > 0
+    assert rec.b_crit["value"] > 0 and rec.lr > 0
     # where the result is read, it says the target loss is training_step's on the validation data
     assert any(c.startswith("the target val loss <= 0.42: its loss is your training_step's loss on the validation "
                             "data") and "not the val_loss your validation_step logs" in c for c in rec.caveats)
@@ -348,7 +350,10 @@ def test_adaptive_callback_gives_the_trainer_back_after_an_exception_and_at_the_
         assert any(d.changed for d in cb.plan.controller.decisions)       # it did change them during the fit
         assert t.accumulate_grad_batches == 2 and t.train_dataloader.batch_sampler.batch_size == 8
         assert t.optimizers[0].param_groups[0]["lr"] == 0.1
-        assert not cb.monitor._capture._handles and cb._hook is None
+        # no gradient hook on the model, no step hook on the optimizer
+        x, y = make_data(8)[:]
+        assert batchscope_calls(lambda: nn.functional.cross_entropy(module(x), y).backward()) == []
+        assert batchscope_calls(t.optimizers[0].step) == []
 
 
 def test_adaptive_callback_takes_a_profile_or_a_find_result_by_path(tmp_path):

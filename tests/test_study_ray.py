@@ -117,3 +117,19 @@ def test_the_command_line_runs_a_study_on_ray(local_ray, tmp_path):
     assert json.loads(res.stdout)["summary"]["ran"] == 2
     records = load_study(tmp_path).records
     assert all(r.status == "ok" and r.device.startswith("cpu on ") for r in records)
+
+
+def test_the_command_line_says_why_runs_failed_and_exits_2(local_ray, tmp_path):
+    """Every run raised twice: the summary, then one error line with the reason (issue 21: it exited 0)."""
+    from click.testing import CliRunner
+
+    from batchscope.cli import cli
+
+    res = CliRunner().invoke(cli, ["study", "--task", FAILING, "--dir", str(tmp_path), "--ray", "--batch-sizes", "24",
+                                   "--steps", "5", "--optimizers", "sgd", "--lr-rules", "none", "--noise-steps", "0",
+                                   "--grad-norm-batches", "0", "--evals", "2"])
+    assert res.exit_code == 2, res.output
+    assert "failed (twice)" in res.stdout and "Traceback" not in res.output
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1 of 1 runs failed twice" in errors[0], res.stderr
+    assert "RuntimeError: batch 24 fails on purpose" in errors[0], errors

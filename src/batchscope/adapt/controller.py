@@ -161,7 +161,7 @@ class BatchSizeController:
 
         S_min cancels out of every comparison, so the reference is one step at the current batch.
         """
-        inp = rec.Inputs(step_time=self.time_model, b_noise=b_crit, b_noise_low=b_crit, b_noise_high=b_crit,
+        inp = rec.Inputs(step_time=self.time_model, b_crit=b_crit, b_crit_low=b_crit, b_crit_high=b_crit,
                          b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
         return rec.evaluate_candidates(inp, self.constraints, list(batches or self.candidates()))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ._options import FINITE
 from ..errors import ConfigError
 
 _INTERCONNECT = [
@@ -11,13 +12,13 @@ _INTERCONNECT = [
     click.option("--per-node", type=int, default=8, show_default=True, help="devices per node"),
     click.option("--network", default="ib-ndr-x8", show_default=True,
                  help="network between nodes (a preset, or none)"),
-    click.option("--bandwidth", type=float, default=None, help="override the within-node bandwidth, GB/s per device"),
-    click.option("--latency", type=float, default=None, help="override the within-node latency, us per ring step"),
-    click.option("--network-bandwidth", "net_bandwidth", type=float, default=None,
+    click.option("--bandwidth", type=FINITE, default=None, help="override the within-node bandwidth, GB/s per device"),
+    click.option("--latency", type=FINITE, default=None, help="override the within-node latency, us per ring step"),
+    click.option("--network-bandwidth", "net_bandwidth", type=FINITE, default=None,
                  help="override the network bandwidth, GB/s per node"),
-    click.option("--network-latency", "net_latency", type=float, default=None,
+    click.option("--network-latency", "net_latency", type=FINITE, default=None,
                  help="override the network latency, us per ring step"),
-    click.option("--gamma", type=float, default=1.0, show_default=True,
+    click.option("--gamma", type=FINITE, default=1.0, show_default=True,
                  help="overlap of the all-reduce with the backward pass (Pollux): 1 none, larger more"),
 ]
 

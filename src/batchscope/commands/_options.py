@@ -5,16 +5,46 @@
 
 from __future__ import annotations
 
+import math
 import re
 import signal
 import threading
 
 import click
 
-from ..errors import BatchscopeError
+from ..errors import BatchscopeError, ConfigError, check_lr
 from ..serialize import save_measured
 
 KEEP_KEY = "batchscope.keep_measured_in"
+
+
+class Finite(click.ParamType):
+    """A float option: nan, inf and numbers past the float range (``1e400`` reads as inf) are refused here."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        v = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number (floats end near 1.8e308)", param, ctx)
+        return v
+
+
+class LearningRate(Finite):
+    """A learning-rate option: positive and at most :data:`~batchscope.errors.MAX_LR`."""
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        try:
+            return check_lr("lr", v)
+        except ConfigError as e:   # the option is named by click: the library's "The 'lr' parameter" is not repeated
+            self.fail(str(e).replace("The 'lr' parameter ", ""), param, ctx)
+
+
+FINITE = Finite()
+LEARNING_RATE = LearningRate()
+# torch and numpy take seeds below 2**32 (and no negative ones), whatever click's int would pass on
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 class Group(click.Group):
@@ -36,14 +66,17 @@ class Group(click.Group):
             return super().invoke(ctx)
         except click.UsageError as e:  # a bad option value: the same one line as every other bad input
             hint = f"; see `batchscope {e.ctx.command.name} --help`" if e.ctx and e.ctx.command.name else ""
-            click.echo(f"error: {e.format_message()}{hint}", err=True)
+            click.echo(f"error: {e.format_message().rstrip('.')}{hint}", err=True)
             ctx.exit(2)
         except BatchscopeError as e:
             click.echo(f"error: {in_flag_terms(str(e), self.get_command(ctx, ctx.invoked_subcommand or ''))}",
                        err=True)
             where = ctx.meta.get(KEEP_KEY)
-            if where and save_measured(where, e):
-                click.echo(f"measurements so far written to {where}", err=True)
+            try:
+                if where and save_measured(where, e):
+                    click.echo(f"measurements so far written to {where}", err=True)
+            except OSError as w:  # the message above is the error; this says what could not be kept
+                click.echo(f"the measurements so far could not be written to {where} ({w})", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -51,13 +84,15 @@ class Group(click.Group):
 
 
 def in_flag_terms(message: str, command: "click.Command | None") -> str:
-    """The library names parameters ("The 'max_batch' parameter ..."); a command-line user typed flags:
-    each parameter of ``command`` that the message names becomes its flag ("The --max-batch option ...")."""
+    """The library names parameters ("The 'max_batch' parameter ...", "give 'measure_fraction' ..."); a
+    command-line user typed flags: each parameter of ``command`` that the message names becomes its flag
+    ("The --max-batch option ...", "give --budget ...")."""
     for param in getattr(command, "params", ()):
         if isinstance(param, click.Option) and param.name:
             flag = max(param.opts, key=len)
             message = re.sub(rf"The '{param.name}' parameter(?: of [A-Za-z_][\w.]*)?(?= must)", f"The {flag} option",
                              message)
+            message = re.sub(rf"\b(give|raise|lower|pass|set) '{param.name}'", rf"\1 {flag}", message)
     return message
 
 

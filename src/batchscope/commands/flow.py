@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ._options import json_option
+from ._options import FINITE, SEED, json_option
+from ._outputs import Outputs, check_outputs
 from ..errors import ConfigError
 from ..report.console import console_for, fmt, make_table
 from ..serialize import dumps, write_json
@@ -48,9 +49,9 @@ def _pm(est) -> str:
 @click.option("--distribution", default=None,
               help="unit-time distribution for every station: deterministic, exponential, normal, lognormal, "
                    "uniform, gamma")
-@click.option("--cv", type=float, default=None, help="coefficient of variation of unit times (std/mean)")
+@click.option("--cv", type=FINITE, default=None, help="coefficient of variation of unit times (std/mean)")
 @click.option("--replications", type=int, default=30, show_default=True, help="runs when times are random")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--sweep", is_flag=True, help="also sweep the transfer batch and the process batch")
 @click.option("--plots", "plot_dir", type=click.Path(file_okay=False), default=None,
               help="write PNG plots here (implies --sweep)")
@@ -59,7 +60,7 @@ def _pm(est) -> str:
 @click.option("--micro-batches", type=int, default=8, show_default=True, help="micro-batches M per mini-batch")
 @click.option("--micro-batch-size", type=int, default=1, show_default=True, help="examples per micro-batch")
 @click.option("--stage-times", default=None, help="forward time per example of each stage [default: all 1]")
-@click.option("--backward-ratio", type=float, default=2.0, show_default=True, help="backward time / forward time")
+@click.option("--backward-ratio", type=FINITE, default=2.0, show_default=True, help="backward time / forward time")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="also write the JSON document here")
 @json_option
 def command(line_file, example, unit_times, setups, resources, order_quantity, process_batch, transfer_batch,
@@ -71,6 +72,7 @@ def command(line_file, example, unit_times, setups, resources, order_quantity, p
     Define the line in LINE_FILE (.toml or .json), with flags (--unit-times, --setups, --order, ...),
     or take --example; flags override the file. With --pipeline: the bubble of a GPipe step.
     """
+    check_outputs(("--out", out, "file"), ("--plots", plot_dir, "directory"))
     console = console_for(as_json)
     if pipeline:
         doc = _pipeline(console, stages, micro_batches, micro_batch_size, _floats("stage-times", stage_times),
@@ -79,10 +81,12 @@ def command(line_file, example, unit_times, setups, resources, order_quantity, p
         line = _build_line(line_file, example, unit_times, setups, resources, order_quantity, process_batch,
                            transfer_batch, distribution, cv)
         doc = _line(console, line, replications, seed, sweep or plot_dir is not None, plot_dir)
+    outputs = Outputs()
     if out:
-        write_json(out, doc)
+        outputs.write("--out", out, lambda: write_json(out, doc))
     if as_json:
         click.echo(dumps(doc))
+    outputs.finish(as_json)
     failed = doc.get("closed_form") or {}
     if (pipeline and not doc["agrees"]) or (failed.get("exact") and not failed.get("agrees")):
         raise click.ClickException("the simulation disagrees with the closed form (see the table); please report this")

@@ -6,7 +6,9 @@ import math
 
 import click
 
-from ._options import device_name, device_option, json_option, keep_measured_in, task_option
+from ._outputs import Outputs, check_outputs
+from ._options import (FINITE, LEARNING_RATE, SEED, device_name, device_option, json_option, keep_measured_in,
+                       task_option)
 from ..errors import DivergedError
 from ..noise.stats import NoisePoint
 from ..report.console import ProgressCallback, console_for, make_table, progress_bar
@@ -36,14 +38,14 @@ def _print_trajectory(console, title, history, caption=None):
 @click.option("--steps", type=int, default=300, show_default=True, help="optimizer steps to train and measure")
 @click.option("--method", type=click.Choice(["microbatch", "exact"]), default="microbatch", show_default=True,
               help="micro-batch norms during accumulation (free) or exact per-example gradients (torch.func)")
-@click.option("--lr", type=float, default=None, help="learning rate [default: the task's]")
+@click.option("--lr", type=LEARNING_RATE, default=None, help="learning rate [default: the task's]")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None, help="[default: the task's]")
 @click.option("--preconditioned", is_flag=True,
               help="measure the gradient divided by Adam's sqrt(v)+eps (the direction Adam steps in)")
-@click.option("--decay", type=float, default=0.95, show_default=True, help="EMA decay of |G|² and tr(Σ)")
-@click.option("--level", type=float, default=0.9, show_default=True, help="coverage of the interval for B_simple")
+@click.option("--decay", type=FINITE, default=0.95, show_default=True, help="EMA decay of |G|² and tr(Σ)")
+@click.option("--level", type=FINITE, default=0.9, show_default=True, help="coverage of the interval for B_simple")
 @click.option("--per-layer", is_flag=True, help="also report B_simple per parameter tensor")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--amp", is_flag=True, help="automatic mixed precision (CUDA only)")
 @device_option
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="draw B_simple against training loss (PNG)")
@@ -58,6 +60,7 @@ def command(task_spec, batch_size, micro_batch, steps, method, lr, optimizer, pr
     """
     from ..noise import measure_noise
 
+    check_outputs(("--out", out, "file"), ("--plot", plot, "file"))
     task = load_task(task_spec)
     console = console_for(as_json)
     keep_measured_in(out)
@@ -75,15 +78,22 @@ def command(task_spec, batch_size, micro_batch, steps, method, lr, optimizer, pr
                               [NoisePoint.from_dict(p) for p in noise["history"]])
         raise
     doc = result.to_dict()
+    outputs = Outputs()
     if out:
-        write_json(out, doc)
+        outputs.write("--out", out, lambda: write_json(out, doc))
     if plot:
         from ..report.noise_plot import plot_trajectory
 
-        plot_trajectory(result.history, plot, f"{task.name}: B={batch_size}, {result.estimate.method}", level)
+        outputs.write("--plot", plot, lambda: plot_trajectory(result.history, plot, f"{task.name}: B={batch_size}, "
+                                                              f"{result.estimate.method}", level))
     if as_json:
         click.echo(dumps(doc))
-        return
+    else:
+        _print_result(console, task, result, batch_size, outputs.written.get("--plot"))
+    outputs.finish(as_json)
+
+
+def _print_result(console, task, result, batch_size: int, plot) -> None:
     est = result.estimate
     cfg = result.train.config if result.train else {}
     _print_trajectory(console, f"{task.name}: gradient noise scale, B={batch_size} (small batch "

@@ -7,7 +7,8 @@ import textwrap
 import click
 
 from ._interconnect import cluster_from, interconnect_options
-from ._options import device_option, json_option, task_option
+from ._outputs import Outputs, check_outputs
+from ._options import FINITE, SEED, device_option, json_option, task_option
 from ..errors import ConfigError
 from ..report.console import console_for
 from ..serialize import dumps, write_json
@@ -49,6 +50,22 @@ def _measured(task, find_path, profile_path, device, seed, console):
     return measured_from_result(find(task, device=device, profile=profile, seed=seed))
 
 
+def _links_note(link: str, per_node: int, network: str, fit, profile) -> str:
+    """Which interconnect the table assumes, and whether it was chosen, measured or left at the default."""
+    ctx = click.get_current_context()
+    default = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT
+               for name in ("link", "network", "bandwidth", "latency")}
+    inside = ("measured here" if fit is not None else
+              f"{link} ({'assumed by default' if default['link'] and default['bandwidth'] and default['latency'] else 'as given'})")
+    between = ("none (one node)" if network == "none" else
+               f"{network} ({'assumed by default' if default['network'] else 'as given'})")
+    note = f"links: within nodes of {per_node}, {inside}; between nodes, {between}"
+    if fit is None and default["link"] and default["network"]:
+        note += (f"; the profile is of a {profile.device.get('type', 'device')}: set --link/--network to the "
+                 "cluster you plan for, or --measure-comm")
+    return note
+
+
 @click.command("plan")
 @task_option
 @click.option("--find", "find_path", type=click.Path(dir_okay=False), default=None,
@@ -63,11 +80,11 @@ def _measured(task, find_path, profile_path, device, seed, console):
 @click.option("--grad-dtype", type=click.Choice(["model", "bfloat16", "float16"]), default="model", show_default=True,
               help="dtype of the all-reduced gradients (bf16/fp16: a DDP compression hook)")
 @click.option("--device-memory", default=None, help="memory of one target device, e.g. 80GB [default: the profile's]")
-@click.option("--price", type=float, default=None, help="price of one device-hour")
-@click.option("--knee", "knee_fraction", type=float, default=0.25, show_default=True,
+@click.option("--price", type=FINITE, default=None, help="price of one device-hour")
+@click.option("--knee", "knee_fraction", type=FINITE, default=0.25, show_default=True,
               help="knee: doubling the devices saves at most this fraction of the time")
 @click.option("--max-batch", type=int, default=None, help="largest global batch to consider")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @device_option
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="write a PNG: time and cost")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
@@ -79,14 +96,19 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     import torch
 
     from ..hardware.units import parse_bytes
-    from ..plan.sizing import plan_devices
+    from ..plan.sizing import check_grid, plan_devices
     from ..report.plan_report import frontier_lines, plan_table, plot_plan
 
+    check_outputs(("--out", out, "file"), ("--plot", plot_path, "file"))
     console = console_for(as_json)
     devices = _ints(devices_text, "devices")
     batches = _ints(batches_text, "batches") if batches_text else None
     memory = parse_bytes(device_memory, name="device_memory") if device_memory else None
     task = load_task(task_spec)
+    check_grid(task, devices, batches, max_batch)   # the data set or --max-batch rules these out before measuring
+    if comm_ranks is not None and not measure_comm:
+        raise ConfigError(f"--comm-ranks {comm_ranks} sets the processes of --measure-comm; add --measure-comm "
+                          "or drop --comm-ranks")
     options = (link, per_node, network, bandwidth, latency, net_bandwidth, net_latency)
     cluster = cluster_from(*options)          # checked before anything is measured
     fit = _measure_comm(console, comm_ranks) if measure_comm else None
@@ -100,13 +122,18 @@ def command(task_spec, find_path, profile_path, devices_text, batches_text, link
     if fit is not None:
         doc["comm_measurement"] = {"bandwidth": fit.link.bandwidth, "latency": fit.link.latency, "ranks": fit.ranks,
                                    "r2": fit.r2, "points": fit.points}
+    outputs = Outputs()
     if out:
-        write_json(out, doc)
+        outputs.write("--out", out, lambda: write_json(out, doc))
     if plot_path:
-        console.print(f"plot: {plot_plan(dp, plot_path, f'{task.name}: time and cost against the device count')}")
+        drawn = outputs.write("--plot", plot_path,
+                              lambda: plot_plan(dp, plot_path, f"{task.name}: time and cost against the device count"))
+        if drawn:
+            console.print(f"plot: {drawn}")
     if as_json:
         click.echo(dumps(doc))
-        return
-    console.print(plan_table(dp, task.name))
-    for line in frontier_lines(dp) + [f"assumes: {a}" for a in dp.assumptions] + dp.plan.notes:
-        console.print(textwrap.fill(line, 80, subsequent_indent="    ", break_on_hyphens=False))
+    else:
+        console.print(plan_table(dp, task.name, _links_note(link, per_node, network, fit, measured.profile)))
+        for line in frontier_lines(dp) + [f"assumes: {a}" for a in dp.assumptions] + dp.plan.notes:
+            console.print(textwrap.fill(line, 80, subsequent_indent="    ", break_on_hyphens=False))
+    outputs.finish(as_json)

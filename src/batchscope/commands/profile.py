@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 import torch
 
+from ._outputs import Outputs, check_outputs
 from ._options import device_name, device_option, json_option, task_option
 from ..errors import ConfigError
 from ..hardware import HardwareProfile, format_bytes, profile_hardware
@@ -39,6 +40,7 @@ class _RichProgress:
 @json_option
 def command(task_spec, device, memory_budget, max_batch, amp, threads, out, plot_path, as_json) -> None:
     """Measure the largest batch that fits and how step time grows with the batch size."""
+    check_outputs(("--out", out, "file"), ("--plot", plot_path, "file"))
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be a positive integer. Got {threads} instead.")
@@ -49,17 +51,19 @@ def command(task_spec, device, memory_budget, max_batch, amp, threads, out, plot
     with progress_bar(console) as progress:
         profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch,
                                    amp=amp, progress=_RichProgress(progress))
-    # Save first: a failing plot must not lose the measurement.
+    # Save first: a failing plot must not lose the measurement, nor a failing write the printed profile.
+    outputs = Outputs()
     if out:
-        profile.save(out)
+        outputs.write("--out", out, lambda: profile.save(out))
     if plot_path:
         from ..report.hardware_plot import plot_profile
 
-        plot_profile(profile, plot_path)
+        outputs.write("--plot", plot_path, lambda: plot_profile(profile, plot_path))
     if as_json:
         click.echo(dumps(profile.to_dict()))
-        return
-    _print(console, profile, out, plot_path)
+    else:
+        _print(console, profile, outputs.written.get("--out"), outputs.written.get("--plot"))
+    outputs.finish(as_json)
 
 
 def _print(console, p: HardwareProfile, out, plot_path) -> None:

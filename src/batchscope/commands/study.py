@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import click
 
-from ._options import device_option, json_option, task_option
-from ..errors import ConfigError
+from ._options import FINITE, device_option, json_option, task_option
+from ._outputs import Outputs, check_outputs
+from ..errors import ConfigError, check_lr
 from ..report.console import console_for, make_table
 from ..serialize import dumps
 from ..study.plan import DEFAULT_BATCH_SIZES, LR_RULES, StudyPlan
 from ..study.runner import RunRecord, run_study
+from ..study.store import StudyError
 
 
 def _numbers(kind, name):
@@ -17,9 +23,12 @@ def _numbers(kind, name):
         if value is None:
             return None
         try:
-            return tuple(kind(v) for v in value.split(",") if v.strip())
+            got = tuple(kind(v) for v in value.split(",") if v.strip())
         except ValueError:
             raise click.BadParameter(f"expected comma-separated numbers like 1,2,4; got {value!r}", param_hint=name)
+        if not all(math.isfinite(v) for v in got):   # 1e400 reads as inf
+            raise click.BadParameter(f"expected finite numbers; got {value!r}", param_hint=name)
+        return got
     return parse
 
 
@@ -28,9 +37,10 @@ def _lrs(ctx, param, values):
     for v in values:
         name, sep, num = v.rpartition("=")
         try:
-            rate = float(num)
-        except ValueError:
-            raise click.BadParameter(f"expected OPTIMIZER=RATE or RATE, like adam=0.001; got {v!r}", param_hint="--lr")
+            rate = check_lr("lr", float(num))
+        except ValueError as e:   # not a number, or not a usable rate (ConfigError is a ValueError)
+            why = str(e) if isinstance(e, ConfigError) else f"expected OPTIMIZER=RATE or RATE, like adam=0.001; got {v!r}"
+            raise click.BadParameter(why, param_hint="--lr")
         out[name.strip().lower() if sep else "*"] = rate
     return out
 
@@ -44,7 +54,7 @@ def _lrs(ctx, param, values):
                    "ignored): run only what is missing")
 @click.option("--batch-sizes", callback=_numbers(int, "--batch-sizes"), default=",".join(map(str, DEFAULT_BATCH_SIZES)),
               show_default=True)
-@click.option("--epochs", type=float, default=None, help="budget: passes over the training set (default 10)")
+@click.option("--epochs", type=FINITE, default=None, help="budget: passes over the training set (default 10)")
 @click.option("--steps", type=int, default=None, help="budget: optimizer steps, the same for every batch size")
 @click.option("--optimizers", default="sgd,adam", show_default=True, help="comma-separated: sgd, adam, adamw")
 @click.option("--lr", "lrs", multiple=True, callback=_lrs,
@@ -57,7 +67,7 @@ def _lrs(ctx, param, values):
 @click.option("--warmup-epochs", callback=_numbers(float, "--warmup-epochs"), default="0", show_default=True,
               help="gradual linear warm-up lengths to compare, e.g. 0,2")
 @click.option("--seeds", callback=_numbers(int, "--seeds"), default="0", show_default=True, help="e.g. 0,1,2")
-@click.option("--target", type=float, default=None, help="target value for steps-to-target [default: the task's]")
+@click.option("--target", type=FINITE, default=None, help="target value for steps-to-target [default: the task's]")
 @click.option("--grad-norm-batches", type=int, default=1000, show_default=True,
               help="N fresh batches per gradient-norm checkpoint (0 skips it)")
 @click.option("--noise-steps", type=int, default=500, show_default=True,
@@ -84,12 +94,15 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
 
     if bool(directory) == bool(resume_dir):
         raise ConfigError("give exactly one of --dir DIR (a new study) or --resume DIR (continue one)")
+    check_outputs(("--dir", directory, "directory"), ("--resume", resume_dir if resume_dir and
+                                                      Path(resume_dir).is_dir() else None, "directory"))
     console = console_for(as_json)
     devices = _placement(workers, devices_text, ray_address)
     plan = None if resume_dir else _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules,
                                          reference_batch, lr_grid, warmup_epochs, seeds, target, grad_norm_batches,
                                          noise_steps, evals_per_run, device, adaptive, profile_path)
     where = directory or resume_dir
+    failures: list[str] = []                 # the reason of each run that failed twice, for the last line
     with progress_bar(console) as progress:
         bar = {}
 
@@ -102,6 +115,8 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
             info = f"{record.key}: {record.status}" + (f", val {acc:.3f}" if acc is not None else "")
             progress.update(bar["id"], completed=done, info=info)
             bar["done"] = done
+            if record.status == "failed":
+                failures.append(f"{record.key}: {record.message}")
 
         def on_noise() -> None:
             progress.update(bar["id"], info="measuring B_simple")
@@ -115,15 +130,25 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
                 click.echo(f"{saved} finished run(s) are saved in {where}; continue with "
                            f"`batchscope study --resume {where}`", err=True)
             raise
-    files = None
+    outputs, files = Outputs(), None
     if make_report:
         from ..report.study_report import write_report
 
-        files = write_report(where)
+        files = outputs.write("the report into", where, lambda: write_report(where))
     doc = {"summary": summary, "report": files.markdown if files else None}
     if as_json:
         click.echo(dumps(doc))
-        return
+    else:
+        _print_summary(console, where, summary, files)
+    if failures:  # the study ran but measured nothing for these: the reason, once, and an exit status to match
+        also = outputs.problem(as_json)
+        raise StudyError(f"{len(failures)} of {summary.total} runs failed twice and were not measured; the first: "
+                         f"{failures[0]}; fix the cause, then `batchscope study --resume {where}` runs them again "
+                         f"(the reasons are saved in {where}/study.db)" + (f"; also {also}" if also else ""))
+    outputs.finish(as_json)
+
+
+def _print_summary(console, where, summary, files) -> None:
     rows = [("runs in the study", summary.total), ("already done before", summary.done_before),
             ("run now", summary.ran), ("diverged", summary.diverged), ("failed (twice)", summary.failed),
             ("time", f"{summary.seconds / 60:.1f} min")]
@@ -135,13 +160,14 @@ def command(task_spec, directory, resume_dir, batch_sizes, epochs, steps, optimi
 def _placement(workers: int, devices_text, ray_address):
     """Where the runs run: N local workers, one per device, or Ray; checked before anything starts."""
     from ..study.placement import resolve_devices
-    from ..study.ray_runs import import_ray
+    from ..study.ray_runs import check_reachable, import_ray
 
     devices = resolve_devices(devices_text)
     if sum((workers > 1, devices is not None, ray_address is not None)) > 1:
         raise ConfigError("give one of --workers N, --devices LIST or --ray: they are three ways to run the runs")
     if ray_address is not None:
-        import_ray()  # a missing extra is one line before anything starts
+        import_ray()  # a missing extra, or a cluster that is not there, is one line before anything starts
+        check_reachable(ray_address or os.environ.get("RAY_ADDRESS", ""))
     return devices
 
 

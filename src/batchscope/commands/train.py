@@ -9,7 +9,8 @@ from ..report.console import ProgressCallback, console_for, make_table, progress
 from ..serialize import dumps, write_json
 from ..tasks import OPTIMIZERS, load_task
 from ..train import SCHEDULES, TrainConfig, train
-from ._options import device_name, device_option, json_option, keep_measured_in, task_option
+from ._outputs import Outputs, check_outputs
+from ._options import LEARNING_RATE, SEED, device_name, device_option, json_option, keep_measured_in, task_option
 
 
 def _adaptive_config(adaptive: bool, max_batch, min_batch, profile_path, plot):
@@ -58,14 +59,14 @@ def training_options(f):
     """The options that describe one run; shared by the commands that train."""
     opts = [
         click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="examples per optimizer step (B)"),
-        click.option("--lr", type=float, default=None, help="learning rate [default: the task's]"),
+        click.option("--lr", type=LEARNING_RATE, default=None, help="learning rate [default: the task's]"),
         click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None,
                      help="[default: the task's]"),
         click.option("--micro-batch", type=int, default=None,
                      help="micro-batch size m; B/m micro-batches per step with gradient accumulation"),
         click.option("--warmup", "warmup_steps", type=int, default=0, show_default=True, help="linear warm-up steps"),
         click.option("--schedule", type=click.Choice(list(SCHEDULES)), default="constant", show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--seed", type=SEED, default=0, show_default=True),
         click.option("--amp", is_flag=True, help="automatic mixed precision (CUDA only)"),
     ]
     for opt in reversed(opts):
@@ -103,6 +104,8 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
             steps, epochs, until_target, eval_every, device, adaptive, max_batch, min_batch, profile_path, plot, out,
             log_dir, checkpoint, checkpoint_every, resume_from, as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
+    check_outputs(("--out", out, "file"), ("--plot", plot, "file"), ("--log-dir", log_dir, "directory"),
+                  ("--checkpoint", checkpoint, "file"))
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
         steps = 500
@@ -119,15 +122,24 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     with progress_bar(console) as progress:
         result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}"), *extra])
     doc = result.to_dict()
+    outputs = Outputs()
     if plot:
         from ..report.adaptive_plot import plot_adaptive
 
-        doc["plot"] = str(plot_adaptive(result.adaptive, plot, f"{task.name}: adaptive batch from {batch_size}"))
+        drawn = outputs.write("--plot", plot, lambda: plot_adaptive(result.adaptive, plot,
+                                                                   f"{task.name}: adaptive batch from {batch_size}"))
+        if drawn:
+            doc["plot"] = str(drawn)
     if out:
-        write_json(out, doc)
+        outputs.write("--out", out, lambda: write_json(out, doc))
     if as_json:
         click.echo(dumps(doc))
-        return
+    else:
+        _print_run(console, task, result, batch_size, adaptive)
+    outputs.finish(as_json)
+
+
+def _print_run(console, task, result, batch_size: int, adaptive: bool) -> None:
     last = result.final
     rows = [
         ("steps / examples", f"{result.steps:,} / {result.examples:,}"),

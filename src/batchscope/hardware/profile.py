@@ -23,7 +23,7 @@ from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_
 from .step import StepRunner
 from .steptime import StepTimeModel, knee, line_problem
 from .timing import StepTiming, TimeProbe, step_time_probe
-from .units import format_bytes, parse_bytes
+from .units import MAX_BYTES, format_bytes, parse_bytes
 
 SCHEMA = "batchscope.hardware/1"
 CPU_BUDGET_FRACTION = 0.5    # of available RAM: the data pipeline, the OS and neighbours need the rest
@@ -31,6 +31,9 @@ CUDA_BUDGET_FRACTION = 0.9   # of free device memory
 KNEE_GAIN = 0.10             # the knee: doubling B gains less than this much throughput
 FLAT_GAIN = 0.05             # the step-time grid stops after two grid steps in a row gaining less than this
 FLAT_STEPS = 2
+# A saved profile's step times end here (about 11.6 days a step): no device is profiled that slowly,
+# and larger numbers (an alpha of 1e308) overflow the plans made from them to inf.
+MAX_STEP_SECONDS = 1e6
 
 # progress(stage, done, total, info): stage is "memory" or "step time"; total is None while unknown.
 Progress = Callable[[str, int, Optional[int], str], None]
@@ -173,11 +176,19 @@ def check_profile_fields(d: dict) -> None:
     mb = d.get("max_batch")
     if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
         raise _bad("max_batch", mb, "a positive integer")
-    problem = line_problem(_number(d, "alpha"), _number(d, "beta"))
+    alpha, beta = _number(d, "alpha"), _number(d, "beta")
+    problem = line_problem(alpha, beta)
     if problem is not None:
         raise _bad(*problem)
-    for name in ("m0", "m1"):
-        _number(d, name, optional=True)
+    for b in (1, mb):
+        if not alpha + beta * b <= MAX_STEP_SECONDS:
+            big = abs(alpha) >= abs(beta * b)
+            raise _bad("alpha" if big else "beta", alpha if big else beta,
+                       f"such that alpha + beta*B is a step time up to {MAX_STEP_SECONDS:g} s at B={b}")
+    m0, m1 = _number(d, "m0", optional=True), _number(d, "m1", optional=True)
+    if m0 is not None and m1 is not None and not abs(m0) + abs(m1) * mb <= MAX_BYTES:
+        raise _bad("m0" if abs(m0) >= abs(m1 * mb) else "m1", m0 if abs(m0) >= abs(m1 * mb) else m1,
+                   f"such that m0 + m1*B is a memory up to 1 EiB at B={mb}")
     points = d.get("points")
     if not isinstance(points, list) or not points:
         raise _bad("points", points, "a non-empty list of measured step times")
@@ -189,6 +200,8 @@ def check_profile_fields(d: dict) -> None:
             raise _bad("points[].batch", b, "a positive integer")
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0 < t < math.inf):
             raise _bad("points[].seconds", t, "a positive finite number")
+        if t > MAX_STEP_SECONDS:
+            raise _bad("points[].seconds", t, f"a step time up to {MAX_STEP_SECONDS:g} s")
 
 
 def load_profile_for(task: Task, path: "str | Path") -> HardwareProfile:

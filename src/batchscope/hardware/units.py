@@ -11,6 +11,7 @@ _UNITS = {
     "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12, "tb": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }
+MAX_BYTES = 2**60   # 1 EiB: larger sizes are typing slips, and past about 1e308 they are no number at all
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z%]*)\s*$", re.IGNORECASE)
 
 
@@ -36,7 +37,11 @@ def parse_bytes(text: "str | int | float", available: "int | None" = None, *, na
     if unit not in _UNITS:
         raise ConfigError(f"The '{name}' parameter has an unknown unit {unit!r} in {text!r}; "
                           "use B, KB, MB, GB, KiB, MiB, GiB or %")
-    n = int(value * _UNITS[unit])
+    size = value * _UNITS[unit]
+    if not size <= MAX_BYTES:   # also nan and inf: 1e400 reads as inf, 1e300GB overflows to it
+        raise ConfigError(f"The '{name}' parameter must be a size up to 1 EiB (no device has more memory). "
+                          f"Got {text!r} instead.")
+    n = int(size)
     if n <= 0:
         raise ConfigError(f"The '{name}' parameter must be a positive size. Got {text!r} instead.")
     return n

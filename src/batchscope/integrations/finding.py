@@ -111,7 +111,7 @@ class FindProgress(Callback):
         r = result.recommendation
         warm = f", warm-up {r.warmup_steps} steps" if r.warmup_steps else ""
         self.say(f"find: batch {r.batch_size} (micro-batch {r.micro_batch} x {r.accumulation}), lr {r.lr:.4g}{warm}; "
-                 f"B_noise {r.b_noise['value']:.4g} ({time.perf_counter() - self._t0:.0f} s)")
+                 f"B_crit {r.b_crit['value']:.4g} ({time.perf_counter() - self._t0:.0f} s)")
         self.say(f"  target: {target_line}")
 
 

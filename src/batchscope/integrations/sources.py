@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s[, 'measured': [[batch, s], ...]]}, a HardwareProfile, a FindResult, or the path "
-            "of a saved profile or find result")
+ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s[, 'measured': [[batch, s], ...]]}, a "
+            "HardwareProfile, a FindResult, or the path of a saved profile or find result")
 
 
 def _from_mapping(d: dict, where: str, source: str):

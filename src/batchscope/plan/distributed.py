@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import tempfile
 import time
@@ -20,9 +21,21 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..hardware.processes import end_children, sigint_ignored_in_children
 from .comm import CommFit, fit_allreduce
 
 SIZES = tuple(4 * 4**i * 1024 for i in range(8))     # 4 KiB .. 64 MiB, float32 elements x 4 bytes
+# An all-reduce measurement on a busy 2-core machine takes about 20 s; past this it is stuck (a rank
+# that cannot connect) or starved, and is stopped rather than waited for.
+MEASURE_TIMEOUT = 300.0
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _free_port() -> int:
@@ -84,13 +97,28 @@ def _allreduce_main(rank: int, world: int, port: int, backend: str, sizes, out: 
         dist.destroy_process_group()
 
 
-def _spawn(fn, world: int, args: tuple) -> dict:
+def _spawn(fn, world: int, args: tuple, timeout: Optional[float] = None) -> dict:
+    """Run ``fn`` on ``world`` spawned ranks and return what rank 0 wrote; they ignore Ctrl-C (this process ends them).
+
+    ``timeout``: seconds after which the ranks are stopped and a ConfigError says so.
+    """
     import torch.multiprocessing as mp
 
     # a private directory: the ranks write into it while this process waits
     with tempfile.TemporaryDirectory(prefix="batchscope-dist-") as d:
         out = Path(d) / "rank0.json"
-        mp.spawn(fn, args=(world, _free_port(), *args, str(out)), nprocs=world, join=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        started: list = []
+        try:
+            with sigint_ignored_in_children(started):
+                ranks = mp.spawn(fn, args=(world, _free_port(), *args, str(out)), nprocs=world, join=False)
+            while not ranks.join(timeout=1.0):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ConfigError(f"the measurement on {world} local ranks did not finish within {timeout:.0f} s "
+                                      f"(this machine has {cpu_cores()} cores for them); stopped it. Measure with "
+                                      "fewer ranks, on a quieter machine, or give --bandwidth/--latency instead")
+        finally:
+            end_children(started)
         return json.loads(out.read_text())
 
 
@@ -98,12 +126,16 @@ def measure_allreduce(ranks: Optional[int] = None, backend: Optional[str] = None
                       sizes: Sequence[int] = SIZES) -> CommFit:
     """Time all-reduce over message sizes on ``ranks`` local processes and fit latency + bytes / bandwidth."""
     auto_backend, auto_ranks = default_backend()
-    backend, ranks = backend or auto_backend, ranks or auto_ranks
-    if ranks < 2:
+    backend, ranks = backend or auto_backend, auto_ranks if ranks is None else ranks   # 0 is refused, not 2
+    if isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 2:
         raise ConfigError(f"measuring an all-reduce needs at least 2 ranks. Got {ranks!r} instead.")
     if backend == "nccl" and ranks > torch.cuda.device_count():
         raise ConfigError(f"{ranks} NCCL ranks need {ranks} GPUs; this machine has {torch.cuda.device_count()}")
-    got = _spawn(_allreduce_main, ranks, (backend, tuple(sizes)))
+    cores = max(2, cpu_cores())
+    if backend == "gloo" and ranks > cores:
+        raise ConfigError(f"{ranks} gloo ranks would share {cpu_cores()} CPU core(s): the measurement would time "
+                          f"the scheduler, not the all-reduce, and take minutes; give at most {cores} ranks")
+    got = _spawn(_allreduce_main, ranks, (backend, tuple(sizes)), timeout=MEASURE_TIMEOUT)
     return fit_allreduce(got["sizes"], got["seconds"], ranks, name=f"{backend}-measured")
 
 

@@ -59,7 +59,8 @@ def read_find_document(path: "str | Path") -> dict:
                       f"{', '.join(FIND_KEYS)}); {WRITE_ONE}")
 
 
-def warmup_scheduler(optimizer: torch.optim.Optimizer, lr: float, warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_scheduler(optimizer: torch.optim.Optimizer, lr: float,
+                     warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """``optimizer`` set to rate ``lr`` with batchscope's linear warm-up: step s runs at lr x (s+1)/warmup.
 
     The same factor as ``train`` applies (:func:`batchscope.train.lr_factor`, constant after the

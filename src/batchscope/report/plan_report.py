@@ -30,8 +30,8 @@ def _mark(r, plan) -> str:
     return "".join(tags)
 
 
-def plan_table(dp, task_name: str):
-    """One row per device count (its fastest batch); F fastest, C cheapest, K knee."""
+def plan_table(dp, task_name: str, links: Optional[str] = None):
+    """One row per device count (its fastest batch); F fastest, C cheapest, K knee; ``links``: the interconnect."""
     plan = dp.plan
     priced = plan.best[0].cost is not None
     cols = ["devices", "batch", "micro x acc", "step", "sync", "to target", "device-h"]
@@ -43,6 +43,8 @@ def plan_table(dp, task_name: str):
                duration(r.seconds), f"{r.device_hours:.3g}"]
         rows.append(row + ([money(r.cost)] if priced else []))
     caption = "F fastest, C cheapest, K knee; sync: share of the step added by the all-reduce"
+    if links:
+        caption += f"\n{links}"
     return make_table(f"{task_name}: the fastest global batch for each device count", cols, rows, caption)
 
 

@@ -16,7 +16,7 @@ from ..study.bcrit import BcritFit
 from ..study.findings import (ACC_FLOOR, REL_FLOOR, SPIKE, StudyFindings, analyse, by_batch, distance, peak_loss_ratio,
                               select, val_metric)
 from ..study.plan import StudyPlan
-from ..study.runner import RunRecord, load_study
+from ..study.runner import RunRecord, SavedStudy, load_study
 from . import study_plots
 from ..serialize import write_json, write_text
 
@@ -310,12 +310,16 @@ def _adaptive(page: Page, findings: StudyFindings) -> None:
            "whole run with its evaluations. Means over seeds.")
 
 
-def write_report(directory: "str | Path", out: "str | Path | None" = None) -> ReportFiles:
-    """Read the study in ``directory`` and write report.md, report.html, findings.json and the PNGs to ``out``."""
+def write_report(directory: "str | Path", out: "str | Path | None" = None,
+                 study: Optional[SavedStudy] = None) -> ReportFiles:
+    """Read the study in ``directory`` and write report.md, report.html, findings.json and the PNGs to ``out``.
+
+    ``study``: the directory's :func:`~batchscope.study.runner.load_study`, when the caller read it already.
+    """
     directory = Path(directory)
     out = Path(out) if out is not None else directory
+    plan, facts, every, noise, damaged = _load(directory, study)   # before any mkdir: a refusal leaves nothing
     out.mkdir(parents=True, exist_ok=True)
-    plan, facts, every, noise, damaged = _load(directory)
     findings = analyse(plan, every, noise)
     records = [r for r in every if not r.spec.adaptive]   # the sections below are about the fixed batches
     page = Page()
@@ -330,11 +334,19 @@ def write_report(directory: "str | Path", out: "str | Path | None" = None) -> Re
     _runs(page, every, damaged)
     md = write_text(out / "report.md", page.markdown())
     htm = write_text(out / "report.html", page.html(title))
-    js = write_json(out / "findings.json", {"plan": plan.to_dict(), "task": facts, "noise": noise,
-                                            **findings.to_dict()})
+    js = write_json(out / "findings.json", _findings_doc(plan, facts, noise, findings))
     return ReportFiles(md, htm, js, tuple(p for p in plots if p is not None))
 
 
-def _load(directory: Path):
-    study = load_study(directory)
+def _findings_doc(plan: StudyPlan, facts: dict, noise: Optional[dict], findings: StudyFindings) -> dict:
+    return {"plan": plan.to_dict(), "task": facts, "noise": noise, **findings.to_dict()}
+
+
+def study_findings(study: SavedStudy) -> dict:
+    """What findings.json holds, computed without writing anything (for when the report cannot be written)."""
+    return _findings_doc(study.plan, study.facts, study.noise, analyse(study.plan, study.records, study.noise))
+
+
+def _load(directory: Path, study: Optional[SavedStudy] = None):
+    study = study if study is not None else load_study(directory)
     return study.plan, study.facts, study.records, study.noise, study.damaged

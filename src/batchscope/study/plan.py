@@ -16,7 +16,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
-from ..errors import ConfigError, check_positive_float, check_positive_int
+from ..errors import ConfigError, check_lr, check_positive_float, check_positive_int
 from ..tasks import Task
 from ..tasks import OPTIMIZERS
 
@@ -124,7 +124,7 @@ class StudyPlan:
         for o, v in self.lrs.items():
             if o not in OPTIMIZERS:
                 raise ConfigError(f"learning rate given for unknown optimizer {o!r}; use {', '.join(OPTIMIZERS)}")
-            check_positive_float("lr", v, where=o)
+            check_lr("lr", v, where=o)
         for r in self.lr_rules:
             if r not in LR_RULES:
                 raise ConfigError(f"The 'lr_rules' parameter must hold names from {', '.join(LR_RULES)}. "
@@ -191,6 +191,7 @@ class StudyPlan:
                             for b in self.batch_sizes:
                                 per_epoch = task.n_train // b
                                 lr = self.base_lr(opt, task) * mult * (b / self.b_ref) ** LR_RULES[rule]
+                                check_lr("lr", lr, where=f"the run at B={b} ({opt}, {rule} rule, x{mult:g})")
                                 spec = RunSpec(
                                     batch_size=b, optimizer=opt, lr_rule=rule, lr_multiplier=mult,
                                     warmup_epochs=w, seed=seed, lr=lr,

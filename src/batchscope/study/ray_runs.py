@@ -16,6 +16,7 @@ done, so a later ``--resume`` tries it again.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Callable, Optional
 
 from ..errors import ConfigError
@@ -43,15 +44,57 @@ def _ray_run(task_spec: str, plan_dict: dict, spec_dict: dict, threads: int) -> 
     return record
 
 
+REACH_TIMEOUT = 5.0   # seconds to wait for a cluster's port to answer before saying it is not there
+DEFAULT_PORT = 6379   # Ray's head (GCS) port when an address names only the host
+
+
+def host_port(address: str) -> Optional[tuple[str, int]]:
+    """(host, port) of ``host:port`` or ``ray://host:port``; None for what Ray resolves itself ("auto", "local")."""
+    rest = address.strip()
+    if "://" in rest:
+        scheme, rest = rest.split("://", 1)
+        if scheme != "ray":
+            raise ConfigError(f"--ray {address!r}: give host:port (the head node's GCS port, 6379 by default) or "
+                              "ray://host:port (Ray client, 10001 by default)")
+    if rest in ("", "auto", "local"):
+        return None
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = rest, str(DEFAULT_PORT)
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"--ray {address!r}: the port {port!r} is not a number; give host:port, "
+                          "for example localhost:6379") from None
+    if not 0 < number < 65536:
+        raise ConfigError(f"--ray {address!r}: the port must lie in 1..65535. Got {number} instead.")
+    return host.strip("[]"), number
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Refuse, within ``timeout`` seconds, an address where nothing listens (ray.init would wait for minutes)."""
+    where = host_port(address)
+    if where is None:
+        return
+    try:
+        socket.create_connection(where, timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, socket.timeout) else (e.strerror or type(e).__name__).lower()
+        raise ConfigError(f"no Ray cluster is reachable at {address} ({why} within {timeout:g} s); start one there "
+                          "with `ray start --head`, or give --ray without an address for a local Ray") from None
+
+
 def connect(address: Optional[str]) -> bool:
     """Join the Ray cluster at ``address`` ("" or None: the one in RAY_ADDRESS, else a local one).
 
     Returns whether this call started the connection (and so should end it). An already
-    initialised Ray (a program that called ``ray.init`` itself) is used as it is.
+    initialised Ray (a program that called ``ray.init`` itself) is used as it is. An address where
+    nothing answers is refused within :data:`REACH_TIMEOUT` seconds.
     """
     ray = import_ray()
     if ray.is_initialized():
         return False
+    check_reachable(address or os.environ.get("RAY_ADDRESS", ""))
     try:
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:

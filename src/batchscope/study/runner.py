@@ -16,6 +16,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import ConfigError, DivergedError
+from ..hardware.processes import end_children, sigint_ignored_in_children
 from ..serialize import from_dict
 from ..tasks import Target, Task, load_task
 from ..train import TrainConfig, crossing_step, resolve_device, total_steps, train
@@ -327,18 +328,22 @@ def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Call
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")
     plan_dict = plan.to_dict()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
-                             initargs=(os.getpid(),)) as pool:
-        pending = {pool.submit(_worker, plan.task, plan_dict, s.to_dict(), threads) for s in todo}
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    save(RunRecord.from_dict(f.result()))
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    started: list = []        # the workers: they ignore Ctrl-C (no traceback from each), so this process ends them
+    ok = False
+    try:
+        with sigint_ignored_in_children(started):   # the pool starts its processes in submit()
+            pending = {pool.submit(_worker, plan.task, plan_dict, s.to_dict(), threads) for s in todo}
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in finished:
+                save(RunRecord.from_dict(f.result()))
+        ok = True
+    finally:
+        if not ok:   # the runs in flight are of no use now; the pool then sees its workers gone and fails the rest
+            end_children(started)
+        pool.shutdown(wait=True, cancel_futures=ok)
 
 
 @dataclass

@@ -32,12 +32,16 @@ class StudyLock:
     def __init__(self, directory: "str | Path"):
         self.path = Path(directory) / LOCK_NAME
         self._fd: Optional[int] = None
+        self._created: list[Path] = []   # what acquiring made (directories, the lock file), newest last
 
     def acquire(self) -> "StudyLock":
         import fcntl
 
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._created = list(reversed(missing)) + ([] if existed else [self.path])
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -62,8 +66,19 @@ class StudyLock:
     def __enter__(self) -> "StudyLock":
         return self.acquire()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.release()
+        if exc_type is not None and not ResultStore.exists(self.path.parent):
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        """A study refused before it saved anything leaves no trace: the lock file and the directories made for it."""
+        for p in reversed(self._created):
+            try:
+                p.unlink() if p == self.path else p.rmdir()   # rmdir: only while still empty
+            except OSError:
+                break
+        self._created = []
 
 
 class ResultStore:

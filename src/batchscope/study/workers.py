@@ -12,6 +12,7 @@ import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Callable
 
+from ..hardware.processes import end_children, sigint_ignored_in_children
 from .placement import threads_per_worker
 from .plan import RunSpec, StudyPlan
 from .runner import RunRecord, _exit_with_parent, _worker
@@ -26,18 +27,22 @@ def run_on_devices(plan: StudyPlan, todo: list[RunSpec], devices: list[str],
                                  initargs=(os.getpid(),)) for _ in devices]
     queue = list(reversed(todo))
     running = {}                                   # future -> index of its device
+    started: list = []                             # the workers: they ignore Ctrl-C, so this process ends them
+    ok = False
     try:
         while queue or running:
             for i, device in enumerate(devices):
                 if queue and i not in running.values():
                     spec = queue.pop()
-                    running[pools[i].submit(_worker, plan.task, plan_dict, spec.to_dict(), threads, device)] = i
+                    with sigint_ignored_in_children(started):   # a pool starts its process in submit()
+                        running[pools[i].submit(_worker, plan.task, plan_dict, spec.to_dict(), threads, device)] = i
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
                 del running[f]
                 save(RunRecord.from_dict(f.result()))
+        ok = True
     finally:
-        for f in running:
-            f.cancel()
+        if not ok:   # the runs in flight are of no use now; each pool then sees its worker gone
+            end_children(started)
         for p in pools:
-            p.shutdown(wait=True, cancel_futures=True)
+            p.shutdown(wait=True, cancel_futures=ok)

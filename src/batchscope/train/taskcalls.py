@@ -23,15 +23,36 @@ def _passes_through(error: Exception) -> bool:
 
 
 _FIXES = {"make_model": "fix make_model() of the task",
-          "forward": "make the model's input size match the task's data",
+          "forward": "fix the model's forward() so that it runs on a batch of the task's data",
           "loss_fn": "loss_fn(output, target) must accept the model's output and return the batch mean",
           "metric_fn": "metric_fn(output, target) must accept the model's output and return a number"}
+# A forward failure's fix follows from what it says: only a shape mismatch is about the input size.
+# Checked in this order (a dtype or device message may also mention shapes).
+_FORWARD_FIXES = (
+    (("expected scalar type", "same dtype", "found dtype", "dtype"),
+     "make the model's parameters and the task's data the same dtype (for example float32)"),
+    (("same device", "expected all tensors to be on", "device type"),
+     "create the model's tensors in make_model() as parameters or buffers, so they move with the model"),
+    (("index out of range", "out of bounds"),
+     "check the task's data: an index (a token or class id) is beyond what the model's embedding or output has"),
+    (("shapes cannot be multiplied", "size mismatch", "must match the size", "input size", "input (got",
+      "to have", "channels", "shape"), "make the model's input size match the task's data"),
+)
+
+
+def _fix(part: str, error: Exception) -> str:
+    if part == "forward":
+        text = str(error).lower()
+        for needles, fix in _FORWARD_FIXES:
+            if any(n in text for n in needles):
+                return fix
+    return _FIXES[part]
 
 
 def _task_error(task: Task, part: str, error: Exception) -> TaskError:
-    """One line: which part of the task failed, the original error's first line, and the fix."""
+    """One line: which part of the task failed, the original error's first line, and the fix that error calls for."""
     first = (str(error).strip().splitlines() or [""])[0]
-    return TaskError(f"task {task.name!r}: {part} failed ({type(error).__name__}: {first}); {_FIXES[part]}")
+    return TaskError(f"task {task.name!r}: {part} failed ({type(error).__name__}: {first}); {_fix(part, error)}")
 
 
 def _call(task: Task, part: str, fn, *args):

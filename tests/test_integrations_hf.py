@@ -315,12 +315,17 @@ def test_max_grad_norm_is_yours_after_an_exception(tmp_path, monkeypatch):
     model = tiny_bert()
     a = args(tmp_path, max_grad_norm=0.5)
     handle = fail_at(model, 11)
-    trainer = transformers.Trainer(model=model, args=a, train_dataset=TokenData(256),
-                                   callbacks=[NoiseScaleCallback(every=1)])
+    cb = NoiseScaleCallback(every=1)
+    trainer = transformers.Trainer(model=model, args=a, train_dataset=TokenData(256), callbacks=[cb])
     with pytest.raises(RuntimeError, match="boom"):
         trainer.train()
     handle.remove()
     assert a.max_grad_norm == 0.5
+    # The Trainer calls no callback on an exception: the callback's hooks stay until its next train()
+    # begins, which removes them (and a run to the end leaves none).
+    cb.on_train_begin(a, trainer.state, trainer.control, model=tiny_bert(), optimizer=None)
+    cb.on_train_end(a, trainer.state, trainer.control)
+    assert batchscope_calls(lambda: model(**TokenData(8)[:]).loss.backward()) == []
     # An exception in the measurement itself: the finally puts the value back.
     cb = NoiseScaleCallback(every=1)
     trainer = transformers.Trainer(model=tiny_bert(), args=a, train_dataset=TokenData(256), callbacks=[cb])

@@ -128,13 +128,13 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
     a = r.adaptive["steps"]
     n = math.ceil(r.target_step or 0)   # the crossing is interpolated: the step it falls in is kept (charged in part)
     changed = [d for d in r.adaptive["decisions"] if d["changed"]]
-    moves = [(d["step"], d["batch_size"], round(d["b_noise"], 1)) for d in changed]
+    moves = [(d["step"], d["batch_size"], round(d["b_crit"], 1)) for d in changed]
     return {"seed": seed, "noise": noise, "reached": r.reached_target, "diverged": False, "steps": r.target_step,
             "examples": r.target_examples, "wall_seconds": r.target_seconds, "metric": r.final.metric,
             "eval_loss": r.final.eval_loss, "stopped": r.stopped_because, "train_seconds": r.seconds,
             "steps_run": r.steps, "batch_sizes": a["batch_size"][:n], "measured": a["measured"][:n], "moves": moves,
-            "move_reasons": [f"step {d['step']}: {d['reason']} (B_noise {d['b_noise']:.3g} "
-                             f"[{d['b_noise_low']:.3g}, {d['b_noise_high']:.3g}])" for d in changed],
+            "move_reasons": [f"step {d['step']}: {d['reason']} (B_crit {d['b_crit']:.3g} "
+                             f"[{d['b_crit_low']:.3g}, {d['b_crit_high']:.3g}])" for d in changed],
             "last_decisions": [f"step {d['step']}: {d['reason']}" for d in r.adaptive["decisions"][-3:]],
             "decisions": len(r.adaptive["decisions"]), "nonfinite_estimates": r.adaptive["nonfinite_estimates"],
             "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0,

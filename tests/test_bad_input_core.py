@@ -91,7 +91,8 @@ def cases(tasks: Path, tmp_path: Path):
         (["train", "--task", user("wrong_input_size"), "--steps", 2],
          "task 'user': forward failed (RuntimeError: mat1 and mat2 shapes cannot be multiplied"),
         # issue 21, class 9: the fix follows from what forward raised, not always "the input size"
-        (["train", "--task", user("wrong_input_size"), "--steps", 2], "; make the model's input size match the task's data"),
+        (["train", "--task", user("wrong_input_size"), "--steps", 2],
+         "; make the model's input size match the task's data"),
         (["train", "--task", user("wrong_dtype"), "--steps", 2],
          "must have the same dtype, but got Float and Double); make the model's parameters and the task's data the "
          "same dtype (for example float32)"),

@@ -158,7 +158,7 @@ def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
     assert probe.examples[0] == 16 and max(probe.examples) >= 64
     assert any(d.changed for d in plan.controller.decisions)
     for s, lr in zip(plan.steps, probe.lrs):
-        gain = 1.0 if s.examples == 16 else adascale_gain(s.examples, 16, s.b_noise)
+        gain = 1.0 if s.examples == 16 else adascale_gain(s.examples, 16, s.b_crit)
         assert lr == pytest.approx(0.1 * gain, rel=1e-3)     # float32 parameter updates
     assert max(probe.lrs) > 0.11
     assert mean_loss(model, data) < 0.8 * before
@@ -243,7 +243,20 @@ def test_adaptive_callback_state_survives_checkpoint(tmp_path):
     k = len(first.plan.controller.decisions)
     assert repr(resumed.plan.controller.decisions[:k]) == repr(first.plan.controller.decisions)
     assert resumed.plan.steps[n].examples == first.plan.micro_batch * first.plan.accumulation
-    assert resumed.plan.rate.progress > saved["rate"]["progress"]
+    assert resumed.plan.rate.progress > saved["adaptation"]["rate"]["progress"]
+
+
+def test_adaptive_callback_state_keeps_the_whole_step_time_model_and_refuses_a_broken_one():
+    from batchscope.adapt import StepTimeModel
+    from batchscope.errors import ConfigError
+    from batchscope.integrations.hf import AdaptiveBatchCallback
+
+    model = StepTimeModel(0.02, 2e-5, ((8, 0.021), (64, 0.024)))
+    saved = AdaptiveBatchCallback(model, every=4).state()["args"]
+    assert saved["step_time"] == {"alpha": 0.02, "beta": 2e-5, "measured": [[8.0, 0.021], [64.0, 0.024]]}
+    assert AdaptiveBatchCallback(**saved).step_time == model     # what a resumed Trainer plans with
+    with pytest.raises(ConfigError, match=r"'alpha' parameter of StepTimeModel .* Got nan instead"):
+        AdaptiveBatchCallback({"alpha": math.nan, "beta": 1e-5})
 
 
 def replay_in_halves(model, batches, lr: float, clip: float, every: int):
@@ -343,7 +356,7 @@ def test_adaptive_callback_gives_the_arguments_back(tmp_path, caplog):
         model = tiny_bert()
         if fail:
             fail_at(model, fail)
-        cb = AdaptiveBatchCallback({"alpha": 0.5, "beta": 1e-6}, every=4, min_samples=3)
+        cb = AdaptiveBatchCallback({"alpha": 0.02, "beta": 2e-5}, every=4, min_samples=3, confident=False)
         transformers.Trainer(model=model, args=a, train_dataset=TokenData(512), callbacks=[cb]).train()
         return cb
 
@@ -381,16 +394,3 @@ def test_stop_at_target_stops_at_the_first_evaluation_that_reaches_it(tmp_path):
     with pytest.raises(ConfigError, match="eval_strategy='no'"):
         transformers.Trainer(model=tiny_bert(), args=args(tmp_path), train_dataset=TokenData(64),
                              callbacks=[StopAtTarget(0.5)]).train()
-
-
-def test_adaptive_callback_state_keeps_the_whole_step_time_model_and_refuses_a_broken_one():
-    from batchscope.adapt import StepTimeModel
-    from batchscope.errors import ConfigError
-    from batchscope.integrations.hf import AdaptiveBatchCallback
-
-    model = StepTimeModel(0.02, 2e-5, ((8, 0.021), (64, 0.024)))
-    saved = AdaptiveBatchCallback(model, every=4).state()["args"]
-    assert saved["step_time"] == {"alpha": 0.02, "beta": 2e-5, "measured": [[8.0, 0.021], [64.0, 0.024]]}
-    assert AdaptiveBatchCallback(**saved).step_time == model     # what a resumed Trainer plans with
-    with pytest.raises(ConfigError, match=r"'alpha' parameter of StepTimeModel .* Got nan instead"):
-        AdaptiveBatchCallback({"alpha": math.nan, "beta": 1e-5})

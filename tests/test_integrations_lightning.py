@@ -163,7 +163,7 @@ def test_adaptive_callback_changes_examples_per_step_and_rate(tmp_path):
     assert changed and all(d.batch_size > d.previous for d in changed)
     # The rate of every step is the optimizer's 0.1 times the AdaScale gain the rule gives for that batch.
     for s, lr in zip(plan.steps, probe.lrs):
-        gain = 1.0 if s.examples == 16 else adascale_gain(s.examples, 16, s.b_noise)
+        gain = 1.0 if s.examples == 16 else adascale_gain(s.examples, 16, s.b_crit)
         assert lr == pytest.approx(0.1 * gain, rel=1e-4)   # float32 parameter updates
     assert max(probe.lrs) > 0.1
     assert t.optimizers[0].param_groups[0]["lr"] == 0.1        # restored after each step

@@ -6,6 +6,9 @@ The CLI prints ``str(error)`` as one line and exits non-zero; library users catc
 
 from __future__ import annotations
 
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing: this module stays import-free
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class BatchscopeError(Exception):

@@ -50,8 +50,8 @@ SEED = click.IntRange(0, 2**32 - 1)
 class Group(click.Group):
     """Ends every command the same way.
 
-    A :class:`BatchscopeError` or a bad option value is one ``error:`` line on stderr and exit status 2; what it measured
-    before failing is saved (once, atomically) where the command said results go. Ctrl-C is exit
+    A :class:`BatchscopeError` or a bad option value is one ``error:`` line on stderr and exit status 2; what it
+    measured before failing is saved (once, atomically) where the command said results go. Ctrl-C is exit
     status 130 with one line and no traceback.
     """
 

@@ -75,8 +75,10 @@ NEAR = 2                  # candidates shown either side of the choice (--verbos
               help="data-parallel devices (their all-reduce: the interconnect options, as in `plan`)")
 @interconnect_options
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
-@click.option("--ref-lr", type=LEARNING_RATE, default=None, help="learning rate of your known-good setting [default: the task's]")
-@click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
+@click.option("--ref-lr", type=LEARNING_RATE, default=None,
+              help="learning rate of your known-good setting [default: the task's]")
+@click.option("--memory-budget", default=None,
+              help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--amp", is_flag=True, help="profile and measure under mixed precision (CUDA only)")
 @device_option

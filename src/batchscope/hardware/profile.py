@@ -29,11 +29,11 @@ SCHEMA = "batchscope.hardware/1"
 CPU_BUDGET_FRACTION = 0.5    # of available RAM: the data pipeline, the OS and neighbours need the rest
 CUDA_BUDGET_FRACTION = 0.9   # of free device memory
 KNEE_GAIN = 0.10             # the knee: doubling B gains less than this much throughput
-FLAT_GAIN = 0.05             # the step-time grid stops after two grid steps in a row gaining less than this
-FLAT_STEPS = 2
 # A saved profile's step times end here (about 11.6 days a step): no device is profiled that slowly,
 # and larger numbers (an alpha of 1e308) overflow the plans made from them to inf.
 MAX_STEP_SECONDS = 1e6
+FLAT_GAIN = 0.05             # the step-time grid stops after two grid steps in a row gaining less than this
+FLAT_STEPS = 2
 
 # progress(stage, done, total, info): stage is "memory" or "step time"; total is None while unknown.
 Progress = Callable[[str, int, Optional[int], str], None]
@@ -280,7 +280,8 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
                      max_step_seconds: Optional[float] = 10.0,
                      memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
-                     grid: Optional[list[int]] = None, optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
+                     grid: Optional[list[int]] = None,
+                     optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
     """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
 
     ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the

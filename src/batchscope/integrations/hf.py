@@ -40,9 +40,9 @@ transformers = require("transformers", "hf", "batchscope.integrations.hf")
 
 import torch  # noqa: E402
 
+from ..adapt import DEFAULT_EVERY, AdaptiveConfig, StepTimeModel  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
-from ..adapt import StepTimeModel  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
 from .finding import check_find_kwargs, check_target, progress_wanted, run_find  # noqa: E402
 from .microbatches import leading_size, measurable, measure_in_halves, one_pass  # noqa: E402
@@ -50,6 +50,9 @@ from .scalars import noise_scalars  # noqa: E402
 from .sources import check_profile_model, resolve_step_time  # noqa: E402
 from .state import pack_state, unpack_state  # noqa: E402
 from .target import TargetWatch  # noqa: E402
+
+# The adaptive settings' one default each, shared with train(..., adaptive=AdaptiveConfig()).
+DEFAULTS = AdaptiveConfig()
 
 TrainerCallback = transformers.TrainerCallback
 ExportableState = transformers.trainer_callback.ExportableState
@@ -307,12 +310,13 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     default_every = 1
 
     def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
-                 every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
-                 **monitor_kwargs: Any):
+                 every: int = DEFAULT_EVERY, threshold: float = DEFAULTS.threshold,
+                 min_samples: int = DEFAULTS.min_samples, confident: bool = DEFAULTS.confident,
+                 prefix: str = "noise/", **monitor_kwargs: Any):
         super().__init__(prefix=prefix, **monitor_kwargs)
         self.step_time = resolve_step_time(step_time, "hf AdaptiveBatchCallback")
         self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
-                            min_samples=min_samples)
+                            min_samples=min_samples, confident=confident)
         self.plan: Optional[BatchPlan] = None
         self.saved_plan: Optional[dict] = None
         self._base_lrs: Optional[list[float]] = None

@@ -29,6 +29,7 @@ pl = require("lightning.pytorch", "lightning", "batchscope.integrations.lightnin
 
 import torch  # noqa: E402
 
+from ..adapt import DEFAULT_EVERY, AdaptiveConfig  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
@@ -37,6 +38,9 @@ from .microbatches import leading_size, measurable, measure_in_halves, one_pass 
 from .scalars import noise_scalars  # noqa: E402
 from .sources import check_profile_model, resolve_step_time  # noqa: E402
 from .target import TargetWatch  # noqa: E402
+
+# The adaptive settings' one default each, shared with train(..., adaptive=AdaptiveConfig()).
+DEFAULTS = AdaptiveConfig()
 
 log = logging.getLogger(__name__)
 
@@ -244,12 +248,13 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     default_every = 1
 
     def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
-                 every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
-                 **monitor_kwargs: Any):
+                 every: int = DEFAULT_EVERY, threshold: float = DEFAULTS.threshold,
+                 min_samples: int = DEFAULTS.min_samples, confident: bool = DEFAULTS.confident,
+                 prefix: str = "noise/", **monitor_kwargs: Any):
         super().__init__(prefix=prefix, **monitor_kwargs)
         self.step_time = resolve_step_time(step_time, "lightning AdaptiveBatchCallback")
         self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
-                            min_samples=min_samples)
+                            min_samples=min_samples, confident=confident)
         self.plan: Optional[BatchPlan] = None
         self._plan_state: Optional[dict] = None
         self._base_lrs: Optional[list[float]] = None

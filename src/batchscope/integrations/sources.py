@@ -19,8 +19,21 @@ ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s[, 'measured': 
             "HardwareProfile, a FindResult, or the path of a saved profile or find result")
 
 
+def check_line(alpha, beta, where: str, measured=()):
+    """The one StepTimeModel built from these numbers (its own checks run), the error naming ``where``."""
+    from ..adapt import StepTimeModel
+
+    try:
+        return StepTimeModel(alpha, beta, measured or ())   # it checks the points too, any container
+    except ConfigError as e:
+        raise ConfigError(f"The step time of {where}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"The step time of {where} has alpha={alpha!r}, beta={beta!r}: {e}; give finite numbers of "
+                          "seconds, as profile_hardware measures them.") from None
+
+
 def _from_mapping(d: dict, where: str, source: str):
-    from ..hardware import HardwareProfile, StepTimeModel
+    from ..hardware import HardwareProfile
     from ..plan.find_file import HARDWARE_SCHEMA, is_find_document
 
     if is_find_document(d):
@@ -32,7 +45,7 @@ def _from_mapping(d: dict, where: str, source: str):
         raise ConfigError(f"The step time of {where} ({source}) needs 'alpha' and 'beta' (seconds per step and per "
                           f"example); it has no {' or '.join(repr(k) for k in missing)} (keys: "
                           f"{', '.join(map(repr, d)) or 'none'}). Give both, or {ACCEPTED}.")
-    return StepTimeModel(d["alpha"], d["beta"], d.get("measured") or ())
+    return check_line(d["alpha"], d["beta"], where, d.get("measured", ()))
 
 
 def _from_file(path: Path, where: str):
@@ -52,7 +65,8 @@ def _from_file(path: Path, where: str):
 
 def resolve_step_time(value, where: str):
     """The step-time model or hardware profile that ``value`` stands for (see the module docstring)."""
-    from ..hardware import HardwareProfile, StepTimeModel
+    from ..adapt import StepTimeModel
+    from ..hardware import HardwareProfile
     from ..plan.find import FindResult
 
     if isinstance(value, FindResult):
@@ -63,6 +77,9 @@ def resolve_step_time(value, where: str):
         return _from_mapping(value, where, "a dict")
     if isinstance(value, (str, Path)):
         return _from_file(Path(value), where)
+    if hasattr(value, "alpha") and hasattr(value, "beta"):
+        return value if isinstance(value, StepTimeModel) else check_line(value.alpha, value.beta, where,
+                                                                          getattr(value, "measured", ()) or ())
     raise ConfigError(f"The 'step_time' parameter of {where} must be {ACCEPTED}. Got {type(value).__name__} "
                       f"({value!r:.60}) instead.")
 

@@ -184,7 +184,8 @@ class FindResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FindResult":
-        return cls(recommendation=recommend.Recommendation.from_dict(d), profile=HardwareProfile.from_dict(d["profile"]),
+        return cls(recommendation=recommend.Recommendation.from_dict(d),
+                   profile=HardwareProfile.from_dict(d["profile"]),
                    measuring=decode(dict, d["measuring"]), noise_steps=decode(dict, d["noise_steps"]),
                    growth=decode(dict, d["growth"]), seconds=decode(dict, d.get("cost_seconds", {})))
 

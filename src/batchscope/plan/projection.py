@@ -83,7 +83,8 @@ def loss_after(examples: Sequence[float], losses: Sequence[float],
     return math.exp(a + b * math.log(at_examples)), a, b, n
 
 
-def loss_at_metric(metrics: Sequence[float], losses: Sequence[float], target_metric: float) -> Optional[tuple[float, float, float]]:
+def loss_at_metric(metrics: Sequence[float], losses: Sequence[float],
+                   target_metric: float) -> Optional[tuple[float, float, float]]:
     """Fit ln(loss) = c + d * metric and read the loss at ``target_metric``: (loss, c, d).
 
     Loss curves are smooth where accuracy is noisy near its target, so both the projection and the
@@ -91,8 +92,8 @@ def loss_at_metric(metrics: Sequence[float], losses: Sequence[float], target_met
     None when the points cannot support it (fewer than three, no spread, or a loss that does not
     fall as the metric rises).
     """
-    pts = [(m, l) for m, l in zip(metrics, losses) if m is not None and l is not None and l > 0
-           and math.isfinite(m) and math.isfinite(l)]
+    pts = [(m, loss) for m, loss in zip(metrics, losses) if m is not None and loss is not None and loss > 0
+           and math.isfinite(m) and math.isfinite(loss)]
     if len(pts) < 3:
         return None
     m = np.array([a for a, _ in pts])

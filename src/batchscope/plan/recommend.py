@@ -169,7 +169,8 @@ def learning_rate(b: int, inp: Inputs, predicted_steps: float) -> LearningRate:
         lr = model.sgd_lr(b, inp.b_ref, inp.lr_ref, inp.b_crit)
         rule = "sgd: eps_max / (1 + B_crit / B)"
         why = (f"SGD's best step size grows linearly with B while B << B_crit and saturates beyond it "
-               f"(McCandlish et al. 2018); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}, B_crit {inp.b_crit:.0f}")
+               f"(McCandlish et al. 2018); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}, "
+               f"B_crit {inp.b_crit:.0f}")
     else:
         lr = model.adam_lr(b, inp.b_ref, inp.lr_ref)
         rule = "adam: square root"
@@ -215,7 +216,8 @@ class Recommendation:
 RENAMED = {"b_noise": "b_crit", "b_crit_at_target": "b_simple_at_target"}
 
 
-def recommend(inp: Inputs, c: Constraints, objective: str = "fastest") -> tuple[Candidate, list[Candidate], LearningRate]:
+def recommend(inp: Inputs, c: Constraints,
+              objective: str = "fastest") -> tuple[Candidate, list[Candidate], LearningRate]:
     cands = evaluate_candidates(inp, c, candidate_batches(c))
     best = choose(cands, objective, inp.b_crit)
     return best, cands, learning_rate(best.batch_size, inp, best.steps)

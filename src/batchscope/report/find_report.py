@@ -115,7 +115,8 @@ def _markdown(result: FindResult, task) -> str:
     for c in r.candidates:
         mark = " **<-**" if c["batch_size"] == r.batch_size else ""
         lines.append(f"| {c['batch_size']}{mark} | {c['micro_batch']} x {c['accumulation']} | {c['steps']:,.0f} | "
-                     f"{c['examples']:,.0f} | {c['seconds']:.2f} | {c['relative_time']:.2f} | {c['relative_compute']:.2f} |")
+                     f"{c['examples']:,.0f} | {c['seconds']:.2f} | {c['relative_time']:.2f} | "
+                     f"{c['relative_compute']:.2f} |")
     lines += ["", "![trade-off](tradeoff.png)", "", "## Growth schedule", "",
               "B_crit at each loss moves along the growth law from the window it was measured on; the schedule "
               f"ends at the recommended batch {r.batch_size} (beyond it, `train --adaptive` measures as it goes).", "",

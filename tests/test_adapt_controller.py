@@ -119,10 +119,10 @@ def test_state_dict_round_trip_and_due():
 
 def test_uses_the_same_model_as_find():
     from batchscope.plan import recommend as rec
-    c = BatchSizeController(StepTimeModel(0.01, 2e-4, ((16, 0.013), (64, 0.02), (256, 0.06))),
-                            start_batch=16, n_train=10_000)
-    inp = rec.Inputs(alpha=0.01, beta=2e-4, b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
-                     steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=((16, 0.013), (64, 0.02), (256, 0.06)))
+    measured = ((16, 0.013), (64, 0.02), (256, 0.06))
+    c = BatchSizeController(StepTimeModel(0.01, 2e-4, measured), start_batch=16, n_train=10_000)
+    inp = rec.Inputs(step_time=StepTimeModel(0.01, 2e-4, measured), b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
+                     steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
     cons = rec.Constraints(n_train=10_000)
     best, _, _ = rec.recommend(inp, cons, "fastest")
     assert c.decide(50, _est(300.0)).batch_size == best.batch_size
@@ -151,3 +151,11 @@ def test_the_batch_shrinks_to_a_quarter_of_the_start_and_no_further():
     assert BatchSizeController(LINE, start_batch=4, n_train=100, devices=2).min_batch == 4   # two per device
     with pytest.raises(ConfigError, match=r"The 'min_batch' parameter must be in 2\.\.256 .*Got 512"):
         BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=512)
+
+
+def test_one_step_time_model_and_a_broken_one_is_refused_before_any_decision():
+    import batchscope.hardware
+    assert StepTimeModel is batchscope.hardware.StepTimeModel
+    for alpha, beta in ((math.nan, 1e-5), (-0.01, 1e-5), (0.01, -1e-5), (0.0, 0.0)):
+        with pytest.raises(ConfigError, match="parameter of StepTimeModel must be"):
+            BatchSizeController(StepTimeModel(alpha, beta), start_batch=16, n_train=1000)

@@ -106,7 +106,7 @@ def cases(tasks: Path, tmp_path: Path):
          "task 'user': loss_fn must return the batch mean as a scalar tensor, got shape (256,); use reduction='mean'"),
         # 6. a damaged saved profile, refused before any measuring
         (["find", "--task", "dots", "--profile", saved_profile(tmp_path, alpha=-0.5)],
-         "the hardware profile's 'alpha' must be such that alpha + beta*B is a positive step time at B=1"),
+         "the hardware profile's 'alpha' must be a finite number of seconds >= 0 (the fixed cost of a step); got -0.5"),
         (["find", "--task", "dots", "--profile", saved_profile(tmp_path, alpha="fast")],
          "the hardware profile's 'alpha' must be a finite number; got 'fast'"),
         (["find", "--task", "dots", "--profile", saved_profile(tmp_path, max_batch=0)],

@@ -1,14 +1,15 @@
 import pytest
 
 from batchscope import ConfigError
-from batchscope.flow import PipelineResult, bubble_formula, gpipe_bubble, pipeline_line, simulate_pipeline
+from batchscope.flow import PipelineResult, bubble_formula, pipeline_line, simulate_pipeline
 
 
-def test_gpipe_bubble_formula():
-    assert gpipe_bubble(4, 8) == 3 / 11
-    assert gpipe_bubble(1, 5) == 0.0
-    assert gpipe_bubble(8, 1) == 7 / 8
-    assert bubble_formula([1.0] * 6, 10) == pytest.approx(gpipe_bubble(6, 10))
+def test_equal_stages_give_gpipe_s_bubble():
+    # (P - 1) / (M + P - 1) for P equal stages and M micro-batches
+    assert bubble_formula([1.0] * 4, 8) == pytest.approx(3 / 11)
+    assert bubble_formula([2.5], 5) == 0.0
+    assert bubble_formula([1.0] * 8, 1) == pytest.approx(7 / 8)
+    assert bubble_formula([1.0] * 6, 10) == pytest.approx(5 / 15)
 
 
 @pytest.mark.parametrize("p, m", [(1, 4), (2, 1), (2, 7), (4, 8), (4, 32), (8, 3)])

@@ -9,7 +9,7 @@ from batchscope.hardware import StepTimeModel, fit_line, fit_step_time, knee, kn
 
 def knee_from_points(batches, throughput, gain=0.10):
     """The knee of the step-time model through measured throughputs (alpha, beta unused in range)."""
-    return knee(StepTimeModel.from_measurements(0.0, 0.0, [(b, b / x) for b, x in zip(batches, throughput)]), gain)
+    return knee(StepTimeModel(1.0, 0.0, [(b, b / x) for b, x in zip(batches, throughput)]), gain)
 
 
 def test_fit_line_recovers_a_known_line_exactly():
@@ -94,3 +94,21 @@ def test_knee_from_points_none_while_still_climbing():
     b = [1, 2, 4, 8]
     assert knee_from_points(b, [float(x) for x in b]) is None
     assert math.isclose(knee_from_line(1.0, 1.0, gain=0.10), 4.5)
+
+
+def test_step_time_fit_never_gives_a_negative_cost():
+    # a flat curve whose noisy timings fall with the batch: the free line has beta < 0
+    b, t = [1, 2, 4, 8], [0.0104, 0.0101, 0.0100, 0.0098]
+    assert fit_line(b, t, [1 / x**2 for x in t]).slope < 0
+    fit = fit_step_time(b, t)
+    w = np.array([1 / x**2 for x in t])
+    assert (fit.intercept, fit.slope) == (pytest.approx(float((w * t).sum() / w.sum())), 0.0)
+    assert fit.residuals == pytest.approx(tuple(np.array(t) - fit.intercept))
+    # a convex curve whose line would cross zero before B = 1: the best line through the origin instead
+    b, t = [1, 2, 4], [1e-3, 4e-3, 16e-3]
+    assert fit_line(b, t, [1 / x**2 for x in t]).intercept < 0
+    fit = fit_step_time(b, t)
+    w = np.array([1 / x**2 for x in t])
+    through_origin = float((w * np.array(b) * t).sum() / (w * np.square(b)).sum())
+    assert fit.intercept == 0.0 and fit.slope == pytest.approx(through_origin)
+    StepTimeModel(fit.intercept, fit.slope)      # the one model takes what the fit gives

@@ -78,8 +78,9 @@ def test_bad_profile_files(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"alpha": -1.0}, r"'alpha' must be such that alpha \+ beta\*B is a positive step time at B=1"),
-    ({"alpha": 0.0, "beta": -1e-3}, r"'alpha' must be such that .* at B=1 \(beta=-0.001 gives -0.001 s\)"),
+    ({"alpha": -1.0}, r"'alpha' must be a finite number of seconds >= 0 \(the fixed cost of a step\); got -1.0"),
+    ({"alpha": 0.0, "beta": -1e-3}, r"'beta' must be a finite number of seconds >= 0 .*; got -0.001"),
+    ({"alpha": 0.0, "beta": 0.0}, r"'alpha' must be positive where beta is 0 too .*; got 0.0"),
     ({"beta": float("nan")}, r"'beta' must be a finite number; got nan"),
     ({"alpha": "fast"}, r"'alpha' must be a finite number; got 'fast'"),
     ({"max_batch": 0}, r"'max_batch' must be a positive integer; got 0"),

@@ -79,7 +79,7 @@ def test_default_samples_every_8th_step_and_matches_the_monitor(tmp_path):
     for x, y in zip(got, ref):
         assert x.b_simple == pytest.approx(y.b_simple, rel=1e-6)
         assert x.g2 == pytest.approx(y.g2, rel=1e-6)
-    assert cb._handle is None and not cb.monitor._capture.attached   # removed after the run
+    assert cb._handle is None and not cb.monitor._capture._handles   # removed after the run
 
 
 @pytest.mark.slow
@@ -240,3 +240,16 @@ def test_adaptive_callback_state_survives_checkpoint(tmp_path):
     assert repr(resumed.plan.controller.decisions[:k]) == repr(first.plan.controller.decisions)
     assert resumed.plan.steps[n].examples == first.plan.micro_batch * first.plan.accumulation
     assert resumed.plan.rate.progress > saved["rate"]["progress"]
+
+
+def test_adaptive_callback_state_keeps_the_whole_step_time_model_and_refuses_a_broken_one():
+    from batchscope.adapt import StepTimeModel
+    from batchscope.errors import ConfigError
+    from batchscope.integrations.hf import AdaptiveBatchCallback
+
+    model = StepTimeModel(0.02, 2e-5, ((8, 0.021), (64, 0.024)))
+    saved = AdaptiveBatchCallback(model, every=4).state()["args"]
+    assert saved["step_time"] == {"alpha": 0.02, "beta": 2e-5, "measured": [[8.0, 0.021], [64.0, 0.024]]}
+    assert AdaptiveBatchCallback(**saved).step_time == model     # what a resumed Trainer plans with
+    with pytest.raises(ConfigError, match=r"'alpha' parameter of StepTimeModel .* Got nan instead"):
+        AdaptiveBatchCallback({"alpha": math.nan, "beta": 1e-5})

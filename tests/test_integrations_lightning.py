@@ -70,7 +70,7 @@ def test_default_samples_every_8th_step_matches_the_monitor_and_logs_every_step(
     for a, b in zip(got, ref):
         assert a.b_simple == pytest.approx(b.b_simple, rel=1e-9)
         assert a.g2 == pytest.approx(b.g2, rel=1e-9) and a.trace == pytest.approx(b.trace, rel=1e-9)
-    assert not cb.monitor._capture.attached      # step 25 would be idle: no hooks left on the model
+    assert not cb.monitor._capture._handles      # step 25 would be idle: no hooks left on the model
     # The steps the logger writes (none of them measured) carry the latest estimate.
     assert t.callback_metrics["noise/b_simple"].item() == pytest.approx(got[-1].b_simple, rel=1e-6)
 

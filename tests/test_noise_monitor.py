@@ -109,7 +109,7 @@ def test_monitor_in_the_training_loop_accounts_for_the_accumulation_scaling(ever
         g2, tr = ref.expected[r.step - 1]
         assert r.g2 == pytest.approx(g2, rel=1e-4, abs=1e-6) and r.trace == pytest.approx(tr, rel=1e-4)
     assert monitor.history[-1].b_simple == pytest.approx(monitor.estimate().b_simple)
-    assert not monitor._capture.attached  # hooks removed when training ends
+    assert not monitor._capture._handles  # hooks removed when training ends
 
 
 def _run_user_loop(monitor, model, x, y, acc, divide=True, scaler=None, opt=None):
@@ -291,7 +291,7 @@ def test_sampled_monitor_hooks_only_the_steps_it_measures():
     sampled = NoiseScaleMonitor(model, micro_batch=8, every=3)
     hooked = []
     for i, (x, y) in enumerate(data):
-        hooked.append(sampled._capture.attached)
+        hooked.append(bool(sampled._capture._handles))
         for xs, ys in zip(x.split(8), y.split(8)):
             (nn.functional.mse_loss(model(xs), ys) / 4).backward()
         every.update()
@@ -304,11 +304,11 @@ def test_sampled_monitor_hooks_only_the_steps_it_measures():
     for r in sampled.raw:
         assert (r.g2, r.trace) == pytest.approx((picked[r.step].g2, picked[r.step].trace), rel=1e-12)
     sampled.load_state_dict({**sampled.state_dict(), "steps": 8})     # resuming re-syncs the hooks
-    assert not sampled._capture.attached
+    assert not sampled._capture._handles
     sampled.load_state_dict({**sampled.state_dict(), "steps": 9})
-    assert sampled._capture.attached
+    assert sampled._capture._handles
     sampled.close()
-    assert not sampled._capture.attached
+    assert not sampled._capture._handles
 
 
 def test_the_micro_batch_estimate_warns_when_batchnorm_couples_examples():

@@ -4,8 +4,10 @@ import pytest
 from torch import nn
 
 from batchscope.errors import ConfigError
+from batchscope.hardware import StepTimeModel
 from batchscope.plan.comm import GB, Cluster, Link
-from batchscope.plan.devices import DeviceMemoryError, ceiling_on, gradient_bytes, split_batch, static_bytes, step_time
+from batchscope.plan.devices import (DataParallelStep, DeviceMemoryError, ceiling_on, gradient_bytes, split_batch,
+                                     static_bytes)
 from batchscope.plan.frontier import make_plan
 
 
@@ -24,15 +26,15 @@ def test_split_keeps_the_global_batch_exact():
 def test_step_time_combines_compute_and_sync():
     link = Link("l", 1 * GB, 0.0)
     cluster = Cluster(link, per_node=8)
-    t_pass = lambda m: 1e-3 + 1e-5 * m       # noqa: E731
+    t_pass = StepTimeModel(1e-3, 1e-5)
     # 4 devices, 512 examples, ceiling 64: 2 passes of 64 (1.64 ms each); 4e8 bytes: 2*3/4*0.4 = 0.6 s
-    st = step_time(512, 4, t_pass, 4e8, cluster, gamma=1.0, ceiling=64)
+    st = DataParallelStep(t_pass, ceiling=64, cluster=cluster, grad_bytes=4e8, gamma=1.0)(512, 4)
     assert st.compute == pytest.approx(2 * 1.64e-3)
     assert st.sync == pytest.approx(0.6)
     assert st.seconds == pytest.approx(2 * 1.64e-3 + 0.6)
-    overlapped = step_time(512, 4, t_pass, 4e8, cluster, gamma=float("inf"), ceiling=64)
+    overlapped = DataParallelStep(t_pass, ceiling=64, cluster=cluster, grad_bytes=4e8, gamma=float("inf"))(512, 4)
     assert overlapped.seconds == pytest.approx(1.64e-3 + 0.6)     # one pass hidden under the all-reduce
-    assert step_time(512, 1, t_pass, 4e8, cluster).sync == 0.0
+    assert DataParallelStep(t_pass, cluster=cluster, grad_bytes=4e8)(512, 1).sync == 0.0
 
 
 def test_gradient_bytes_follow_the_dtype():
@@ -54,7 +56,7 @@ def test_a_model_larger_than_a_device_is_refused():
 
 def _no_comm_plan(b_noise, ceiling, knee=0.25, devices=(1, 2, 4, 8, 16, 32, 64, 128)):
     # constant 10 ms per pass at any micro-batch: beyond the ceiling only accumulation (more passes) helps
-    step = lambda b, n: step_time(b, n, lambda m: 0.01, 0, None, ceiling=ceiling)  # noqa: E731
+    step = DataParallelStep(StepTimeModel(0.01, 0.0), ceiling=ceiling)
     return make_plan(devices, s_min=1000.0, b_noise=b_noise, step=step, limit=2**20, knee_fraction=knee)
 
 
@@ -79,7 +81,7 @@ def test_the_knee_without_communication_is_where_the_global_batch_reaches_b_crit
 def test_communication_makes_more_devices_slower_at_some_count():
     # 1 GB of gradients over 1 GB/s within nodes of 8, 0.1 GB/s between nodes
     cluster = Cluster(Link("node", 1 * GB, 0.0), per_node=8, network=Link("net", 0.1 * GB, 0.0))
-    step = lambda b, n: step_time(b, n, lambda m: 0.5 + 0.01 * m, 1e9, cluster, ceiling=64)  # noqa: E731
+    step = DataParallelStep(StepTimeModel(0.5, 0.01), ceiling=64, cluster=cluster, grad_bytes=1e9)
     plan = make_plan([1, 2, 4, 8, 16, 32], s_min=100.0, b_noise=2000.0, step=step, limit=2**16, price=2.0)
     assert plan.fastest.devices == 8            # crossing nodes costs 2*(n-1)/n * 10 s per step
     assert plan.cheapest.devices == 1
@@ -88,7 +90,7 @@ def test_communication_makes_more_devices_slower_at_some_count():
 
 
 def test_bad_plan_input_is_refused():
-    step = lambda b, n: step_time(b, n, lambda m: 0.01, 0, None)  # noqa: E731
+    step = DataParallelStep(StepTimeModel(0.01, 0.0))
     with pytest.raises(ConfigError, match="a global batch of 12 cannot be split evenly over 8 devices"):
         make_plan([1, 8], 100.0, 10.0, step, limit=1024, batches=[12])
     with pytest.raises(ConfigError, match="price per device-hour must be a positive number"):
@@ -100,7 +102,7 @@ def test_bad_plan_input_is_refused():
 def test_find_candidates_on_several_devices_pay_for_the_all_reduce():
     from batchscope.plan import recommend as rec
 
-    inp = rec.Inputs(alpha=1e-3, beta=1e-5, b_noise=100.0, b_noise_low=50.0, b_noise_high=200.0, b_ref=32,
+    inp = rec.Inputs(step_time=StepTimeModel(1e-3, 1e-5), b_noise=100.0, b_noise_low=50.0, b_noise_high=200.0, b_ref=32,
                      steps_ref=1000.0, lr_ref=0.1, optimizer="sgd")
     silent = rec.evaluate_candidates(inp, rec.Constraints(n_train=10_000, devices=4), [64, 256])
     synced = rec.evaluate_candidates(inp, rec.Constraints(n_train=10_000, devices=4, grad_bytes=4e8,

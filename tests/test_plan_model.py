@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from batchscope.errors import ConfigError
+from batchscope.hardware import StepTimeModel, knee
 from batchscope.plan import model
+from batchscope.plan.devices import DataParallelStep
 from batchscope.plan.growth import Window, bootstrap_fits, fit_growth, make_windows, prediction_at
 from batchscope.plan.projection import project_examples
 from batchscope.plan.recommend import (Constraints, Inputs, candidate_batches, choose, evaluate_candidates,
@@ -18,20 +20,24 @@ def test_steps_and_examples_double_at_b_noise():
     assert model.s_min_from_reference(3000.0, 128, 256.0) == pytest.approx(1000.0)
 
 
-def test_closed_form_optimum_matches_a_dense_search():
+def test_time_to_target_is_least_at_the_closed_form_optimum():
     alpha, beta, bn = 0.01, 1e-4, 400.0
-    assert model.optimal_batch(alpha, beta, bn) == pytest.approx(200.0)  # sqrt(0.01 * 400 / 1e-4)
+    line = StepTimeModel(alpha, beta)
+    assert model.time_to_target(400, 100.0, bn, line.seconds(400)) == pytest.approx(100 * 2 * (0.01 + 0.04))
     grid = np.arange(1, 5000)
-    times = [model.time_to_target(int(b), 100.0, bn, alpha, beta) for b in grid]
-    assert grid[int(np.argmin(times))] == 200
-    assert model.optimal_batch(0.01, 0.0, bn) == math.inf
+    times = [model.time_to_target(int(b), 100.0, bn, line.seconds(b)) for b in grid]
+    assert grid[int(np.argmin(times))] == 200       # B* = sqrt(alpha B_noise / beta) = sqrt(0.01 * 400 / 1e-4)
+    flat = StepTimeModel(0.01, 0.0)                 # a step costs the same at any batch: larger is always sooner
+    assert np.all(np.diff([model.time_to_target(int(b), 100.0, bn, flat.seconds(b)) for b in grid]) < 0)
 
 
 def test_accumulation_pays_the_fixed_cost_per_pass():
-    # 256 as 4 passes of 64: 4 * (alpha + 64 beta)
-    assert model.step_seconds(256, 0.01, 1e-4, micro_batch=64) == pytest.approx(4 * (0.01 + 64e-4))
-    # 4 devices, 64 each, one pass
-    assert model.step_seconds(256, 0.01, 1e-4, devices=4) == pytest.approx(0.01 + 64e-4)
+    line = StepTimeModel(0.01, 1e-4)
+    assert line.seconds(64, accumulation=4) == pytest.approx(4 * (0.01 + 64e-4))
+    # 256 as 4 passes of 64 on one device: 4 * (alpha + 64 beta) ...
+    assert DataParallelStep(line, ceiling=64)(256).seconds == pytest.approx(4 * (0.01 + 64e-4))
+    # ... and on 4 devices, 64 each, one pass
+    assert DataParallelStep(line)(256, 4).seconds == pytest.approx(0.01 + 64e-4)
 
 
 def test_learning_rate_rules():
@@ -63,7 +69,7 @@ def test_candidates_are_clamped_by_data_cap_and_devices():
 
 def _inputs(bn=256.0, alpha=0.01, beta=1e-4, opt="sgd"):
     # the reference run at B=64 needs 5000 steps, so S_min = 5000 / (1 + bn/64)
-    return Inputs(alpha=alpha, beta=beta, b_noise=bn, b_noise_low=bn / 2, b_noise_high=bn * 2,
+    return Inputs(step_time=StepTimeModel(alpha, beta), b_noise=bn, b_noise_low=bn / 2, b_noise_high=bn * 2,
                   b_ref=64, steps_ref=5000.0, lr_ref=0.1, optimizer=opt)
 
 
@@ -149,28 +155,87 @@ def test_projection_sees_a_plateau_after_a_fast_start():
     assert project_examples(e, values, 0.0, 1.0).examples == math.inf
 
 
-def test_step_time_curve_uses_measurements_inside_their_range():
-    curve = model.step_time_curve(1.0, 0.01, measured=[(8, 2.0), (32, 3.0), (16, 2.0)])
+def test_the_step_time_model_uses_measurements_inside_their_range():
+    curve = StepTimeModel(1.0, 0.01, measured=[(8, 2.0), (32, 3.0), (16, 2.0)]).seconds
     assert curve(16) == pytest.approx(2.0)          # a measured point, not the line (1.16)
     assert curve(8 * 2 ** 0.5) == pytest.approx(2.0)
     assert curve(np.sqrt(16 * 32)) == pytest.approx(np.sqrt(2.0 * 3.0))  # log-log halfway between 2 and 3
     assert curve(64) == pytest.approx(1.64)         # beyond the measurements: alpha + beta m
-    assert model.step_time_curve(1.0, 0.01)(100) == pytest.approx(2.0)
+    assert StepTimeModel(1.0, 0.01).seconds(100) == pytest.approx(2.0)
     # a load spike at a small batch is lowered to what a larger batch took
-    spiky = model.step_time_curve(1.0, 0.01, measured=[(1, 90.0), (2, 1.0), (4, 1.5)])
-    assert spiky(1) == pytest.approx(1.0) and spiky(4) == pytest.approx(1.5)
+    spiky = StepTimeModel(1.0, 0.01, measured=[(1, 90.0), (2, 1.0), (4, 1.5)])
+    assert spiky.seconds(1) == pytest.approx(1.0) and spiky.seconds(4) == pytest.approx(1.5)
+    assert spiky.measured == ((1.0, 90.0), (2.0, 1.0), (4.0, 1.5))     # what was measured stays as it was
     # a larger batch slower per example than a smaller one keeps its time: one pass at it costs that
-    slow = model.step_time_curve(1.0, 0.01, measured=[(16, 2.0), (32, 8.0), (64, 9.0)])
-    assert slow(32) == pytest.approx(8.0) and slow(64) == pytest.approx(9.0)
+    slow = StepTimeModel(1.0, 0.01, measured=[(16, 2.0), (32, 8.0), (64, 9.0)])
+    assert slow.seconds(32) == pytest.approx(8.0) and slow.seconds(64) == pytest.approx(9.0)
 
 
 def test_profile_recommender_and_knee_share_one_step_time_model():
-    from batchscope.hardware import StepTimeModel, knee
+    from batchscope.hardware import ProfilePoint
+    from batchscope.tasks import load_task
+    from tests.helpers import fake_profile
+
     pts = [(1, 0.010), (2, 0.011), (4, 0.013), (8, 0.030), (16, 0.041), (32, 0.081)]
-    curve = model.step_time_curve(0.005, 0.0025, pts)
-    m = StepTimeModel.from_measurements(0.005, 0.0025, pts)
-    assert [curve(b) for b in (1, 3, 8, 24, 64)] == [m(b) for b in (1, 3, 8, 24, 64)]
-    assert m(8) == pytest.approx(0.030) and m(2) == pytest.approx(0.011)
+    m = StepTimeModel(0.005, 0.0025, pts)
+    profile = fake_profile(load_task("dots"), alpha=0.005, beta=0.0025)
+    profile.points = [ProfilePoint(b, t, 0.0, b / t, None) for b, t in pts]
+    assert StepTimeModel.from_profile(profile) == m
+    assert [profile.step_time(b) for b in (1, 3, 8, 24, 64)] == [m.seconds(b) for b in (1, 3, 8, 24, 64)]
+    assert profile.to_dict()["step_time_model"] == m.to_dict()
+    assert m.seconds(8) == pytest.approx(0.030) and m.seconds(2) == pytest.approx(0.011)
+    # the recommender prices a step with the same model: one pass of 24 on one device
+    inp = Inputs(step_time=m, b_noise=64.0, b_noise_low=32.0, b_noise_high=128.0, b_ref=8, steps_ref=90.0,
+                 lr_ref=0.1, optimizer="sgd")
+    (c24,) = evaluate_candidates(inp, Constraints(n_train=1000), [24])
+    assert c24.seconds == pytest.approx(c24.steps * m.seconds(24))
     # throughput 100, 182, 308, 267, 390, 395: against the best so far, 4 -> 8 gains 0%, 8 -> 16 gains 27%,
     # 16 -> 32 gains 1%
     assert knee(m) == 16
+
+
+@pytest.mark.parametrize("alpha, beta, measured, wrong", [
+    (math.nan, 1e-5, (), r"The 'alpha' parameter of StepTimeModel must be a finite number of seconds >= 0 \(the "
+                         r"fixed cost of a step\)\. Got nan instead; take alpha and beta from a hardware profile"),
+    (-1e-3, 1e-5, (), r"'alpha' parameter .* Got -0.001 instead"),
+    (1e-3, -1e-5, (), r"'beta' parameter of StepTimeModel must be a finite number of seconds >= 0 .* Got -1e-05"),
+    (1e-3, math.inf, (), r"'beta' parameter .* Got inf instead"),
+    (0.0, 0.0, (), r"'alpha' parameter of StepTimeModel must be positive where beta is 0 too .* Got 0.0 instead"),
+    ("fast", 1e-5, (), r"'alpha' parameter .* Got 'fast' instead"),
+    (1e-3, 1e-5, ((4, math.nan),), r"'measured' parameter of StepTimeModel must hold \(batch, median seconds\) "
+                                    r"pairs .* Got \(4, nan\) instead; drop that point or measure it again"),
+    (1e-3, 1e-5, ((0, 0.1),), r"'measured' .* Got \(0, 0.1\) instead"),
+    (1e-3, 1e-5, ((4, -0.1),), r"'measured' .* Got \(4, -0.1\) instead"),
+    (1e-3, 1e-5, (4, 0.1), r"'measured' .* Got 4 instead"),
+])
+def test_a_step_time_model_that_cannot_describe_a_device_is_refused(alpha, beta, measured, wrong):
+    with pytest.raises(ConfigError, match=wrong):
+        StepTimeModel(alpha, beta, measured)
+
+
+def test_the_line_alone_may_be_flat_or_through_the_origin():
+    assert StepTimeModel(0.01, 0.0).seconds(1000) == 0.01
+    assert StepTimeModel(0.0, 1e-4).seconds(100) == pytest.approx(0.01)
+
+
+def test_recommend_and_plan_agree_with_time_to_target_on_a_hand_computed_case():
+    from batchscope.plan.comm import GB, Cluster, Link
+    from batchscope.plan.frontier import make_plan
+
+    # one device: 1 ms + 10 us per example, at most 64 per pass; 2 devices over a 1 GB/s link moving 1 MB
+    line = StepTimeModel(1e-3, 1e-5)
+    cluster = Cluster(Link("l", 1 * GB, 0.0), per_node=8)
+    s_min, bn = 100.0, 256.0
+    # B = 256 on 2 devices: 128 each = 2 passes of 64 (1.64 ms each); all-reduce 2 * 1/2 * 1e6 / 1e9 = 1 ms
+    step_s = 2 * (1e-3 + 64e-5) + 1e-3
+    by_hand = 100.0 * (1 + 256 / 256) * step_s                          # S(B) t_step(B) = 200 * 4.28 ms
+    assert model.time_to_target(256, s_min, bn, step_s) == pytest.approx(by_hand) == pytest.approx(0.856)
+    inp = Inputs(step_time=line, b_noise=bn, b_noise_low=bn, b_noise_high=bn, b_ref=256, steps_ref=200.0,
+                 lr_ref=0.1, optimizer="sgd")                            # S_min = 200 / (1 + 256/256) = 100
+    c = Constraints(n_train=10_000, memory_ceiling=64, devices=2, cluster=cluster, grad_bytes=1e6)
+    (found,) = evaluate_candidates(inp, c, [256])
+    step = DataParallelStep(line, ceiling=64, cluster=cluster, grad_bytes=1e6)
+    planned = next(r for r in make_plan([2], s_min, bn, step, limit=10_000, batches=[256]).rows)
+    assert (found.micro_batch, found.accumulation) == (planned.micro_batch, planned.accumulation) == (64, 2)
+    assert found.seconds == pytest.approx(by_hand) and planned.seconds == pytest.approx(by_hand)
+    assert found.steps == planned.steps == pytest.approx(200.0)

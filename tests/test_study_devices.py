@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from batchscope.cli import cli
 from batchscope.errors import ConfigError
-from batchscope.study import load_records, run_study
+from batchscope.study import load_study, run_study
 from batchscope.study.placement import resolve_devices, threads_per_worker
 from batchscope.study.ray_runs import import_ray
 from tests.test_study_store import TASK, plan
@@ -42,7 +42,7 @@ def test_one_worker_per_device_runs_everything_once_and_records_the_device(tmp_p
     p = plan(batch_sizes=(8, 16, 32), lr_rules=("none",), steps=10, noise_steps=0)
     summary = run_study(tmp_path, p, devices=["cpu", "cpu"])
     assert (summary.total, summary.ran) == (3, 3)
-    _, _, records = load_records(tmp_path)
+    records = load_study(tmp_path).records
     assert sorted(r.spec.batch_size for r in records) == [8, 16, 32]
     assert all(r.status == "ok" and r.device == "cpu" and len(r.step_losses) == 10 for r in records)
 

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 import batchscope
-from batchscope.study import load_records, run_study
+from batchscope.study import load_study, run_study
 from tests.test_study_store import HERE, TASK, child, plan
 
 ray = pytest.importorskip("ray")
@@ -35,8 +35,8 @@ def test_ray_and_local_workers_store_the_same_results(local_ray, tmp_path):
     run_study(tmp_path / "local", p)
     summary = run_study(tmp_path / "ray", p, ray="")
     assert summary.ran == 2
-    _, _, local = load_records(tmp_path / "local")
-    _, _, remote = load_records(tmp_path / "ray")
+    local = load_study(tmp_path / "local").records
+    remote = load_study(tmp_path / "ray").records
     for key, want in _measured(local).items():
         got = _measured(remote)[key]
         assert got["step_losses"] == pytest.approx(want["step_losses"], rel=1e-5)
@@ -64,7 +64,7 @@ def test_a_dead_worker_is_retried_and_a_raising_run_is_recorded_as_failed(local_
     assert status == "failed" and len(failed["failures"]) == 2
     assert all("RuntimeError: batch 24 fails on purpose" in f for f in failed["failures"]), failed["failures"]
     assert failed["message"] == failed["failures"][-1]
-    _, _, done = load_records(tmp_path)           # what a report reads: the finished runs only
+    done = load_study(tmp_path).records           # what a report reads: the finished runs only
     assert sorted(r.spec.batch_size for r in done) == [8, 16]
 
 
@@ -101,7 +101,7 @@ def test_sigkill_of_the_driver_then_resume_loses_and_repeats_no_finished_run(loc
         after = dict(db.execute("SELECT key, finished FROM runs WHERE status = 'ok'").fetchall())
     assert len(after) == total
     assert {k: after[k] for k in before} == before       # nothing finished before the kill ran again
-    _, _, records = load_records(tmp_path)
+    records = load_study(tmp_path).records
     assert sorted(r.key for r in records) == sorted(after)
 
 
@@ -115,7 +115,7 @@ def test_the_command_line_runs_a_study_on_ray(local_ray, tmp_path):
                                    "--grad-norm-batches", "0", "--evals", "5", "--no-report", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["summary"]["ran"] == 2
-    _, _, records = load_records(tmp_path)
+    records = load_study(tmp_path).records
     assert all(r.status == "ok" and r.device.startswith("cpu on ") for r in records)
 
 

@@ -56,11 +56,11 @@ def test_resume_of_a_finished_study_runs_nothing(study_dir):
 @pytest.mark.parametrize("args,msg", [
     (["--batch-sizes", "32,1000"], "error: batch size(s) 1000 larger than the training set of task 'blobs' "
                                    "(384 examples); use batch sizes up to 384"),
-    (["--optimizers", "sgd,lion"], "error: The 'optimizers' parameter must hold names from sgd, adam, adamw. "
+    (["--optimizers", "sgd,lion"], "error: The --optimizers option must hold names from sgd, adam, adamw. "
                                    "Got 'lion' instead."),
     (["--batch-sizes", ","], "error: The 'batch_sizes' parameter is empty, so the study grid has no runs"),
     (["--seeds", ""], "error: The 'seeds' parameter is empty"),
-    (["--lr-rules", "cubic"], "error: The 'lr_rules' parameter must hold names from none, sqrt, linear"),
+    (["--lr-rules", "cubic"], "error: The --lr-rules option must hold names from none, sqrt, linear"),
     (["--epochs", "2", "--steps", "5"], "error: give a budget in --epochs or in --steps, not both"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, msg):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import batchscope
-from batchscope.study import ResultStore, StudyError, StudyLock, StudyPlan, load_records, run_study
+from batchscope.study import ResultStore, StudyError, StudyLock, StudyPlan, load_study, run_study
 
 HERE = Path(__file__).parent
 TASK = f"{HERE / 'study_tasks.py'}:blobs"
@@ -97,7 +97,8 @@ def test_sigkill_loses_nothing_finished_and_resume_repeats_nothing(tmp_path):
     assert {k: after[k] for k in before} == before  # nothing that was saved ran again
     again = run_study(tmp_path, resume=True)
     assert again.ran == 0
-    loaded_plan, facts, records = load_records(tmp_path)
+    saved = load_study(tmp_path)
+    loaded_plan, facts, records = saved.plan, saved.facts, saved.records
     assert loaded_plan == p.resolved(batchscope.load_task(TASK)) and facts["name"] == "blobs"
     assert sorted(r.key for r in records) == sorted(s.key for s in loaded_plan.expand(batchscope.load_task(TASK)))
 
@@ -116,7 +117,7 @@ def test_parallel_workers_run_everything_once(tmp_path):
     p = plan(batch_sizes=(8, 16), lr_rules=("none",), steps=10)
     summary = run_study(tmp_path, p, workers=2)
     assert summary.ran == 2
-    _, _, records = load_records(tmp_path)
+    records = load_study(tmp_path).records
     assert sorted(r.spec.batch_size for r in records) == [8, 16]
     assert all(r.status == "ok" and len(r.step_losses) == 10 for r in records)
 
@@ -131,7 +132,7 @@ def test_a_task_object_runs_in_process_only(tmp_path):
         run_study(tmp_path / "a", p, task=blobs(), workers=2)
     summary = run_study(tmp_path / "b", p, task=blobs())
     assert summary.ran == 1
-    assert load_records(tmp_path / "b")[2][0].steps == 5
+    assert load_study(tmp_path / "b").records[0].steps == 5
 
 
 @pytest.mark.parametrize("damage", [b"this is not a database at all" * 40, "truncate"])
@@ -142,7 +143,7 @@ def test_a_damaged_database_is_one_clear_error_on_report_and_resume(tmp_path, da
         db.write_bytes(db.read_bytes()[:700])
     else:
         db.write_bytes(damage)
-    for call in (lambda: load_records(tmp_path), lambda: run_study(tmp_path, resume=True)):
+    for call in (lambda: load_study(tmp_path), lambda: run_study(tmp_path, resume=True)):
         with pytest.raises(StudyError, match=rf"{db} is damaged or not a study database .*; move it away"):
             call()
 
@@ -155,7 +156,7 @@ def test_a_run_with_a_damaged_record_is_reported_and_run_again_on_resume(tmp_pat
         assert len(list(store.records())) == 1 and store.damaged == ["B8-sgd-none-x1-w0-s0"]
         assert store.keys() == {"B16-sgd-none-x1-w0-s0"}
     assert run_study(tmp_path, resume=True).ran == 1
-    assert sorted(r.spec.batch_size for r in load_records(tmp_path)[2]) == [8, 16]
+    assert sorted(r.spec.batch_size for r in load_study(tmp_path).records) == [8, 16]
 
 
 def test_reading_a_foreign_sqlite_file_changes_no_byte(tmp_path):
@@ -166,5 +167,5 @@ def test_reading_a_foreign_sqlite_file_changes_no_byte(tmp_path):
     c.close()
     before = db.read_bytes()
     with pytest.raises(StudyError, match="is an SQLite database but not a batchscope study"):
-        load_records(tmp_path)
+        load_study(tmp_path)
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["study.db"]

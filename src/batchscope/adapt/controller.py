@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, check_positive_int
+from ..hardware.steptime import StepTimeModel  # the one step-time model (batchscope.adapt re-exports it)
 from ..plan import recommend as rec
 from ..plan.critical_batch import LIVE_FACTOR
 
@@ -46,21 +47,6 @@ DEFAULT_EVERY = 50          # steps between decisions
 DEFAULT_THRESHOLD = 0.05    # AdaptDL: re-allocate only for a predicted speed-up above 5%
 DEFAULT_MIN_SAMPLES = 5     # finite noise measurements before the first decision
 SHRINK_LIMIT = 4            # the default floor: the start batch / 4
-
-
-@dataclass(frozen=True)
-class StepTimeModel:
-    """Seconds per forward/backward pass: t(m) = alpha + beta·m, measured medians used inside their range."""
-
-    alpha: float
-    beta: float
-    measured: tuple = ()     # ((batch, median seconds), ...)
-
-    @classmethod
-    def from_profile(cls, profile) -> "StepTimeModel":
-        """From a :class:`~batchscope.hardware.HardwareProfile` (or anything with alpha, beta, points)."""
-        return cls(float(profile.alpha), float(profile.beta),
-                   tuple((int(p.batch), float(p.seconds)) for p in getattr(profile, "points", ())))
 
 
 @dataclass(frozen=True)
@@ -175,9 +161,8 @@ class BatchSizeController:
 
         S_min cancels out of every comparison, so the reference is one step at the current batch.
         """
-        tm = self.time_model
-        inp = rec.Inputs(alpha=tm.alpha, beta=tm.beta, b_noise=b_crit, b_noise_low=b_crit, b_noise_high=b_crit,
-                         b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd", measured=tm.measured)
+        inp = rec.Inputs(step_time=self.time_model, b_noise=b_crit, b_noise_low=b_crit, b_noise_high=b_crit,
+                         b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
         return rec.evaluate_candidates(inp, self.constraints, list(batches or self.candidates()))
 
     def due(self, step: int) -> bool:

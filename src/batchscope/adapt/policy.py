@@ -27,7 +27,6 @@ from ..errors import ConfigError, check_positive_float, check_positive_int
 from ..hardware import HardwareProfile, profile_hardware
 from ..noise import NoiseScaleMonitor
 from ..plan.critical_batch import LIVE_FACTOR
-from ..plan.model import step_time_curve
 from ..tasks import Task
 from ..train import BatchPolicy, OptimizerSettings, StepPlan, TrainConfig, TrainContext, check_batch, total_steps
 from .controller import DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, BatchSizeController, StepTimeModel, check_limits
@@ -148,9 +147,8 @@ def auto_measure_every(time_model: StepTimeModel, b: int, overhead: float) -> in
     benchmarks/noise_overhead.py). The cadence is fixed by the profile, not by timing the run, so
     the same seed gives the same run.
     """
-    curve = step_time_curve(time_model.alpha, time_model.beta, time_model.measured)
-    extra = HOOK_FACTOR * max(time_model.alpha, 0.0)
-    return max(MIN_CADENCE, math.ceil(extra / (overhead * curve(b))))
+    extra = HOOK_FACTOR * time_model.alpha
+    return max(MIN_CADENCE, math.ceil(extra / (overhead * time_model.seconds(b))))
 
 
 def cadence_from_times(measured: Sequence[float], plain: Sequence[float], overhead: float) -> int:

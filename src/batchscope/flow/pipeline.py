@@ -34,13 +34,8 @@ from .simulate import simulate
 from .trace import Trace
 
 
-def gpipe_bubble(stages: int, micro_batches: int) -> float:
-    """(P - 1) / (M + P - 1): the idle fraction of P equal stages with M micro-batches."""
-    return (stages - 1) / (micro_batches + stages - 1)
-
-
 def bubble_formula(stage_times: Sequence[float], micro_batches: int) -> float:
-    """The idle fraction for stages of any (forward) times; reduces to :func:`gpipe_bubble`."""
+    """The idle fraction for stages of any (forward) times; GPipe's (P - 1) / (M + P - 1) for P equal stages."""
     total, slowest, p = math.fsum(stage_times), max(stage_times), len(stage_times)
     return 1 - micro_batches * total / (p * (total + (micro_batches - 1) * slowest))
 

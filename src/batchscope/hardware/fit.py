@@ -69,11 +69,31 @@ def fit_step_time(batches: Sequence[int], seconds: Sequence[float]) -> LinearFit
 
     Timing noise grows roughly in proportion to the time itself, so an unweighted fit would let the
     slowest, largest batches decide alpha; relative weighting keeps the small-batch end honest.
+    Neither coefficient is negative (see below).
     """
     t = np.asarray(seconds, dtype=np.float64)
     if np.any(~np.isfinite(t)) or np.any(t <= 0):
         raise ConfigError(f"step times must be positive finite seconds; got {t.tolist()}")
-    return fit_line(batches, t, 1.0 / t**2)
+    w = 1.0 / t**2
+    fit = fit_line(batches, t, w)
+    if fit.intercept >= 0 and fit.slope >= 0:
+        return fit
+    # alpha and beta are costs (StepTimeModel refuses a negative one). Noisy timings of a flat curve
+    # can tilt the free line below zero; the least-squares line with both >= 0 then lies on an edge:
+    # flat (beta = 0, alpha the weighted mean) or through the origin (alpha = 0), whichever fits better.
+    b = np.asarray(batches, dtype=np.float64)
+    edges = [_line_with(b, t, w, float((w * t).sum() / w.sum()), 0.0),
+             _line_with(b, t, w, 0.0, float((w * b * t).sum() / (w * b * b).sum()))]
+    return min(edges, key=lambda f: float((w * np.square(f.residuals)).sum()))
+
+
+def _line_with(x: np.ndarray, y: np.ndarray, w: np.ndarray, intercept: float, slope: float) -> LinearFit:
+    """A given line's fit to (x, y): residuals and R^2 with the weights ``w``, as :func:`fit_line` reports them."""
+    resid = y - (intercept + slope * x)
+    ym = (w * y).sum() / w.sum()
+    ss_tot = float((w * (y - ym) ** 2).sum())
+    r2 = 1.0 if ss_tot == 0 else 1.0 - float((w * resid**2).sum()) / ss_tot
+    return LinearFit(intercept, slope, r2, tuple(float(r) for r in resid), len(x))
 
 
 def knee_from_line(alpha: float, beta: float, gain: float = 0.10) -> Optional[float]:

@@ -21,7 +21,7 @@ from .device import device_facts
 from .fit import fit_step_time, knee_from_line
 from .memory import available_ram, cpu_memory_probe, cpu_memory_supported, cuda_free_memory, cuda_memory_probe
 from .step import StepRunner
-from .steptime import StepTimeModel, knee
+from .steptime import StepTimeModel, knee, line_problem
 from .timing import StepTiming, TimeProbe, step_time_probe
 from .units import MAX_BYTES, format_bytes, parse_bytes
 
@@ -88,17 +88,13 @@ class HardwareProfile:
     schema: str = SCHEMA
 
     # Predictions -------------------------------------------------------------------------------
-    @property
-    def step_time_model(self) -> StepTimeModel:
-        """The one step-time model (see :mod:`batchscope.hardware.steptime`), from the measured points."""
-        return StepTimeModel.from_measurements(self.alpha, self.beta, [(p.batch, p.seconds) for p in self.points])
-
     def step_time(self, batch: float) -> float:
-        """Predicted seconds per optimizer step at ``batch`` (one pass, no accumulation)."""
-        return self.step_time_model(batch)
+        """Predicted seconds per optimizer step at ``batch`` (one pass, no accumulation).
 
-    def throughput(self, batch: float) -> float:
-        return batch / self.step_time(batch)
+        The one step-time model, ``StepTimeModel.from_profile(profile)``, which code that plans with
+        a profile evaluates; this is its shorthand at the prompt.
+        """
+        return StepTimeModel.from_profile(self).seconds(batch)
 
     def memory(self, batch: float) -> float:
         """Predicted peak bytes of one training step at ``batch``."""
@@ -119,7 +115,7 @@ class HardwareProfile:
     # JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         # the step-time model goes along for readers; it is recomputed from the points on load
-        return {**fields_to_dict(self), "step_time_model": self.step_time_model.to_dict()}
+        return {**fields_to_dict(self), "step_time_model": StepTimeModel.from_profile(self).to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "HardwareProfile":
@@ -168,9 +164,9 @@ def _number(d: dict, name: str, *, optional: bool = False) -> Optional[float]:
 def check_profile_fields(d: dict) -> None:
     """Refuse a saved profile whose numbers cannot describe a device, before any work starts.
 
-    The step-time line must predict a positive time at batch 1 and at ``max_batch`` (a fit may have
-    a slightly negative intercept or slope, so each sign alone is allowed); the memory line, where
-    present, must be finite; every measured point needs a positive batch and positive seconds.
+    The step-time line follows the one model's rule (:func:`~batchscope.hardware.steptime.line_problem`:
+    alpha and beta finite, neither negative, not both zero); the memory line, where present, must be
+    finite; every measured point needs a positive batch and positive seconds.
     """
     for name in ("task", "memory_method", "limited_by"):
         if not isinstance(d.get(name), str):
@@ -179,13 +175,13 @@ def check_profile_fields(d: dict) -> None:
     if isinstance(mb, bool) or not isinstance(mb, int) or mb < 1:
         raise _bad("max_batch", mb, "a positive integer")
     alpha, beta = _number(d, "alpha"), _number(d, "beta")
-    for b in (1, mb):
-        if alpha + beta * b <= 0:
-            raise _bad("alpha", alpha, f"such that alpha + beta*B is a positive step time at B={b} "
-                       f"(beta={beta!r} gives {alpha + beta * b:.3g} s)")
+    problem = line_problem(alpha, beta)
+    if problem is not None:
+        raise _bad(*problem)
+    for b in (1, mb):   # both are costs (>= 0): the step time is largest at max_batch
         if not alpha + beta * b <= MAX_STEP_SECONDS:
-            raise _bad("alpha" if abs(alpha) >= abs(beta * b) else "beta", alpha if abs(alpha) >= abs(beta * b)
-                       else beta, f"such that alpha + beta*B is a step time up to {MAX_STEP_SECONDS:g} s at B={b}")
+            raise _bad("alpha" if alpha >= beta * b else "beta", alpha if alpha >= beta * b else beta,
+                       f"such that alpha + beta*B is a step time up to {MAX_STEP_SECONDS:g} s at B={b}")
     m0, m1 = _number(d, "m0", optional=True), _number(d, "m1", optional=True)
     if m0 is not None and m1 is not None and not abs(m0) + abs(m1) * mb <= MAX_BYTES:
         raise _bad("m0" if abs(m0) >= abs(m1 * mb) else "m1", m0 if abs(m0) >= abs(m1 * mb) else m1,
@@ -350,7 +346,7 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
         residuals = [r / p.seconds for r, p in zip(tfit.residuals, points)]
     else:  # a one-example training set: no slope to fit
         alpha, beta, r2, residuals = points[0].seconds, 0.0, float("nan"), [0.0]
-    model = StepTimeModel.from_measurements(alpha, beta, [(p.batch, p.seconds) for p in points])
+    model = StepTimeModel(alpha, beta, tuple((p.batch, p.seconds) for p in points))
     probes = list(cache.values())
     mfit = fit_memory(probes) if ceiling is not None else None  # every probe, the grid's included
     return HardwareProfile(

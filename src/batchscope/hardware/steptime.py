@@ -1,7 +1,9 @@
 """The one step-time model: seconds per forward/backward pass of B examples on one device.
 
-Every user of a step time goes through :class:`StepTimeModel`: ``HardwareProfile.step_time()``,
-the recommender (``plan.model.step_seconds``) and the throughput knee. The model:
+Every user of a step time evaluates one :class:`StepTimeModel` with :meth:`StepTimeModel.seconds`:
+the profile (``HardwareProfile.step_time``), the recommender and the N-device plan (through
+``plan.devices.DataParallelStep``), the adaptive controller, the integrations and the throughput
+knee. The model:
 
 * Inside the measured range, t(B) interpolates the *bounded* measured medians linearly in
   log(B)-log(t): real curves have steps (cache sizes, kernel choices) that a straight line smooths
@@ -22,52 +24,118 @@ measured points on load, so the stored model and the measurements cannot drift a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Optional
 
 import numpy as np
+
+from ..errors import ConfigError
 
 DESCRIPTION = ("log-log interpolation of the measured medians, each lowered to the smallest median at a "
                "larger batch; alpha + beta*B outside the measured range")
 
+NEED = {"alpha": "a finite number of seconds >= 0 (the fixed cost of a step)",
+        "beta": "a finite number of seconds >= 0 (the cost of one more example)"}
+BOTH_ZERO = "positive where beta is 0 too (a step that takes no time at any batch cannot be planned with)"
 
-def bound_medians(points: Iterable[tuple[float, float]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+
+def _is_cost(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def line_problem(alpha, beta) -> Optional[tuple[str, object, str]]:
+    """(name, value, what it must be) for the first thing wrong with the line alpha + beta*B, or None.
+
+    Both are costs, so neither may be negative; a line that is zero everywhere predicts free steps,
+    and every batch would look equally fast. The one rule for a model and for a saved profile.
+    """
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if not _is_cost(v):
+            return name, v, NEED[name]
+    if alpha == 0 and beta == 0:
+        return "alpha", alpha, BOTH_ZERO
+    return None
+
+
+def _bounded(points: tuple[tuple[float, float], ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(batches, seconds) sorted by batch, each median lowered to the smallest at any larger batch."""
-    pts = sorted((float(b), float(t)) for b, t in points if b > 0 and t > 0 and math.isfinite(t))
-    if not pts:
+    if not points:
         return (), ()
+    pts = sorted(points)
     b = np.array([p[0] for p in pts])
     t = np.array([p[1] for p in pts])
     t = np.minimum.accumulate(t[::-1])[::-1]       # never more than at a larger batch
     return tuple(b.tolist()), tuple(t.tolist())
 
 
+def _point(p) -> tuple[float, float]:
+    """One measured (batch, median seconds), checked: a positive batch and positive finite seconds."""
+    try:
+        b, t = p
+        ok = all(isinstance(v, Real) and not isinstance(v, bool) and 0 < v < math.inf for v in (b, t))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"The 'measured' parameter of StepTimeModel must hold (batch, median seconds) pairs with "
+                          f"a positive batch and positive finite seconds. Got {p!r} instead; drop that point or "
+                          "measure it again (`batchscope profile`)")
+    return float(b), float(t)
+
+
 @dataclass(frozen=True)
 class StepTimeModel:
-    """t(B) in seconds; build it with :meth:`from_measurements`."""
+    """t(B) in seconds for one pass of B examples on one device; evaluate it with :meth:`seconds`.
 
-    alpha: float                         # seconds: fixed cost of a step (the fitted line)
-    beta: float                          # seconds per example (the fitted line)
-    batches: tuple[float, ...] = ()      # measured batch sizes, ascending
-    seconds: tuple[float, ...] = ()      # their bounded medians
+    alpha, beta: the fitted line alpha + beta*B (seconds; seconds per example), used outside the
+    measured range. measured: ((batch, median seconds), ...), used inside their range (bounded, see
+    the module docstring). Checked once, here: alpha and beta finite and >= 0 and not both zero,
+    every measured batch and time positive and finite.
+    """
+
+    alpha: float
+    beta: float
+    measured: tuple = ()                                                 # ((batch, median seconds), ...)
+    batches: tuple = field(init=False, repr=False, compare=False)       # measured batches, ascending
+    bounded: tuple = field(init=False, repr=False, compare=False)       # their bounded medians
+
+    def __post_init__(self):
+        problem = line_problem(self.alpha, self.beta)
+        if problem is not None:
+            name, value, need = problem
+            raise ConfigError(f"The {name!r} parameter of StepTimeModel must be {need}. Got {value!r} instead; "
+                              "take alpha and beta from a hardware profile (StepTimeModel.from_profile, "
+                              "`batchscope profile`)")
+        try:
+            points = tuple(_point(p) for p in self.measured)
+        except TypeError:
+            points = (_point(self.measured),)      # not a sequence of pairs: refused with the same message
+        object.__setattr__(self, "alpha", float(self.alpha))
+        object.__setattr__(self, "beta", float(self.beta))
+        object.__setattr__(self, "measured", points)
+        b, t = _bounded(points)
+        object.__setattr__(self, "batches", b)
+        object.__setattr__(self, "bounded", t)
 
     @classmethod
-    def from_measurements(cls, alpha: float, beta: float,
-                          measured: Iterable[tuple[float, float]] = ()) -> "StepTimeModel":
-        b, t = bound_medians(measured)
-        return cls(float(alpha), float(beta), b, t)
+    def from_profile(cls, profile) -> "StepTimeModel":
+        """From a :class:`~batchscope.hardware.HardwareProfile` (or anything with alpha, beta and points)."""
+        return cls(profile.alpha, profile.beta, tuple((p.batch, p.seconds) for p in getattr(profile, "points", ())))
 
-    def __call__(self, batch: float) -> float:
+    def seconds(self, batch: float, accumulation: int = 1) -> float:
+        """Seconds of ``accumulation`` passes of ``batch`` examples each: one step on one device, unsynchronised.
+
+        Every pass pays the fixed cost again, so 4 passes of 64 cost 4 t(64), not t(256).
+        """
         if len(self.batches) < 2 or batch < self.batches[0] or batch > self.batches[-1]:
-            return self.alpha + self.beta * batch
-        return float(math.exp(np.interp(math.log(batch), np.log(self.batches), np.log(self.seconds))))
-
-    def throughput(self, batch: float) -> float:
-        return batch / self(batch)
+            t = self.alpha + self.beta * batch
+        else:
+            t = float(math.exp(np.interp(math.log(batch), np.log(self.batches), np.log(self.bounded))))
+        return accumulation * t
 
     def to_dict(self) -> dict:
         return {"model": DESCRIPTION, "alpha": self.alpha, "beta": self.beta,
-                "batches": list(self.batches), "seconds": list(self.seconds)}
+                "batches": list(self.batches), "seconds": list(self.bounded)}
 
 
 def knee(model: StepTimeModel, gain: float = 0.10) -> Optional[int]:
@@ -82,10 +150,14 @@ def knee(model: StepTimeModel, gain: float = 0.10) -> Optional[int]:
     doubled within the measured range.
     """
     batches = model.batches
-    best = np.maximum.accumulate([model.throughput(b) for b in batches])
+
+    def throughput(b: float) -> float:
+        return b / model.seconds(b)
+
+    best = np.maximum.accumulate([throughput(b) for b in batches])
 
     def best_up_to(b: float) -> float:
-        return max([model.throughput(b)] + [x for bi, x in zip(batches, best) if bi <= b])
+        return max([throughput(b)] + [x for bi, x in zip(batches, best) if bi <= b])
 
     flat = []  # (B, doubling gains less than `gain`) for every measured B that can be doubled in range
     for b, x in zip(batches, best):

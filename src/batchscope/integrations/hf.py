@@ -167,7 +167,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     the batch grows, an epoch runs out of data early and its last, partial window is dropped (its
     gradients are zeroed at the next epoch), so count training in ``max_steps`` or epochs knowing
     that a step now takes more examples. step_time: a :class:`~batchscope.adapt.StepTimeModel`, a
-    hardware profile, or ``{"alpha": s, "beta": s}``. Start with ``gradient_accumulation_steps >= 2``.
+    hardware profile, or ``{"alpha": s, "beta": s, "measured": [[batch, s], ...]}`` (measured optional). Start with ``gradient_accumulation_steps >= 2``.
     Unlike :class:`NoiseScaleCallback` it measures every step (its ``every`` is the controller's).
     """
 
@@ -178,7 +178,8 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
                  **monitor_kwargs: Any):
         super().__init__(prefix=prefix, **monitor_kwargs)
         if isinstance(step_time, dict):
-            step_time = StepTimeModel(step_time["alpha"], step_time["beta"])
+            step_time = StepTimeModel(step_time["alpha"], step_time["beta"],
+                                      tuple(tuple(p) for p in step_time.get("measured", ())))
         self.step_time = step_time
         self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
                             min_samples=min_samples)
@@ -247,7 +248,10 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     def state(self) -> dict:
         out = super().state()
         tm = self.plan.controller.time_model if self.plan is not None else self.step_time
-        out["args"].update({"step_time": {"alpha": tm.alpha, "beta": tm.beta}, **self.options})
+        if not isinstance(tm, StepTimeModel):
+            tm = StepTimeModel.from_profile(tm)
+        saved = {"alpha": tm.alpha, "beta": tm.beta, "measured": [list(p) for p in tm.measured]}
+        out["args"].update({"step_time": saved, **self.options})
         out["attributes"]["saved_plan"] = self.plan.state_dict() if self.plan is not None else self.saved_plan
         return out
 

@@ -154,7 +154,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     ``adapt/examples``, ``adapt/lr``; ``plan.steps`` keeps the record, ``plan.controller.decisions``
     the decisions with their reasons.
 
-    step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta) or a hardware profile
+    step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta, measured) or a hardware profile
     (``profile_hardware(task_from_lightning(...))``). memory_ceiling: the largest micro-batch that
     fits (None: not limiting). Start with ``accumulate_grad_batches >= 2`` and a DataLoader built with
     ``batch_size=m`` (or ``batch_sampler=AdaptiveBatchSampler``) and ``num_workers=0``. Unlike

@@ -79,10 +79,6 @@ class GradNormCapture:
     def unusable(self) -> bool:
         return self._unusable
 
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
     def _hook(self, i: int):
         norms, index = self._norms, self._index
 

@@ -4,17 +4,19 @@
     T_step(B, N)  = (k-1) t(m) + (t(m)^gamma + T_sync(N)^gamma)^(1/gamma)     (Pollux, comm.overlapped)
     T_sync(N)     = all-reduce of the gradient bytes over N devices            (comm.Cluster)
 
-``t(m)`` is the hardware profile's time for one training pass of m examples on one device. This is
-the one N-device step-time model: `find --devices` and `plan` both call :func:`step_time`.
+``t(m)`` is the one step-time model's time for a training pass of m examples on one device
+(:class:`~batchscope.hardware.steptime.StepTimeModel`); :class:`DataParallelStep` composes it with
+the split, the all-reduce and the overlap. `find --devices` and `plan` both evaluate it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from ..errors import ConfigError
+from ..hardware.steptime import StepTimeModel
 from ..hardware.units import format_bytes
 from .comm import Cluster, overlapped
 
@@ -44,11 +46,6 @@ class StepTime:
     sync: float               # seconds of the gradient all-reduce alone
     seconds: float            # the step, with the overlap
 
-    @property
-    def sync_share(self) -> float:
-        """How much of the step the synchronisation adds over compute alone."""
-        return (self.seconds - self.compute) / self.seconds if self.seconds > 0 else 0.0
-
 
 def split_batch(b: int, n: int, ceiling: Optional[int] = None) -> Split:
     """Devices x accumulation x micro-batch for global batch ``b``, exactly (never a rounded batch).
@@ -67,13 +64,27 @@ def split_batch(b: int, n: int, ceiling: Optional[int] = None) -> Split:
     return Split(n, per_device // k, k)
 
 
-def step_time(b: int, n: int, pass_seconds: Callable[[float], float], grad_bytes: float, cluster: Optional[Cluster],
-              gamma: float = 1.0, ceiling: Optional[int] = None) -> StepTime:
-    """Seconds per optimizer step for global batch ``b`` on ``n`` devices (``cluster`` None: no communication)."""
-    s = split_batch(b, n, ceiling)
-    t_pass = pass_seconds(s.micro_batch)
-    sync = cluster.allreduce_seconds(grad_bytes, n) if cluster is not None and n > 1 else 0.0
-    return StepTime(s, s.accumulation * t_pass, sync, overlapped(t_pass, sync, gamma, s.accumulation))
+@dataclass(frozen=True)
+class DataParallelStep:
+    """One optimizer step of a global batch on N data-parallel devices: ``step(b, n)`` -> :class:`StepTime`.
+
+    ``model``: one device's step time; ``ceiling``: the largest micro-batch a pass may take (None:
+    any); ``cluster``: how the gradients are all-reduced (None: no communication); ``grad_bytes``:
+    what one all-reduce moves; ``gamma``: its overlap with the last backward pass (1: none).
+    """
+
+    model: StepTimeModel
+    ceiling: Optional[int] = None
+    cluster: Optional[Cluster] = None
+    grad_bytes: float = 0.0
+    gamma: float = 1.0
+
+    def __call__(self, b: int, n: int = 1) -> StepTime:
+        s = split_batch(b, n, self.ceiling)
+        t_pass = self.model.seconds(s.micro_batch)
+        sync = self.cluster.allreduce_seconds(self.grad_bytes, n) if self.cluster is not None and n > 1 else 0.0
+        return StepTime(s, self.model.seconds(s.micro_batch, s.accumulation), sync,
+                        overlapped(t_pass, sync, self.gamma, s.accumulation))
 
 
 def static_bytes(parameters: int, optimizer: str, bytes_per_element: int = 4) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..hardware.units import format_bytes
 from ..errors import BatchscopeError, ConfigError, check_positive_int
-from ..hardware import HardwareProfile
+from ..hardware import HardwareProfile, StepTimeModel
 from ..serialize import decode, fields_to_dict, to_jsonable
 from ..tasks import Task, load_task
 from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, resolve_device, train
@@ -288,9 +288,9 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
     b_ref, proj = m.run.config["batch_size"], m.projection
     cons = recommend.Constraints(n_train=task.n_train, memory_ceiling=profile.max_batch, max_batch=max_batch,
                                  devices=devices, **(sync or {}))
-    inp = recommend.Inputs(alpha=profile.alpha, beta=profile.beta, b_noise=noise.b_noise, b_noise_low=noise.low,
+    inp = recommend.Inputs(step_time=StepTimeModel.from_profile(profile), b_noise=noise.b_noise, b_noise_low=noise.low,
                            b_noise_high=noise.high, b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=m.lr,
-                           optimizer=task.optimizer, measured=tuple((p.batch, p.seconds) for p in profile.points))
+                           optimizer=task.optimizer)
     best, cands, lr = recommend.recommend(inp, cons, objective)
     levels = list(np.exp(np.linspace(math.log(noise.start_loss), math.log(noise.end_loss), 6)))
     schedule = recommend.growth_schedule(noise.law.predict, levels, inp, cons, objective)

@@ -3,7 +3,7 @@
 For every device count N and global batch B (a multiple of N):
 
     steps(B)      = S_min (1 + B_noise / B)                  (McCandlish et al. 2018)
-    time(N, B)    = steps(B) * T_step(B, N)                  (devices.step_time)
+    time(N, B)    = steps(B) * T_step(B, N)                  (model.time_to_target, devices.DataParallelStep)
     device-hours  = N * time / 3600
 
 For a fixed N, cost is proportional to time, so each N keeps its fastest batch. Across N:
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import ConfigError
 from . import model
-from .devices import StepTime
+from .devices import DataParallelStep
 
 KNEE_FRACTION = 0.25
 
@@ -68,11 +68,11 @@ def default_batches(n: int, limit: int) -> list[int]:
     return out
 
 
-def evaluate(n: int, b: int, s_min: float, b_noise: float, step: Callable[[int, int], StepTime],
+def evaluate(n: int, b: int, s_min: float, b_noise: float, step: DataParallelStep,
              price: Optional[float]) -> PlanRow:
     st = step(b, n)
     steps = model.steps_to_target(b, s_min, b_noise)
-    seconds = steps * st.seconds
+    seconds = model.time_to_target(b, s_min, b_noise, st.seconds)
     hours = n * seconds / 3600.0
     return PlanRow(n, b, st.split.micro_batch, st.split.accumulation, st.seconds, st.compute, st.sync, steps,
                    seconds, hours, None if price is None else hours * price)
@@ -98,7 +98,7 @@ def pareto(best: Sequence[PlanRow]) -> list[int]:
                        and (o.seconds, o.device_hours) != (r.seconds, r.device_hours) for o in best)]
 
 
-def make_plan(devices: Sequence[int], s_min: float, b_noise: float, step: Callable[[int, int], StepTime], *,
+def make_plan(devices: Sequence[int], s_min: float, b_noise: float, step: DataParallelStep, *,
               limit: int, batches: Optional[Sequence[int]] = None, price: Optional[float] = None,
               knee_fraction: float = KNEE_FRACTION) -> Plan:
     """Evaluate every device count x global batch; ``limit`` caps the batch (data set, --max-batch)."""

@@ -5,19 +5,17 @@ steps / examples to reach a target (McCandlish et al. 2018, arXiv 1812.06162, eq
 
     S(B) = S_min (1 + B_noise / B)        steps to target
     E(B) = E_min (1 + B / B_noise)        examples to target, E_min = S_min * B_noise
-    t(B) = alpha + beta * B               seconds per optimizer step (hardware profile)
-    T(B) = S(B) * t(B)                    wall-clock time to target
+    t(B) = alpha + beta * B               seconds per optimizer step (hardware.steptime.StepTimeModel)
+    T(B) = S(B) * t(B)                    wall-clock time to target (:func:`time_to_target`)
 
-T is minimised at B* = sqrt(alpha * B_noise / beta). With gradient accumulation (micro-batch m,
-k = ceil(B / m) passes) a step costs k * (alpha + beta * m) instead: the fixed cost is paid per pass.
+On the line T is minimised at B* = sqrt(alpha * B_noise / beta) (dT/dB = S_min (beta - alpha B_noise / B^2));
+with beta = 0 it falls at every batch and the memory ceiling or the data set decides. With gradient
+accumulation (micro-batch m, k passes) a step costs k t(m) instead: the fixed cost is paid per pass.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
-
-from ..hardware.steptime import StepTimeModel
 
 
 def steps_to_target(b: float, s_min: float, b_noise: float) -> float:
@@ -33,43 +31,14 @@ def s_min_from_reference(steps_ref: float, b_ref: float, b_noise: float) -> floa
     return steps_ref / (1.0 + b_noise / b_ref)
 
 
-def step_time_curve(alpha: float, beta: float, measured: Sequence[tuple[float, float]] = ()) -> Callable[[float], float]:
-    """Seconds for one forward/backward pass of ``m`` examples: the one step-time model of a profile.
+def time_to_target(b: float, s_min: float, b_noise: float, step_seconds: float) -> float:
+    """T(B) = S(B) t_step(B): wall-clock seconds to the target at batch ``b``.
 
-    See :class:`batchscope.hardware.steptime.StepTimeModel` (measured medians inside their range,
-    bounded and interpolated log-log; the line alpha + beta m outside it).
+    ``step_seconds`` is one optimizer step at ``b`` as the one step-time model prices it (accumulation,
+    devices and all-reduce included: ``plan.devices.DataParallelStep``). ``find`` (through
+    ``recommend``) and ``plan`` (through ``frontier``) both rank batches by this.
     """
-    return StepTimeModel.from_measurements(alpha, beta, measured)
-
-
-def step_seconds(b: int, alpha: float, beta: float, micro_batch: int | None = None, devices: int = 1,
-                 curve: Callable[[float], float] | None = None) -> float:
-    """Seconds per optimizer step for a global batch ``b`` over ``devices`` workers, without communication.
-
-    Each device runs b / devices examples as passes of at most ``micro_batch``; every pass pays the
-    fixed cost alpha. This is :func:`batchscope.plan.devices.step_time` (the one N-device model) with
-    no all-reduce; pass a cluster there to price the gradient synchronisation.
-    """
-    from .devices import step_time
-
-    t_pass = curve if curve is not None else (lambda m: alpha + beta * m)
-    return step_time(b, devices, t_pass, 0.0, None, ceiling=micro_batch).seconds
-
-
-def time_to_target(b: int, s_min: float, b_noise: float, alpha: float, beta: float,
-                   micro_batch: int | None = None, devices: int = 1) -> float:
-    return steps_to_target(b, s_min, b_noise) * step_seconds(b, alpha, beta, micro_batch, devices)
-
-
-def optimal_batch(alpha: float, beta: float, b_noise: float) -> float:
-    """The unconstrained minimiser of T(B) = S_min (1 + B_noise/B)(alpha + beta B): sqrt(alpha B_noise / beta).
-
-    dT/dB = S_min (beta - alpha B_noise / B^2) = 0. With beta -> 0 (a step costs the same at any
-    batch) the answer is unbounded: the memory ceiling or the data set decides.
-    """
-    if beta <= 0:
-        return math.inf
-    return math.sqrt(max(alpha, 0.0) * b_noise / beta)
+    return steps_to_target(b, s_min, b_noise) * step_seconds
 
 
 def sgd_lr(b: float, b_ref: float, lr_ref: float, b_noise: float) -> float:

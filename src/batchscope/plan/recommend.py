@@ -7,14 +7,15 @@ hand-computed cases. The inputs say where each number came from; the outputs kee
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Sequence
 
 from ..errors import ConfigError
+from ..hardware.steptime import StepTimeModel
 from ..serialize import fields_to_dict, from_dict
 from . import model
 from .comm import Cluster
-from .devices import step_time
+from .devices import DataParallelStep
 
 Objective = Literal["fastest", "balanced", "cheapest"]
 OBJECTIVES = ("fastest", "balanced", "cheapest")
@@ -34,8 +35,7 @@ class Constraints:
 
 @dataclass(frozen=True)
 class Inputs:
-    alpha: float              # seconds per step, fixed part (hardware profile)
-    beta: float               # seconds per example (hardware profile)
+    step_time: StepTimeModel  # one device's seconds per pass (hardware profile)
     b_noise: float            # noise scale for a fixed batch over the whole run
     b_noise_low: float
     b_noise_high: float
@@ -43,7 +43,6 @@ class Inputs:
     steps_ref: float          # projected steps to target at b_ref
     lr_ref: float             # known-good learning rate at b_ref
     optimizer: str            # sgd | adam | adamw
-    measured: tuple = ()      # (batch, median seconds) from the profile: used inside its range
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,18 @@ def candidate_batches(c: Constraints, smallest: int = 1) -> list[int]:
 def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> list[Candidate]:
     s_min = model.s_min_from_reference(inp.steps_ref, inp.b_ref, inp.b_noise)
     e_min = s_min * inp.b_noise
-    curve = model.step_time_curve(inp.alpha, inp.beta, inp.measured)
+    # the one N-device step time (compute, all-reduce, overlap), shared with `plan`
+    step = DataParallelStep(inp.step_time, c.memory_ceiling, c.cluster, c.grad_bytes, c.gamma)
     rows = []
     for b in batches:
         lay = layout(b, c)
-        steps = model.steps_to_target(lay.batch_size, s_min, inp.b_noise)
-        # the one N-device step time (compute, all-reduce, overlap), shared with `plan`
-        secs = steps * step_time(lay.batch_size, c.devices, curve, c.grad_bytes, c.cluster, c.gamma,
-                                 c.memory_ceiling).seconds
-        rows.append((lay, steps, secs))
-    fastest = min(s for _, _, s in rows)
-    return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, steps * lay.batch_size, secs,
-                      secs / fastest, steps * lay.batch_size / e_min)
-            for lay, steps, secs in rows]
+        bs, bn = lay.batch_size, inp.b_noise
+        rows.append((lay, model.steps_to_target(bs, s_min, bn), model.examples_to_target(bs, s_min, bn),
+                     model.time_to_target(bs, s_min, bn, step(bs, c.devices).seconds)))
+    fastest = min(secs for *_, secs in rows)
+    return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, examples, secs, secs / fastest,
+                      examples / e_min)
+            for lay, steps, examples, secs in rows]
 
 
 def choose(cands: Sequence[Candidate], objective: str, b_noise: float) -> Candidate:
@@ -209,7 +207,7 @@ def regret_if_wrong(inp: Inputs, c: Constraints, objective: str) -> dict:
         bn = getattr(inp, f"b_noise_{end}")
         if not (bn > 0 and math.isfinite(bn)):
             continue
-        alt = Inputs(**{**asdict(inp), "b_noise": bn})
+        alt = replace(inp, b_noise=bn)
         cands = evaluate_candidates(alt, c, candidate_batches(c))
         there = next(x for x in cands if x.batch_size == chosen.batch_size)
         out[end] = {"b_noise": bn, "best_batch": min(cands, key=lambda x: x.seconds).batch_size,
@@ -223,7 +221,7 @@ def growth_schedule(predict_b_noise, losses: Sequence[float], inp: Inputs, c: Co
     stages = []
     for loss in losses:
         bn = predict_b_noise(loss)
-        stage_inp = Inputs(**{**asdict(inp), "b_noise": bn})
+        stage_inp = replace(inp, b_noise=bn)
         best, _, lr = recommend(stage_inp, c, objective)
         if stages and stages[-1]["batch_size"] == best.batch_size:
             continue

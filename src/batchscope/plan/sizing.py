@@ -11,14 +11,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..errors import BatchscopeError, ConfigError, check_positive_int
+from ..hardware.steptime import StepTimeModel
 from ..hardware.units import format_bytes
 from ..tasks import Task
 from . import model
 from .comm import Cluster
-from .devices import ceiling_on, gradient_bytes, step_time
+from .devices import DataParallelStep, ceiling_on, gradient_bytes
 from .frontier import KNEE_FRACTION, Plan, make_plan
 
 
@@ -105,11 +106,6 @@ def check_grid(task: Task, devices: Sequence[int] = (1,), batches: Optional[Sequ
     return limit
 
 
-def pass_seconds(profile) -> Callable[[float], float]:
-    """One device's seconds for a training pass of ``m`` examples, as the profile predicts it."""
-    return profile.step_time
-
-
 def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: Sequence[int],
                  batches: Optional[Sequence[int]] = None, gamma: float = 1.0, price: Optional[float] = None,
                  knee_fraction: float = KNEE_FRACTION, device_memory: Optional[float] = None,
@@ -122,11 +118,7 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
     else:
         ceiling = prof.max_batch   # the largest micro-batch a pass may take (what find uses too)
     limit = check_grid(task, devices, batches, max_batch)
-    curve = pass_seconds(prof)
-
-    def step(b: int, n: int):
-        return step_time(b, n, curve, grad_bytes, cluster, gamma, ceiling)
-
+    step = DataParallelStep(StepTimeModel.from_profile(prof), ceiling, cluster, grad_bytes, gamma)
     plan = make_plan(devices, measured.s_min, measured.b_noise, step, limit=limit, batches=batches, price=price,
                      knee_fraction=knee_fraction)
     assumptions = [

@@ -346,12 +346,6 @@ def _run_parallel(plan: StudyPlan, todo: list[RunSpec], workers: int, save: Call
         pool.shutdown(wait=True, cancel_futures=ok)
 
 
-def load_records(directory: "str | Path") -> tuple[StudyPlan, dict, list[RunRecord]]:
-    """The plan, the task facts and every readable saved run of a study directory (read-only, no lock)."""
-    study = load_study(directory)
-    return study.plan, study.facts, study.records
-
-
 @dataclass
 class SavedStudy:
     plan: StudyPlan

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set-up and the two everyday jobs, on a fresh machine or an existing checkout:
+# Set-up and the everyday jobs, on a fresh machine or an existing checkout:
 #   bash dev.sh demo [ARGS...]   set up, then run the main job on the default task
 #   bash dev.sh test [ARGS...]   set up, then run the test suite
+#   bash dev.sh lint [ARGS...]   set up, then run the linter (ruff, configured in pyproject.toml)
 #   bash dev.sh setup            set up only
 # The virtual environment (.venv) is reused; packages are installed again only when
 # pyproject.toml changed. torch is installed first, pinned (BATCHSCOPE_TORCH, default 2.13.0, the
@@ -38,5 +39,6 @@ case "$cmd" in
     setup) setup ;;
     demo)  setup; exec "$VENV/bin/batchscope" find --task mnist1d "$@" ;;
     test)  setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-    *) echo "usage: bash dev.sh [demo|test|setup] [ARGS...]" >&2; exit 2 ;;
+    lint)  setup; exec "$VENV/bin/ruff" check src tests benchmarks "$@" ;;
+    *) echo "usage: bash dev.sh [demo|test|lint|setup] [ARGS...]" >&2; exit 2 ;;
 esac

@@ -13,8 +13,9 @@ For each task and seed, four ways to train to the task's target:
   find_vs_sweep.json; generated tasks: find run here), at its rate and warm-up.
 
 Time to target = steps x step time, from one interleaved timing pass over every batch size after
-all runs (5 rounds, the least per-round median) (for adaptive runs each step is charged at its own batch, a measured step at the time of a
-step split into two micro-batches with the monitor attached); the real training seconds of each run
+all runs (5 rounds, the least per-round median) (for adaptive runs each step is charged at its own
+batch, a measured step at the time of a step split into two micro-batches with the monitor attached);
+the real training seconds of each run
 (evaluations excluded) are reported beside it. Every task also runs adaptive with the raw B_simple
 as B_noise (no suite factor), the two Adam tasks also with the noise measured on Adam's
 preconditioned gradient: which estimate steers best. Results: benchmarks/results/adaptive_vs_fixed.{md,json}
@@ -127,13 +128,13 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
     a = r.adaptive["steps"]
     n = math.ceil(r.target_step or 0)   # the crossing is interpolated: the step it falls in is kept (charged in part)
     changed = [d for d in r.adaptive["decisions"] if d["changed"]]
-    moves = [(d["step"], d["batch_size"], round(d["b_noise"], 1)) for d in changed]
+    moves = [(d["step"], d["batch_size"], round(d["b_crit"], 1)) for d in changed]
     return {"seed": seed, "noise": noise, "reached": r.reached_target, "diverged": False, "steps": r.target_step,
             "examples": r.target_examples, "wall_seconds": r.target_seconds, "metric": r.final.metric,
             "eval_loss": r.final.eval_loss, "stopped": r.stopped_because, "train_seconds": r.seconds,
             "steps_run": r.steps, "batch_sizes": a["batch_size"][:n], "measured": a["measured"][:n], "moves": moves,
-            "move_reasons": [f"step {d['step']}: {d['reason']} (B_noise {d['b_noise']:.3g} "
-                             f"[{d['b_noise_low']:.3g}, {d['b_noise_high']:.3g}])" for d in changed],
+            "move_reasons": [f"step {d['step']}: {d['reason']} (B_crit {d['b_crit']:.3g} "
+                             f"[{d['b_crit_low']:.3g}, {d['b_crit_high']:.3g}])" for d in changed],
             "last_decisions": [f"step {d['step']}: {d['reason']}" for d in r.adaptive["decisions"][-3:]],
             "decisions": len(r.adaptive["decisions"]), "nonfinite_estimates": r.adaptive["nonfinite_estimates"],
             "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0,
@@ -345,11 +346,13 @@ def markdown(results: list[dict], seeds: int, loads=()) -> str:
                      f"{' (2x needed)' if v['2x faster than batch 32 needed'] else ''} | "
                      f"{v['metric within best fixed seed spread']} |")
     lines += ["", "Notes. Adaptive starts at the task's reference batch at the sweep's best rate there (the anchor "
-              "find gets), capped at the sweep's largest batch; it may go down to a quarter of its start. Steps to target "
+              "find gets), capped at the sweep's largest batch; it may go down to a quarter of its start. "
+              "Steps to target "
               "are interpolated between the evaluations (every 1/16 epoch) around the crossing, for every method "
               "alike; a seed that never reached the target counts as infinitely slow in the median. measuring = the "
               "share of an adaptive run's time to target that its measured steps cost beyond plain steps (median "
-              "over seeds), the first min_samples steps included. Time to target charges a measured adaptive step at a step split in two with the monitor's "
+              "over seeds), the first min_samples steps included. Time to target charges a measured adaptive "
+              "step at a step split in two with the monitor's "
               "hooks on (the timing pass), not the bind/estimate bookkeeping around it; the wall column has it. "
               "metric: accuracy, or the validation loss for text (lower is better there); 'within seed spread' "
               "means not worse than the best fixed runs' range by more than its width. "

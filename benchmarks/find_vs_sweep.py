@@ -184,9 +184,9 @@ def evaluate_task(name: str) -> dict:
         },
         "b_crit": {"measured": fit.b_crit, "measured_low": fit.b_crit_low,
                    "measured_high": fit.b_crit_high,
-                   "predicted_over_run": rec.b_noise["value"], "predicted_low": rec.b_noise["low"],
-                   "predicted_high": rec.b_noise["high"], "predicted_at_target": rec.b_crit_at_target["value"],
-                   "ratio": rec.b_noise["value"] / fit.b_crit if fit.b_crit else None},
+                   "predicted_over_run": rec.b_crit["value"], "predicted_low": rec.b_crit["low"],
+                   "predicted_high": rec.b_crit["high"], "predicted_at_target": rec.b_simple_at_target["value"],
+                   "ratio": rec.b_crit["value"] / fit.b_crit if fit.b_crit else None},
         "sweep": {"best_per_batch": {b: {"lr": r["lr"], "steps": r["steps"], "examples": r["examples"],
                                          "step_seconds": t_step.get(b), "seconds": times.get(b)}
                                      for b, r in sorted(best.items())}},
@@ -207,7 +207,8 @@ def markdown(results: list[dict]) -> str:
         c, k = r["find_cost"], r["b_crit"]
         lines.append(
             f"| {r['task']} | {r['recommended']['batch']} ({r['recommended']['lr']:.3g}) | {r['regret']:.2f} | "
-            f"{r['balanced']['batch']} | {r['balanced']['regret']:.2f} | {r['best']['batch']} ({r['best']['lr']:.3g}) | "
+            f"{r['balanced']['batch']} | {r['balanced']['regret']:.2f} | "
+            f"{r['best']['batch']} ({r['best']['lr']:.3g}) | "
             f"{h[0]:.2f} | {h[1]:.2f} | {c['examples_fraction']:.1%} | {c['wall_fraction_incl_profile']:.0%} | "
             f"{k['predicted_over_run']:.0f} [{k['predicted_low']:.0f}-{k['predicted_high']:.0f}] | "
             f"{k['measured']:.0f} [{k['measured_low']:.0f}-{k['measured_high']:.0f}] | {k['ratio']:.2f} |")

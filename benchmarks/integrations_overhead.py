@@ -358,9 +358,11 @@ def summary(result: dict) -> str:
         ad = result["adaptive_to_target"]
         m, n = ad["median_seconds"], len(ad["runs"])
         lines.append(f"time to target, dots ({ad['target']}), median of {n} seeds: batchscope --adaptive "
-                     f"{m['batchscope_adaptive']:.2f} s, Lightning + AdaptiveBatchCallback {m['lightning_adaptive']:.2f} s "
+                     f"{m['batchscope_adaptive']:.2f} s, Lightning + AdaptiveBatchCallback "
+                     f"{m['lightning_adaptive']:.2f} s "
                      f"(ratio {ad['ratio_lightning_adaptive_to_batchscope_adaptive']:.2f}), Lightning fixed batch 32 "
-                     f"{m['lightning_fixed']:.2f} s (adaptive/fixed {ad['ratio_lightning_adaptive_to_lightning_fixed']:.2f})")
+                     f"{m['lightning_fixed']:.2f} s "
+                     f"(adaptive/fixed {ad['ratio_lightning_adaptive_to_lightning_fixed']:.2f})")
     return "\n".join(lines)
 
 

@@ -75,8 +75,10 @@ def main(argv=None) -> dict:
     for name, model in points.items():
         model.train()
         rows[name] = measure(task, model, batches, args.micro_batch)
-    print(f"mnist1d MLP, B={args.batch_size}, micro-batch {args.micro_batch}, {args.batches} batches at fixed parameters")
-    print(f"{'parameters':<40}{'estimator':<12}{'|G|^2':>10}{'tr(S)':>10}{'B_simple':>10}{'90% interval':>20}{'ms/batch':>10}")
+    print(f"mnist1d MLP, B={args.batch_size}, micro-batch {args.micro_batch}, "
+          f"{args.batches} batches at fixed parameters")
+    print(f"{'parameters':<40}{'estimator':<12}{'|G|^2':>10}{'tr(S)':>10}{'B_simple':>10}"
+          f"{'90% interval':>20}{'ms/batch':>10}")
     for name, r in rows.items():
         for est in ("microbatch", "exact"):
             e = r[est]

@@ -50,7 +50,8 @@ def main(argv=None) -> None:
     print(f"\n| task | train / val | params | target | B | lr | steps to target (median of {args.seeds}) | seconds |")
     print("|---|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['task']} | {r['train_examples']:,} / {r['val_examples']:,} | {r['parameters']:,} | {r['target']} | "
+        print(f"| {r['task']} | {r['train_examples']:,} / {r['val_examples']:,} | {r['parameters']:,} | "
+              f"{r['target']} | "
               f"{r['batch']} | {r['lr']:g} | {r['steps_median']:,.0f} | {r['seconds_median']:.2f} |")
 
 

@@ -12,6 +12,8 @@ def tiny_task() -> Task:
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    # Two cores on CI: keep torch from oversubscribing when pytest runs beside other work.
-    torch.set_num_threads(2)
+    # One thread: these models are too small to gain from a second, and on a loaded 2-core machine
+    # two threads wait on each other (the text task's test took 30 s of CPU with two, 5 s with one).
+    # The tests that start processes (workers, ranks, Ray) get the second core that way.
+    torch.set_num_threads(1)
     yield

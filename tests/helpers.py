@@ -1,14 +1,44 @@
 """Tasks and fakes that several test modules share (imported as a plain module, never from a test module)."""
 
+import os
 import socket
+import sys
+import threading
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import batchscope
 from batchscope import Target, Task
 from batchscope.hardware import HardwareProfile, ProfilePoint
 from batchscope.tasks import accuracy
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(batchscope.__file__)) + os.sep
+
+
+def batchscope_calls(run) -> list[str]:
+    """The batchscope functions that run while ``run()`` does, in call order (qualified names).
+
+    A hook a monitor or callback left on a model is batchscope code that the model's forward or
+    backward calls, so ``batchscope_calls(lambda: loss(model).backward()) == []`` says, from the
+    outside, that none is left; one gradient hook per parameter shows up as one call per parameter.
+    """
+    seen: list[str] = []
+
+    def profile(frame, event, _arg):
+        if event == "call" and frame.f_code.co_filename.startswith(_PACKAGE):
+            seen.append(frame.f_code.co_qualname)
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)   # a backward run on another thread of the autograd engine
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    return seen
 
 
 def linear_task(n: int = 512, d: int = 5, noise: float = 0.5, seed: int = 0, name: str = "linear") -> Task:
@@ -32,7 +62,8 @@ def linear_task(n: int = 512, d: int = 5, noise: float = 0.5, seed: int = 0, nam
 def wide_task(n=4096, d=256, hidden=1024):
     x, y = torch.randn(n, d), torch.randint(0, 10, (n,))
     return Task(name="wide", make_model=lambda: nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 10)),
-                train_data=TensorDataset(x, y), loss_fn=nn.functional.cross_entropy, target=Target("loss", 0.1, "train"))
+                train_data=TensorDataset(x, y), loss_fn=nn.functional.cross_entropy,
+                target=Target("loss", 0.1, "train"))
 
 
 def fake_profile(task, alpha=1e-3, beta=1e-5, ceiling=100_000, limited_by="data set", device="cpu", parameters=None):

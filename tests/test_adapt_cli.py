@@ -23,8 +23,8 @@ def dots_profile(tmp_path):
 def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
     png = tmp_path / "adaptive.png"
     r = CliRunner().invoke(cli, ["train", "--task", "dots", "--adaptive", "--batch-size", "8", "--steps", "60",
-                                 "--profile", dots_profile, "--max-batch", "128", "--min-batch", "8", "--plot", str(png),
-                                 "--json"])
+                                 "--profile", dots_profile, "--max-batch", "128", "--min-batch", "8",
+                                 "--plot", str(png), "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     cols = doc["adaptive"]["steps"]
@@ -38,11 +38,15 @@ def test_adaptive_train_json_and_plot(tmp_path, dots_profile):
     assert png.stat().st_size > 5000
 
 
+MIN_BATCH_RANGE = "The --min-batch option must be in 2..16 (the starting batch; a measured step needs two examples)."
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--adaptive", "--batch-size", "16", "--max-batch", "8"], "The --max-batch option must be at least the starting batch 16. Got 8 instead."),
+    (["--adaptive", "--batch-size", "16", "--max-batch", "8"],
+     "The --max-batch option must be at least the starting batch 16. Got 8 instead."),
     (["--max-batch", "64"], "--max-batch only apply to adaptive runs; add --adaptive"),
-    (["--adaptive", "--batch-size", "16", "--min-batch", "32"], "The --min-batch option must be in 2..16 (the starting batch; a measured step needs two examples). Got 32 instead."),
-    (["--adaptive", "--batch-size", "16", "--min-batch", "1"], "The --min-batch option must be in 2..16 (the starting batch; a measured step needs two examples). Got 1 instead."),
+    (["--adaptive", "--batch-size", "16", "--min-batch", "32"], f"{MIN_BATCH_RANGE} Got 32 instead."),
+    (["--adaptive", "--batch-size", "16", "--min-batch", "1"], f"{MIN_BATCH_RANGE} Got 1 instead."),
     (["--min-batch", "8"], "--min-batch only apply to adaptive runs; add --adaptive"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(args, message, dots_profile):

@@ -98,7 +98,8 @@ def test_non_finite_estimates_are_held_counted_never_acted_on(bad):
 
 
 def test_bad_input_names_the_fix():
-    with pytest.raises(ConfigError, match="The 'max_batch' parameter must be at least the starting batch 16. Got 8 instead."):
+    with pytest.raises(ConfigError,
+                       match="The 'max_batch' parameter must be at least the starting batch 16. Got 8 instead."):
         BatchSizeController(LINE, start_batch=16, n_train=1000, max_batch=8)
     with pytest.raises(ConfigError, match="The 'memory_ceiling' parameter must be a positive integer"):
         BatchSizeController(LINE, start_batch=16, n_train=1000, memory_ceiling=0)
@@ -121,8 +122,8 @@ def test_uses_the_same_model_as_find():
     from batchscope.plan import recommend as rec
     measured = ((16, 0.013), (64, 0.02), (256, 0.06))
     c = BatchSizeController(StepTimeModel(0.01, 2e-4, measured), start_batch=16, n_train=10_000)
-    inp = rec.Inputs(step_time=StepTimeModel(0.01, 2e-4, measured), b_noise=300.0, b_noise_low=300.0, b_noise_high=300.0, b_ref=16,
-                     steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
+    inp = rec.Inputs(step_time=StepTimeModel(0.01, 2e-4, measured), b_crit=300.0, b_crit_low=300.0, b_crit_high=300.0,
+                     b_ref=16, steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
     cons = rec.Constraints(n_train=10_000)
     best, _, _ = rec.recommend(inp, cons, "fastest")
     assert c.decide(50, _est(300.0)).batch_size == best.batch_size

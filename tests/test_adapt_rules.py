@@ -25,7 +25,7 @@ def test_sgd_rate_and_progress_follow_the_gain():
     assert r.lr(64) == pytest.approx(0.1 * 4 / 1.75)
     assert r.advance(64) == pytest.approx(4 / 1.75) and r.progress == pytest.approx(4 / 1.75)
     r.observe(math.inf)                                    # ignored: the last finite estimate stays
-    assert r.b_noise == 48.0
+    assert r.b_crit == 48.0
 
 
 def test_warmup_counts_reference_steps_not_steps():

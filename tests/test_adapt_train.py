@@ -1,7 +1,6 @@
 """train(task, TrainConfig(adaptive=...)): the batch grows with the noise scale; resume; bad input."""
 
 import json
-import math
 
 import pytest
 import torch

@@ -5,7 +5,8 @@ from click.testing import CliRunner
 
 from batchscope.cli import cli
 
-HAND = ["--unit-times", "1,2,1", "--setups", "2,3,1", "--order", "4"]     # the three-station line of test_flow_closed_form
+# the three-station line of test_flow_closed_form
+HAND = ["--unit-times", "1,2,1", "--setups", "2,3,1", "--order", "4"]
 
 
 def run(*args):

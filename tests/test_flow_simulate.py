@@ -89,5 +89,6 @@ def test_result_round_trip():
 
 def test_missing_simpy_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "simpy", None)
-    with pytest.raises(ConfigError, match=r"The flow simulation needs SimPy\. Install it with `pip install 'batchscope\[flow\]'`"):
+    with pytest.raises(ConfigError,
+                       match=r"The flow simulation needs SimPy\. Install it with `pip install 'batchscope\[flow\]'`"):
         simulate(make_line([1.0], 3))

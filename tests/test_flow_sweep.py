@@ -44,5 +44,7 @@ def test_process_sweep_capacity_and_lead_time():
 
 def test_sweep_rejects_bad_values():
     line = make_line([1.0], 8, process_batch=4)
-    with pytest.raises(ConfigError, match=r"The 'transfer_batch' values must be integers from 1 to the process batch \(4\)\. Got \[5\]"):
+    with pytest.raises(ConfigError,
+                       match=r"The 'transfer_batch' values must be integers from 1 to the process batch \(4\)\. "
+                             r"Got \[5\]"):
         sweep_transfer(line, [2, 5])

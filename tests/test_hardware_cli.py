@@ -29,7 +29,8 @@ def test_profile_user_errors_are_one_line_and_exit_2():
         (["profile", "--task", "dots", "--memory-budget", "lots"], "The --memory-budget option must be a size"),
         (["profile", "--task", "dots", "--amp"], "needs a CUDA device; drop --amp"),
         (["profile", "--task", "dots", "--max-batch", "0"], "The --max-batch option must"),
-        (["profile", "--task", "dots", "--memory-budget", "1KiB"], "does not fit the memory budget even at batch size 1"),
+        (["profile", "--task", "dots", "--memory-budget", "1KiB"],
+         "does not fit the memory budget even at batch size 1"),
     ]
     for args, message in cases:
         r = run(*args)

@@ -13,7 +13,8 @@ TASK_SOURCE = textwrap.dedent("""
 
     def make_task():
         x = torch.randn(64, 3)
-        return Task(name="mine", make_model=lambda: nn.Linear(3, 1), train_data=TensorDataset(x, x.sum(1, keepdim=True)),
+        return Task(name="mine", make_model=lambda: nn.Linear(3, 1),
+                    train_data=TensorDataset(x, x.sum(1, keepdim=True)),
                     loss_fn=nn.functional.mse_loss, target=Target("loss", 0.1, "train"))
 
     def not_a_task():

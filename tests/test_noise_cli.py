@@ -38,8 +38,10 @@ def test_noise_user_errors_exit_2(tmp_path):
         "from batchscope import Task, Target\n"
         "def make_task():\n"
         "    x, y = torch.randn(64, 3), torch.randn(64, 1)\n"
-        "    return Task(name='bn', make_model=lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),\n"
-        "                train_data=TensorDataset(x, y), loss_fn=nn.functional.mse_loss, target=Target('loss', 0.1, 'train'))\n")
+        "    return Task(name='bn',\n"
+        "                make_model=lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 1)),\n"
+        "                train_data=TensorDataset(x, y), loss_fn=nn.functional.mse_loss,\n"
+        "                target=Target('loss', 0.1, 'train'))\n")
     cases = [
         (["noise", "--task", "dots", "-b", "32", "--micro-batch", "5", "--steps", "2"],
          "micro-batch 5 does not divide batch size 32"),

@@ -26,7 +26,9 @@ def _quadratic_case(seed=0, n=24, p=6):
     # noise mostly along the flat directions, the offset along the sharp ones: tr(HΣ)/GᵀHG << tr(Σ)/|G|²
     c = (torch.randn(n, p, generator=g, dtype=torch.float64) * torch.linspace(2, 0.2, p, dtype=torch.float64)) @ q.T
     w = q @ torch.linspace(0.1, 1.0, p, dtype=torch.float64)
-    loss = lambda r, _t: 0.5 * torch.einsum("np,pq,nq->n", r, a, r).mean()
+
+    def loss(r, _t):
+        return 0.5 * torch.einsum("np,pq,nq->n", r, a, r).mean()
     return a, c, w, loss
 
 
@@ -61,7 +63,9 @@ def test_one_product_per_example_equals_the_columns_of_h(n):
 
 def test_isotropic_hessian_makes_both_scales_equal():
     _, c, w, _ = _quadratic_case(seed=1)
-    loss = lambda r, _t: 0.5 * 3.0 * (r ** 2).sum(1).mean()   # H = 3 I
+
+    def loss(r, _t):   # H = 3 I
+        return 0.5 * 3.0 * (r ** 2).sum(1).mean()
     est = hessian_noise_scale(Quadratic(w), loss, c, torch.zeros(len(c)))
     assert est.b_hessian == pytest.approx(est.b_simple, rel=1e-9)
 
@@ -79,7 +83,9 @@ def test_linear_gaussian_population_values():
     model = nn.Linear(p, 1, bias=False).double()
     with torch.no_grad():
         model.weight.copy_(torch.from_numpy(w_star + d)[None])
-    loss = lambda out, t: 0.5 * ((out.squeeze(-1) - t) ** 2).mean()
+
+    def loss(out, t):
+        return 0.5 * ((out.squeeze(-1) - t) ** 2).mean()
     est = hessian_noise_scale(model, loss, torch.from_numpy(x), torch.from_numpy(y), chunk=4096)
     dad = d @ a @ d
     assert est.trace_h_sigma == pytest.approx((dad + sigma ** 2) * np.trace(a @ a) + d @ a @ a @ a @ d, rel=0.05)

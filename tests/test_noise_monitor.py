@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 from batchscope import Callback, ConfigError, Target, Task, TrainConfig, train
 from batchscope.noise import NoiseError, NoiseScaleMonitor, measure_noise, two_batch
 
-from tests.helpers import linear_task
+from tests.helpers import batchscope_calls, linear_task
 
 D, NOISE = 5, 0.5
 
@@ -62,7 +62,8 @@ def test_microbatch_estimator_in_a_user_loop_matches_the_closed_form():
     assert monitor.sizes == (4, 32) and monitor.estimate().method == "microbatch"
     _check_unbiased(monitor.raw, g2_true, tr_true)
     wide, quartiles = monitor.estimate(), monitor.estimate(level=0.5)   # same centre, narrower interval
-    assert quartiles.b_simple == wide.b_simple and wide.low < quartiles.low < quartiles.b_simple < quartiles.high < wide.high
+    assert quartiles.b_simple == wide.b_simple
+    assert wide.low < quartiles.low < quartiles.b_simple < quartiles.high < wide.high
 
 
 def test_exact_estimator_matches_the_closed_form():
@@ -103,13 +104,15 @@ class MicroGrads(Callback):
 def test_monitor_in_the_training_loop_accounts_for_the_accumulation_scaling(every, limit):
     task = linear_task(n=256, d=6, seed=3)
     ref, monitor = MicroGrads(limit), NoiseScaleMonitor(every=every, max_micro_batches=limit)
-    train(task, TrainConfig(batch_size=32, micro_batch=8, steps=12, eval_every=12), [ref, monitor])
+    result = train(task, TrainConfig(batch_size=32, micro_batch=8, steps=12, eval_every=12), [ref, monitor])
     assert [r.step for r in monitor.raw] == list(range(1, 13, every))
     for r in monitor.raw:
         g2, tr = ref.expected[r.step - 1]
         assert r.g2 == pytest.approx(g2, rel=1e-4, abs=1e-6) and r.trace == pytest.approx(tr, rel=1e-4)
     assert monitor.history[-1].b_simple == pytest.approx(monitor.estimate().b_simple)
-    assert not monitor._capture._handles  # hooks removed when training ends
+    x, y = task.train_data.tensors
+    # hooks removed when training ends: a further backward runs no batchscope code
+    assert batchscope_calls(lambda: nn.functional.mse_loss(result.model(x[:8]), y[:8]).backward()) == []
 
 
 def _run_user_loop(monitor, model, x, y, acc, divide=True, scaler=None, opt=None):
@@ -235,7 +238,8 @@ class BatchNormNet(nn.Sequential):
     (lambda: NoiseScaleMonitor(BatchNormNet(), method="exact"),
      r"the exact per-example estimator cannot measure a model with BatchNorm \(layer '1': BatchNorm1d\).*"
      r"use the micro-batch estimator instead \(method='microbatch', CLI --method microbatch\)"),
-    (lambda: measure_noise(linear_task(), 1, steps=2), "needs two batch sizes, so a batch of at least 2; got batch size 1"),
+    (lambda: measure_noise(linear_task(), 1, steps=2),
+     "needs two batch sizes, so a batch of at least 2; got batch size 1"),
     (lambda: measure_noise(linear_task(), 32, 32, steps=2), "micro-batch 32 is not smaller than the batch size 32"),
     (lambda: train(linear_task(), TrainConfig(batch_size=32, steps=2), [NoiseScaleMonitor()]),
      "micro-batch 32 equals the batch size 32 .*for example 16"),
@@ -290,25 +294,36 @@ def test_sampled_monitor_hooks_only_the_steps_it_measures():
     every = NoiseScaleMonitor(model, micro_batch=8)
     sampled = NoiseScaleMonitor(model, micro_batch=8, every=3)
     hooked = []
+
+    def backward(xs, ys):
+        (nn.functional.mse_loss(model(xs), ys) / 4).backward()
+
+    def sampled_hooks(x, y):
+        # The model has one parameter: each hooked monitor runs one gradient hook per backward, so
+        # this counts the sampled monitor's hooks beyond the every-step monitor's one.
+        return len(batchscope_calls(lambda: backward(x, y))) - 1
+
     for i, (x, y) in enumerate(data):
-        hooked.append(bool(sampled._capture._handles))
-        for xs, ys in zip(x.split(8), y.split(8)):
-            (nn.functional.mse_loss(model(xs), ys) / 4).backward()
+        xs, ys = x.split(8), y.split(8)
+        hooked.append(sampled_hooks(xs[0], ys[0]))
+        for xm, ym in zip(xs[1:], ys[1:]):
+            backward(xm, ym)
         every.update()
         sampled.update()
         model.zero_grad(set_to_none=True)
-    assert hooked == [True, False, False, True, False, False, True]
+    assert hooked == [1, 0, 0, 1, 0, 0, 1]
     # Same micro-batches: the sampled monitor's samples are the every-step monitor's steps 1, 4, 7.
     assert [r.step for r in sampled.raw] == [1, 4, 7]
     picked = {r.step: r for r in every.raw}
     for r in sampled.raw:
         assert (r.g2, r.trace) == pytest.approx((picked[r.step].g2, picked[r.step].trace), rel=1e-12)
+    x, y = data[0]
     sampled.load_state_dict({**sampled.state_dict(), "steps": 8})     # resuming re-syncs the hooks
-    assert not sampled._capture._handles
+    assert sampled_hooks(x, y) == 0
     sampled.load_state_dict({**sampled.state_dict(), "steps": 9})
-    assert sampled._capture._handles
+    assert sampled_hooks(x, y) == 1
     sampled.close()
-    assert not sampled._capture._handles
+    assert sampled_hooks(x, y) == 0
 
 
 def test_the_micro_batch_estimate_warns_when_batchnorm_couples_examples():

@@ -14,9 +14,9 @@ TASK = "tests/study_tasks.py:blobs"
 
 @pytest.fixture
 def find_json(tmp_path):
-    """What `find --out` writes, reduced to what plan reads: B_noise, the measuring run, the profile."""
+    """What `find --out` writes, reduced to what plan reads: B_crit, the measuring run, the profile."""
     profile = fake_profile(load_task(TASK), alpha=2e-3, beta=3e-6, ceiling=64, limited_by="memory")
-    doc = {"b_noise": {"value": 256.0}, "evidence": {"ref_batch": 32, "projected_examples_at_ref": 32 * 900.0},
+    doc = {"b_crit": {"value": 256.0}, "evidence": {"ref_batch": 32, "projected_examples_at_ref": 32 * 900.0},
            "profile": profile.to_dict()}
     path = tmp_path / "find.json"
     path.write_text(json.dumps(doc))
@@ -37,7 +37,7 @@ def test_plan_prints_the_frontier_and_writes_json_and_a_plot(find_json, tmp_path
     doc = json.loads(res.stdout)
     plan = doc["plan"]
     assert [r["devices"] for r in plan["best"]] == [1, 2, 4]
-    # S_min = 900 / (1 + 256 / 32) = 100 steps; every row's steps follow S_min (1 + B_noise / B)
+    # S_min = 900 / (1 + 256 / 32) = 100 steps; every row's steps follow S_min (1 + B_crit / B)
     for r in plan["rows"]:
         assert r["steps"] == pytest.approx(100 * (1 + 256 / r["batch_size"]))
         assert r["micro_batch"] <= 64
@@ -71,3 +71,11 @@ def test_a_file_that_is_not_a_find_result_is_refused(tmp_path):
     res = _plan("--find", str(other))
     assert res.exit_code == 2
     assert res.stderr.startswith(f"error: {other} is not a `batchscope find --out` result (KeyError")
+
+
+def test_plan_reads_a_find_result_written_before_b_crit_was_named(find_json):
+    from batchscope.plan.sizing import measured_from_find
+
+    doc = json.loads(open(find_json).read())
+    old = {("b_noise" if k == "b_crit" else k): v for k, v in doc.items()}
+    assert measured_from_find(old, load_task(TASK), "old.json").b_crit == 256.0

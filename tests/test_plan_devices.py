@@ -102,7 +102,7 @@ def test_bad_plan_input_is_refused():
 def test_find_candidates_on_several_devices_pay_for_the_all_reduce():
     from batchscope.plan import recommend as rec
 
-    inp = rec.Inputs(step_time=StepTimeModel(1e-3, 1e-5), b_noise=100.0, b_noise_low=50.0, b_noise_high=200.0, b_ref=32,
+    inp = rec.Inputs(step_time=StepTimeModel(1e-3, 1e-5), b_crit=100.0, b_crit_low=50.0, b_crit_high=200.0, b_ref=32,
                      steps_ref=1000.0, lr_ref=0.1, optimizer="sgd")
     silent = rec.evaluate_candidates(inp, rec.Constraints(n_train=10_000, devices=4), [64, 256])
     synced = rec.evaluate_candidates(inp, rec.Constraints(n_train=10_000, devices=4, grad_bytes=4e8,

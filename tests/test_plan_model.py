@@ -69,7 +69,7 @@ def test_candidates_are_clamped_by_data_cap_and_devices():
 
 def _inputs(bn=256.0, alpha=0.01, beta=1e-4, opt="sgd"):
     # the reference run at B=64 needs 5000 steps, so S_min = 5000 / (1 + bn/64)
-    return Inputs(step_time=StepTimeModel(alpha, beta), b_noise=bn, b_noise_low=bn / 2, b_noise_high=bn * 2,
+    return Inputs(step_time=StepTimeModel(alpha, beta), b_crit=bn, b_crit_low=bn / 2, b_crit_high=bn * 2,
                   b_ref=64, steps_ref=5000.0, lr_ref=0.1, optimizer=opt)
 
 
@@ -109,7 +109,8 @@ def test_learning_rate_choice_and_warmup():
     assert same.lr == pytest.approx(0.1) and same.warmup_steps == 0
     big = learning_rate(256, inp, 1000)
     assert big.lr == pytest.approx(0.1 * (1 + 4) / (1 + 1)) and big.warmup_steps == 50
-    assert "sqrt" in learning_rate(256, _inputs(opt="adam"), 1000).rule or "square root" in learning_rate(256, _inputs(opt="adam"), 1000).rule
+    rule = learning_rate(256, _inputs(opt="adam"), 1000).rule
+    assert "sqrt" in rule or "square root" in rule
 
 
 def test_growth_fit_recovers_a_power_law_and_predicts_at_target():
@@ -185,7 +186,7 @@ def test_profile_recommender_and_knee_share_one_step_time_model():
     assert profile.to_dict()["step_time_model"] == m.to_dict()
     assert m.seconds(8) == pytest.approx(0.030) and m.seconds(2) == pytest.approx(0.011)
     # the recommender prices a step with the same model: one pass of 24 on one device
-    inp = Inputs(step_time=m, b_noise=64.0, b_noise_low=32.0, b_noise_high=128.0, b_ref=8, steps_ref=90.0,
+    inp = Inputs(step_time=m, b_crit=64.0, b_crit_low=32.0, b_crit_high=128.0, b_ref=8, steps_ref=90.0,
                  lr_ref=0.1, optimizer="sgd")
     (c24,) = evaluate_candidates(inp, Constraints(n_train=1000), [24])
     assert c24.seconds == pytest.approx(c24.steps * m.seconds(24))
@@ -230,7 +231,7 @@ def test_recommend_and_plan_agree_with_time_to_target_on_a_hand_computed_case():
     step_s = 2 * (1e-3 + 64e-5) + 1e-3
     by_hand = 100.0 * (1 + 256 / 256) * step_s                          # S(B) t_step(B) = 200 * 4.28 ms
     assert model.time_to_target(256, s_min, bn, step_s) == pytest.approx(by_hand) == pytest.approx(0.856)
-    inp = Inputs(step_time=line, b_noise=bn, b_noise_low=bn, b_noise_high=bn, b_ref=256, steps_ref=200.0,
+    inp = Inputs(step_time=line, b_crit=bn, b_crit_low=bn, b_crit_high=bn, b_ref=256, steps_ref=200.0,
                  lr_ref=0.1, optimizer="sgd")                            # S_min = 200 / (1 + 256/256) = 100
     c = Constraints(n_train=10_000, memory_ceiling=64, devices=2, cluster=cluster, grad_bytes=1e6)
     (found,) = evaluate_candidates(inp, c, [256])

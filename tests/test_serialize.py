@@ -68,7 +68,7 @@ def test_hardware_profile_round_trips_through_a_file(tmp_path):
 
 def test_recommendation_round_trips():
     r = Recommendation("fastest", 64, 32, 2, 1, 0.1, "linear", "why", 0,
-                       b_noise={"value": 50.0, "low": NAN, "high": INF}, b_crit_at_target={"value": 1.0, "low": None},
+                       b_crit={"value": 50.0, "low": NAN, "high": INF}, b_simple_at_target={"value": 1.0, "low": None},
                        predicted={"steps": 10.0}, candidates=[{"batch_size": 64, "seconds": INF}])
     assert same(Recommendation.from_dict(through_json(r)), r)
 

@@ -98,8 +98,9 @@ def test_the_verdicts_shown_are_the_library_analysis_of_the_stored_runs(study_di
 
 def test_a_study_whose_runs_all_diverge_is_reported(tmp_path):
     d = tmp_path / "s"
-    r = run("study", "--task", "dots", "--dir", str(d), "--batch-sizes", "16,32", "--steps", "20", "--optimizers", "sgd",
-            "--lr", "1e5", "--lr-rules", "none", "--noise-steps", "0", "--grad-norm-batches", "0", "--no-report")
+    r = run("study", "--task", "dots", "--dir", str(d), "--batch-sizes", "16,32", "--steps", "20",
+            "--optimizers", "sgd", "--lr", "1e5", "--lr-rules", "none", "--noise-steps", "0",
+            "--grad-norm-batches", "0", "--no-report")
     assert r.exit_code == 0, r.output
     r = run("report", str(d), "--json")
     assert r.exit_code == 0, r.output

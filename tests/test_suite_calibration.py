@@ -21,3 +21,15 @@ def test_constants_match_the_calibration_on_the_stored_suite(kind, factor, sprea
     got = calibrate.constants(truth, table, list(truth), kind)
     assert got is not None
     assert (round(got[0], 2), round(got[1], 2), got[2]) == (factor, spread, tasks)
+
+
+def test_the_counts_quoted_in_prose_match_the_leave_one_task_out_check():
+    _, truth, table = calibrate.load_table()
+    window = calibrate.loto({n: table[n]["window"] for n in truth if "window" in table[n]}, truth)
+    path = calibrate.loto({n: table[n]["path"] for n in truth if "path" in table[n]}, truth)
+    assert (sum(r["covered"] for r in window.values()), len(window)) == (cb.SUITE_COVERED, cb.SUITE_TASKS)
+    assert (sum(0.5 <= r["ratio"] <= 2 for r in path.values()), len(path)) == (cb.LIVE_WITHIN_2X, cb.SUITE_TASKS)
+    # the prose is built from the constants, so it cannot drift from them
+    assert f"{cb.SUITE_FACTOR:.2f} x B_simple" in cb.find_calibration()
+    assert f"on {cb.SUITE_COVERED} of {cb.SUITE_TASKS} tasks" in cb.find_calibration()
+    assert f"{cb.LIVE_FACTOR:.2f} x B_simple" in cb.live_calibration()

@@ -24,7 +24,9 @@ def regression_task() -> Task:
     x = torch.randn(N + 1024, D, generator=g) * torch.logspace(-1, 0, D)   # Hessian condition number 100
     w = torch.randn(D, generator=g)
     y = x @ w + 0.5 * torch.randn(N + 1024, generator=g)          # noise floor 0.25
-    loss = lambda out, t: nn.functional.mse_loss(out.squeeze(-1), t)
+
+    def loss(out, t):
+        return nn.functional.mse_loss(out.squeeze(-1), t)
     return Task(name="linreg", make_model=lambda: nn.Linear(D, 1), train_data=TensorDataset(x[:N], y[:N]),
                 val_data=TensorDataset(x[N:], y[N:]), loss_fn=loss, optimizer="sgd", lr=0.1, momentum=0.0,
                 reference_batch=32, target=Target("loss", 0.4, "val"))
@@ -50,6 +52,6 @@ def test_find_predicts_the_critical_batch_it_measures():
         steps.append(best)
     measured = fit_bcrit(batches, steps)
     result = find(task, objective="balanced", max_batch=512)
-    predicted = result.recommendation.b_noise["value"]
+    predicted = result.recommendation.b_crit["value"]
     print(f"predicted {predicted:.0f}, measured {measured.b_crit:.0f}, steps {steps}")
     assert measured.b_crit / 3 <= predicted <= measured.b_crit * 3, (predicted, measured.b_crit, steps)

@@ -14,8 +14,10 @@ def test_builtin_task_loads_offline_and_loss_falls(name):
     assert facts["parameters"] > 1000 and facts["train_examples"] >= 1000
     if name == "mnist1d":
         assert task.n_train >= 10_000
-    steps = 60 if name == "text" else 150
-    result = train(task, TrainConfig(batch_size=32, steps=steps, eval_every=steps, eval_examples=512))
+    # The transformer of 'text' is the costly one: 20 steps already take its validation loss from
+    # 4.75 (uniform over the vocabulary) to about 2.9, far past the 0.1 asked.
+    steps, examples = (20, 128) if name == "text" else (150, 512)
+    result = train(task, TrainConfig(batch_size=32, steps=steps, eval_every=steps, eval_examples=examples))
     first, last = result.history[0], result.history[-1]
     assert last.eval_loss < first.eval_loss - 0.1, (first, last)
     assert math.isfinite(last.loss) and last.loss < first.loss

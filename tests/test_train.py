@@ -77,7 +77,8 @@ def test_bad_config_is_refused(tiny_task, kwargs, message):
 
 
 def test_nan_loss_raises_with_history(tiny_task):
-    with pytest.raises(DivergedError, match=r"the training loss (became|grew from) .* at step \d+ .*lower the learning rate") as e:
+    with pytest.raises(DivergedError,
+                       match=r"the training loss (became|grew from) .* at step \d+ .*lower the learning rate") as e:
         train(tiny_task, TrainConfig(batch_size=32, steps=200, lr=1e6, eval_every=1))
     assert len(e.value.history) >= 1 and e.value.history[0].step == 0
 

@@ -51,8 +51,8 @@ def test_the_fixed_batch_policy_is_the_plain_loop_bit_for_bit():
     ref = _plain_loop(task, 32, 8, 40, task.lr, 4, 5)
     for p, q in zip(r.model.parameters(), ref.parameters()):
         assert torch.equal(p, q)
-    explicit = train(task, TrainConfig(batch_size=32, micro_batch=8, steps=40, warmup_steps=5, seed=4),
-                     policy=FixedBatch(task, TrainConfig(batch_size=32, micro_batch=8, steps=40, warmup_steps=5, seed=4)))
+    same = dict(batch_size=32, micro_batch=8, steps=40, warmup_steps=5, seed=4)
+    explicit = train(task, TrainConfig(**same), policy=FixedBatch(task, TrainConfig(**same)))
     for p, q in zip(explicit.model.parameters(), ref.parameters()):
         assert torch.equal(p, q)
 

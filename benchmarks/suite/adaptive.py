@@ -208,7 +208,8 @@ def observations(results: list[dict]) -> list[str]:
     for res in results:
         for r in res["runs"]:
             if not r.get("reached"):
-                lines.append(f"- {res['task']} seed {r.get('seed')}: not reached ({r.get('stopped') or r.get('error')})")
+                why = r.get('stopped') or r.get('error')
+                lines.append(f"- {res['task']} seed {r.get('seed')}: not reached ({why})")
                 continue
             moves = "; ".join(r["move_reasons"]) or "no move"
             extra = [f"{r['nonfinite_estimates']} non-finite estimates held"] if r.get("nonfinite_estimates") else []
@@ -231,7 +232,8 @@ def markdown(results: list[dict], s: dict, meta: dict) -> str:
     lines += ["", f"Summary over {s['tasks']} tasks: adaptive / best fixed median {s['median_ratio']:.2f}, worst "
               f"{s['worst_ratio']:.2f} ({s['worst_task']}); within 1.1x of the best fixed batch on "
               f"{s['within_1.1']}/{s['tasks']}, within 0.9x (faster by 10% or more) on {s['within_0.9']}/"
-              f"{s['tasks']}; reference batch / adaptive median {s['median_reference_over_adaptive']:.2f}. A/A control (a "
+              f"{s['tasks']}; reference batch / adaptive median {s['median_reference_over_adaptive']:.2f}. "
+              "A/A control (a "
               f"second timing pass): median ratio {s['control_median_ratio']:.2f}, largest change of a task's ratio "
               f"{s['control_largest_change']:.0%}.", "",
               "Time to target = steps x step time from one interleaved timing pass per task (after the runs; "

@@ -286,7 +286,8 @@ def _num(x, fmt="{:.0f}") -> str:
 def task_table(name: str, entry: dict) -> list[str]:
     lines = [f"### {name} ({entry['optimizer']}, B_ref {entry['b_ref']}, lr {entry['lr_ref']:.3g}; "
              f"B_crit of the whole run {_num(entry.get('b_crit_run'))})", "",
-             "| step | examples | loss | branched B_crit | B_simple | live x B_simple | ratio | find x B_simple | ratio | ladder |",
+             "| step | examples | loss | branched B_crit | B_simple | live x B_simple | ratio | find x B_simple | "
+             "ratio | ladder |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for p in entry["points"]:
         a = analyse(p)
@@ -319,8 +320,10 @@ def render(store: dict) -> str:
         "to target) the state is forked",
         f"and branches train {BRANCH_SHARE:g} x the examples seen so far at B_ref/4, B_ref/2, B_ref, ... (peak rate: "
         "SGD `sgd_lr` with the point's B_simple, Adam-type square root; decayed linearly to zero over the branch).",
-        "**Branched B_crit**: the largest batch whose branch ends at a loss no higher than the smallest batch's branch of",
-        "half the examples (at most 2x the examples: the E_min/S_min definition the factors were calibrated on; it cannot",
+        "**Branched B_crit**: the largest batch whose branch ends at a loss no higher than the smallest batch's "
+        "branch of",
+        "half the examples (at most 2x the examples: the E_min/S_min definition the factors were calibrated on; "
+        "it cannot",
         "read below B_ref/2; factor-2 resolution; `+`: the largest batch tried passed, a lower bound; `flat`: the",
         "smallest batch gained nothing from doubling its examples). Losses are eval losses on the target's split.",
         f"**B_simple**: tr(Σ)/|G|² over a fork that trains the same examples at B_ref (at least {NOISE_MIN_STEPS} "

@@ -63,8 +63,8 @@ def run_find(task, objective: str, *, ref_lr: float, max_batch: int, profile=Non
     result = _find()(task, objective=objective, profile=profile, max_batch=max_batch, ref_lr=ref_lr)
     rec = result.recommendation
     out = {"objective": objective, "batch": rec.batch_size, "lr": rec.lr, "warmup": rec.warmup_steps,
-           "b_noise": rec.b_noise["value"], "b_noise_low": rec.b_noise["low"], "b_noise_high": rec.b_noise["high"],
-           "b_noise_level": rec.b_noise.get("level", 0.9), "b_crit_at_target": rec.b_crit_at_target["value"],
+           "b_noise": rec.b_crit["value"], "b_noise_low": rec.b_crit["low"], "b_noise_high": rec.b_crit["high"],
+           "b_noise_level": rec.b_crit.get("level", 0.9), "b_crit_at_target": rec.b_simple_at_target["value"],
            "predicted_steps": rec.predicted["steps"], "measuring_examples": result.measuring["examples"],
            "measuring_steps": result.measuring["steps"], "measuring_batch": result.measuring["batch_size"],
            "seconds": time.perf_counter() - t0, "noise_steps": result.noise_steps,

@@ -6,6 +6,10 @@ The CLI prints ``str(error)`` as one line and exits non-zero; library users catc
 
 from __future__ import annotations
 
+TYPE_CHECKING = False   # typing.TYPE_CHECKING without importing typing: this module stays import-free
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class BatchscopeError(Exception):
     """Base class: a problem with the input or the run that the user can fix.
@@ -43,11 +47,63 @@ class DivergedError(BatchscopeError):
         return list((self.measured or {}).get("history", []))
 
 
+def parameter_message(name: str, what: str, value, *, where: str = "") -> str:
+    """The one message template for a parameter out of range (scikit-learn style)."""
+    at = f" of {where}" if where else ""
+    return f"The '{name}' parameter{at} must be {what}. Got {value!r} instead."
+
+
+class Rule:
+    """What a parameter must be: ``what`` completes "must be ..."; ``optional``: None is accepted.
+
+    A plain class: this module is imported before the command line can handle Ctrl-C, so it stays light.
+    """
+
+    __slots__ = ("what", "test", "optional")
+
+    def __init__(self, what: str, test: "Callable[[object], bool]", optional: bool = False):
+        self.what, self.test, self.optional = what, test, optional
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_integral(v) -> bool:
+    """int or any integer type (numpy's too: they have ``__index__``), never bool."""
+    return hasattr(type(v), "__index__") and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < float("inf")
+
+
+POSITIVE_INT = Rule("a positive integer", lambda v: _is_int(v) and v > 0)
+POSITIVE_NUMBER = Rule("a positive finite number", lambda v: _is_number(v) and v > 0)
+FRACTION = Rule("a fraction in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1)
+INTEGER = Rule("an integer", _is_integral)
+
+
+def one_of(choices) -> Rule:
+    return Rule(f"one of {', '.join(map(str, choices))}", lambda v: v in tuple(choices))
+
+
+def optional(rule: Rule) -> Rule:
+    return Rule(rule.what, rule.test, optional=True)
+
+
+def check_params(where: str, rules: "dict[str, Rule]", **values) -> None:
+    """Check each value against its declared rule; the first that fails raises :class:`ConfigError`."""
+    for name, value in values.items():
+        rule = rules[name]
+        if not (value is None and rule.optional) and not rule.test(value):
+            raise ConfigError(parameter_message(name, rule.what, value, where=where))
+
+
 def check_positive_int(name: str, value, *, where: str = "") -> int:
     """The one template for integer parameters (scikit-learn style)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        at = f" of {where}" if where else ""
-        raise ConfigError(f"The '{name}' parameter{at} must be a positive integer. Got {value!r} instead.")
+    if not POSITIVE_INT.test(value):
+        raise ConfigError(parameter_message(name, POSITIVE_INT.what, value, where=where))
     return value
 
 
@@ -57,8 +113,7 @@ def check_positive_float(name: str, value, *, where: str = "") -> float:
     except (TypeError, ValueError):
         v = float("nan")
     if not (v > 0 and v != float("inf")):
-        at = f" of {where}" if where else ""
-        raise ConfigError(f"The '{name}' parameter{at} must be a positive finite number. Got {value!r} instead.")
+        raise ConfigError(parameter_message(name, POSITIVE_NUMBER.what, value, where=where))
     return v
 
 

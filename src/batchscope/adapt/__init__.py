@@ -18,10 +18,11 @@ from .policy import Adaptation, AdaptiveConfig, AdaptivePolicy
 from .rules import ScaledLearningRate, adascale_gain, sqrt_gain
 from .sampler import AdaptiveBatchSampler
 from .schedules import BatchSchedule, Breakpoint, batch_warmup, seesaw
-from .state import adapt_state, load_adapt_state, load_monitor_state, monitor_state
+from .state import adapt_state, load_adapt_state
 
 __all__ = [
-    "AdaptiveBatchSampler", "Adaptation", "AdaptiveConfig", "AdaptivePolicy", "BatchSizeController", "check_limits", "Decision", "StepTimeModel", "DEFAULT_EVERY",
+    "AdaptiveBatchSampler", "Adaptation", "AdaptiveConfig", "AdaptivePolicy", "BatchSizeController", "check_limits",
+    "Decision", "StepTimeModel", "DEFAULT_EVERY",
     "DEFAULT_THRESHOLD", "ScaledLearningRate", "adascale_gain", "sqrt_gain", "adapt_state", "load_adapt_state",
-    "monitor_state", "load_monitor_state", "BatchSchedule", "Breakpoint", "batch_warmup", "seesaw",
+    "BatchSchedule", "Breakpoint", "batch_warmup", "seesaw",
 ]

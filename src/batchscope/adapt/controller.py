@@ -8,9 +8,10 @@ the two can never disagree on the model; only B_crit differs (measured now inste
 
 The critical batch B_crit it plans with is ``noise_factor`` x the monitor's B_simple. S(B) above is the model the
 sweep's critical batch is fitted with, and over the validation suite's tasks the measured B_crit
-was 2.28x the B_simple averaged over the run to the target (geometric mean over 11 tasks, within 2x
-on 9 of them leave-one-task-out; ``plan.critical_batch.LIVE_FACTOR``). Both the batch and the
-learning rate (:meth:`b_crit`) use the calibrated value; ``noise_factor=1`` plans with raw B_simple.
+was ``plan.critical_batch.LIVE_FACTOR`` x the B_simple averaged over the run to the target
+(geometric mean over the suite's tasks; ``plan.critical_batch.live_calibration()`` states the
+figures). Both the batch and the learning rate (:meth:`b_crit`) use the calibrated value;
+``noise_factor=1`` plans with raw B_simple.
 
 The batch may fall below the start down to ``min_batch`` (default: a quarter of the start): early in
 training B_crit is small and a smaller batch then makes more progress per example. The floor keeps
@@ -161,7 +162,7 @@ class BatchSizeController:
 
         S_min cancels out of every comparison, so the reference is one step at the current batch.
         """
-        inp = rec.Inputs(step_time=self.time_model, b_noise=b_crit, b_noise_low=b_crit, b_noise_high=b_crit,
+        inp = rec.Inputs(step_time=self.time_model, b_crit=b_crit, b_crit_low=b_crit, b_crit_high=b_crit,
                          b_ref=self.batch_size, steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
         return rec.evaluate_candidates(inp, self.constraints, list(batches or self.candidates()))
 
@@ -195,7 +196,8 @@ class BatchSizeController:
                                     f"batch {best.batch_size} saves {gain:.1%} at B_crit {bn:.3g} but "
                                     f"{max(sure, -1.0):.1%} at the interval's end {end:.3g}: held")
         return self._record(step, bn, low, high, gain, best,
-                            f"batch {self.batch_size} -> {best.batch_size}: predicted {gain:.1%} less time per progress")
+                            f"batch {self.batch_size} -> {best.batch_size}: "
+                            f"predicted {gain:.1%} less time per progress")
 
     def _best(self, bn: float) -> tuple[rec.Candidate, float]:
         cands = self.predict(bn)

@@ -32,7 +32,7 @@ from ..train import BatchPolicy, OptimizerSettings, StepPlan, TrainConfig, Train
 from .controller import DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, BatchSizeController, StepTimeModel, check_limits
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
-from .state import load_monitor_state, monitor_state
+from .state import adapt_state, load_adapt_state
 
 NOISE_KINDS = ("raw", "preconditioned")
 
@@ -90,7 +90,8 @@ class AdaptiveConfig:
         if not 0 < self.decision_level < 1:
             raise ConfigError(f"The 'decision_level' parameter must be in (0, 1). Got {self.decision_level!r} instead.")
         if self.noise not in NOISE_KINDS:
-            raise ConfigError(f"The 'noise' parameter must be one of {', '.join(NOISE_KINDS)}. Got {self.noise!r} instead.")
+            raise ConfigError(f"The 'noise' parameter must be one of {', '.join(NOISE_KINDS)}. "
+                              f"Got {self.noise!r} instead.")
         if self.noise == "preconditioned" and optimizer not in ADAM_TYPE:
             raise ConfigError(f"The 'noise' parameter 'preconditioned' needs an Adam-type optimizer; the run uses "
                               f"{optimizer}. Use noise='raw'.")
@@ -242,12 +243,11 @@ class Adaptation:
             self.measure_every = cadence_from_times(times[0], times[1], self.acfg.overhead)
 
     def state_dict(self) -> dict:
-        return {"controller": self.controller.state_dict(), "rate": self.rate.state_dict(), "b_crit": self.b_crit,
+        return {**adapt_state(controller=self.controller, rate=self.rate), "b_crit": self.b_crit,
                 "last_measured": self.last_measured, "measure_every": self.measure_every}
 
     def load_state_dict(self, state: dict) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.rate.load_state_dict(state["rate"])
+        load_adapt_state(state, controller=self.controller, rate=self.rate)
         self.b_crit, self.last_measured = state["b_crit"], state["last_measured"]
         self.measure_every = state["measure_every"]
 
@@ -367,12 +367,11 @@ class AdaptivePolicy(BatchPolicy):
                 "final_estimate": est.to_dict(), "profile": self.profile_summary}
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict(), "adaptation": self.adaptation.state_dict(),
-                "monitor": monitor_state(self.monitor), "log": asdict(self.log)}
+        return {**adapt_state(self.sampler, monitor=self.monitor), "adaptation": self.adaptation.state_dict(),
+                "log": asdict(self.log)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state["sampler"])
+        load_adapt_state(state, self.sampler, monitor=self.monitor)
         self.batches = None
         self.adaptation.load_state_dict(state["adaptation"])
-        load_monitor_state(self.monitor, state["monitor"])
         self.log = StepLog(**state["log"])

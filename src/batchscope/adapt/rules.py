@@ -1,8 +1,8 @@
 """The learning rate that goes with a batch size that changes, and schedules that survive the change.
 
-- SGD: the AdaScale gain r = (1 + B_noise/B0) / (1 + B_noise/B) (Johnson et al. 2020), which is
-  eps_opt(B) / eps_opt(B0) in McCandlish et al. 2018 (eq. 2.6): about B/B0 while B << B_noise,
-  saturating at 1 + B_noise/B0 beyond it. The rate is lr0 · r relative to a known-good (B0, lr0).
+- SGD: the AdaScale gain r = (1 + B_crit/B0) / (1 + B_crit/B) (Johnson et al. 2020), which is
+  eps_opt(B) / eps_opt(B0) in McCandlish et al. 2018 (eq. 2.6): about B/B0 while B << B_crit,
+  saturating at 1 + B_crit/B0 beyond it. The rate is lr0 · r relative to a known-good (B0, lr0).
 - Adam-type: the square root of the batch ratio, sqrt(B/B0) (Malladi et al. 2022; OLMo-core's batch
   warm-up; AdaptDL's AdamScale uses r^0.5).
 
@@ -24,9 +24,9 @@ from ..train import SCHEDULES, lr_factor
 ADAM_TYPE = ("adam", "adamw")
 
 
-def adascale_gain(b: float, b0: float, b_noise: float) -> float:
-    """r = (1 + B_noise/B0) / (1 + B_noise/B): the SGD step-size ratio between batch B and B0."""
-    return model.sgd_lr(b, b0, 1.0, b_noise)
+def adascale_gain(b: float, b0: float, b_crit: float) -> float:
+    """r = (1 + B_crit/B0) / (1 + B_crit/B): the SGD step-size ratio between batch B and B0."""
+    return model.sgd_lr(b, b0, 1.0, b_crit)
 
 
 def sqrt_gain(b: float, b0: float) -> float:
@@ -61,19 +61,19 @@ class ScaledLearningRate:
         self.total = None if total is None else float(total)
         self.schedule = schedule
         self.progress = 0.0          # reference steps made so far
-        self.b_noise = math.nan      # the last finite estimate seen
+        self.b_crit = math.nan      # the last finite estimate seen
 
-    def observe(self, b_noise: float) -> None:
+    def observe(self, b_crit: float) -> None:
         """Take a new noise estimate; non-finite or non-positive ones are ignored."""
-        if math.isfinite(b_noise) and b_noise > 0:
-            self.b_noise = float(b_noise)
+        if math.isfinite(b_crit) and b_crit > 0:
+            self.b_crit = float(b_crit)
 
     def gain(self, b: int) -> float:
         if self.optimizer in ADAM_TYPE:
             return sqrt_gain(b, self.b0)
-        if b == self.b0 or not math.isfinite(self.b_noise):
+        if b == self.b0 or not math.isfinite(self.b_crit):
             return 1.0
-        return adascale_gain(b, self.b0, self.b_noise)
+        return adascale_gain(b, self.b0, self.b_crit)
 
     def factor(self) -> float:
         """Warm-up and decay at the current progress (``train.lr_factor`` on reference steps)."""
@@ -91,8 +91,8 @@ class ScaledLearningRate:
         return made
 
     def state_dict(self) -> dict:
-        return {"progress": self.progress, "b_noise": self.b_noise}
+        return {"progress": self.progress, "b_crit": self.b_crit}
 
     def load_state_dict(self, state: dict) -> None:
         self.progress = float(state["progress"])
-        self.b_noise = float(state["b_noise"])
+        self.b_crit = float(state.get("b_crit", state.get("b_noise")))

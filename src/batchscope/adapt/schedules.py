@@ -9,7 +9,7 @@ batch and rate, until the next breakpoint. Two schedules from the literature are
   rule. Halving the rate at batch B and doubling the batch at rate x gain(2)/2 leave the same
   quantity unchanged: eta/sqrt(B) for Adam-type optimizers (the square-root rule; normalized SGD,
   the proxy for Adam in that paper) gives Seesaw's own factor 1/sqrt(2); eta/B for SGD (the linear
-  rule while B << B_noise, the equivalence that paper proves for SGD) gives 1, the rate unchanged.
+  rule while B << B_crit, the equivalence that paper proves for SGD) gives 1, the rate unchanged.
   ``rate_factor`` overrides it (``1 / math.sqrt(2)`` applies Seesaw's Adam factor to SGD too).
 - :func:`batch_warmup` (as OLMo's): the batch doubles at fixed example counts and the rate follows by
   the optimizer's rule, x sqrt(2) for Adam-type, x 2 for SGD (linear, no AdaScale saturation: a
@@ -98,7 +98,8 @@ class BatchSchedule(BatchPolicy):
             bad = sorted({p.batch for p in self.points if p.batch % m})
             if bad:
                 raise ConfigError(f"micro-batch {m} does not divide batch {bad[0]} of the schedule; give a "
-                                  f"micro-batch that divides every batch ({math.gcd(*[p.batch for p in self.points])} does)")
+                                  f"micro-batch that divides every batch "
+                                  f"({math.gcd(*[p.batch for p in self.points])} does)")
         self.task, self.micro, self.warmup = task, m, cfg.warmup_steps
         self.start_batch = self.points[0].batch
         budget = total_steps(task, cfg, self.start_batch)
@@ -198,7 +199,8 @@ def seesaw(task: Task, cfg: TrainConfig, halve_at: Sequence[int], *,
     ``cfg.batch_size`` and the run's rate (``cfg.lr`` or the task's)."""
     b, lr, optimizer = _start(task, cfg)
     factor = doubling_gain(optimizer) / 2.0 if rate_factor is None else check_positive_float("rate_factor", rate_factor)
-    points = [(0, b, lr)] + [(e, b * 2 ** (i + 1), lr * factor ** (i + 1)) for i, e in enumerate(_counts("halve_at", halve_at))]
+    points = [(0, b, lr)] + [(e, b * 2 ** (i + 1), lr * factor ** (i + 1))
+                             for i, e in enumerate(_counts("halve_at", halve_at))]
     return BatchSchedule(task, cfg, points)
 
 
@@ -207,5 +209,6 @@ def batch_warmup(task: Task, cfg: TrainConfig, double_at: Sequence[int]) -> Batc
     multiplied by the optimizer's rule, sqrt(2) for Adam-type, 2 for SGD (linear)."""
     b, lr, optimizer = _start(task, cfg)
     g = doubling_gain(optimizer)
-    points = [(0, b, lr)] + [(e, b * 2 ** (i + 1), lr * g ** (i + 1)) for i, e in enumerate(_counts("double_at", double_at))]
+    points = [(0, b, lr)] + [(e, b * 2 ** (i + 1), lr * g ** (i + 1))
+                             for i, e in enumerate(_counts("double_at", double_at))]
     return BatchSchedule(task, cfg, points)

@@ -31,7 +31,7 @@ def adapt_state(sampler: Optional[AdaptiveBatchSampler] = None, controller: Opti
     if controller is not None:
         out["controller"] = controller.state_dict()
     if monitor is not None:
-        out["monitor"] = monitor_state(monitor)
+        out["monitor"] = monitor.state_dict()
     if rate is not None:
         out["rate"] = rate.state_dict()
     return out
@@ -44,13 +44,4 @@ def load_adapt_state(state: dict, sampler: Optional[AdaptiveBatchSampler] = None
         if part is not None:
             part.load_state_dict(state[name])
     if monitor is not None:
-        load_monitor_state(monitor, state["monitor"])
-
-
-def monitor_state(monitor: NoiseScaleMonitor) -> dict:
-    """The monitor's smoothed moments and counters (what a resumed run needs to estimate the same)."""
-    return monitor.state_dict()
-
-
-def load_monitor_state(monitor: NoiseScaleMonitor, state: dict) -> None:
-    monitor.load_state_dict(state)
+        monitor.load_state_dict(state["monitor"])

@@ -50,8 +50,8 @@ SEED = click.IntRange(0, 2**32 - 1)
 class Group(click.Group):
     """Ends every command the same way.
 
-    A :class:`BatchscopeError` or a bad option value is one ``error:`` line on stderr and exit status 2; what it measured
-    before failing is saved (once, atomically) where the command said results go. Ctrl-C is exit
+    A :class:`BatchscopeError` or a bad option value is one ``error:`` line on stderr and exit status 2; what it
+    measured before failing is saved (once, atomically) where the command said results go. Ctrl-C is exit
     status 130 with one line and no traceback.
     """
 
@@ -84,13 +84,15 @@ class Group(click.Group):
 
 
 def in_flag_terms(message: str, command: "click.Command | None") -> str:
-    """The library names parameters ("The 'max_batch' parameter ..."); a command-line user typed flags:
-    each parameter of ``command`` that the message names becomes its flag ("The --max-batch option ...")."""
+    """The library names parameters ("The 'max_batch' parameter ...", "give 'measure_fraction' ..."); a
+    command-line user typed flags: each parameter of ``command`` that the message names becomes its flag
+    ("The --max-batch option ...", "give --budget ...")."""
     for param in getattr(command, "params", ()):
         if isinstance(param, click.Option) and param.name:
             flag = max(param.opts, key=len)
             message = re.sub(rf"The '{param.name}' parameter(?: of [A-Za-z_][\w.]*)?(?= must)", f"The {flag} option",
                              message)
+            message = re.sub(rf"\b(give|raise|lower|pass|set) '{param.name}'", rf"\1 {flag}", message)
     return message
 
 

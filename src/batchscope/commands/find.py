@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ._interconnect import cluster_from, interconnect_options
+from ..plan.find import EXTEND_STEPS
 from ._outputs import Outputs, check_outputs
 from ._options import (FINITE, LEARNING_RATE, SEED, device_name, device_option, json_option, keep_measured_in,
                        profile_option, task_option)
@@ -50,6 +51,9 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
                       "to skip measuring the hardware again)")
 
 
+NEAR = 2                  # candidates shown either side of the choice (--verbose: all)
+
+
 @click.command("find")
 @task_option
 @click.option("--objective", type=click.Choice(list(OBJECTIVES)), default="fastest", show_default=True,
@@ -57,25 +61,35 @@ def _print_adaptive(console, command: str, task_spec: str, profile_path) -> None
                    "regret over the validation suite, benchmarks/results/suite.md); cheapest: least "
                    "compute; balanced: B near B_crit, whatever a step costs")
 @click.option("--budget", "measure_fraction", type=FINITE, default=0.05, show_default=True,
-              help="measuring run, as a fraction of the examples a full run to the target needs")
+              help="measuring run, as a fraction of the examples a full run to the target needs (it goes on, "
+                   f"to {EXTEND_STEPS} steps at most, while that run cannot be projected yet)")
+@click.option("--target-epochs", type=FINITE, default=None,
+              help="instead of the task's target: the loss your reference setting (--ref-batch, --ref-lr) is "
+                   "projected to reach after this many epochs (a power law in the examples fitted on the "
+                   "measuring run; optimistic near a loss floor), so no baseline run is needed. Choose the epochs "
+                   "you would train for at that setting; batch sizes are then compared by the time they take to "
+                   "reach that loss")
 @profile_option
 @click.option("--max-batch", type=int, default=None, help="never recommend a global batch above this")
 @click.option("--devices", type=int, default=1, show_default=True,
               help="data-parallel devices (their all-reduce: the interconnect options, as in `plan`)")
 @interconnect_options
 @click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
-@click.option("--ref-lr", type=LEARNING_RATE, default=None, help="learning rate of your known-good setting [default: the task's]")
-@click.option("--memory-budget", default=None, help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
+@click.option("--ref-lr", type=LEARNING_RATE, default=None,
+              help="learning rate of your known-good setting [default: the task's]")
+@click.option("--memory-budget", default=None,
+              help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--amp", is_flag=True, help="profile and measure under mixed precision (CUDA only)")
 @device_option
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="write a Markdown report with PNG plots (and find.json) to this directory")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
+@click.option("--verbose", "-v", is_flag=True, help="print every candidate, the schedule's table and the calibration")
 @json_option
-def command(task_spec, objective, measure_fraction, profile_path, max_batch, devices, link, per_node, network,
-            bandwidth, latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, memory_budget, seed, amp,
-            device, report_dir, out, as_json) -> None:
+def command(task_spec, objective, measure_fraction, target_epochs, profile_path, max_batch, devices, link, per_node,
+            network, bandwidth, latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, memory_budget, seed, amp,
+            device, report_dir, out, verbose, as_json) -> None:
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
@@ -99,7 +113,7 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
     with progress_bar(console) as progress:
         result = find(task, device=device, objective=objective, measure_fraction=measure_fraction, profile=profile,
                       max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
-                      memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma,
+                      memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma, target_epochs=target_epochs,
                       cluster=cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency),
                       callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
     doc = result.to_dict()
@@ -116,37 +130,61 @@ def command(task_spec, objective, measure_fraction, profile_path, max_batch, dev
     if as_json:
         click.echo(dumps({k: doc[k] for k in doc if k not in ("noise_steps",)}))
     else:
-        _print(console, task, result)
+        _print(console, task, result, verbose)
         _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)
     outputs.finish(as_json)
 
 
-def _print(console, task, result) -> None:
+def near_the_choice(candidates: list, chosen: int, near: int = NEAR) -> list:
+    """The candidates within ``near`` places of the chosen batch (the rows a decision turns on)."""
+    at = next(i for i, c in enumerate(candidates) if c["batch_size"] == chosen)
+    return candidates[max(0, at - near): at + near + 1]
+
+
+def schedule_line(schedule: list, chosen: int) -> str:
+    """The growth schedule in one sentence: the stages, then where it ends and why it stops there."""
+    stages = [f"B={s['batch_size']} (lr {s['lr']:.3g}) from loss {s['from_loss']:.3g}" for s in schedule]
+    end = (f"{chosen} is the recommendation; beyond it, `train --adaptive` measures as it goes"
+           if schedule and schedule[-1]["batch_size"] == chosen else "")
+    return "growth schedule (batch as the training loss falls): " + ", then ".join(stages) + (f"; {end}" if end else "")
+
+
+def _print(console, task, result, verbose: bool = False) -> None:
     from ..plan.find import micro_batch_limit_reason
 
     r, m = result.recommendation, result.measuring
-    p = result.profile
-    console.print(make_table(
-        f"{task.name}: recommendation ({r.objective})", ["", "value"], [
-            ("batch size", f"{r.batch_size}  (micro-batch {r.micro_batch} x accumulation {r.accumulation}"
-                           f" x {r.devices} device{'s' if r.devices > 1 else ''})"),
-            ("learning rate", f"{r.lr:.4g}  ({r.lr_rule}), warm-up {r.warmup_steps} steps"),
-            ("predicted to target", f"{r.predicted['steps']:,.0f} steps, {r.predicted['examples']:,.0f} examples, "
-                                    f"{r.predicted['seconds']:.1f} s"),
-            ("B_noise over the run", f"{r.b_noise['value']:.0f}  (90%: {r.b_noise['low']:.0f}-{r.b_noise['high']:.0f})"),
-            ("B_crit at the target", f"{r.b_crit_at_target['value']:.0f}  (90%: {r.b_crit_at_target['low']:.0f}-"
-                                     f"{r.b_crit_at_target['high']:.0f}) at training loss {r.b_crit_at_target['loss']:.3g}"),
-            ("step time", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} us x B on {p.device.get('type')}"),
-            ("micro-batch limit", f"{p.max_batch:,} ({micro_batch_limit_reason(p)})"),
-            ("measuring run", f"{m['steps']} steps at B={m['batch_size']} on {m.get('device')} = "
-                              f"{m['fraction_of_projected_run']:.1%} of the projected run ({m['stopped_because']})"),
-        ]))
-    console.print(make_table("candidates", ["batch", "micro x acc", "steps", "examples", "seconds", "time / fastest",
-                                            "compute / E_min"],
+    p, bc = result.profile, r.b_crit
+    rows = [
+        ("batch size", f"{r.batch_size}  (micro-batch {r.micro_batch} x accumulation {r.accumulation}"
+                       f" x {r.devices} device{'s' if r.devices > 1 else ''})"),
+        ("learning rate", f"{r.lr:.4g}  ({r.lr_rule}), warm-up {r.warmup_steps} steps"),
+        ("predicted to target", f"{r.predicted['steps']:,.0f} steps, {r.predicted['examples']:,.0f} examples, "
+                                f"{r.predicted['seconds']:.1f} s"),
+        ("target", f"{m['target']['stated']} (train loss {m['target']['train_loss']:.3g} there)"),
+        ("B_crit", f"{bc['value']:.0f}  ({bc['level']:.0%}: {bc['low']:.0f}-{bc['high']:.0f}) = {bc['factor']:.2f} x "
+                   f"B_simple {bc['b_simple']:.3g} measured"),
+        ("step time", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} us x B on {p.device.get('type')}"),
+        ("micro-batch limit", f"{p.max_batch:,} ({micro_batch_limit_reason(p)})"),
+        ("measuring run", f"{m['steps']} steps at B={m['batch_size']} on {m.get('device')} = "
+                          f"{m['fraction_of_projected_run']:.1%} of the projected run ({m['stopped_because']})"),
+    ]
+    if verbose:
+        bs = r.b_simple_at_target
+        rows.append(("B_simple at the target", f"{bs['value']:.3g}  ({bs['low']:.3g}-{bs['high']:.3g}) at training "
+                                               f"loss {bs['loss']:.3g}, from the growth law (extrapolated "
+                                               f"{bs['extrapolation']:.1f}x)"))
+    console.print(make_table(f"{task.name}: recommendation ({r.objective})", ["", "value"], rows))
+    shown = r.candidates if verbose else near_the_choice(r.candidates, r.batch_size)
+    title = "candidates" if verbose else f"candidates near the choice (--verbose: all {len(r.candidates)})"
+    console.print(make_table(title, ["batch", "micro x acc", "steps", "examples", "seconds", "time / fastest",
+                                     "compute / E_min"],
                              [(("> " if c["batch_size"] == r.batch_size else "") + str(c["batch_size"]),
                                f"{c['micro_batch']} x {c['accumulation']}", round(c["steps"]), round(c["examples"]),
-                               c["seconds"], c["relative_time"], c["relative_compute"]) for c in r.candidates]))
-    console.print(make_table("growth schedule (batch size as the loss falls)", ["from loss", "B_noise", "batch", "lr"],
-                             [(s["from_loss"], s["b_noise"], s["batch_size"], s["lr"]) for s in r.schedule]))
+                               c["seconds"], c["relative_time"], c["relative_compute"]) for c in shown]))
+    console.print(schedule_line(r.schedule, r.batch_size))
+    if verbose:
+        console.print(f"calibration: {bc['calibration']}")
+        for c in r.constraints:
+            console.print(f"constraint: {c}")
     for c in r.caveats:
         console.print(f"caveat: {c}")

@@ -55,8 +55,9 @@ def _links_note(link: str, per_node: int, network: str, fit, profile) -> str:
     ctx = click.get_current_context()
     default = {name: ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT
                for name in ("link", "network", "bandwidth", "latency")}
+    link_default = default["link"] and default["bandwidth"] and default["latency"]
     inside = ("measured here" if fit is not None else
-              f"{link} ({'assumed by default' if default['link'] and default['bandwidth'] and default['latency'] else 'as given'})")
+              f"{link} ({'assumed by default' if link_default else 'as given'})")
     between = ("none (one node)" if network == "none" else
                f"{network} ({'assumed by default' if default['network'] else 'as given'})")
     note = f"links: within nodes of {per_node}, {inside}; between nodes, {between}"

@@ -39,7 +39,8 @@ def _lrs(ctx, param, values):
         try:
             rate = check_lr("lr", float(num))
         except ValueError as e:   # not a number, or not a usable rate (ConfigError is a ValueError)
-            why = str(e) if isinstance(e, ConfigError) else f"expected OPTIMIZER=RATE or RATE, like adam=0.001; got {v!r}"
+            why = (str(e) if isinstance(e, ConfigError)
+                   else f"expected OPTIMIZER=RATE or RATE, like adam=0.001; got {v!r}")
             raise click.BadParameter(why, param_hint="--lr")
         out[name.strip().lower() if sep else "*"] = rate
     return out
@@ -180,7 +181,8 @@ def _plan(task_spec, batch_sizes, epochs, steps, optimizers, lrs, lr_rules, refe
     profile = None
     if profile_path is not None:
         if not adaptive:
-            raise ConfigError("--profile is the hardware profile of the adaptive runs; add --adaptive or drop --profile")
+            raise ConfigError("--profile is the hardware profile of the adaptive runs; "
+                              "add --adaptive or drop --profile")
         from ..hardware import HardwareProfile
 
         profile = HardwareProfile.load(profile_path).to_dict()

@@ -37,7 +37,8 @@ def _adaptive_rows(a: dict) -> list[tuple]:
     """What the batch did: each change with the critical batch behind it, and the measuring cadence."""
     moves = [d for d in a["decisions"] if d["changed"]]
     path = " -> ".join([str(moves[0]["previous"])] + [f"{d['batch_size']} (step {d['step']:,}, B_crit "
-                                                      f"{_number(d['b_crit'], '.0f')})" for d in moves]) if moves else "unchanged"
+                                                      f"{_number(d['b_crit'], '.0f')})" for d in moves]
+                       ) if moves else "unchanged"
     est, k = a["final_estimate"], a["noise_factor"]
     b_crit = _number(k * float(est["b_simple"])) if est["b_simple"] is not None else "n/a"
     return [("batch size", path),
@@ -58,7 +59,8 @@ def tensorboard_callbacks(log_dir: str, batch_size: int, micro_batch) -> list:
 def training_options(f):
     """The options that describe one run; shared by the commands that train."""
     opts = [
-        click.option("--batch-size", "-b", type=int, default=64, show_default=True, help="examples per optimizer step (B)"),
+        click.option("--batch-size", "-b", type=int, default=64, show_default=True,
+                     help="examples per optimizer step (B)"),
         click.option("--lr", type=LEARNING_RATE, default=None, help="learning rate [default: the task's]"),
         click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default=None,
                      help="[default: the task's]"),

@@ -32,6 +32,8 @@ KNEE_GAIN = 0.10             # the knee: doubling B gains less than this much th
 # A saved profile's step times end here (about 11.6 days a step): no device is profiled that slowly,
 # and larger numbers (an alpha of 1e308) overflow the plans made from them to inf.
 MAX_STEP_SECONDS = 1e6
+FLAT_GAIN = 0.05             # the step-time grid stops after two grid steps in a row gaining less than this
+FLAT_STEPS = 2
 
 # progress(stage, done, total, info): stage is "memory" or "step time"; total is None while unknown.
 Progress = Callable[[str, int, Optional[int], str], None]
@@ -178,9 +180,10 @@ def check_profile_fields(d: dict) -> None:
     problem = line_problem(alpha, beta)
     if problem is not None:
         raise _bad(*problem)
-    for b in (1, mb):   # both are costs (>= 0): the step time is largest at max_batch
+    for b in (1, mb):
         if not alpha + beta * b <= MAX_STEP_SECONDS:
-            raise _bad("alpha" if alpha >= beta * b else "beta", alpha if alpha >= beta * b else beta,
+            big = abs(alpha) >= abs(beta * b)
+            raise _bad("alpha" if big else "beta", alpha if big else beta,
                        f"such that alpha + beta*B is a step time up to {MAX_STEP_SECONDS:g} s at B={b}")
     m0, m1 = _number(d, "m0", optional=True), _number(d, "m1", optional=True)
     if m0 is not None and m1 is not None and not abs(m0) + abs(m1) * mb <= MAX_BYTES:
@@ -277,12 +280,15 @@ def profile_hardware(task: "Task | str", device: str = "cpu", memory_budget=None
                      warmup: int = 2, repeats: int = 7, max_seconds_per_point: float = 1.0,
                      max_step_seconds: Optional[float] = 10.0,
                      memory_probe: Optional[Probe] = None, time_probe: Optional[TimeProbe] = None,
-                     grid: Optional[list[int]] = None, optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
+                     grid: Optional[list[int]] = None,
+                     optimizer: Optional[OptimizerSettings] = None) -> HardwareProfile:
     """Measure the memory ceiling and the step-time curve of ``task`` on ``device``.
 
     ``memory_budget``: bytes or a string (``"512MB"``, ``"2GiB"``, ``"40%"``); by default 90% of the
     free memory on CUDA, half the available RAM on the CPU. ``max_batch`` caps the search.
-    ``max_step_seconds``: the step-time grid stops once one step takes longer (the fit extrapolates).
+    ``max_step_seconds``: the step-time grid stops once one step takes longer (the fit extrapolates);
+    it also stops where throughput stops growing (two grid steps in a row gaining < 5%, see
+    :func:`_time_grid`), so the grid reaches the memory ceiling only while larger batches still pay.
     ``memory_probe`` / ``time_probe`` replace the PyTorch probes (tests, other devices).
     ``optimizer``: the run's optimizer (default: the task's); its state is part of the memory.
     """
@@ -379,15 +385,39 @@ def _memory_probe(task: Task, dev: torch.device, amp: bool, seed: int, settings:
 
 def _time_grid(time_probe: TimeProbe, sizes: list[int], max_step_seconds: Optional[float],
                report: Progress) -> tuple[list[StepTiming], list[str]]:
-    """Time each batch of ``sizes`` in order, stopping after a step slower than ``max_step_seconds``."""
+    """Time each batch of ``sizes`` in order, stopping early where larger batches add nothing to learn.
+
+    Two stopping rules, each written into the profile's notes:
+
+    - one step took longer than ``max_step_seconds``;
+    - throughput (examples per second) stopped growing: two grid steps in a row (doublings, on the
+      default grid) each gained less than 5% over the best throughput measured so far. From there
+      on the device is saturated and the step time grows in proportion to the batch, which the
+      fitted line extrapolates; timing on to the memory ceiling only costs time (on a CPU with a
+      large data set, minutes at B=4096 and beyond). Two steps, not one, so that one noisy point
+      does not cut the grid short; against the best so far, so that a slower point counts as no
+      gain. The knee (doubling gains < 10%) is then inside the measured range.
+    """
     timings: list[StepTiming] = []
     notes: list[str] = []
+    best, flat = 0.0, 0
     for i, b in enumerate(sizes):
         timing = time_probe(b)
         timings.append(timing)
         report("step time", i + 1, len(sizes), f"B={b}: {timing.seconds * 1e3:.3g} ms")
-        if max_step_seconds is not None and timing.seconds > max_step_seconds and b != sizes[-1]:
+        if b == sizes[-1]:
+            break
+        if max_step_seconds is not None and timing.seconds > max_step_seconds:
             notes.append(f"step-time grid stopped after B={b}: one step took {timing.seconds:.3g} s "
                          f"(> {max_step_seconds:g} s); larger batches are extrapolated from the fit")
+            break
+        throughput = b / timing.seconds if timing.seconds > 0 else math.inf
+        flat = flat + 1 if i > 0 and throughput < (1 + FLAT_GAIN) * best else 0
+        best = max(best, throughput)
+        if flat >= FLAT_STEPS:
+            first = timings[-1 - FLAT_STEPS].batch
+            notes.append(f"step-time grid stopped after B={b}: throughput grew less than {FLAT_GAIN:.0%} over each "
+                         f"of the last {FLAT_STEPS} grid steps (from B={first}, best {best:,.0f} examples/s); "
+                         "larger batches are extrapolated from the fit")
             break
     return timings, notes

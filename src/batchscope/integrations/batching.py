@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from ..adapt import BatchSizeController, ScaledLearningRate
+from ..adapt.controller import DEFAULT_EVERY, DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD
 from ..errors import ConfigError
 
 
@@ -65,7 +66,7 @@ class StepRecord:
     micro_batch: int         # the planned layout for it
     accumulation: int
     lr: float                # the first parameter group's rate used for the step
-    b_noise: float           # the estimate the rate rule used (nan before the first)
+    b_crit: float            # the critical batch the rate rule used (nan before the first)
 
 
 @dataclass
@@ -82,8 +83,9 @@ class BatchPlan:
 
     @classmethod
     def build(cls, step_time, *, micro_batch: int, accumulation: int, world: int, n_train: int, optimizer,
-              memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None, every: int = 50,
-              threshold: float = 0.05, min_samples: int = 5) -> "BatchPlan":
+              memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None, every: int = DEFAULT_EVERY,
+              threshold: float = DEFAULT_THRESHOLD, min_samples: int = DEFAULT_MIN_SAMPLES,
+              confident: bool = True) -> "BatchPlan":
         if accumulation * world < 2:
             raise ConfigError(f"the adaptive batch measures the noise scale from the micro-batches of a step, but "
                               f"it starts with {accumulation} micro-batch per step on one process; start with an "
@@ -91,7 +93,8 @@ class BatchPlan:
         start = micro_batch * accumulation * world
         controller = BatchSizeController(step_time, start_batch=start, n_train=n_train,
                                          memory_ceiling=memory_ceiling, max_batch=max_batch, devices=world,
-                                         every=every, threshold=threshold, min_samples=min_samples)
+                                         every=every, threshold=threshold, min_samples=min_samples,
+                                         confident=confident)
         rate = ScaledLearningRate(optimizer.param_groups[0]["lr"], start, optimizer_kind(optimizer))
         return cls(controller, rate, micro_batch, accumulation, world)
 
@@ -104,7 +107,7 @@ class BatchPlan:
 
         estimate: the monitor's current NoiseEstimate; consumed: micro-batches run so far this epoch.
         """
-        self.steps.append(StepRecord(step, examples, self.micro_batch, self.accumulation, lr, self.rate.b_noise))
+        self.steps.append(StepRecord(step, examples, self.micro_batch, self.accumulation, lr, self.rate.b_crit))
         self.rate.advance(examples)
         if estimate is not None and estimate.n_samples:
             self.rate.observe(self.controller.b_crit(estimate))

@@ -16,13 +16,22 @@ callbacks rely on:
   the units of the loss the Trainer back-propagates. Windows shorter than
   ``gradient_accumulation_steps`` (an epoch's end) scale differently and are left out;
 - gradients are clipped (``max_grad_norm``, 1.0 by default) *before* ``on_pre_optimizer_step``.
-  A gradient norm measured after clipping is not the gradient's, so the noise callback takes the
-  clipping over: it sets ``max_grad_norm`` to 0 for the run, measures, then clips to the same
-  norm with ``torch.nn.utils.clip_grad_norm_`` (restored at the end of training).
+  A gradient norm measured after clipping is not the gradient's, so on a measured step of two or
+  more micro-batches the noise callback takes the clipping over: at the end of the step's last
+  backward pass it sets ``max_grad_norm`` to 0, and in ``on_pre_optimizer_step`` it measures, puts
+  your value back (in a ``finally``) and clips to it with ``torch.nn.utils.clip_grad_norm_``. Only
+  the Trainer's own few lines between the two run with the 0;
+- the Trainer tells callbacks of no exception: settings a callback changes for the run (the
+  adaptive callback's ``gradient_accumulation_steps``) are put back at ``on_train_end``, and, after a
+  ``train()`` that raised, at the start of the next ``train()`` with a batchscope callback on the
+  same ``TrainingArguments`` (logged), or by :func:`restore_arguments`.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+import weakref
 from typing import Any, Optional
 
 from .requires import require
@@ -31,16 +40,25 @@ transformers = require("transformers", "hf", "batchscope.integrations.hf")
 
 import torch  # noqa: E402
 
+from ..adapt import DEFAULT_EVERY, AdaptiveConfig, StepTimeModel  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
-from ..adapt import StepTimeModel  # noqa: E402
 from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
-from .microbatches import leading_size, measurable  # noqa: E402
+from .finding import check_find_kwargs, check_target, progress_wanted, run_find  # noqa: E402
+from .microbatches import leading_size, measurable, measure_in_halves, one_pass  # noqa: E402
 from .scalars import noise_scalars  # noqa: E402
+from .sources import check_profile_model, resolve_step_time  # noqa: E402
 from .state import pack_state, unpack_state  # noqa: E402
+from .target import TargetWatch  # noqa: E402
+
+# The adaptive settings' one default each, shared with train(..., adaptive=AdaptiveConfig()).
+DEFAULTS = AdaptiveConfig()
 
 TrainerCallback = transformers.TrainerCallback
 ExportableState = transformers.trainer_callback.ExportableState
+
+
+log = logging.getLogger(__name__)
 
 
 def _world_size() -> int:
@@ -48,14 +66,61 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+# TrainingArguments fields a callback changed, with your values: id(args) -> (weak reference, {name: value}).
+_CHANGED: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _change(args, name: str, value) -> None:
+    """Set ``args.<name>``, remembering your value the first time."""
+    entry = _CHANGED.get(id(args))
+    if entry is None or entry[0]() is not args:
+        entry = _CHANGED[id(args)] = (weakref.ref(args), {})
+    entry[1].setdefault(name, getattr(args, name))
+    setattr(args, name, value)
+
+
+def _give_back(args, names=None) -> dict[str, Any]:
+    """Put back your values of ``names`` (all changed ones by default); returns what was put back."""
+    entry = _CHANGED.get(id(args))
+    if entry is None or entry[0]() is not args:
+        return {}
+    saved = entry[1]
+    back = {n: saved.pop(n) for n in list(saved) if names is None or n in names}
+    for n, v in back.items():
+        setattr(args, n, v)
+    if not saved:
+        del _CHANGED[id(args)]
+    return back
+
+
+def restore_arguments(args) -> dict[str, Any]:
+    """Put back the ``TrainingArguments`` fields a batchscope callback changed for a ``train()`` that raised
+    (the Trainer calls no callback on an exception); returns {field: your value} for those it put back."""
+    back = _give_back(args)
+    if back:
+        log.warning("restored TrainingArguments %s, left changed by a batchscope callback in a train() that raised",
+                    ", ".join(f"{k}={v!r}" for k, v in back.items()))
+    return back
+
+
 class NoiseScaleCallback(TrainerCallback, ExportableState):
     """Measures B_simple = tr(Σ)/|G|² during ``Trainer.train`` and adds it to the Trainer's logs.
 
-    The small batch is one micro-batch (``per_device_train_batch_size``) of gradient accumulation
-    (``gradient_accumulation_steps >= 2``) or one process's batch under DDP; the big batch is the
-    accumulated gradient. At every logging step ``noise/b_simple``, ``noise/b_simple_low`` and
-    ``noise/b_simple_high`` (once finite) join the entry in ``trainer.state.log_history`` and the
-    ``logs`` seen by callbacks after this one. Steps with unequal micro-batches (the epoch's last
+    With gradient accumulation (``gradient_accumulation_steps >= 2``) the small batch is one
+    micro-batch (``per_device_train_batch_size``) and the big batch the accumulated gradient; under
+    DDP, one process's batch. In the Trainer's default set-up (one micro-batch per step on one
+    process) each measured step's batch runs once more as two equal halves through the model
+    (its own ``loss`` output; ``num_items_in_batch`` is not passed, so each half's loss is its mean),
+    measured as ``train`` measures micro-batches, and the step's own gradients, random state and
+    buffers are put back: training is as without the callback (see
+    :func:`~batchscope.integrations.microbatches.measure_in_halves`). That costs one more forward
+    and backward pass of the batch per measured step (about 1/8 more time at ``every=8``); a model
+    that returns no loss from its inputs cannot be measured so (use accumulation).
+
+    At every logging step ``noise/b_simple``, ``noise/b_simple_low`` and ``noise/b_simple_high``
+    (once finite) join the entry in ``trainer.state.log_history`` and the ``logs`` seen by callbacks
+    after this one; until there is an estimate, a logging step says so once on the ``batchscope``
+    logger, as does a run that ends without one. Steps with unequal micro-batches (the epoch's last
     batch, unless ``dataloader_drop_last``) are left out. ``monitor`` holds the
     :class:`~batchscope.noise.NoiseScaleMonitor` (``.estimate()``). Keyword arguments go to it.
 
@@ -64,6 +129,10 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
     small model a measured step costs several percent more than an idle one, so sampling keeps the
     callback within a few percent of the step time; the sampled steps do not depend on the
     gradients, so the estimate stays unbiased, from an eighth of the samples.
+
+    ``args.max_grad_norm`` is 0 only between the end of a measured step's last backward pass and
+    this callback's ``on_pre_optimizer_step`` (see the module docstring), so an exception in your
+    model, the data or another callback leaves your value in place.
 
     State is saved with checkpoints; resuming restores it when
     ``TrainingArguments(restore_callback_states_from_checkpoint=True)`` (the Trainer then builds a
@@ -77,22 +146,30 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         self.monitor_kwargs = {"every": self.default_every, **monitor_kwargs}
         self.monitor: Optional[NoiseScaleMonitor] = None
         self.left_out = 0
+        self.why_left_out = ""
         self.saved_state: Optional[dict] = None   # the monitor's state, packed, from a checkpoint
         self._sizes: list[Optional[int]] = []
+        self._inputs = None    # the batch of a one-micro-batch measured step, as the model was called
         self._clip = 0.0
+        self._args = None
+        self._armed = False    # max_grad_norm is 0 for this step
         self._consumed = 0     # micro-batches run this epoch
         self._handle = None
+        self._grad_handle = None
+        self._waiting_said = False
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         if args.fp16:
             raise ConfigError("the noise callback measures gradients before the optimizer step; under fp16 they are "
                               "still multiplied by the loss scale there; use bf16=True or no mixed precision")
-        self._clip, args.max_grad_norm = args.max_grad_norm, 0.0
+        restore_arguments(args)             # what a train() that raised left changed
+        self._args, self._clip, self._armed = args, args.max_grad_norm, False
         self.monitor = NoiseScaleMonitor(model, optimizer=optimizer, **self.monitor_kwargs)
         if self.saved_state is not None:
             self.monitor.load_state_dict(unpack_state(self.saved_state))
-        self._sizes = []
+        self._sizes, self._inputs = [], None
         self._consumed = 0
+        self._waiting_said = False
         self._sync_size_hook(model)
 
     def _tracks_sizes(self) -> bool:
@@ -103,31 +180,71 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
         if self._tracks_sizes():
             if self._handle is None:
                 self._handle = model.register_forward_pre_hook(self._record_size, with_kwargs=True)
-        elif self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+            if self._grad_handle is None and self._clip and self._clip > 0:
+                params = [p for p in model.parameters() if p.requires_grad]
+                self._grad_handle = torch.autograd.graph.register_multi_grad_hook(params, self._end_of_backward)
+        else:
+            self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for name in ("_handle", "_grad_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.remove()
+                setattr(self, name, None)
 
     def _record_size(self, module, args, kwargs):
         if module.training and torch.is_grad_enabled():
             self._sizes.append(leading_size(kwargs) if kwargs else leading_size(args))
             self._consumed += 1
+            if self.monitor.measuring and self._args.gradient_accumulation_steps * _world_size() == 1:
+                self._inputs = kwargs if kwargs else args
+
+    def _end_of_backward(self, grads) -> None:
+        # The window's last backward pass is done: the Trainer clips next, unless max_grad_norm is 0.
+        a = self._args
+        if self.monitor.measuring and len(self._sizes) * _world_size() >= 2 \
+                and len(self._sizes) >= a.gradient_accumulation_steps:
+            _change(a, "max_grad_norm", 0.0)
+            self._armed = True
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         sizes, self._sizes = self._sizes, []
-        if not self.monitor.measuring:
-            self.monitor.update()                # an idle step: counted only
-        elif measurable(sizes, args.gradient_accumulation_steps, _world_size()):
-            self.monitor.micro_batch = sizes[0]
-            self.monitor.update()
-        else:
-            self.left_out += 1
-            self.monitor.bind(model, optimizer)  # drops this step's captured norms
+        inputs, self._inputs = self._inputs, None
+        armed, self._armed = self._armed, False
+        monitor = self.monitor
+        try:
+            if not monitor.measuring:
+                monitor.update()                # an idle step: counted only
+            elif one_pass(sizes, args.gradient_accumulation_steps, _world_size()):
+                if inputs is None or not measure_in_halves(monitor, model, _half_loss(model), inputs, optimizer):
+                    self._leave_out(model, optimizer, f"the model returned no loss for a half of the batch of "
+                                                      f"{sizes[0]}, or the batch has fewer than 2 examples")
+            elif measurable(sizes, args.gradient_accumulation_steps, _world_size()):
+                monitor.micro_batch = sizes[0]
+                monitor.update()
+            else:
+                self._leave_out(model, optimizer, f"its micro-batches differ in size (sizes {sizes})")
+        finally:
+            if armed:
+                _give_back(args, ["max_grad_norm"])
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self._clip)
         self._sync_size_hook(model)
-        if self._clip and self._clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self._clip)
+
+    def _leave_out(self, model, optimizer, why: str) -> None:
+        self.left_out += 1
+        self.why_left_out = why
+        self.monitor.bind(model, optimizer)  # drops this step's captured norms
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.monitor is None or not self.monitor.history:
+        if self.monitor is None:
+            return
+        if not self.monitor.history:
+            if not self._waiting_said:
+                self._waiting_said = True
+                why = f"; the last was left out because {self.why_left_out}" if self.why_left_out else ""
+                log.warning("noise scale: no estimate yet at step %d (%d steps left out%s); %sb_simple joins the "
+                            "logs once a measured step gives one", state.global_step, self.left_out, why, self.prefix)
             return
         values = noise_scalars(self.monitor.history[-1], self.prefix)
         if logs is not None:
@@ -136,17 +253,28 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
             state.log_history[-1].update(values)
 
     def on_train_end(self, args, state, control, **kwargs):
-        args.max_grad_norm = self._clip
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        _give_back(args, ["max_grad_norm"])
+        self._remove_hooks()
         if self.monitor is not None:
             self.monitor.close()
+            if not self.monitor.history:
+                log.warning("noise scale: the run ended without an estimate (%d optimizer steps, %d left out%s)",
+                            state.global_step, self.left_out, f": {self.why_left_out}" if self.why_left_out else "")
 
     def state(self) -> dict:
         saved = pack_state(self.monitor.state_dict()) if self.monitor is not None else self.saved_state
         return {"args": {"prefix": self.prefix, **self.monitor_kwargs},
                 "attributes": {"saved_state": saved, "left_out": self.left_out}}
+
+
+def _half_loss(model):
+    """loss_of(half) for :func:`measure_in_halves`: the model's own loss, called past its forward hooks."""
+    def loss_of(half):
+        kw = {k: v for k, v in half.items() if k != "num_items_in_batch"} if isinstance(half, dict) else half
+        out = model.forward(**kw) if isinstance(kw, dict) else model.forward(*kw)
+        loss = out.get("loss") if isinstance(out, dict) else getattr(out, "loss", None)
+        return loss if isinstance(loss, torch.Tensor) and loss.requires_grad else None
+    return loss_of
 
 
 class AdaptiveBatchCallback(NoiseScaleCallback):
@@ -166,23 +294,26 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     The Trainer fixes its optimizer steps per epoch at the start from the first accumulation; when
     the batch grows, an epoch runs out of data early and its last, partial window is dropped (its
     gradients are zeroed at the next epoch), so count training in ``max_steps`` or epochs knowing
-    that a step now takes more examples. step_time: a :class:`~batchscope.adapt.StepTimeModel`, a
-    hardware profile, or ``{"alpha": s, "beta": s, "measured": [[batch, s], ...]}`` (measured optional). Start with ``gradient_accumulation_steps >= 2``.
+    that a step now takes more examples. step_time: a :class:`~batchscope.adapt.StepTimeModel`,
+    ``{"alpha": s, "beta": s, "measured": [[batch, s], ...]}`` (measured optional), a hardware
+    profile, a find result (its profile), or the path of a saved profile or find result; checked
+    here (:mod:`batchscope.integrations.sources`), and a profile against the model when training
+    begins. Start with ``gradient_accumulation_steps >= 2``.
     Unlike :class:`NoiseScaleCallback` it measures every step (its ``every`` is the controller's).
+    ``args.gradient_accumulation_steps`` and the DataLoader's batch size are yours again at the end
+    of ``train()``; after a ``train()`` that raised, see :func:`restore_arguments`.
     """
 
     default_every = 1
 
     def __init__(self, step_time, *, memory_ceiling: Optional[int] = None, max_batch: Optional[int] = None,
-                 every: int = 50, threshold: float = 0.05, min_samples: int = 5, prefix: str = "noise/",
-                 **monitor_kwargs: Any):
+                 every: int = DEFAULT_EVERY, threshold: float = DEFAULTS.threshold,
+                 min_samples: int = DEFAULTS.min_samples, confident: bool = DEFAULTS.confident,
+                 prefix: str = "noise/", **monitor_kwargs: Any):
         super().__init__(prefix=prefix, **monitor_kwargs)
-        if isinstance(step_time, dict):
-            step_time = StepTimeModel(step_time["alpha"], step_time["beta"],
-                                      tuple(tuple(p) for p in step_time.get("measured", ())))
-        self.step_time = step_time
+        self.step_time = resolve_step_time(step_time, "hf AdaptiveBatchCallback")
         self.options = dict(memory_ceiling=memory_ceiling, max_batch=max_batch, every=every, threshold=threshold,
-                            min_samples=min_samples)
+                            min_samples=min_samples, confident=confident)
         self.plan: Optional[BatchPlan] = None
         self.saved_plan: Optional[dict] = None
         self._base_lrs: Optional[list[float]] = None
@@ -192,6 +323,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         super().on_train_begin(args, state, control, model=model, optimizer=optimizer, **kwargs)
+        check_profile_model(self.step_time, model, "hf AdaptiveBatchCallback")
         self.plan = BatchPlan.build(self.step_time, micro_batch=args.per_device_train_batch_size,
                                     accumulation=args.gradient_accumulation_steps, world=_world_size(),
                                     n_train=len(train_dataloader.dataset), optimizer=optimizer, **self.options)
@@ -205,7 +337,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
 
     def _apply(self, args) -> None:
         set_loader_batch_size(self._loader, self.plan.micro_batch)
-        args.gradient_accumulation_steps = self.plan.accumulation
+        _change(args, "gradient_accumulation_steps", self.plan.accumulation)
 
     def on_epoch_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
         # A partial window left at the end of the last epoch never reached the optimizer: drop it.
@@ -243,7 +375,9 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         super().on_train_end(args, state, control, **kwargs)
-        args.gradient_accumulation_steps = self.plan.accumulation
+        _give_back(args, ["gradient_accumulation_steps"])
+        if self._loader is not None:
+            set_loader_batch_size(self._loader, args.per_device_train_batch_size)
 
     def state(self) -> dict:
         out = super().state()
@@ -291,6 +425,7 @@ def task_from_trainer(trainer: "transformers.Trainer", *, target, name: Optional
     """
     from .steptask import build_task
 
+    check_target(target, "task_from_trainer")
     a = trainer.args
     optim = str(getattr(a.optim, "value", a.optim))
     if optim not in _OPTIMS:
@@ -305,11 +440,81 @@ def task_from_trainer(trainer: "transformers.Trainer", *, target, name: Optional
                       target=target, description=f"{type(model).__name__} from a transformers Trainer")
 
 
-def find(trainer: "transformers.Trainer", *, target, **find_kwargs):
+def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = None, **find_kwargs):
     """batchscope's recommendation for the model and data of a ``Trainer`` (before or instead of ``train()``).
 
-    ``find_kwargs`` go to :func:`batchscope.plan.find.find`. Returns its FindResult.
+    target: the loss to reach, the model's own ``loss`` output on ``eval_dataset`` (as the Trainer's
+    ``eval_loss``), or a :class:`~batchscope.Target`. ``find_kwargs`` go to
+    :func:`batchscope.plan.find.find` (``objective``, ``measure_fraction``: the CLI's ``--budget``,
+    ``max_batch``, ``memory_budget``, ``ref_batch``, ``device``, ``profile``, ...); every argument is
+    checked before any work. progress: lines on stderr as the CLI prints them (None: when stderr is
+    a terminal). Returns its FindResult (``result.save(path)``; give it, or the path, to
+    :class:`AdaptiveBatchCallback`).
     """
-    from ..plan.find import find as plan_find
+    where = "batchscope.integrations.hf.find"
+    check_target(target, where)
+    check_find_kwargs(find_kwargs, where)
+    progress_wanted(progress)
+    task = task_from_trainer(trainer, target=target)
+    split = "eval_dataset" if task.val_data is not None else "train_dataset (no eval_dataset)"
+    return run_find(task, find_kwargs, progress, target_note=f"its loss is the model's own loss output on {split}")
 
-    return plan_find(task_from_trainer(trainer, target=target), **find_kwargs)
+
+class StopAtTarget(TrainerCallback):
+    """Stops ``train()`` at the first evaluation that reaches the target, and records when: time to target.
+
+    value: the target; metric: the evaluation's metric (``eval_loss``; the ``eval_`` prefix may be
+    left out; ``mode="max"`` for an accuracy from ``compute_metrics``); mode: 'min' (reached at or
+    below the value) or 'max'. Checked at every evaluation (``on_evaluate``), so the crossing is known
+    to within ``eval_steps``: it needs ``eval_strategy`` 'steps' or 'epoch' and an ``eval_dataset``.
+    ``reached`` is None until then, else an :class:`~batchscope.integrations.target.Evaluation`
+    (step, examples trained on, seconds since ``train()`` began, of which evaluating, value);
+    ``evaluations`` lists every check; ``describe()`` says it in one line (logged at the end).
+    """
+
+    def __init__(self, value: float, metric: str = "eval_loss", mode: str = "min"):
+        self.watch = TargetWatch(value, metric, mode, "hf StopAtTarget")
+        self._t0 = time.perf_counter()
+        self._eval_seconds = 0.0
+        self._examples = 0
+        self._handle = None
+
+    @property
+    def reached(self):
+        return self.watch.reached
+
+    @property
+    def evaluations(self) -> list:
+        return self.watch.evaluations
+
+    def describe(self) -> str:
+        return self.watch.describe()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+        if strategy == "no":
+            raise ConfigError("StopAtTarget checks the target at each evaluation, but TrainingArguments has "
+                              "eval_strategy='no'; set eval_strategy='steps' with eval_steps=N (and an eval_dataset)")
+        self._t0, self._eval_seconds, self._examples = time.perf_counter(), 0.0, 0
+        if self._handle is None and model is not None:
+            self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        if module.training and torch.is_grad_enabled():
+            self._examples += (leading_size(kwargs or args) or 0) * _world_size()
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics = metrics or {}
+        self._eval_seconds += float(metrics.get("eval_runtime", 0.0))
+        value = self.watch.read(metrics, names=(f"eval_{self.watch.metric}",))
+        if self.watch.check(value, state.global_step, self._examples, time.perf_counter() - self._t0,
+                            self._eval_seconds):
+            control.should_training_stop = True
+            log.info("StopAtTarget: %s", self.describe())
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        if self.watch.reached is None:
+            log.info("StopAtTarget: %s", self.describe())

@@ -25,7 +25,7 @@ class TensorBoardCallback(Callback):
     """Writes a batchscope run's scalars to ``log_dir`` for TensorBoard.
 
     monitor: the :class:`~batchscope.noise.NoiseScaleMonitor` of the run (pass the same object in
-    the callbacks before this one), so B_noise is written beside the loss; None writes no noise.
+    the callbacks before this one), so B_simple is written beside the loss; None writes no noise.
     """
 
     def __init__(self, log_dir: Union[str, Path], monitor: Optional[NoiseScaleMonitor] = None, *,

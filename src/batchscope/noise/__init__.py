@@ -16,7 +16,8 @@ from .stats import (METHODS, NoiseError, NoiseEstimate, NoisePoint, RawSample, W
                     estimate_from_samples, fieller_interval, per_example, ratio, two_batch)
 
 __all__ = [
-    "NoiseEstimate", "NoisePoint", "RawSample", "NoiseScaleMonitor", "NoiseCallback", "NoiseMeasurement", "measure_noise",
+    "NoiseEstimate", "NoisePoint", "RawSample", "NoiseScaleMonitor", "NoiseCallback", "NoiseMeasurement",
+    "measure_noise",
     "NoiseError", "METHODS", "two_batch", "per_example", "ratio", "fieller_interval", "WeightedMoments",
     "estimate_from_samples", "per_example_moments", "refuse_batch_coupled", "GradNormCapture",
     "AdamPreconditioner",

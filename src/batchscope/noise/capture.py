@@ -29,16 +29,6 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
-def squared_norms(tensors: list[Optional[torch.Tensor]]) -> list[float]:
-    """Squared L2 norms as Python floats (one device sync); a missing gradient counts as zero."""
-    present = [t for t in tensors if t is not None]
-    if not present:
-        return [0.0] * len(tensors)
-    values = iter(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in present])
-                  .double().square().tolist())
-    return [next(values) if t is not None else 0.0 for t in tensors]
-
-
 class GradNormCapture:
     """Sum over backward passes of each parameter's squared gradient norm (optionally transformed).
 

@@ -203,7 +203,8 @@ class NoiseScaleMonitor:
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`: the next ``estimate()`` is what the saved monitor's would be."""
         self.moments.load_state_dict(state["moments"])
-        self._steps, self.skipped, self.unmeasured = int(state["steps"]), int(state["skipped"]), int(state["unmeasured"])
+        self._steps, self.skipped = int(state["steps"]), int(state["skipped"])
+        self.unmeasured = int(state["unmeasured"])
         self.sizes = (int(state["sizes"][0]), int(state["sizes"][1]))
         self._world = state.get("world")
         sums = state.get("layer_sums")

@@ -62,7 +62,7 @@ def check_link(bandwidth: float, latency: float, name: str = "link") -> None:
 # be well below them (benchmarks/results/plan.md sets three presets beside a published nccl-tests table:
 # NVLink 4 within 7%, NVLink 3 and PCIe 5 1.2-1.8x optimistic), and the latencies are order-of-magnitude
 # values: measure with `plan --measure-comm` where you can, or override with --bandwidth/--latency.
-PRESETS: dict[str, Link] = {l.name: l for l in (
+PRESETS: dict[str, Link] = {link.name: link for link in (
     Link("nvlink4", 450 * GB, 2 * US,
          "H100 SXM data sheet: NVLink 4, 900 GB/s per GPU both directions -> 450 GB/s each way; latency assumed"),
     Link("nvlink3", 300 * GB, 2 * US,

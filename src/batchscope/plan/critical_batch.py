@@ -24,16 +24,36 @@ from typing import Sequence
 import numpy as np
 
 # benchmarks/suite/calibrate.py ("Constants", all): geometric mean of B_crit / B_simple(window) and the
-# standard deviation of log(B_crit / (c B_simple)) over the suite's tasks.
+# standard deviation of log(B_crit / (c B_simple)) over the suite's tasks; tests/test_suite_calibration.py
+# recomputes every figure here from the stored suite data. Prose quoting them is built from these names.
 SUITE_FACTOR = 3.21
 SUITE_LOG_SPREAD = 0.59
 SUITE_TASKS = 11
+SUITE_COVERED = 9         # tasks whose measured B_crit fell inside the 90% interval, leave-one-task-out
 # The same for B_simple over a whole run to the target ("path" estimate), what a controller that keeps
-# measuring sees: B_crit ≈ 2.28 · B_simple, within 2x of the measured B_crit on 9 of 11 tasks
-# leave-one-task-out (benchmarks/results/suite_calibration.md). The adaptive controller plans with it.
+# measuring sees. The adaptive controller plans with it.
 LIVE_FACTOR = 2.28
 LIVE_LOG_SPREAD = 0.48
+LIVE_WITHIN_2X = 9        # tasks predicted within 2x of the measured B_crit, leave-one-task-out
 WINDOW_START = 0.5        # the second half of the measuring run: the latest, largest noise scale it saw
+CALIBRATION = "benchmarks/results/suite_calibration.md"
+
+
+def find_calibration() -> str:
+    """Where find's factor and interval come from, in words (the figures are the constants above)."""
+    return (f"B_crit = {SUITE_FACTOR:.2f} x B_simple, B_simple = tr(Sigma)/|G|^2 over the measuring run's second "
+            f"half: {SUITE_FACTOR:.2f} is the geometric mean of B_crit / B_simple over the validation suite's "
+            f"{SUITE_TASKS} tasks (B_simple grows as the loss falls, and the measuring run sees only the start of "
+            f"training); the interval adds the suite's task-to-task spread of that ratio to the sampling noise, "
+            f"and held the measured B_crit on {SUITE_COVERED} of {SUITE_TASKS} tasks left out of the fit "
+            f"({CALIBRATION})")
+
+
+def live_calibration() -> str:
+    """The same for the factor a controller applies to B_simple measured along the whole run."""
+    return (f"B_crit = {LIVE_FACTOR:.2f} x B_simple averaged over a whole run to the target: the geometric mean "
+            f"over the validation suite's {SUITE_TASKS} tasks, within 2x of the measured B_crit on "
+            f"{LIVE_WITHIN_2X} of {SUITE_TASKS} left out of the fit ({CALIBRATION})")
 
 
 @dataclass(frozen=True)
@@ -47,7 +67,7 @@ class CriticalBatch:
     steps: int            # steps in the window
 
     def describe(self) -> str:
-        return (f"{self.factor:.2f} x B_simple {self.b_simple:.0f} (tr(Sigma)/|G|^2 over the last {self.steps} steps "
+        return (f"{self.factor:.2f} x B_simple {self.b_simple:.3g} (tr(Sigma)/|G|^2 over the last {self.steps} steps "
                 f"of the measuring run); {self.level:.0%} interval from the step-to-step noise and the spread "
                 "of B_crit / prediction over the validation suite's tasks")
 
@@ -59,11 +79,16 @@ def ratio_of_sums(g2: Sequence[float], trace: Sequence[float]) -> float:
     return t / g if g > 0 and t > 0 else math.nan
 
 
+def window_start(n: int, start: float = WINDOW_START) -> int:
+    """Index of the first of ``n`` finite steps in the window (at least two steps stay in it)."""
+    return min(int(start * n), max(0, n - 2))
+
+
 def window(g2: Sequence[float], trace: Sequence[float], start: float = WINDOW_START) -> tuple[np.ndarray, np.ndarray]:
     g2, trace = np.asarray(g2, dtype=float), np.asarray(trace, dtype=float)
     keep = np.isfinite(g2) & np.isfinite(trace)
     g2, trace = g2[keep], trace[keep]
-    first = min(int(start * len(g2)), max(0, len(g2) - 2))
+    first = window_start(len(g2), start)
     return g2[first:], trace[first:]
 
 

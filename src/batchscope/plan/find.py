@@ -1,11 +1,17 @@
 """`find`: profile the hardware, measure the noise scale on a short run, recommend.
 
-The pipeline (docs/design.md, "Time to target"):
+The pipeline (docs/design.md, "Data flow of `find`"):
 1. hardware: alpha, beta and the memory ceiling (measured now, or read from a saved profile);
 2. a measuring run at the reference batch with the noise-scale monitor, stopped once it has used
-   ``budget`` (default 5%) of the examples that a full run to the target is projected to need;
-3. the noise scale related to the training loss and extrapolated to the target loss;
-4. the time-to-target model over candidate batch sizes, under the constraints, for the objective.
+   ``measure_fraction`` (default 5%) of the examples that a full run to the target is projected to
+   need, and extended (to :data:`EXTEND_STEPS` at most) while that run cannot be projected yet;
+3. B_crit, the critical batch for the run: the suite-calibrated multiple of the measured B_simple
+   (critical_batch.py); the growth law of B_simple in the loss shapes the growth schedule;
+4. the time-to-target model S_min (1 + B_crit / B) t(B) over candidate batch sizes, under the
+   constraints, for the objective.
+
+Messages name parameters as the Python API spells them ('measure_fraction'); the command layer
+translates them to its options.
 """
 
 from __future__ import annotations
@@ -13,63 +19,151 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..hardware.units import format_bytes
-from ..errors import BatchscopeError, ConfigError, check_positive_int
+from ..errors import (FRACTION, INTEGER, POSITIVE_INT, POSITIVE_NUMBER, BatchscopeError, ConfigError, check_params,
+                      one_of, optional, parameter_message)
 from ..hardware import HardwareProfile, StepTimeModel
-from ..serialize import decode, fields_to_dict, to_jsonable
+from ..serialize import decode, fields_to_dict, to_jsonable, write_json
 from ..tasks import Task, load_task
 from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, resolve_device, train
 from . import critical_batch, growth, recommend
-from .projection import Projection, loss_at_metric, project_examples
+from .projection import Projection, loss_after, loss_at_metric, progress, project_examples
+
+if TYPE_CHECKING:
+    import torch
 
 EVAL_EVERY = 5            # steps between evaluations of the measuring run
 MIN_STEPS = 30            # fewer steps give too few per-step noise estimates for 6 windows
 MAX_STEPS = 3000          # the measuring run never trains longer than this
-STALL_EXAMPLES = 20       # x the batch x MIN_STEPS: give up when no progress toward the target by then
+EXTEND_STEPS = 20 * MIN_STEPS  # while the run to the target cannot be projected, the measuring run goes on to this
+METRIC_REACH = 1 / 3      # a metric target's loss is read once the metric has covered this share of the way
+
+# find's own parameters, declared once (the limits on a batch are recommend.LIMITS)
+PARAMETERS = {
+    "objective": one_of(recommend.OBJECTIVES),
+    "measure_fraction": FRACTION,
+    "ref_batch": optional(POSITIVE_INT),
+    "ref_lr": optional(POSITIVE_NUMBER),
+    "target_epochs": optional(POSITIVE_NUMBER),
+    "seed": INTEGER,
+    "n_windows": POSITIVE_INT,
+}
 
 
 class FindError(BatchscopeError):
     """The measurement could not support a recommendation; the message says why and what to change."""
 
 
+@dataclass(frozen=True)
+class TargetLoss:
+    """The losses at which the target is reached, as read from the evaluations so far.
+
+    ``eval``: on the target's split (what the run-length projection follows); ``train``: the training
+    loss (what the growth law is read at). Both None while they cannot be read yet; ``how`` then says why.
+    """
+
+    eval: Optional[float]
+    train: Optional[float]
+    how: str
+
+    @property
+    def ready(self) -> bool:
+        return self.eval is not None and self.train is not None and self.eval > 0 and self.train > 0
+
+
+def read_target(task: Task, points: list[HistoryPoint], target_examples: Optional[float] = None) -> TargetLoss:
+    """The target in loss units from the evaluations so far (the first one is the untrained model).
+
+    A loss target is used as it is. A metric target is mapped through ln(loss) = c + d * metric, once
+    the metric has covered :data:`METRIC_REACH` of the way to it (before, the loss at the target would
+    be read more than three times beyond the metric's measured range). ``target_examples``: the target
+    is the loss the run is projected to reach after that many examples (:func:`loss_after`).
+    """
+    t, name = task.target, task.metric_name or "metric"
+    if target_examples is not None:
+        fit = loss_after([p.examples for p in points], [p.eval_loss for p in points], target_examples)
+        if fit is None:
+            return TargetLoss(None, None, f"the {t.split} loss is not yet falling steadily enough to project it "
+                                          f"to {target_examples:,.0f} examples")
+        loss, a, b, n = fit
+        return TargetLoss(loss, loss, f"ln({t.split} loss) = {a:.3g} {b:+.3g} ln(examples) fitted on {n} evaluations, "
+                                      f"read at {target_examples:,.0f} examples")
+    if t.kind == "loss":
+        return TargetLoss(t.value, t.value, f"the target is a loss: {t.describe(task.metric_name)}")
+    pts = points[1:]
+    metrics = [p.metric for p in pts if p.metric is not None and math.isfinite(p.metric)]
+    start = points[0].metric if points and points[0].metric is not None else None
+    if not metrics or start is None or t.value == start:
+        return TargetLoss(None, None, f"no {name} measured yet")
+    reach = (max(metrics) - start) / (t.value - start)
+    if reach < METRIC_REACH:
+        return TargetLoss(None, None, f"the {name} has covered {max(reach, 0.0):.0%} of the way to its target "
+                                      f"({METRIC_REACH:.0%} is needed to read the loss there)")
+    at_eval = loss_at_metric([p.metric for p in pts], [p.eval_loss for p in pts], t.value)
+    at_train = loss_at_metric([p.metric for p in pts], [p.loss for p in pts], t.value)
+    if at_train is None:
+        return TargetLoss(None, None, f"the {name} and the training loss have not moved together yet")
+    loss, c, d = at_train
+    how = f"ln(train loss) = {c:.3g} + {d:.3g} * {name} fitted on {len(pts)} evaluations, read at {t.value:g}"
+    if at_eval is None:
+        return TargetLoss(None, loss, f"the {name} and the {t.split} loss have not moved together yet ({how})")
+    return TargetLoss(at_eval[0], loss, how)
+
+
 class BudgetStop(Callback):
     """Stops the measuring run once it has used ``fraction`` of the projected examples to the target.
 
-    Progress is measured on the log of the evaluation loss: for a metric target, the loss at which
-    the metric reaches its target is read off ln(loss) = c + d * metric fitted on the evaluations so far.
+    Progress is measured on the log of the evaluation loss toward the target's loss (:func:`read_target`).
+    While the run to the target cannot be projected (the target's loss not readable yet, or no clear
+    progress toward it), the run goes on past ``min_steps``, to ``extend_steps`` at most; ``extension``
+    records from where and why, when that wait is what made the run longer than its budget.
     """
 
-    def __init__(self, task: Task, fraction: float, min_steps: int, stall_examples: int):
-        self.task, self.fraction, self.min_steps, self.stall_examples = task, fraction, min_steps, stall_examples
+    def __init__(self, task: Task, fraction: float, min_steps: int, extend_steps: int,
+                 target_examples: Optional[float] = None):
+        self.task, self.fraction, self.min_steps, self.extend_steps = task, fraction, min_steps, extend_steps
+        self.target_examples = target_examples
         self.projection = Projection(math.inf, 0.0, 0)
+        self.target = TargetLoss(None, None, "no evaluation yet")
         self.points: list[HistoryPoint] = []
+        self.extension: Optional[dict] = None
 
-    def _target_loss(self) -> Optional[float]:
-        t = self.task.target
-        if t.kind == "loss":
-            return t.value
-        fit = loss_at_metric([p.metric for p in self.points[1:]], [p.eval_loss for p in self.points[1:]], t.value)
-        return None if fit is None else fit[0]
+    def _project(self) -> Projection:
+        start, target = math.log(self.points[0].eval_loss), math.log(self.target.eval)
+        logs = [math.log(max(p.eval_loss, 1e-12)) for p in self.points]
+        if self.target_examples is not None:  # the run's length is what the target was defined by
+            return Projection(self.target_examples, progress(logs[-1], start, target), len(logs))
+        # in log-loss: losses fall by factors, and a floor far above a near-zero target then shows
+        return project_examples([p.examples for p in self.points], logs, start, target)
+
+    def why_not(self) -> str:
+        """Why the run to the target cannot be projected now."""
+        if not self.target.ready:
+            return self.target.how
+        return f"no clear progress toward the target's loss yet (progress {self.projection.progress:+.2f})"
 
     def on_evaluate(self, ctx: TrainContext, point: HistoryPoint) -> None:
         if ctx.stop:  # the decision is made: keep the projection it was made on
             return
         self.points.append(point)
-        target = self._target_loss()
-        if target is not None and target > 0:
-            # in log-loss: losses fall by factors, and a floor far above a near-zero target then shows
-            self.projection = project_examples([p.examples for p in self.points],
-                                               [math.log(max(p.eval_loss, 1e-12)) for p in self.points],
-                                               math.log(self.points[0].eval_loss), math.log(target))
+        self.target = read_target(self.task, self.points, self.target_examples)
+        self.projection = self._project() if self.target.ready else Projection(math.inf, 0.0, len(self.points))
         if ctx.step < self.min_steps:
             return
-        if ctx.examples >= self.fraction * self.projection.examples:
-            ctx.stop, ctx.stop_reason = True, "budget used"
-        elif not math.isfinite(self.projection.examples) and ctx.examples >= self.stall_examples:
+        if math.isfinite(self.projection.examples):
+            if ctx.examples >= self.fraction * self.projection.examples:
+                ctx.stop, ctx.stop_reason = True, "budget used"
+            else:  # projected, with budget left: the budget, not the wait for a projection, sets the length
+                self.extension = None
+            return
+        if self.extension is None:
+            self.extension = {"from_step": ctx.step, "why": self.why_not(), "cap_steps": self.extend_steps}
+        if ctx.step >= self.extend_steps:
             ctx.stop, ctx.stop_reason = True, "no progress toward the target"
 
 
@@ -90,20 +184,55 @@ class FindResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FindResult":
-        return cls(recommendation=recommend.Recommendation.from_dict(d), profile=HardwareProfile.from_dict(d["profile"]),
+        return cls(recommendation=recommend.Recommendation.from_dict(d),
+                   profile=HardwareProfile.from_dict(d["profile"]),
                    measuring=decode(dict, d["measuring"]), noise_steps=decode(dict, d["noise_steps"]),
                    growth=decode(dict, d["growth"]), seconds=decode(dict, d.get("cost_seconds", {})))
+
+    def save(self, path: "str | Path") -> Path:
+        """Write the result as JSON (``to_dict()`` with a schema), to reuse with :meth:`load` or as the
+        ``step_time`` of the adaptive callbacks."""
+        from .find_file import FIND_SCHEMA
+
+        return write_json(path, {"schema": FIND_SCHEMA, **self.to_dict()})
+
+    @classmethod
+    def load(cls, path: "str | Path") -> "FindResult":
+        """A result written by :meth:`save` or ``batchscope find --out``; another kind of file is a ConfigError."""
+        from .find_file import WRITE_ONE, read_find_document
+
+        doc = read_find_document(path)
+        try:
+            return cls.from_dict(doc)
+        except (KeyError, TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"find result {str(path)!r} is incomplete or malformed ({type(e).__name__}: {e}); "
+                              f"{WRITE_ONE}") from e
+
+    def lr_scheduler(self, optimizer) -> "torch.optim.lr_scheduler.LambdaLR":
+        """The recommended rate and warm-up for one's own loop: sets ``optimizer`` to the recommended
+        learning rate and returns a ``LambdaLR`` ramping it linearly over ``warmup_steps`` optimizer
+        steps (step s at rate x (s+1)/warmup, as ``train`` does), constant after; call its ``step()``
+        after each ``optimizer.step()``. Without a warm-up the factor is 1 throughout."""
+        from .find_file import warmup_scheduler
+
+        r = self.recommendation
+        return warmup_scheduler(optimizer, r.lr, r.warmup_steps)
 
 
 @dataclass
 class Measurement:
-    """The measuring run: its training result, the per-step noise statistics and the run-length projection."""
+    """The measuring run: its training result, the per-step noise statistics, the run-length projection
+    and the target in loss units that projection was made on."""
 
     run: TrainResult
     micro_batch: int
     lr: float
     raw: list                            # (step, loss, |G|^2, tr(Sigma)) per step
     projection: Projection
+    target: TargetLoss
+    extension: Optional[dict] = None     # from_step, why, cap_steps: when the run went on past its minimum
 
     def kept(self) -> dict:
         """What a failure after the run keeps."""
@@ -116,13 +245,10 @@ class NoiseFit:
     """The growth law fitted once, with one bootstrap behind both intervals."""
 
     law: growth.GrowthFit
-    b_noise: float                       # B_crit for the whole run: critical_batch.predict
-    low: float
-    high: float
-    crit: critical_batch.CriticalBatch
-    at_target: growth.Prediction
+    crit: critical_batch.CriticalBatch   # B_crit for the whole run: critical_batch.predict
+    window_loss: float                   # mean training loss over the steps B_crit was measured on
+    b_simple_at_target: growth.Prediction
     start_loss: float
-    end_loss: float
     target_loss: float
     target_how: str
     n_steps: int
@@ -131,88 +257,99 @@ class NoiseFit:
     trace: np.ndarray
 
 
-def target_training_loss(task: Task, points: list[HistoryPoint]) -> tuple[float, str]:
+def target_training_loss(task: Task, points: list[HistoryPoint], target_examples: Optional[float] = None
+                         ) -> tuple[float, str]:
     """The training loss at which the target will be reached, and how that was worked out.
 
     Loss targets are used as they are. Metric targets are mapped to a loss through
     ln(training loss) = c + d * metric fitted over the measuring run's evaluations, an
     extrapolation said as such in the report.
     """
-    t = task.target
-    if t.kind == "loss":
-        return t.value, f"the target is a loss: {t.describe(task.metric_name)}"
-    pts = points[1:]
-    fit = loss_at_metric([p.metric for p in pts], [p.loss for p in pts], t.value)
-    if fit is None:
-        raise FindError(f"the {task.metric_name or 'metric'} and the training loss did not move together during "
-                        "the measuring run, so the loss at the target cannot be worked out; raise --budget")
-    loss, c, d = fit
-    return loss, (f"ln(train loss) = {c:.3g} + {d:.3g} * {task.metric_name or 'metric'} fitted on {len(pts)} "
-                  f"evaluations, read at {t.value:g}")
+    t = read_target(task, points, target_examples)
+    if t.train is None:
+        raise FindError(f"the loss at the target cannot be worked out from the measuring run: {t.how}")
+    return t.train, t.how
+
+
+def target_words(task: Task, target_epochs: Optional[float]) -> str:
+    """The target as a user stated it."""
+    if target_epochs is None:
+        return task.target.describe(task.metric_name)
+    return f"the {task.target.split} loss after {target_epochs:g} epochs at the reference setting"
 
 
 def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest", measure_fraction: float = 0.05,
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,
-         amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0) -> FindResult:
+         amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0,
+         target_epochs: Optional[float] = None, progress=None) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
 
     ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`,
     default :data:`~batchscope.plan.comm.DEFAULT_CLUSTER`) with overlap ``gamma``, as `plan` models it.
 
     ``measure_fraction``: the measuring run's share of the examples a full run to the target is
-    projected to need. ``memory_budget``: bytes or a string such as "2GiB" or "40%" (see
-    :func:`profile_hardware`). A ``profile`` measured on another kind of device is used as it is:
-    it describes the hardware to plan for, while the measuring run trains on ``device``. A failure
-    after the hardware was profiled carries what was measured in ``error.measured``.
+    projected to need; while that run cannot be projected yet, the measuring run goes on, to
+    :data:`EXTEND_STEPS` steps at most, and the result says so. ``target_epochs``: instead of the
+    task's target, the loss the reference setting is projected to reach after that many epochs
+    (fitted on the measuring run), so no baseline run is needed to state one; batch sizes are then
+    compared by the time they take to reach that loss. ``memory_budget``: bytes or a string such as
+    "2GiB" or "40%" (see :func:`profile_hardware`). A ``profile`` measured on another kind of device
+    is used as it is: it describes the hardware to plan for, while the measuring run trains on
+    ``device``. A failure after the hardware was profiled carries what was measured in ``error.measured``.
+    ``progress``: called as ``progress(stage, done, total, info)`` while the hardware is profiled
+    (see :func:`profile_hardware`); the measuring run reports through ``callbacks``.
     """
     task = load_task(task)
-    b_ref = _validate(task, objective, measure_fraction, devices, max_batch, ref_batch)
+    b_ref = _validate(task, objective=objective, measure_fraction=measure_fraction, devices=devices,
+                      max_batch=max_batch, ref_batch=ref_batch, ref_lr=ref_lr, target_epochs=target_epochs,
+                      seed=seed, n_windows=n_windows, gamma=gamma)
     t0 = time.perf_counter()
     if profile is None:
         from ..hardware import profile_hardware
 
-        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp)
+        profile = profile_hardware(task, device=device, memory_budget=memory_budget, max_batch=max_batch, amp=amp,
+                                   progress=progress)
     else:
         check_profile(profile, task)
     seconds = {"profile": time.perf_counter() - t0}
     lr_ref = ref_lr if ref_lr is not None else task.lr
+    target_examples = None if target_epochs is None else target_epochs * task.n_train
     try:
         t0 = time.perf_counter()
-        m = measure(task, b_ref, lr_ref, measure_fraction, device=device, seed=seed, amp=amp, callbacks=callbacks)
+        m = measure(task, b_ref, lr_ref, measure_fraction, device=device, seed=seed, amp=amp, callbacks=callbacks,
+                    target_examples=target_examples, target=target_words(task, target_epochs))
         seconds["measuring"] = time.perf_counter() - t0
         try:
-            noise = fit_noise(task, m, n_windows, seed)
+            noise = fit_noise(m, n_windows, seed)
         except FindError as e:
             raise e.keep(**m.kept())
         return recommend_for(task, profile, m, noise, objective=objective, measure_fraction=measure_fraction,
                              max_batch=max_batch, devices=devices, seconds=seconds,
-                             sync=sync_constraints(task, devices, cluster, gamma))
+                             sync=sync_constraints(task, devices, cluster, gamma),
+                             target=target_words(task, target_epochs))
     except BatchscopeError as e:
         raise e.keep(profile=profile.to_dict())
 
 
-def _validate(task: Task, objective: str, measure_fraction: float, devices: int, max_batch: Optional[int],
-              ref_batch: Optional[int]) -> int:
+def _validate(task: Task, *, max_batch: Optional[int], devices: int, gamma: float, ref_batch: Optional[int],
+              **declared) -> int:
     """Every argument checked once, before any work; returns the measuring batch."""
-    if objective not in recommend.OBJECTIVES:
-        raise ConfigError(f"The 'objective' parameter must be one of {', '.join(recommend.OBJECTIVES)}. "
-                          f"Got {objective!r} instead.")
-    if not (0 < measure_fraction <= 1):
-        raise ConfigError(f"The 'budget' parameter must be a fraction in (0, 1] (the measuring run's share of the "
-                          f"projected run). Got {measure_fraction!r} instead.")
-    check_positive_int("devices", devices)
-    if max_batch is not None:
-        check_positive_int("max_batch", max_batch)
-    b_ref = task.reference_batch if ref_batch is None else check_positive_int("ref_batch", ref_batch)
-    if b_ref < 8 or b_ref > task.n_train // 4:
-        raise ConfigError(f"the measuring batch {b_ref} must be at least 8 (eight micro-batches) and at most "
-                          f"a quarter of the training set ({task.n_train // 4}); pass --ref-batch")
+    check_params("find", PARAMETERS, ref_batch=ref_batch, **declared)
+    check_params("find", recommend.LIMITS, max_batch=max_batch, devices=devices, gamma=gamma)
+    b_ref = task.reference_batch if ref_batch is None else ref_batch
+    lo, hi = 8, task.n_train // 4
+    if not lo <= b_ref <= hi:
+        what = f"at least {lo} (eight micro-batches) and at most {hi} (a quarter of the training set)"
+        if ref_batch is not None:
+            raise ConfigError(parameter_message("ref_batch", what, ref_batch, where="find"))
+        raise ConfigError(f"the task's reference batch {b_ref} is outside {lo}-{hi}: the measuring batch must be "
+                          f"{what}; give 'ref_batch' in that range")
     return b_ref
 
 
 def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, device: str, seed: int, amp: bool,
-            callbacks=()) -> Measurement:
+            callbacks=(), target_examples: Optional[float] = None, target: str = "") -> Measurement:
     """The measuring run at the reference batch with the noise-scale monitor, stopped by :class:`BudgetStop`."""
     from ..noise import NoiseScaleMonitor
 
@@ -221,92 +358,126 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
     # The raw gradient's noise scale, for Adam too: the preconditioned variant needs far longer runs
     # than a 5% budget before its interval closes (benchmarks/results/noise_trajectory.json).
     monitor = NoiseScaleMonitor()
-    stop = BudgetStop(task, measure_fraction, MIN_STEPS, STALL_EXAMPLES * MIN_STEPS * b_ref)
+    stop = BudgetStop(task, measure_fraction, MIN_STEPS, EXTEND_STEPS, target_examples)
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=EVAL_EVERY,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
     try:
         run = train(task, cfg, [monitor, stop, *callbacks])
     except BatchscopeError as e:
         raise e.keep(measuring_noise=[r._asdict() for r in monitor.raw])
-    m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection)
-    proj = m.projection
+    m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension)
+    check_measurement(m, stop, measure_fraction, target or task.target.describe(task.metric_name))
+    return m
+
+
+def check_measurement(m: Measurement, stop: BudgetStop, measure_fraction: float, target: str) -> None:
+    """Refuse a measuring run that cannot support a projection, saying why and what to change."""
+    run, proj, b_ref = m.run, m.projection, m.run.config["batch_size"]
     if run.stopped_because == "no progress toward the target" or not math.isfinite(proj.examples):
+        if not stop.target.ready:
+            raise FindError(
+                f"the measuring run went on for {run.steps} steps ({run.examples:,} examples), the most it extends "
+                f"itself, and the loss at the target {target} still cannot be read: {stop.target.how}; check the "
+                f"target or the reference learning rate ({m.lr:g})").keep(**m.kept())
         raise FindError(
-            f"the measuring run made no progress toward the target {task.target.describe(task.metric_name)} "
-            f"in {run.steps} steps ({run.examples:,} examples; progress {proj.progress:+.2f}); check the target, "
-            f"the reference learning rate ({lr_ref:g}) or raise --budget").keep(**m.kept())
+            f"the measuring run made no progress toward the target {target} in {run.steps} steps "
+            f"({run.examples:,} examples; progress {proj.progress:+.2f}), the most it extends itself while the run "
+            f"to the target cannot be projected; check the target or the reference learning rate ({m.lr:g})"
+        ).keep(**m.kept())
     if run.stopped_because == "step limit":
         raise FindError(
-            f"the target {task.target.describe(task.metric_name)} looks out of reach: after {run.steps} steps "
-            f"({run.examples:,} examples) progress toward it is {proj.progress:.0%} and the projected run "
-            f"({proj.examples:,.0f} examples) is too long to measure; check the target or the learning rate"
-        ).keep(**m.kept())
+            f"the target {target} looks out of reach: after {run.steps} steps ({run.examples:,} examples) progress "
+            f"toward it is {proj.progress:.0%} and the projected run ({proj.examples:,.0f} examples) is too long "
+            f"to measure; check the target or the learning rate").keep(**m.kept())
     if measure_fraction * proj.examples < b_ref:
         raise FindError(
             f"a budget of {measure_fraction:.3%} of the projected {proj.examples:,.0f} examples to the target is "
             f"{measure_fraction * proj.examples:,.0f} examples, less than one step of batch {b_ref}: nothing can be "
-            f"measured within it; raise --budget to at least {run.examples / proj.examples:.1%} (what the "
+            f"measured within it; give 'measure_fraction' at least {run.examples / proj.examples:.1%} (what the "
             f"{run.steps}-step measurement used)").keep(**m.kept())
-    return m
 
 
-def fit_noise(task: Task, m: Measurement, n_windows: int, seed: int, level: float = 0.9) -> NoiseFit:
+def fit_noise(m: Measurement, n_windows: int, seed: int, level: float = 0.9) -> NoiseFit:
     """B_crit for the run (the suite-calibrated multiple of the measured B_simple, critical_batch.py) and the
-    growth law of B_simple in the loss, which shapes the schedule and the B_crit-at-target extrapolation."""
+    growth law of B_simple in the loss, which shapes the growth schedule."""
     raw = [(loss, g2, tr) for (_, loss, g2, tr) in m.raw if all(map(math.isfinite, (loss, g2, tr)))]
     if len(raw) < MIN_STEPS // 2:
-        raise FindError(f"only {len(raw)} finite noise estimates from the measuring run; raise --budget")
+        raise FindError(f"only {len(raw)} finite noise estimates from the measuring run; give a larger "
+                        "'measure_fraction'")
     losses, g2s, traces = (np.array(col) for col in zip(*raw))
     n_windows = max(3, min(n_windows, len(raw) // 10))  # at least ten steps behind each window
-    loss_target, loss_how = target_training_loss(task, m.run.history)
-    if not loss_target > 0:
-        raise FindError(f"the training loss at the target works out as {loss_target:.3g}, not positive, so the "
-                        "growth law cannot be read there; check the target or raise --budget")
+    if not m.target.ready:  # check_measurement refuses such a run; a caller of fit_noise may not have
+        raise FindError(f"the loss at the target cannot be worked out from the measuring run: {m.target.how}")
+    loss_target = m.target.train
     start_loss = float(np.mean(losses[: max(1, len(losses) // n_windows)]))
-    end_loss = min(loss_target, start_loss)
     try:
         law = growth.fit_growth(growth.make_windows(losses, g2s, traces, n_windows))
     except ValueError as e:
-        raise FindError(f"the noise scale could not be fitted: {e}; raise --budget") from e
+        raise FindError(f"the noise scale could not be fitted: {e}; give a larger 'measure_fraction'") from e
     boots = growth.bootstrap_fits(losses, g2s, traces, n_windows, seed=seed)
     at_target = growth.prediction_at(law, boots, loss_target, level)
     try:
         crit = critical_batch.predict(g2s, traces, level=level, seed=seed)
     except ValueError as e:
-        raise FindError(f"the noise scale could not be measured: {e}; raise --budget") from e
-    return NoiseFit(law, crit.value, crit.low, crit.high, crit, at_target, start_loss, end_loss,
-                    loss_target, loss_how, len(raw), losses, g2s, traces)
+        raise FindError(f"the noise scale could not be measured: {e}; give a larger 'measure_fraction'") from e
+    window_loss = float(np.mean(losses[critical_batch.window_start(len(losses)):]))
+    return NoiseFit(law, crit, window_loss, at_target, start_loss, loss_target, m.target.how, len(raw),
+                    losses, g2s, traces)
+
+
+def schedule_for(noise: NoiseFit, inp: recommend.Inputs, cons: recommend.Constraints, objective: str) -> list[dict]:
+    """The growth schedule, ending at the recommended batch.
+
+    B_crit at a loss is the planner's B_crit moved along the growth law's slope from the loss of the
+    window it was measured on (growth.anchored); the schedule steps from the measuring run's first
+    losses to that window's loss, where it is the recommendation itself (batch and rate), and holds it
+    from there. Each earlier stage's rate is the one at the loss it starts from.
+    It does not grow beyond: the law's slope, fitted on the start of a run, was too uncertain to carry a
+    prediction further (docs/design.md, "Growth with the loss"); `train --adaptive` measures as it goes.
+    A law that is constant or rises with the loss gives one stage, the recommendation.
+    """
+    if noise.law.slope < 0 and not noise.law.constant:
+        at = growth.anchored(noise.law, noise.window_loss, inp.b_crit)
+    else:
+        def at(_loss: float) -> float:
+            return inp.b_crit
+    levels = growth.schedule_losses(noise.start_loss, noise.window_loss)
+    stages = recommend.growth_schedule(at, levels, inp, cons, objective)
+    # the last stage is the recommendation, its rate included, from the loss its batch is first chosen at
+    final = recommend.growth_schedule(at, levels[-1:], inp, cons, objective)[0]
+    if stages[-1]["batch_size"] == final["batch_size"]:
+        return stages[:-1] + [{**final, "from_loss": stages[-1]["from_loss"]}]
+    return stages + [final]
 
 
 def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: NoiseFit, *, objective: str,
                   measure_fraction: float, max_batch: Optional[int], devices: int, seconds: dict,
-                  sync: Optional[dict] = None) -> FindResult:
+                  sync: Optional[dict] = None, target: str = "") -> FindResult:
     """The time-to-target model over candidate batches, under the constraints, for the objective.
 
     ``sync``: the all-reduce of several devices as Constraints fields (:func:`sync_constraints`).
     """
-    b_ref, proj = m.run.config["batch_size"], m.projection
+    b_ref, proj, crit = m.run.config["batch_size"], m.projection, noise.crit
     cons = recommend.Constraints(n_train=task.n_train, memory_ceiling=profile.max_batch, max_batch=max_batch,
                                  devices=devices, **(sync or {}))
-    inp = recommend.Inputs(step_time=StepTimeModel.from_profile(profile), b_noise=noise.b_noise, b_noise_low=noise.low,
-                           b_noise_high=noise.high, b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=m.lr,
+    inp = recommend.Inputs(step_time=StepTimeModel.from_profile(profile), b_crit=crit.value, b_crit_low=crit.low,
+                           b_crit_high=crit.high, b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=m.lr,
                            optimizer=task.optimizer)
     best, cands, lr = recommend.recommend(inp, cons, objective)
-    levels = list(np.exp(np.linspace(math.log(noise.start_loss), math.log(noise.end_loss), 6)))
-    schedule = recommend.growth_schedule(noise.law.predict, levels, inp, cons, objective)
     fastest = min(cands, key=lambda x: x.seconds)
-    bt = noise.at_target
+    bt = noise.b_simple_at_target
     recommendation = recommend.Recommendation(
         objective=objective, batch_size=best.batch_size, micro_batch=best.micro_batch,
         accumulation=best.accumulation, devices=devices, lr=lr.lr, lr_rule=lr.rule, lr_why=lr.why,
         warmup_steps=lr.warmup_steps,
-        b_noise={"value": noise.b_noise, "low": noise.low, "high": noise.high, "level": noise.crit.level,
-                 "b_simple": noise.crit.b_simple, "factor": noise.crit.factor, "how": noise.crit.describe()},
-        b_crit_at_target={"value": bt.value, "low": bt.low, "high": bt.high, "loss": noise.target_loss,
-                          "how": noise.target_how, "extrapolation": bt.extrapolation},
+        b_crit={"value": crit.value, "low": crit.low, "high": crit.high, "level": crit.level,
+                "b_simple": crit.b_simple, "factor": crit.factor, "how": crit.describe(),
+                "calibration": critical_batch.find_calibration()},
+        b_simple_at_target={"value": bt.value, "low": bt.low, "high": bt.high, "loss": noise.target_loss,
+                            "how": noise.target_how, "extrapolation": bt.extrapolation},
         predicted={"steps": best.steps, "examples": best.examples, "seconds": best.seconds,
                    "relative_time": best.relative_time, "fastest_batch": fastest.batch_size},
-        schedule=schedule, candidates=[fields_to_dict(c) for c in cands],
+        schedule=schedule_for(noise, inp, cons, objective), candidates=[fields_to_dict(c) for c in cands],
         robustness=recommend.regret_if_wrong(inp, cons, objective),
         constraints=explain_constraints(task, profile, max_batch, cons),
         caveats=explain_caveats(task, m, noise, measure_fraction),
@@ -315,53 +486,58 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
                   "projected_examples_at_ref": proj.examples, "ref_batch": b_ref, "ref_lr": m.lr,
                   "growth_slope": noise.law.slope, "measuring_steps": m.run.steps},
     )
-    run = m.run
-    measuring = {"batch_size": b_ref, "micro_batch": m.micro_batch, "lr": m.lr, "steps": run.steps,
-                 "examples": run.examples, "seconds": run.seconds, "stopped_because": run.stopped_because,
-                 "device": str(resolve_device(run.config.get("device", "cpu"))), "projected_examples_to_target": proj.examples,
-                 "progress": proj.progress, "fraction_of_projected_run": run.examples / proj.examples,
-                 "history": [fields_to_dict(p) for p in run.history]}
     law = noise.law
     return FindResult(
-        recommendation=recommendation, profile=profile, measuring=measuring,
+        recommendation=recommendation, profile=profile, measuring=measuring_record(m, target),
         noise_steps={"loss": noise.losses.tolist(), "g2": noise.g2.tolist(), "trace": noise.trace.tolist()},
         growth={"intercept": law.intercept, "slope": law.slope, "constant": law.constant,
                 "windows": [{"loss": w.loss, "b_simple": w.b_simple, "steps": w.n} for w in law.windows],
-                "start_loss": noise.start_loss, "target_loss": noise.target_loss,
+                "start_loss": noise.start_loss, "window_loss": noise.window_loss, "target_loss": noise.target_loss,
                 "curve": growth.curve(law, noise.target_loss)},
         seconds=seconds,
     )
 
 
+def measuring_record(m: Measurement, target: str) -> dict:
+    """What the measuring run did and cost, and the target in loss units it was projected to."""
+    run, proj = m.run, m.projection
+    return {"batch_size": run.config["batch_size"], "micro_batch": m.micro_batch, "lr": m.lr, "steps": run.steps,
+            "examples": run.examples, "seconds": run.seconds, "stopped_because": run.stopped_because,
+            "device": str(resolve_device(run.config.get("device", "cpu"))),
+            "projected_examples_to_target": proj.examples,
+            "progress": proj.progress, "fraction_of_projected_run": run.examples / proj.examples,
+            "target": {"stated": target, "eval_loss": m.target.eval, "train_loss": m.target.train, "how": m.target.how},
+            "extension": m.extension, "history": [fields_to_dict(p) for p in run.history]}
+
+
 def explain_caveats(task: Task, m: Measurement, noise: NoiseFit, measure_fraction: float) -> list[str]:
-    """What a reader of the recommendation should know about how far its numbers can be trusted."""
+    """What a reader of the recommendation should know about how far its numbers can be trusted.
+
+    How B_crit and its interval were calibrated is said once, in ``b_crit["calibration"]``, not here.
+    """
     run, used = m.run, m.run.examples / m.projection.examples
-    caveats = [
-        f"B_noise is the critical batch predicted as {noise.crit.factor:.2f} x the simple noise scale tr(Sigma)/|G|^2 "
-        "of the measuring run's second half: the geometric mean of B_crit / B_simple over the validation suite's "
-        "tasks (B_simple grows as the loss falls, and the measuring run sees only the start of training).",
-        f"the {noise.crit.level:.0%} interval adds the task-to-task spread of that ratio over the suite to the "
-        f"sampling noise of the {noise.crit.steps} steps; left out of the fit, a suite task's measured B_crit fell "
-        "inside it on 9 of 11 tasks (benchmarks/results/suite_calibration.md, window).",
-    ]
-    if noise.at_target.extrapolation > 1.5:
-        caveats.append(f"B_crit at the target is extrapolated {noise.at_target.extrapolation:.1f}x beyond the losses "
-                       "measured; grow the batch by the schedule and re-measure with the monitor as training goes.")
-    if task.optimizer != "sgd":
-        caveats.append(f"{task.optimizer} is adaptive: the noise scale is measured on the raw gradient, which "
-                       "orders batch sizes the same way but is not the noise of the preconditioned step.")
-    if used > measure_fraction * 1.05 and run.steps <= MIN_STEPS + EVAL_EVERY:
+    caveats = []
+    if m.extension:
+        caveats.append(f"the measuring run went on from step {m.extension['from_step']} to {run.steps} (it extends "
+                       f"itself to {m.extension['cap_steps']} steps at most) because the run to the target could not "
+                       f"be projected yet: {m.extension['why']}. It used {used:.0%} of the projected run; the "
+                       f"suite calibrated B_crit on measuring runs stopped at the budget.")
+    elif used > measure_fraction * 1.05 and run.steps <= MIN_STEPS + EVAL_EVERY:
         caveats.append(f"the measuring run used {used:.1%} of the projected run, more than the {measure_fraction:.0%} "
                        f"budget: the noise measurement needs at least {MIN_STEPS} steps and this run is short.")
     elif used > measure_fraction * 1.05:
         caveats.append(f"the measuring run used {used:.1%} of the projected run ({measure_fraction:.0%} budget): it "
                        f"stops at the first evaluation (every {EVAL_EVERY} steps) past the budget, and the projection "
                        "moved while it ran.")
+    if task.optimizer != "sgd":
+        caveats.append(f"{task.optimizer} is adaptive: the noise scale is measured on the raw gradient, which "
+                       "orders batch sizes the same way but is not the noise of the preconditioned step.")
     if noise.law.constant:
-        caveats.append("too few usable noise windows to fit a growth law; the noise scale was taken as constant.")
-    if noise.law.slope > 0:
-        caveats.append("the measured noise scale fell as the loss fell, against the usual pattern; the growth "
-                       "schedule is then flat or shrinking.")
+        caveats.append("too few usable noise windows to fit a growth law: the schedule is the recommended batch "
+                       "from the start.")
+    elif noise.law.slope >= 0:
+        caveats.append("the measured noise scale fell as the loss fell, against the usual pattern: the schedule "
+                       "is the recommended batch from the start.")
     return caveats
 
 
@@ -371,7 +547,7 @@ def explain_constraints(task: Task, profile: HardwareProfile, max_batch: Optiona
     out.append(f"micro-batch: at most {profile.max_batch:,} examples per pass on one device "
                f"({micro_batch_limit_reason(profile)}; larger batches accumulate)")
     if max_batch:
-        out.append(f"--max-batch {max_batch}")
+        out.append(f"the cap asked for: at most {max_batch:,} examples per batch")
     if cons.devices > 1:
         out.append(f"{cons.devices} devices: global batch = micro-batch x accumulation x {cons.devices}; "
                    f"{format_bytes(cons.grad_bytes)} of gradients all-reduced per step, "

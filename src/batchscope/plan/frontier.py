@@ -2,7 +2,7 @@
 
 For every device count N and global batch B (a multiple of N):
 
-    steps(B)      = S_min (1 + B_noise / B)                  (McCandlish et al. 2018)
+    steps(B)      = S_min (1 + B_crit / B)                  (McCandlish et al. 2018)
     time(N, B)    = steps(B) * T_step(B, N)                  (model.time_to_target, devices.DataParallelStep)
     device-hours  = N * time / 3600
 
@@ -10,7 +10,7 @@ For a fixed N, cost is proportional to time, so each N keeps its fastest batch. 
 fastest (least time), cheapest (fewest device-hours) and the knee, the smallest N from which a
 doubling of the devices shortens the run by no more than ``knee_fraction``. With no communication
 and the memory ceiling m per device, the best batch is B = N m and doubling N saves
-(B_noise / 2B) / (1 + B_noise / B) of the time: exactly 1/4 at B = B_noise, so with the default
+(B_crit / 2B) / (1 + B_crit / B) of the time: exactly 1/4 at B = B_crit, so with the default
 fraction 1/4 the knee is the device count at which the global batch reaches the critical batch.
 """
 

@@ -121,11 +121,20 @@ def curve(fit: GrowthFit, target_loss: float, points: int = 50) -> dict:
     return {"loss": grid.tolist(), "b_simple": [fit.predict(x) for x in grid]}
 
 
-def path_average(fit: GrowthFit, start_loss: float, end_loss: float, points: int = 32) -> float:
-    """Mean of the predicted B_noise along the run, at losses spaced evenly in log L from start to end.
+def anchored(fit: GrowthFit, at_loss: float, value: float):
+    """The fitted law's shape through (``at_loss``, ``value``): value * (L / at_loss)^slope.
 
-    A fixed batch meets the whole range of noise scales; S(B) = S_min (1 + B_noise / B) integrates
-    B_noise over the optimisation path, which this average stands in for.
+    `find` anchors it at the predicted B_crit and the loss of the window that B_crit was measured on,
+    so the growth schedule uses the planner's one B_crit there and the law only for how it changes.
     """
-    grid = np.exp(np.linspace(math.log(start_loss), math.log(end_loss), points))
-    return float(np.mean([fit.predict(x) for x in grid]))
+    def at(loss: float) -> float:
+        return value * math.exp(fit.slope * (math.log(loss) - math.log(at_loss)))
+    return at
+
+
+def schedule_losses(start_loss: float, end_loss: float, levels: int = 6) -> list[float]:
+    """Loss levels evenly spaced in log L from ``start_loss`` down to ``end_loss`` (one level when not falling)."""
+    if not end_loss < start_loss:
+        return [end_loss]
+    out = [float(x) for x in np.exp(np.linspace(math.log(start_loss), math.log(end_loss), levels))]
+    return out[:-1] + [end_loss]   # exactly the end: the anchor of :func:`anchored` reproduces its value there

@@ -32,6 +32,22 @@ def progress(value: float, start: float, target: float) -> float:
     return (value - start) / (target - start)
 
 
+def later_line(examples: Sequence[float], values: Sequence[float]) -> Optional[tuple[float, float, float, int]]:
+    """values = a + b ln(examples) by least squares over the later half of the points (at least four):
+    (a, b, standard error of b, points used), or None when there are too few points or no spread."""
+    recent = list(zip(examples, values))[-max(4, len(examples) // 2):]
+    if len(recent) < 4:
+        return None
+    x = np.log([e for e, _ in recent])
+    y = np.array([v for _, v in recent])
+    if np.ptp(x) == 0:
+        return None
+    b, a = np.polyfit(x, y, 1)
+    resid = y - (a + b * x)
+    se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+    return float(a), float(b), se, len(recent)
+
+
 def project_examples(examples: Sequence[float], values: Sequence[float], start: float, target: float) -> Projection:
     """Fit progress against ln(examples) over the later half of the evaluations (at least four);
     extrapolate to 1. Infinite when the slope is not clearly positive."""
@@ -41,26 +57,34 @@ def project_examples(examples: Sequence[float], values: Sequence[float], start: 
     latest = pts[-1][1]
     if latest >= 1.0:
         return Projection(float(pts[-1][0]), latest, len(pts))
-    if len(pts) < 2:
+    line = later_line([e for e, _ in pts], [p for _, p in pts])
+    if line is None:
         return Projection(math.inf, latest, len(pts))
-    recent = pts[-max(4, len(pts) // 2):]
-    if len(recent) < 4:
-        return Projection(math.inf, latest, len(pts))
-    x = np.log([e for e, _ in recent])
-    y = np.array([p for _, p in recent])
-    if np.ptp(x) == 0:
-        return Projection(math.inf, latest, len(pts))
-    b, a = np.polyfit(x, y, 1)
+    a, b, se, _ = line
     # Progress must be measurable: a slope within two standard errors of zero is a plateau with noise.
-    resid = y - (a + b * x)
-    se = math.sqrt(float(resid @ resid) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
     log_e = (1.0 - a) / b if b > max(2 * se, 1e-9) else math.inf
     if log_e > math.log(1e15):  # flat or falling: no finite run reaches the target at this pace
         return Projection(math.inf, latest, len(pts))
     return Projection(float(math.exp(log_e)), latest, len(pts))
 
 
-def loss_at_metric(metrics: Sequence[float], losses: Sequence[float], target_metric: float) -> Optional[tuple[float, float, float]]:
+def loss_after(examples: Sequence[float], losses: Sequence[float],
+               at_examples: float) -> Optional[tuple[float, float, float, int]]:
+    """The loss projected at ``at_examples`` from ln(loss) = a + b ln(examples) over the later half of the
+    evaluations (the form :func:`project_examples` assumes): (loss, a, b, points), or None while the loss
+    is not clearly falling (a slope within two standard errors of zero, or rising)."""
+    pts = [(e, math.log(v)) for e, v in zip(examples, losses) if e > 0 and v is not None and v > 0 and math.isfinite(v)]
+    line = later_line([e for e, _ in pts], [v for _, v in pts])
+    if line is None:
+        return None
+    a, b, se, n = line
+    if not b < -max(2 * se, 1e-9):
+        return None
+    return math.exp(a + b * math.log(at_examples)), a, b, n
+
+
+def loss_at_metric(metrics: Sequence[float], losses: Sequence[float],
+                   target_metric: float) -> Optional[tuple[float, float, float]]:
     """Fit ln(loss) = c + d * metric and read the loss at ``target_metric``: (loss, c, d).
 
     Loss curves are smooth where accuracy is noisy near its target, so both the projection and the
@@ -68,8 +92,8 @@ def loss_at_metric(metrics: Sequence[float], losses: Sequence[float], target_met
     None when the points cannot support it (fewer than three, no spread, or a loss that does not
     fall as the metric rises).
     """
-    pts = [(m, l) for m, l in zip(metrics, losses) if m is not None and l is not None and l > 0
-           and math.isfinite(m) and math.isfinite(l)]
+    pts = [(m, loss) for m, loss in zip(metrics, losses) if m is not None and loss is not None and loss > 0
+           and math.isfinite(m) and math.isfinite(loss)]
     if len(pts) < 3:
         return None
     m = np.array([a for a, _ in pts])

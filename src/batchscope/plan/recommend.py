@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Sequence
 
-from ..errors import ConfigError
+from ..errors import POSITIVE_INT, POSITIVE_NUMBER, ConfigError, Rule, check_params, optional
 from ..hardware.steptime import StepTimeModel
 from ..serialize import fields_to_dict, from_dict
 from . import model
@@ -20,6 +20,18 @@ from .devices import DataParallelStep
 Objective = Literal["fastest", "balanced", "cheapest"]
 OBJECTIVES = ("fastest", "balanced", "cheapest")
 CHEAPEST_SLACK = 0.10   # "cheapest": within 10% of the minimum compute E_min
+
+# What the limits on a batch must be: declared once, checked by Constraints and, before any work, by
+# the entry points that build one later (find checks them before profiling the hardware).
+LIMITS = {
+    "n_train": POSITIVE_INT,
+    "memory_ceiling": optional(POSITIVE_INT),
+    "max_batch": optional(POSITIVE_INT),
+    "devices": POSITIVE_INT,
+    "grad_bytes": Rule("a finite number of bytes, 0 or more",
+                       lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf),
+    "gamma": POSITIVE_NUMBER,
+}
 
 
 @dataclass(frozen=True)
@@ -32,13 +44,17 @@ class Constraints:
     grad_bytes: float = 0.0               # bytes all-reduced per step
     gamma: float = 1.0                    # overlap of the all-reduce with the backward pass (Pollux; 1: none)
 
+    def __post_init__(self):
+        check_params("Constraints", LIMITS, n_train=self.n_train, memory_ceiling=self.memory_ceiling,
+                     max_batch=self.max_batch, devices=self.devices, grad_bytes=self.grad_bytes, gamma=self.gamma)
+
 
 @dataclass(frozen=True)
 class Inputs:
     step_time: StepTimeModel  # one device's seconds per pass (hardware profile)
-    b_noise: float            # noise scale for a fixed batch over the whole run
-    b_noise_low: float
-    b_noise_high: float
+    b_crit: float             # the predicted critical batch for a fixed batch over the whole run
+    b_crit_low: float
+    b_crit_high: float
     b_ref: int                # batch of the measuring run
     steps_ref: float          # projected steps to target at b_ref
     lr_ref: float             # known-good learning rate at b_ref
@@ -106,29 +122,29 @@ def candidate_batches(c: Constraints, smallest: int = 1) -> list[int]:
             out.append(b)
         b *= 2
     if not out:
-        raise ConfigError(f"no batch size fits: limit {limit} with {c.devices} devices; "
-                          "lower --devices or raise --max-batch")
+        raise ConfigError(f"no batch size fits: the limit is {limit} examples and a batch must be a multiple of "
+                          f"the {c.devices} devices; lower 'devices' or raise 'max_batch'")
     return out
 
 
 def evaluate_candidates(inp: Inputs, c: Constraints, batches: Sequence[int]) -> list[Candidate]:
-    s_min = model.s_min_from_reference(inp.steps_ref, inp.b_ref, inp.b_noise)
-    e_min = s_min * inp.b_noise
+    s_min = model.s_min_from_reference(inp.steps_ref, inp.b_ref, inp.b_crit)
+    e_min = s_min * inp.b_crit
     # the one N-device step time (compute, all-reduce, overlap), shared with `plan`
     step = DataParallelStep(inp.step_time, c.memory_ceiling, c.cluster, c.grad_bytes, c.gamma)
     rows = []
     for b in batches:
         lay = layout(b, c)
-        bs, bn = lay.batch_size, inp.b_noise
-        rows.append((lay, model.steps_to_target(bs, s_min, bn), model.examples_to_target(bs, s_min, bn),
-                     model.time_to_target(bs, s_min, bn, step(bs, c.devices).seconds)))
+        bs, bc = lay.batch_size, inp.b_crit
+        rows.append((lay, model.steps_to_target(bs, s_min, bc), model.examples_to_target(bs, s_min, bc),
+                     model.time_to_target(bs, s_min, bc, step(bs, c.devices).seconds)))
     fastest = min(secs for *_, secs in rows)
     return [Candidate(lay.batch_size, lay.micro_batch, lay.accumulation, steps, examples, secs, secs / fastest,
                       examples / e_min)
             for lay, steps, examples, secs in rows]
 
 
-def choose(cands: Sequence[Candidate], objective: str, b_noise: float) -> Candidate:
+def choose(cands: Sequence[Candidate], objective: str, b_crit: float) -> Candidate:
     """Pick a candidate by objective.
 
     fastest:  least predicted wall-clock time to the target.
@@ -140,7 +156,7 @@ def choose(cands: Sequence[Candidate], objective: str, b_noise: float) -> Candid
     if objective == "fastest":
         return min(cands, key=lambda x: x.seconds)
     if objective == "balanced":
-        return min(cands, key=lambda x: (abs(math.log(x.batch_size / b_noise)), x.seconds))
+        return min(cands, key=lambda x: (abs(math.log(x.batch_size / b_crit)), x.seconds))
     if objective == "cheapest":
         frugal = [x for x in cands if x.relative_compute <= 1.0 + CHEAPEST_SLACK]
         return min(frugal, key=lambda x: x.seconds) if frugal else min(cands, key=lambda x: x.examples)
@@ -150,10 +166,11 @@ def choose(cands: Sequence[Candidate], objective: str, b_noise: float) -> Candid
 def learning_rate(b: int, inp: Inputs, predicted_steps: float) -> LearningRate:
     """Scale the reference learning rate to batch ``b`` by the rule that fits the optimizer."""
     if inp.optimizer == "sgd":
-        lr = model.sgd_lr(b, inp.b_ref, inp.lr_ref, inp.b_noise)
-        rule = "sgd: eps_max / (1 + B_noise / B)"
-        why = (f"SGD's best step size grows linearly with B while B << B_noise and saturates beyond it "
-               f"(McCandlish et al. 2018); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}, B_noise {inp.b_noise:.0f}")
+        lr = model.sgd_lr(b, inp.b_ref, inp.lr_ref, inp.b_crit)
+        rule = "sgd: eps_max / (1 + B_crit / B)"
+        why = (f"SGD's best step size grows linearly with B while B << B_crit and saturates beyond it "
+               f"(McCandlish et al. 2018); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}, "
+               f"B_crit {inp.b_crit:.0f}")
     else:
         lr = model.adam_lr(b, inp.b_ref, inp.lr_ref)
         rule = "adam: square root"
@@ -175,8 +192,8 @@ class Recommendation:
     lr_rule: str
     lr_why: str
     warmup_steps: int
-    b_noise: dict                              # value, low, high, how
-    b_crit_at_target: dict                     # value, low, high, loss, how
+    b_crit: dict                               # the predicted critical batch: value, low, high, level, b_simple, ...
+    b_simple_at_target: dict                   # the growth law's B_simple at the target loss: value, low, high, loss
     predicted: dict                            # steps, examples, seconds, relative_time
     schedule: list = field(default_factory=list)
     candidates: list = field(default_factory=list)
@@ -190,41 +207,52 @@ class Recommendation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Recommendation":
-        return from_dict(cls, d)
+        """Also reads results written before the renames in :data:`RENAMED` (same meaning, old key)."""
+        old = {k: v for k, v in RENAMED.items() if k in d and v not in d}
+        return from_dict(cls, {old.get(k, k): v for k, v in d.items()})
 
 
-def recommend(inp: Inputs, c: Constraints, objective: str = "fastest") -> tuple[Candidate, list[Candidate], LearningRate]:
+# Keys of older `find` results and what they are called now.
+RENAMED = {"b_noise": "b_crit", "b_crit_at_target": "b_simple_at_target"}
+
+
+def recommend(inp: Inputs, c: Constraints,
+              objective: str = "fastest") -> tuple[Candidate, list[Candidate], LearningRate]:
     cands = evaluate_candidates(inp, c, candidate_batches(c))
-    best = choose(cands, objective, inp.b_noise)
+    best = choose(cands, objective, inp.b_crit)
     return best, cands, learning_rate(best.batch_size, inp, best.steps)
 
 
 def regret_if_wrong(inp: Inputs, c: Constraints, objective: str) -> dict:
-    """How much slower the chosen batch is if B_noise is really at the low or high end of its interval."""
+    """How much slower the chosen batch is if B_crit is really at the low or high end of its interval."""
     out = {}
     chosen, _, _ = recommend(inp, c, objective)
     for end in ("low", "high"):
-        bn = getattr(inp, f"b_noise_{end}")
-        if not (bn > 0 and math.isfinite(bn)):
+        bc = getattr(inp, f"b_crit_{end}")
+        if not (bc > 0 and math.isfinite(bc)):
             continue
-        alt = replace(inp, b_noise=bn)
+        alt = replace(inp, b_crit=bc)
         cands = evaluate_candidates(alt, c, candidate_batches(c))
         there = next(x for x in cands if x.batch_size == chosen.batch_size)
-        out[end] = {"b_noise": bn, "best_batch": min(cands, key=lambda x: x.seconds).batch_size,
+        out[end] = {"b_crit": bc, "best_batch": min(cands, key=lambda x: x.seconds).batch_size,
                     "time_vs_best": there.relative_time}
     return out
 
 
-def growth_schedule(predict_b_noise, losses: Sequence[float], inp: Inputs, c: Constraints,
+def growth_schedule(b_crit_at, losses: Sequence[float], inp: Inputs, c: Constraints,
                     objective: str) -> list[dict]:
-    """Batch size (and learning rate) to use from each loss level on, as the noise scale grows."""
+    """Batch size (and learning rate) to use from each loss level on, as the critical batch grows.
+
+    ``b_crit_at(loss)``: the critical batch at that loss. Where it equals ``inp.b_crit`` the stage is
+    the recommendation itself (the same planner on the same inputs), which is how `find` ends its schedule.
+    """
     stages = []
     for loss in losses:
-        bn = predict_b_noise(loss)
-        stage_inp = replace(inp, b_noise=bn)
+        bc = b_crit_at(loss)
+        stage_inp = replace(inp, b_crit=bc)
         best, _, lr = recommend(stage_inp, c, objective)
         if stages and stages[-1]["batch_size"] == best.batch_size:
             continue
-        stages.append({"from_loss": loss, "b_noise": bn, "batch_size": best.batch_size,
+        stages.append({"from_loss": loss, "b_crit": bc, "batch_size": best.batch_size,
                        "micro_batch": best.micro_batch, "accumulation": best.accumulation, "lr": lr.lr})
     return stages

@@ -2,7 +2,7 @@
 
 The noise side comes from a `find` result (``find --out result.json``) or from running the find
 pipeline now; the hardware side is the profile inside it. The time-to-target model is `find`'s:
-S_min (1 + B_noise / B) steps, S_min from the measuring run's projected length.
+S_min (1 + B_crit / B) steps, S_min from the measuring run's projected length.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..errors import BatchscopeError, ConfigError, check_positive_int
+from ..errors import BatchscopeError, ConfigError, check_params, check_positive_int
 from ..hardware.steptime import StepTimeModel
 from ..hardware.units import format_bytes
 from ..tasks import Task
 from . import model
+from .recommend import LIMITS, RENAMED
 from .comm import Cluster
 from .devices import DataParallelStep, ceiling_on, gradient_bytes
 from .frontier import KNEE_FRACTION, Plan, make_plan
@@ -27,7 +28,7 @@ from .frontier import KNEE_FRACTION, Plan, make_plan
 class Measured:
     """What the plan needs from measurements, with where it came from."""
 
-    b_noise: float
+    b_crit: float                    # the predicted critical batch of `find`
     s_min: float
     profile: object                  # HardwareProfile: one device's step time and memory
     source: str
@@ -50,11 +51,12 @@ class DevicePlan:
 
 
 def measured_from_find(doc: dict, task: Task, source: str) -> Measured:
-    """B_noise, S_min and the profile from a `find --out` document, checked to belong to ``task``."""
+    """B_crit, S_min and the profile from a `find --out` document, checked to belong to ``task``."""
     from ..hardware import HardwareProfile
 
+    old = {new: key for key, new in RENAMED.items()}
     try:
-        b_noise = float(doc["b_noise"]["value"])
+        b_crit = float(doc["b_crit" if "b_crit" in doc else old["b_crit"]]["value"])
         ev = doc["evidence"]
         b_ref, examples_ref = int(ev["ref_batch"]), float(ev["projected_examples_at_ref"])
         profile = HardwareProfile.from_dict(doc["profile"])
@@ -68,18 +70,18 @@ def measured_from_find(doc: dict, task: Task, source: str) -> Measured:
                           f"not for task {task.name!r} ({task.parameter_count():,} parameters); give the --task it was "
                           "written for, or write one for this task with `batchscope find --task TASK --out "
                           "result.json`")
-    if not (b_noise > 0 and math.isfinite(b_noise) and examples_ref > 0):
-        raise ConfigError(f"{source} holds no usable noise scale (B_noise {b_noise!r}); run find again")
-    s_min = model.s_min_from_reference(examples_ref / b_ref, b_ref, b_noise)
-    return Measured(b_noise, s_min, profile, source)
+    if not (b_crit > 0 and math.isfinite(b_crit) and examples_ref > 0):
+        raise ConfigError(f"{source} holds no usable critical batch (B_crit {b_crit!r}); run find again")
+    s_min = model.s_min_from_reference(examples_ref / b_ref, b_ref, b_crit)
+    return Measured(b_crit, s_min, profile, source)
 
 
 def measured_from_result(result, source: str = "measured now (find pipeline)") -> Measured:
     """The same from a :class:`~batchscope.plan.find.FindResult` just computed."""
     r = result.recommendation
     b_ref, examples_ref = r.evidence["ref_batch"], r.evidence["projected_examples_at_ref"]
-    b_noise = r.b_noise["value"]
-    return Measured(b_noise, model.s_min_from_reference(examples_ref / b_ref, b_ref, b_noise), result.profile, source)
+    b_crit = r.b_crit["value"]
+    return Measured(b_crit, model.s_min_from_reference(examples_ref / b_ref, b_ref, b_crit), result.profile, source)
 
 
 def check_grid(task: Task, devices: Sequence[int] = (1,), batches: Optional[Sequence[int]] = None,
@@ -111,6 +113,7 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
                  knee_fraction: float = KNEE_FRACTION, device_memory: Optional[float] = None,
                  grad_dtype=None, max_batch: Optional[int] = None) -> DevicePlan:
     """The device-count x global-batch grid for ``task``, its frontier, and the assumptions behind it."""
+    check_params("plan_devices", LIMITS, max_batch=max_batch)
     prof = measured.profile
     grad_bytes = gradient_bytes(task.make_model(), grad_dtype)
     if device_memory is not None:
@@ -119,14 +122,14 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
         ceiling = prof.max_batch   # the largest micro-batch a pass may take (what find uses too)
     limit = check_grid(task, devices, batches, max_batch)
     step = DataParallelStep(StepTimeModel.from_profile(prof), ceiling, cluster, grad_bytes, gamma)
-    plan = make_plan(devices, measured.s_min, measured.b_noise, step, limit=limit, batches=batches, price=price,
+    plan = make_plan(devices, measured.s_min, measured.b_crit, step, limit=limit, batches=batches, price=price,
                      knee_fraction=knee_fraction)
     assumptions = [
         f"compute: one device's step time from the profile ({prof.device.get('name', prof.device.get('type'))}), "
         "the same on every device",
         f"gradient synchronisation: ring all-reduce of {format_bytes(grad_bytes)} per step; {cluster.describe()}",
         f"overlap with the backward pass: gamma = {gamma:g} (1: none; large: full)",
-        f"steps to target: S_min (1 + B_noise / B) with B_noise {measured.b_noise:.0f} and S_min {measured.s_min:.0f} "
+        f"steps to target: S_min (1 + B_crit / B) with B_crit {measured.b_crit:.0f} and S_min {measured.s_min:.0f} "
         f"({measured.source})",
     ]
     if getattr(prof, "amp", False) and grad_dtype is None:
@@ -135,7 +138,7 @@ def plan_devices(task: Task, measured: Measured, cluster: Cluster, *, devices: S
     if ceiling is not None:
         assumptions.append(f"memory: at most {ceiling:,} examples per pass on one device; beyond, accumulation")
     return DevicePlan(plan, cluster.describe(), gamma, grad_bytes, ceiling,
-                      {"b_noise": measured.b_noise, "s_min": measured.s_min, "source": measured.source,
+                      {"b_crit": measured.b_crit, "s_min": measured.s_min, "source": measured.source,
                        "alpha": prof.alpha, "beta": prof.beta}, assumptions)
 
 

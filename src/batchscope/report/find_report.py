@@ -19,12 +19,12 @@ def _plot_noise(result, path: Path) -> Path:
     w = [x for x in g["windows"] if x["b_simple"] and math.isfinite(x["b_simple"])]
     ax.plot([x["loss"] for x in w], [x["b_simple"] for x in w], "o", label="measured (window ratio of averages)")
     ax.plot(g["curve"]["loss"], g["curve"]["b_simple"], "-", label=f"fit: B_simple ~ L^{g['slope']:.2f}")
-    bt = advice.b_crit_at_target
+    bt = advice.b_simple_at_target
     if math.isfinite(bt["low"]) and math.isfinite(bt["high"]):
         ax.errorbar([bt["loss"]], [bt["value"]], yerr=[[bt["value"] - bt["low"]], [bt["high"] - bt["value"]]],
-                    fmt="s", color="C3", capsize=4, label="predicted at the target loss (90%)")
+                    fmt="s", color="C3", capsize=4, label="the law at the target loss (90%)")
     else:
-        ax.plot([bt["loss"]], [bt["value"]], "s", color="C3", label="predicted at the target loss")
+        ax.plot([bt["loss"]], [bt["value"]], "s", color="C3", label="the law at the target loss")
     ax.set(xscale="log", yscale="log", xlabel="training loss", ylabel="B_simple", title="noise scale against loss")
     ax.invert_xaxis()
     ax.legend(fontsize=8)
@@ -62,20 +62,21 @@ def write_find_report(result: FindResult, task, directory: "str | Path") -> Path
     return write_text(d / "README.md", _markdown(result, task))
 
 
-def _task_line(task) -> str:
+def _task_line(task, target=None) -> str:
     """What the task is; a user's task that describes neither its data nor its model gets the facts known here."""
     data = task.description or f"{task.name}, {task.n_train:,} training examples"
     model = task.model_description or f"{task.parameter_count():,} parameters"
-    return f"{data}; model {model}; target {task.target.describe(task.metric_name)}"
+    return f"{data}; model {model}; target {target or task.target.describe(task.metric_name)}"
 
 
 def _markdown(result: FindResult, task) -> str:
     r = result.recommendation
     m = result.measuring
+    bc, bs = r.b_crit, r.b_simple_at_target
     lines = [
         f"# batchscope find: {task.name}",
         "",
-        f"Task: {_task_line(task)}.",
+        f"Task: {_task_line(task, m['target']['stated'])}.",
         "",
         "## Recommendation",
         "",
@@ -89,11 +90,12 @@ def _markdown(result: FindResult, task) -> str:
         "",
         "## Evidence",
         "",
-        f"- noise scale over the run B_noise = {r.b_noise['value']:.0f} (90%: {r.b_noise['low']:.0f} to "
-        f"{r.b_noise['high']:.0f}); {r.b_noise['how']}",
-        f"- critical batch at the target loss {r.b_crit_at_target['loss']:.3g}: {r.b_crit_at_target['value']:.0f} "
-        f"(90%: {r.b_crit_at_target['low']:.0f} to {r.b_crit_at_target['high']:.0f}); target loss from: "
-        f"{r.b_crit_at_target['how']}",
+        f"- critical batch B_crit = {bc['value']:.0f} ({bc['level']:.0%}: {bc['low']:.0f} to {bc['high']:.0f}), "
+        f"the one the planner uses in S(B) = S_min (1 + B_crit / B): {bc['how']}",
+        f"- calibration: {bc['calibration']}",
+        f"- target in loss units: training loss {bs['loss']:.3g}, from: {bs['how']}",
+        f"- the growth law's B_simple at that loss: {bs['value']:.3g} (90%: {bs['low']:.3g} to {bs['high']:.3g}), "
+        f"extrapolated {bs['extrapolation']:.1f}x beyond the measured losses; it shapes only the plot below",
         f"- hardware ({result.profile.device.get('type')}): step time = {r.evidence['alpha'] * 1e3:.3g} ms + "
         f"{r.evidence['beta'] * 1e6:.3g} us x B; micro-batch at most {r.evidence['micro_batch_limit']:,} "
         f"({micro_batch_limit_reason(result.profile)})",
@@ -113,11 +115,14 @@ def _markdown(result: FindResult, task) -> str:
     for c in r.candidates:
         mark = " **<-**" if c["batch_size"] == r.batch_size else ""
         lines.append(f"| {c['batch_size']}{mark} | {c['micro_batch']} x {c['accumulation']} | {c['steps']:,.0f} | "
-                     f"{c['examples']:,.0f} | {c['seconds']:.2f} | {c['relative_time']:.2f} | {c['relative_compute']:.2f} |")
+                     f"{c['examples']:,.0f} | {c['seconds']:.2f} | {c['relative_time']:.2f} | "
+                     f"{c['relative_compute']:.2f} |")
     lines += ["", "![trade-off](tradeoff.png)", "", "## Growth schedule", "",
-              "| from training loss | B_noise | batch | micro x accum | lr |", "|---:|---:|---:|---:|---:|"]
+              "B_crit at each loss moves along the growth law from the window it was measured on; the schedule "
+              f"ends at the recommended batch {r.batch_size} (beyond it, `train --adaptive` measures as it goes).", "",
+              "| from training loss | B_crit there | batch | micro x accum | lr |", "|---:|---:|---:|---:|---:|"]
     for s in r.schedule:
-        lines.append(f"| {s['from_loss']:.3g} | {s['b_noise']:.0f} | {s['batch_size']} | "
+        lines.append(f"| {s['from_loss']:.3g} | {s['b_crit']:.0f} | {s['batch_size']} | "
                      f"{s['micro_batch']} x {s['accumulation']} | {s['lr']:.4g} |")
     lines += ["", "## Caveats", ""] + [f"- {c}" for c in r.caveats]
     lines += ["", "## Constraints", ""] + [f"- {c}" for c in r.constraints]

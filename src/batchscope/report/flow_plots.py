@@ -49,8 +49,8 @@ def plot_process_sweep(sweep: SweepResult, line: Line, path: "str | Path") -> Pa
     x = list(sweep.values)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, st in enumerate(line.stations):
-        l, = axes[0].plot(x, [c[i] for c in sweep.capacities], marker="o", ms=3, label=st.name)
-        axes[0].axhline(st.resources / st.mean_unit_time, ls=":", color=l.get_color(), lw=1)
+        curve, = axes[0].plot(x, [c[i] for c in sweep.capacities], marker="o", ms=3, label=st.name)
+        axes[0].axhline(st.resources / st.mean_unit_time, ls=":", color=curve.get_color(), lw=1)
     axes[0].plot(x, [min(c) for c in sweep.capacities], color="black", lw=2, ls="--", label="bottleneck")
     axes[0].set_ylabel(f"capacity (units / {line.time_unit})")
     axes[0].set_title("resources B / (set-up + B p); dotted: limit resources / p", fontsize=10)
@@ -76,7 +76,8 @@ def plot_pipeline(result: PipelineResult, path: "str | Path") -> Path:
                      edgecolor="white", linewidth=0.3)
     axes[0].set_yticks(range(1, p + 1))
     axes[0].invert_yaxis()
-    axes[0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:blue"), plt.Rectangle((0, 0), 1, 1, color="tab:orange")],
+    axes[0].legend(handles=[plt.Rectangle((0, 0), 1, 1, color="tab:blue"),
+                            plt.Rectangle((0, 0), 1, 1, color="tab:orange")],
                    labels=["forward", "backward"], fontsize=8, loc="lower right")
     axes[0].set_xlabel("time")
     axes[0].set_ylabel("device (stage)")

@@ -167,7 +167,8 @@ def lr_rules_and_warmup(plan: StudyPlan, records: list[RunRecord], path: Path) -
             losses = np.asarray(r.step_losses, dtype=float)
             ax.plot(np.arange(1, len(losses) + 1), losses, ls="-" if w == 0 else "--",
                     color=f"C{plan.lr_rules.index(rule)}", lw=1,
-                    label=f"lr {rule}" + (f", warm-up {w:g} ep" if w else "") + (" (diverged)" if r.status != "ok" else ""))
+                    label=f"lr {rule}" + (f", warm-up {w:g} ep" if w else "")
+                    + (" (diverged)" if r.status != "ok" else ""))
         ax.set_yscale("log")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("mini-batch training loss")

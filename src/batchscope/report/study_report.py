@@ -136,9 +136,9 @@ def _findings(page: Page, findings: StudyFindings, plan: StudyPlan) -> None:
     page.table(["finding", "verdict", "numbers"], [(f.claim, f.verdict.upper(), f.summary) for f in findings.findings])
     note = (f"A difference counts when it exceeds twice the standard error between seeds and a floor "
             f"({100 * ACC_FLOOR:g} accuracy points, {100 * REL_FLOOR:g}% of a distance). A run is unsteady when its "
-            f"mini-batch loss rose above {SPIKE:g}x its initial loss (or diverged); warm-up is judged on pairs of runs that "
-            "differ only in warm-up. Mixed: held for some optimizers or batch sizes, not for others. Inconclusive: "
-            "the direction held but a sign test cannot rule out chance (p > 0.1).")
+            f"mini-batch loss rose above {SPIKE:g}x its initial loss (or diverged); warm-up is judged on pairs of runs "
+            "that differ only in warm-up. Mixed: held for some optimizers or batch sizes, not for others. "
+            "Inconclusive: the direction held but a sign test cannot rule out chance (p > 0.1).")
     if len(plan.seeds) == 1:
         note += " This study has one seed, so only the floors guard against noise."
     page.p(note)
@@ -228,7 +228,8 @@ def _bcrit(page: Page, plan: StudyPlan, findings: StudyFindings, facts: dict, no
     for opt, v in findings.bcrit.items():
         for b, p in v["points"].items():
             rows.append((opt, b, _f(p["steps"], 4), _f(p["examples"], 4), _f(p["lr"]),
-                         f"{p['rule']} x{p['multiplier']:g}" + (f", warm-up {p['warmup_epochs']:g}" if p["warmup_epochs"] else "")))
+                         f"{p['rule']} x{p['multiplier']:g}"
+                         + (f", warm-up {p['warmup_epochs']:g}" if p["warmup_epochs"] else "")))
         if v["fit"]:
             f = BcritFit.from_dict(v["fit"])
             fits.append((opt, f"{f.s_min:.4g} [{f.s_min_low:.4g}, {f.s_min_high:.4g}]",

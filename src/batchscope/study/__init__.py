@@ -7,5 +7,5 @@ from .runner import RunRecord, SavedStudy, StudySummary, execute_run, load_study
 from .store import ResultStore, StudyError, StudyLock
 
 __all__ = ["BcritFit", "fit_bcrit", "GradNormStats", "layer_cosines", "layer_distances", "LR_RULES", "RunSpec",
-           "StudyPlan", "RunRecord", "StudySummary", "execute_run", "load_study", "run_study", "ResultStore",
-           "StudyError", "StudyLock"]
+           "StudyPlan", "RunRecord", "SavedStudy", "StudySummary", "execute_run", "load_study", "run_study",
+           "ResultStore", "StudyError", "StudyLock"]

@@ -90,7 +90,8 @@ def fit_bcrit(batch_sizes: Sequence[float], steps: Sequence[float], *, confidenc
     b = np.asarray(batch_sizes, dtype=np.float64)
     s = np.asarray(steps, dtype=np.float64)
     if b.shape != s.shape or b.ndim != 1:
-        raise ConfigError(f"fit_bcrit needs two lists of equal length; got {b.size} batch sizes and {s.size} step counts")
+        raise ConfigError(f"fit_bcrit needs two lists of equal length; "
+                          f"got {b.size} batch sizes and {s.size} step counts")
     if not (np.all(np.isfinite(b)) and np.all(b > 0) and np.all(np.isfinite(s)) and np.all(s > 0)):
         raise ConfigError("fit_bcrit needs positive finite batch sizes and step counts; "
                           f"got batch sizes {b.tolist()} and steps {s.tolist()}")

@@ -134,7 +134,8 @@ def _cells_ok(cells: list[Cell]) -> list[Cell]:
 def finding_large_batch_accuracy(plan: StudyPlan, records: list[RunRecord]) -> Finding:
     claim = "At a fixed number of epochs and a fixed learning rate, larger batches reach lower validation accuracy."
     name = "large_batches_lower_accuracy"
-    if plan.budget != "epochs" or "none" not in plan.lr_rules or 1.0 not in plan.lr_grid or 0.0 not in plan.warmup_epochs:
+    if (plan.budget != "epochs" or "none" not in plan.lr_rules or 1.0 not in plan.lr_grid
+            or 0.0 not in plan.warmup_epochs):
         return Finding(name, claim, NOT_TESTED, "needs an epoch budget and the arm with lr rule 'none', "
                        "multiplier 1 and no warm-up")
     parts, texts, numbers = [], [], {}

@@ -135,7 +135,8 @@ class StudyPlan:
             if not (w >= 0 and math.isfinite(w)):
                 raise ConfigError(f"The 'warmup_epochs' parameter must hold numbers >= 0. Got {w!r} instead.")
         if self.budget not in BUDGETS:
-            raise ConfigError(f"The 'budget' parameter must be one of {', '.join(BUDGETS)}. Got {self.budget!r} instead.")
+            raise ConfigError(f"The 'budget' parameter must be one of {', '.join(BUDGETS)}. "
+                              f"Got {self.budget!r} instead.")
         if self.budget == "epochs":
             check_positive_float("epochs", self.epochs)
         else:
@@ -143,9 +144,11 @@ class StudyPlan:
         if self.reference_batch is not None:
             check_positive_int("reference_batch", self.reference_batch)
         if self.grad_norm_batches < 0:
-            raise ConfigError(f"The 'grad_norm_batches' parameter must be >= 0. Got {self.grad_norm_batches!r} instead.")
+            raise ConfigError(f"The 'grad_norm_batches' parameter must be >= 0. "
+                              f"Got {self.grad_norm_batches!r} instead.")
         if not 0 < self.grad_norm_early < 1:
-            raise ConfigError(f"The 'grad_norm_early' parameter must lie in (0, 1). Got {self.grad_norm_early!r} instead.")
+            raise ConfigError(f"The 'grad_norm_early' parameter must lie in (0, 1). "
+                              f"Got {self.grad_norm_early!r} instead.")
         check_positive_int("evals_per_run", self.evals_per_run)
         if self.noise_steps < 0:
             raise ConfigError(f"The 'noise_steps' parameter must be >= 0. Got {self.noise_steps!r} instead.")

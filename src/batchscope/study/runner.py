@@ -49,8 +49,8 @@ class RunRecord:
     device: str = ""                                 # where it ran: cpu, cuda:1, and the Ray node when on Ray
     failures: list = field(default_factory=list)     # why earlier attempts of this run failed
     target_seconds: Optional[float] = None           # training seconds to the target, interpolated like the step
-    # adaptive runs: 'path' (step, batch, accumulation, lr at the start and at each decision), 'batch_runs' ([batch, steps]
-    # in order, for time = sum of t(B) per step), 'final_batch', 'measure_every'
+    # adaptive runs: 'path' (step, batch, accumulation, lr at the start and at each decision),
+    # 'batch_runs' ([batch, steps] in order, for time = sum of t(B) per step), 'final_batch', 'measure_every'
     adaptive: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:

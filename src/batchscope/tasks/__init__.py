@@ -3,4 +3,4 @@
 from .base import OPTIMIZERS, Target, Task, accuracy
 from .loading import BUILTINS, DEFAULT_TASK, load_task, validate_task
 
-__all__ = ["Task", "Target", "accuracy", "BUILTINS", "DEFAULT_TASK", "load_task", "validate_task"]
+__all__ = ["OPTIMIZERS", "Task", "Target", "accuracy", "BUILTINS", "DEFAULT_TASK", "load_task", "validate_task"]

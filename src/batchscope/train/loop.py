@@ -24,7 +24,7 @@ from ..data import chunks, split_batch, take, to_device
 from ..errors import ConfigError, DivergedError
 from ..tasks import Task, load_task
 from .config import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, check_config
-from .policy import BatchPolicy, FixedBatch, StepPlan
+from .policy import BatchPolicy, FixedBatch
 from .schedule import DIVERGE_SMOOTHING, divergence, evaluation_gap, target_crossing, total_steps
 from .setup import OptimizerSettings, TrainingSetup, build_training, resolve_device
 from .taskcalls import evaluate, task_loss

@@ -60,7 +60,8 @@ class OptimizerSettings:
     @classmethod
     def resolve(cls, task: Task, optimizer: Optional[str] = None, lr: Optional[float] = None,
                 momentum: Optional[float] = None, weight_decay: Optional[float] = None) -> "OptimizerSettings":
-        return cls(_optimizer_name(optimizer or task.optimizer), check_positive_float("lr", task.lr if lr is None else lr),
+        return cls(_optimizer_name(optimizer or task.optimizer),
+                   check_positive_float("lr", task.lr if lr is None else lr),
                    task.momentum if momentum is None else momentum,
                    task.weight_decay if weight_decay is None else weight_decay)
 

@@ -243,7 +243,7 @@ def test_adaptive_callback_state_survives_checkpoint(tmp_path):
     k = len(first.plan.controller.decisions)
     assert repr(resumed.plan.controller.decisions[:k]) == repr(first.plan.controller.decisions)
     assert resumed.plan.steps[n].examples == first.plan.micro_batch * first.plan.accumulation
-    assert resumed.plan.rate.progress > saved["rate"]["progress"]
+    assert resumed.plan.rate.progress > saved["adaptation"]["rate"]["progress"]
 
 
 def test_adaptive_callback_state_keeps_the_whole_step_time_model_and_refuses_a_broken_one():

@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from common import (EVALS_BEFORE_TARGET, MAX_STEPS, geomean, interleaved_step_seconds, pin_malloc,  # noqa: E402
-                    read_json, run_to_target, write_json)
+from common import (EVALS_BEFORE_TARGET, MAX_SECONDS, MAX_STEPS, geomean, interleaved_step_seconds,  # noqa: E402
+                    pin_malloc, read_json, run_to_target, write_json)
 from tasks import KIND, SUITE  # noqa: E402
 
 from batchscope.study import fit_bcrit  # noqa: E402
@@ -49,7 +49,22 @@ MAX_BATCH = 8192
 
 
 class Sweep:
-    """The sweep of one task, resumable from the runs already in the store."""
+    """The sweep of one task, resumable from the runs already in the store.
+
+    The class attributes are the sweep's settings; the long tier (long_tier.py) changes them in a
+    subclass (longer caps, every batch of a fixed range), the short suite keeps these.
+    """
+
+    factors = (1.0, 0.5, 2.0)      # the rate grid around the centre, in the order run
+    max_extend = MAX_EXTEND        # times the grid is extended while the best rate is at an edge
+    seeds = (0, 1)                 # seed 1 only at rates within 1.5x of seed 0's best
+    saturate = True                # stop a direction once doubling (halving) stops paying, twice
+    first_estimate = 300           # expected steps at the reference batch (sets the first evaluations)
+    max_seconds = MAX_SECONDS
+
+    def first_cap(self, batch: int, est_steps: float) -> int:
+        """Step cap of a run at ``batch`` before any rate there has reached the target."""
+        return MAX_STEPS
 
     def __init__(self, task, store: dict, save):
         self.task, self.save = task, save
@@ -66,7 +81,7 @@ class Sweep:
         row = self._find(batch, lr, seed)
         if row is None:
             row = run_to_target(self.task, batch, lr, seed=seed, eval_every=int(est_steps // EVALS_BEFORE_TARGET),
-                                max_steps=cap)
+                                max_steps=cap, max_seconds=self.max_seconds)
             self.entry["runs"].append(row)
             self.save()
             what = (f"{row['steps']:.1f} steps" if row["reached"]
@@ -84,15 +99,16 @@ class Sweep:
 
         def cap():
             b0 = best()
-            return MAX_STEPS if b0 is None else int(1.5 * b0[0]) + 2 * max(1, int(b0[0] // EVALS_BEFORE_TARGET))
+            return (self.first_cap(b, est_steps) if b0 is None
+                    else int(1.5 * b0[0]) + 2 * max(1, int(b0[0] // EVALS_BEFORE_TARGET)))
 
-        for f in (1.0, 0.5, 2.0):
+        for f in self.factors:
             lr = centre * f
             tried[lr] = self.trial(b, lr, 0, best()[0] if best() else est_steps, cap())
         if best() is None:   # nothing reached: look further out once on both sides
-            for f in (0.25, 4.0):
-                tried[centre * f] = self.trial(b, centre * f, 0, est_steps, MAX_STEPS)
-        for _ in range(MAX_EXTEND):
+            for f in (min(self.factors) / 2, max(self.factors) * 2):
+                tried[centre * f] = self.trial(b, centre * f, 0, est_steps, self.first_cap(b, est_steps))
+        for _ in range(self.max_extend):
             top = best()
             if top is None:
                 break
@@ -112,8 +128,10 @@ class Sweep:
         pairs = {}
         for lr, r in tried.items():
             if r["reached"] and r["steps"] <= 1.5 * top[0]:
-                second = self.trial(b, lr, 1, r["steps"], 3 * int(r["steps"]) + 50)
-                pairs[lr] = [r["steps"], second["steps"] if second["reached"] else None]
+                pairs[lr] = [r["steps"]]
+                for seed in self.seeds[1:]:
+                    other = self.trial(b, lr, seed, r["steps"], 3 * int(r["steps"]) + 50)
+                    pairs[lr].append(other["steps"] if other["reached"] else None)
         lr = min(pairs, key=lambda k: (None in pairs[k], geomean(pairs[k])))
         return {"lr": lr, "steps": pairs[lr], "grid": {repr(k): r["steps"] for k, r in sorted(tried.items())}}
 
@@ -121,7 +139,7 @@ class Sweep:
         task = self.task
         b_ref = task.reference_batch
         found = {}
-        ref = self.batch(b_ref, task.lr, 300)
+        ref = self.batch(b_ref, task.lr, self.first_estimate)
         if ref is None:
             raise RuntimeError(f"{task.name}: the target was not reached at the reference batch {b_ref}")
         found[b_ref] = ref
@@ -140,7 +158,7 @@ class Sweep:
                 s_prev, s_new = geomean(prev["steps"]), geomean(got["steps"])
                 gain = s_new / s_prev if direction > 1 else (s_new * nb) / (s_prev * b)
                 flat = flat + 1 if gain > SATURATED else 0
-                if flat >= 2 or (direction > 1 and s_new < 8):
+                if self.saturate and (flat >= 2 or (direction > 1 and s_new < 8)):
                     break
                 b = nb
         self.entry["best_per_batch"] = {str(b): v for b, v in sorted(found.items())}

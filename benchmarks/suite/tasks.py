@@ -445,7 +445,7 @@ def _long_mnist1d(name, make_model, target, optimizer, lr, *, momentum=0.0, weig
 def long_mnist1d_cnn_momentum() -> Task:
     """1-D CNN with 8 channels on 50k generated signals, SGD with momentum, a late loss target."""
     return _long_mnist1d("long_mnist1d_cnn_momentum", lambda: _Conv1dNet(8), Target("loss", LONG_TARGETS[
-        "long_mnist1d_cnn_momentum"], "val"), "sgd", 0.025, momentum=0.9, channels=True,
+        "long_mnist1d_cnn_momentum"], "val"), "sgd", 0.0125, momentum=0.9, channels=True,
         model_description="1-D CNN 8-8-8 ch, stride 2, fc")
 
 

@@ -210,7 +210,12 @@ def markdown(results: list[dict], s: dict, meta: dict) -> str:
              "each clock; 'largest' is the largest batch swept, the largest that fits under these clocks.", "",
              "## Ground truth", "", *_ground_truth_table(results), "",
              f"Whole tier: {meta['cpu_minutes']:.0f} CPU minutes of one torch thread ({meta['wall_minutes']:.0f} "
-             f"min wall, nice'd on a shared {meta['cores']}-core machine)."]
+             f"min wall, nice'd on a shared {meta['cores']}-core machine)."
+             + (f" Not yet swept: {', '.join(meta['missing'])}." if meta["missing"] else ""), "",
+             "Each clock is also a hardware profile, benchmarks/suite/long_profiles/<task>.<clock>.json (clock: cpu, "
+             "gpu, dp8), to give `find` and adaptive training the clock being judged, e.g. `batchscope find --task "
+             f"benchmarks/suite/tasks.py:{results[0]['task']} --profile "
+             f"benchmarks/suite/long_profiles/{results[0]['task']}.gpu.json`."]
     for k, title in CLOCK_TITLES.items():
         c = results[0]["clocks"][k]
         g = s[k]
@@ -239,7 +244,8 @@ def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RES
     done = [store[r["task"]] for r in results]
     meta = {"cpu_minutes": sum(e.get("cpu_seconds") or 0 for e in done) / 60,
             "wall_minutes": sum(e.get("wall_seconds") or 0 for e in done) / 60, "cores": os.cpu_count(),
-            "tasks": [r["task"] for r in results], "missing": [n for n in registry if n not in names]}
+            "tasks": [r["task"] for r in results],
+            "missing": [n for n in registry if n not in {r["task"] for r in results}]}
     s = summary(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "suite_long.json", {"summary": s, "meta": meta, "tasks": results})

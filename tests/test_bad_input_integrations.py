@@ -54,6 +54,8 @@ CASES = [
     ("model negative", lambda f: lightning().AdaptiveBatchCallback(step_time(-0.01, 1e-5)),
      "The 'alpha' parameter of StepTimeModel must be a finite number of seconds >= 0"),
     ("model nan", lambda f: hf().AdaptiveBatchCallback(step_time(NAN, 1e-5)), "nan"),
+    ("dict bad measured", lambda f: hf().AdaptiveBatchCallback({"alpha": 0.01, "beta": 0.0, "measured": 3}),
+     "The 'measured' parameter of StepTimeModel must hold (batch, median seconds) pairs"),
     ("not a step time", lambda f: lightning().AdaptiveBatchCallback(42),
      "The 'step_time' parameter of lightning AdaptiveBatchCallback must be a StepTimeModel"),
     ("damaged profile by path", lambda f: lightning().AdaptiveBatchCallback(f["zero_profile"]),
@@ -98,10 +100,9 @@ def files(tmp_path_factory):
     (d / "broken.json").write_text(json.dumps({"batch_size": 8, "lr": 0.1, "profile": profile.to_dict(),
                                                "measuring": {}}))
     (d / "zero.json").write_text(json.dumps({**profile.to_dict(), "alpha": 0.0, "beta": 0.0}))
-    return {"missing": str(d / "missing.json"), "not_json": str(d / "not.json"), "other_json": str(d / "other.json"),
-            "json_list": str(d / "list.json"), "broken_find": str(d / "broken.json"),
-            "profile": str(d / "profile.json"),
-            "zero_profile": str(d / "zero.json")}
+    names = {"missing": "missing.json", "not_json": "not.json", "other_json": "other.json", "json_list": "list.json",
+             "broken_find": "broken.json", "profile": "profile.json", "zero_profile": "zero.json"}
+    return {k: str(d / v) for k, v in names.items()}
 
 
 @pytest.mark.parametrize("call, problem", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -96,3 +96,17 @@ def test_a_killed_run_continues_from_its_checkpoint(tmp_path):
     assert '"steps": 30' in rest.output
     assert Path(ck).exists() and not Path(f"{ck}.tmp").exists()
     assert whole.exit_code == 0
+
+
+def test_library_refusals_name_the_value(tmp_path):
+    from batchscope import ConfigError, TrainConfig, train
+
+    with pytest.raises(ConfigError, match=r"The 'lr' parameter must be a learning rate up to 1e\+30"):
+        train("dots", TrainConfig(batch_size=16, steps=2, lr=1e300, optimizer="adam"))
+    with pytest.raises(ConfigError, match="micro-batch 100000000000000000000000000000 does not divide batch size 16"):
+        train("dots", TrainConfig(batch_size=16, steps=2, micro_batch=10**29))
+    pytest.importorskip("tensorboard")
+    from batchscope.integrations.tensorboard import read_scalars
+
+    with pytest.raises(ConfigError, match="no TensorBoard log directory at"):
+        read_scalars(tmp_path / "missing")

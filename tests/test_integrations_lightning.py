@@ -350,8 +350,10 @@ def test_adaptive_callback_gives_the_trainer_back_after_an_exception_and_at_the_
         assert any(d.changed for d in cb.plan.controller.decisions)       # it did change them during the fit
         assert t.accumulate_grad_batches == 2 and t.train_dataloader.batch_sampler.batch_size == 8
         assert t.optimizers[0].param_groups[0]["lr"] == 0.1
-        x, y = make_data(8)[:]       # no gradient or size hook left on the model
+        # no gradient hook on the model, no step hook on the optimizer
+        x, y = make_data(8)[:]
         assert batchscope_calls(lambda: nn.functional.cross_entropy(module(x), y).backward()) == []
+        assert batchscope_calls(t.optimizers[0].step) == []
 
 
 def test_adaptive_callback_takes_a_profile_or_a_find_result_by_path(tmp_path):

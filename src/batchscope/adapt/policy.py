@@ -269,7 +269,6 @@ class AdaptivePolicy(BatchPolicy):
                                      total=budget_steps if cfg.schedule != "constant" else None)
         self.controller = self.adaptation.controller
         self.sampler = AdaptiveBatchSampler(task.n_train, b0, seed=cfg.seed + 1)
-        self.batches = None                       # the sampler's iterator, made at the first draw
         self.max_steps = cfg.steps
         self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
                              None if cfg.steps is not None else budget_steps * b0)
@@ -303,26 +302,12 @@ class AdaptivePolicy(BatchPolicy):
                                          preconditioned=self.acfg.noise == "preconditioned")
         self.monitor.close()
 
-    def __getstate__(self) -> dict:
-        # A fork copies the sampler, not its iterator (a generator cannot be copied): a new iterator
-        # of the copied sampler continues at the same example.
-        return {**self.__dict__, "batches": None}
-
     # ---- one step ---------------------------------------------------------------------------
-
-    def _draw(self) -> torch.Tensor:
-        if self.batches is None:
-            self.batches = iter(self.sampler)
-        try:
-            return torch.tensor(next(self.batches))
-        except StopIteration:  # end of an epoch: the sampler starts the next one
-            self.batches = iter(self.sampler)
-            return torch.tensor(next(self.batches))
 
     def plan(self, ctx: TrainContext) -> StepPlan:
         c = self.controller
         measured = self.adaptation.measures(ctx.step)
-        idx = self._draw()
+        idx = torch.tensor(self.sampler.draw())
         b = len(idx)
         m, k = (c.micro_batch, c.accumulation) if b == c.batch_size else (b, 1)
         if measured:
@@ -372,6 +357,5 @@ class AdaptivePolicy(BatchPolicy):
 
     def load_state_dict(self, state: dict) -> None:
         load_adapt_state(state, self.sampler, monitor=self.monitor)
-        self.batches = None
         self.adaptation.load_state_dict(state["adaptation"])
         self.log = StepLog(**state["log"])

@@ -80,6 +80,24 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
             raise ConfigError(f"batch size {b} is larger than the data set ({self.n} examples); use at most {self.n}")
         return b
 
+    def draw(self) -> list[int]:
+        """The next batch for a loop that draws one at a time (no DataLoader): the epoch's iterator is
+        kept here and a new epoch starts when it ends."""
+        it = self.__dict__.get("_draws")
+        try:
+            return next(it) if it is not None else self._fresh_draw()
+        except StopIteration:
+            return self._fresh_draw()
+
+    def _fresh_draw(self) -> list[int]:
+        self._draws = iter(self)
+        return next(self._draws)
+
+    def __getstate__(self) -> dict:
+        # A copy (a fork of a run) keeps the position, not the iterator (a generator cannot be copied):
+        # a new iterator of the copy continues at the same example.
+        return {k: v for k, v in self.__dict__.items() if k != "_draws"}
+
     def set_batch_size(self, b: int) -> None:
         """The global size of the batches drawn from now on (prefetched batches keep theirs)."""
         self.batch_size = self._check_size(b)
@@ -138,6 +156,7 @@ class AdaptiveBatchSampler(Sampler[list[int]]):
         if state["n"] != self.n or state["seed"] != self.seed or state["world_size"] != self.world_size:
             raise ConfigError(f"the sampler state is for {state['n']} examples, seed {state['seed']}, world size "
                               f"{state['world_size']}; this sampler has {self.n}, {self.seed}, {self.world_size}")
+        self.__dict__.pop("_draws", None)    # draw() starts from the loaded position
         self.epoch = int(state["epoch"])
         self._start = self._base = int(state["position"])
         self._drawn = []

@@ -107,7 +107,6 @@ class BatchSchedule(BatchPolicy):
         self.max_examples = (math.ceil(cfg.epochs * task.n_train) if cfg.epochs is not None else
                              None if cfg.steps is not None else budget * self.start_batch)
         self.sampler = AdaptiveBatchSampler(task.n_train, self.start_batch, seed=cfg.seed + 1)
-        self.batches = None                       # the sampler's iterator, made at the first draw
         self.log = ScheduleLog()
 
     def at(self, examples: int) -> Breakpoint:
@@ -125,24 +124,10 @@ class BatchSchedule(BatchPolicy):
         smallest = min(self._layout(p.batch)[0] for p in self.points)
         check_batch(self.task, smallest, "micro-batch" if self.micro else "batch size", ctx.model)
 
-    def __getstate__(self) -> dict:
-        # A fork copies the sampler, not its iterator (a generator cannot be copied): a new iterator
-        # of the copied sampler continues at the same example.
-        return {**self.__dict__, "batches": None}
-
-    def _draw(self) -> torch.Tensor:
-        if self.batches is None:
-            self.batches = iter(self.sampler)
-        try:
-            return torch.tensor(next(self.batches))
-        except StopIteration:  # end of an epoch: the sampler starts the next one
-            self.batches = iter(self.sampler)
-            return torch.tensor(next(self.batches))
-
     def plan(self, ctx: TrainContext) -> StepPlan:
         point = self.at(ctx.examples)
         self.sampler.set_batch_size(point.batch)    # no prefetching: the next draw has this size
-        idx = self._draw()
+        idx = torch.tensor(self.sampler.draw())
         lr = point.lr * lr_factor(ctx.step, None, self.warmup, "constant")
         return StepPlan(idx, *self._layout(len(idx)), lr)
 
@@ -166,7 +151,6 @@ class BatchSchedule(BatchPolicy):
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state["sampler"])
-        self.batches = None
         self.log = ScheduleLog(**state["log"])
 
 

@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from ..adapt import BatchSizeController, ScaledLearningRate
+from ..adapt import Adaptation, AdaptiveConfig, BatchSizeController, ScaledLearningRate, StepTimeModel
 from ..adapt.controller import DEFAULT_EVERY, DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD
 from ..errors import ConfigError
 
@@ -71,15 +71,28 @@ class StepRecord:
 
 @dataclass
 class BatchPlan:
-    """The controller's batch as (micro-batch, accumulation) for the loop, and its rate gain."""
+    """The controller's batch as (micro-batch, accumulation) for the loop, and its rate gain.
 
-    controller: BatchSizeController
-    rate: ScaledLearningRate
+    What adapts is an :class:`~batchscope.adapt.Adaptation`, the object the training loop's adaptive
+    policy drives too, built from an :class:`~batchscope.adapt.AdaptiveConfig` (one default per
+    setting). The frameworks' steps are all measured (their micro-batches run anyway), so the
+    cadence is every step and decisions come every ``every`` steps.
+    """
+
+    adaptation: Adaptation
     micro_batch: int
     accumulation: int
     world: int
     pending: Optional[tuple[int, int]] = None
     steps: list = field(default_factory=list)     # StepRecord per optimizer step
+
+    @property
+    def controller(self) -> BatchSizeController:
+        return self.adaptation.controller
+
+    @property
+    def rate(self) -> ScaledLearningRate:
+        return self.adaptation.rate
 
     @classmethod
     def build(cls, step_time, *, micro_batch: int, accumulation: int, world: int, n_train: int, optimizer,
@@ -91,12 +104,12 @@ class BatchPlan:
                               f"it starts with {accumulation} micro-batch per step on one process; start with an "
                               "accumulation of at least 2")
         start = micro_batch * accumulation * world
-        controller = BatchSizeController(step_time, start_batch=start, n_train=n_train,
-                                         memory_ceiling=memory_ceiling, max_batch=max_batch, devices=world,
-                                         every=every, threshold=threshold, min_samples=min_samples,
-                                         confident=confident)
-        rate = ScaledLearningRate(optimizer.param_groups[0]["lr"], start, optimizer_kind(optimizer))
-        return cls(controller, rate, micro_batch, accumulation, world)
+        acfg = AdaptiveConfig(max_batch=max_batch, memory_ceiling=memory_ceiling, every=every, threshold=threshold,
+                              min_samples=min_samples, confident=confident, measure_every=1)
+        model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
+        adaptation = Adaptation(acfg, model, start_batch=start, n_train=n_train, lr0=optimizer.param_groups[0]["lr"],
+                                optimizer=optimizer_kind(optimizer), memory_ceiling=memory_ceiling, devices=world)
+        return cls(adaptation, micro_batch, accumulation, world)
 
     def gain(self, examples: int) -> float:
         """Rate multiplier for a step of ``examples``: the rate rule over the starting batch."""
@@ -107,14 +120,13 @@ class BatchPlan:
 
         estimate: the monitor's current NoiseEstimate; consumed: micro-batches run so far this epoch.
         """
-        self.steps.append(StepRecord(step, examples, self.micro_batch, self.accumulation, lr, self.rate.b_crit))
-        self.rate.advance(examples)
+        a = self.adaptation
+        self.steps.append(StepRecord(step, examples, self.micro_batch, self.accumulation, lr, a.b_crit))
         if estimate is not None and estimate.n_samples:
-            self.rate.observe(self.controller.b_crit(estimate))
-        if self.controller.due(step):
-            d = self.controller.decide(step, estimate)
-            if d.changed:
-                self.pending = measurable_layout(d.micro_batch, d.accumulation, self.world)
+            a.observe(estimate)
+        d = a.end_step(step, examples, True, 0.0, lambda: estimate)
+        if d is not None and d.changed:
+            self.pending = measurable_layout(d.micro_batch, d.accumulation, self.world)
         return self.apply_if_aligned(consumed)
 
     def apply_if_aligned(self, consumed: int) -> tuple[int, int]:
@@ -123,14 +135,12 @@ class BatchPlan:
         return self.micro_batch, self.accumulation
 
     def state_dict(self) -> dict:
-        return {"controller": self.controller.state_dict(), "rate": self.rate.state_dict(),
-                "micro_batch": self.micro_batch, "accumulation": self.accumulation,
-                "pending": None if self.pending is None else list(self.pending),
+        return {"adaptation": self.adaptation.state_dict(), "micro_batch": self.micro_batch,
+                "accumulation": self.accumulation, "pending": None if self.pending is None else list(self.pending),
                 "steps": [vars(s).copy() for s in self.steps]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.rate.load_state_dict(state["rate"])
+        self.adaptation.load_state_dict(state["adaptation"])
         self.micro_batch, self.accumulation = int(state["micro_batch"]), int(state["accumulation"])
         self.pending = None if state["pending"] is None else tuple(state["pending"])
         self.steps = [StepRecord(**s) for s in state["steps"]]

@@ -163,6 +163,9 @@ class NoiseScaleCallback(TrainerCallback, ExportableState):
             raise ConfigError("the noise callback measures gradients before the optimizer step; under fp16 they are "
                               "still multiplied by the loss scale there; use bf16=True or no mixed precision")
         restore_arguments(args)             # what a train() that raised left changed
+        if self.monitor is not None:        # ... and the hooks it left on the model
+            self.monitor.close()
+        self._remove_hooks()
         self._args, self._clip, self._armed = args, args.max_grad_norm, False
         self.monitor = NoiseScaleMonitor(model, optimizer=optimizer, **self.monitor_kwargs)
         if self.saved_state is not None:

@@ -231,7 +231,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
     ``adapt/examples``, ``adapt/lr``; ``plan.steps`` keeps the record, ``plan.controller.decisions``
     the decisions with their reasons.
 
-    step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta), ``{"alpha": s, "beta": s}``,
+    step_time: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta, measured), ``{"alpha": s, "beta": s}``,
     a hardware profile (``profile_hardware(task_from_lightning(...))``), a find result (``find(...)``
     or ``FindResult.load``: its profile), or the path of a saved profile or find result; checked
     here (see :mod:`batchscope.integrations.sources`), and a profile against the model at the start

@@ -4,23 +4,19 @@ Accepted: a :class:`~batchscope.adapt.StepTimeModel` (alpha, beta), ``{"alpha": 
 :class:`~batchscope.hardware.HardwareProfile`, a :class:`~batchscope.plan.find.FindResult` (its
 profile), or the path of a saved profile (``batchscope profile --out``) or find result
 (``FindResult.save``, ``batchscope find --out``), as ``AdaptiveConfig(profile=path)`` takes a path.
-Anything else, or numbers that cannot be a step time (nan, negative, zero), is a ConfigError
-before training starts, not an AttributeError or ZeroDivisionError in the middle of it.
+Anything else, or numbers that cannot be a step time (nan, negative, zero: refused by
+:class:`~batchscope.hardware.steptime.StepTimeModel` itself), is a ConfigError before training
+starts, not an AttributeError or ZeroDivisionError in the middle of it.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..errors import ConfigError
 
-ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s}, a HardwareProfile, a FindResult, or the path "
-            "of a saved profile or find result")
-
-
-def _number(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+ACCEPTED = ("a StepTimeModel(alpha, beta), {'alpha': s, 'beta': s[, 'measured': [[batch, s], ...]]}, a "
+            "HardwareProfile, a FindResult, or the path of a saved profile or find result")
 
 
 def check_line(alpha, beta, where: str, measured=()):
@@ -28,7 +24,7 @@ def check_line(alpha, beta, where: str, measured=()):
     from ..adapt import StepTimeModel
 
     try:
-        return StepTimeModel(alpha, beta, tuple(tuple(p) for p in measured))
+        return StepTimeModel(alpha, beta, measured or ())   # it checks the points too, any container
     except ConfigError as e:
         raise ConfigError(f"The step time of {where}: {e}") from None
     except (TypeError, ValueError) as e:
@@ -75,8 +71,8 @@ def resolve_step_time(value, where: str):
 
     if isinstance(value, FindResult):
         return value.profile
-    if isinstance(value, HardwareProfile):
-        return value
+    if isinstance(value, (HardwareProfile, StepTimeModel)):
+        return value                       # both checked when they were built
     if isinstance(value, dict):
         return _from_mapping(value, where, "a dict")
     if isinstance(value, (str, Path)):

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Union
 
+from ..errors import ConfigError
 from ..noise import NoiseScaleMonitor
 from ..train import Callback, HistoryPoint, TrainContext, TrainResult
 from .requires import require
@@ -70,6 +71,8 @@ def read_scalars(log_dir: Union[str, Path]) -> dict[str, list[tuple[int, float]]
     """All scalars under ``log_dir`` as {tag: [(step, value), ...]} (TensorBoard's own event reader)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    if not Path(log_dir).is_dir():
+        raise ConfigError(f"no TensorBoard log directory at {log_dir}; give the --log-dir (or log_dir) a run wrote")
     out: dict[str, list[tuple[int, float]]] = {}
     for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})

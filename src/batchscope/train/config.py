@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..errors import ConfigError, check_positive_float, check_positive_int
+from ..errors import ConfigError, check_lr, check_positive_float, check_positive_int
 from ..tasks import Task
 from .schedule import SCHEDULES
 
@@ -60,7 +60,7 @@ def _schedule(name: str, v) -> None:
 # The declared checks of TrainConfig: each field once, one message template (errors.check_*).
 _CHECKS = {"steps": _optional(check_positive_int), "epochs": _optional(check_positive_float),
            "eval_every": _optional(check_positive_int), "eval_examples": _optional(check_positive_int),
-           "lr": _optional(check_positive_float), "max_seconds": _optional(check_positive_float),
+           "lr": _optional(check_lr), "max_seconds": _optional(check_positive_float),
            "micro_batch": _optional(check_positive_int), "checkpoint_every": _optional(check_positive_int),
            "warmup_steps": _non_negative_int, "schedule": _schedule}
 

@@ -87,7 +87,7 @@ class FixedBatch(BatchPolicy):
         check_positive_int("micro_batch", m)
         if b % m:
             raise ConfigError(f"micro-batch {m} does not divide batch size {b}; pick a divisor of {b} "
-                              f"(for example {max(d for d in range(1, m + 1) if b % d == 0)})")
+                              f"(for example {max(d for d in range(1, min(m, b) + 1) if b % d == 0)})")
         self.task, self.start_batch, self.micro_batch = task, b, m
         self.total = total_steps(task, cfg, b)
         self.warmup, self.schedule = cfg.warmup_steps, cfg.schedule

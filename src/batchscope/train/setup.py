@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..errors import ConfigError, check_positive_float, check_positive_int
+from ..errors import ConfigError, check_lr, check_positive_int
 from ..tasks import OPTIMIZERS, Task
 from .taskcalls import build_model
 
@@ -61,7 +61,7 @@ class OptimizerSettings:
     def resolve(cls, task: Task, optimizer: Optional[str] = None, lr: Optional[float] = None,
                 momentum: Optional[float] = None, weight_decay: Optional[float] = None) -> "OptimizerSettings":
         return cls(_optimizer_name(optimizer or task.optimizer),
-                   check_positive_float("lr", task.lr if lr is None else lr),
+                   check_lr("lr", task.lr if lr is None else lr),
                    task.momentum if momentum is None else momentum,
                    task.weight_decay if weight_decay is None else weight_decay)
 

@@ -180,7 +180,8 @@ def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch
     ratio = {int(b): v["ratio"] for b, v in runs["_timing"]["tiny"].items()}
     assert {seg[1] for seg in ad["path"] if len(seg) == 3} <= set(ratio)
     fd = runs["find|tiny|gpu|0"]
-    assert fd["measuring_path"] == [[fd["measuring"]["steps"], 32]] and fd["path"][0][1] == fd["recommendation"]["batch"]
+    assert fd["measuring_path"] == [[fd["measuring"]["steps"], 32]]
+    assert fd["path"][0][1] == fd["recommendation"]["batch"]
 
     rc = long_judge.main([], registry={"tiny": tiny_task}, store_path=gt_path, out_dir=tmp_path,
                          profiles=tmp_path / "p", arms=A.stored_arms(runs, {"tiny": gt}, b0=32, steps0=4))
@@ -215,4 +216,5 @@ def test_long_anchors_command_refuses_an_unknown_arm_and_reports_progress(tmp_pa
                                                              "seed": 0, "reached": True, "steps": 812.4,
                                                              "train_seconds": 60.0}}))
     assert A.main(["--progress", "--store", str(store)]) == 0
-    assert capsys.readouterr().out.strip() == "t warmup: 1 runs (32x500-cap64/s0 812; x = not reached), 1.0 min training"
+    assert capsys.readouterr().out.strip() == ("t warmup: 1 runs (32x500-cap64/s0 812; x = not reached), "
+                                               "1.0 min training")

@@ -168,11 +168,15 @@ def schedule_caps(task, entry: dict) -> dict[str, int]:
 
 
 def write_profile(s: Setting, clock: str) -> Path:
-    """The clock as the task's hardware profile, as long_judge.py writes it (from the ground truth in use)."""
+    """The clock as the task's hardware profile, as long_judge.py writes it (from the ground truth in use); a
+    file that already says the same (all but its date) is left as it is."""
     s.profiles.mkdir(parents=True, exist_ok=True)
     path = s.profiles / f"{s.task.name}.{clock}.json"
     batches = [int(b) for b in s.entry["best_per_batch"]]
-    J.clock_profile(s.task, J.task_clocks(s.task, s.entry)[clock], batches).save(path)
+    prof = J.clock_profile(s.task, J.task_clocks(s.task, s.entry)[clock], batches)
+    same = lambda d: {k: v for k, v in d.items() if k != "created"}  # noqa: E731
+    if not path.exists() or same(HardwareProfile.load(path).to_dict()) != same(prof.to_dict()):
+        prof.save(path)
     return path
 
 

@@ -274,7 +274,8 @@ def _summary_lines(g: dict) -> list[str]:
         lines.append(f"- {name.replace('_', ' ')} / best fixed: " + (
             f"median {_ratio(v['median'])}, worst {_ratio(v['worst'])}{where}" if v["tasks"] else "not run"))
     for other, v in g.get("adaptive_ahead", {}).items():
-        lines.append(f"- adaptive ahead of {other} on {v['ahead']} of {v['of']} tasks (where both have runs)")
+        lines.append(f"- adaptive ahead of {other} on {v['ahead']} of {v['of']} tasks (where both have runs)"
+                     if v["of"] else f"- adaptive against {other}: no task with runs of both")
     for m in g.get("find_measuring", []):
         lines.append(f"- find's measuring run on {m['task']}: {m['measuring_steps']:.0f} steps at batch "
                      f"{m['measuring_batch']}, {m['measuring_examples']:,.0f} examples "

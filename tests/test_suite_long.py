@@ -218,3 +218,15 @@ def test_long_anchors_command_refuses_an_unknown_arm_and_reports_progress(tmp_pa
     assert A.main(["--progress", "--store", str(store)]) == 0
     assert capsys.readouterr().out.strip() == ("t warmup: 1 runs (32x500-cap64/s0 812; x = not reached), "
                                                "1.0 min training")
+
+
+def test_anchor_paths_by_hand():
+    import long_anchors as A
+
+    # 32 for 500 steps (16,000 examples), then x2 each time the examples double, up to the cap
+    assert A.doubling_points(32, 500, 1024) == [16_000, 32_000, 64_000, 128_000, 256_000]
+    assert A.doubling_points(32, 500, 32) == []
+    # runs of one batch, measured steps apart, the crossing's step counted in part (4.5: half of the fifth)
+    assert A.segments([32, 32, 32, 64, 64, 64], 4.5, [1, 0, 1, 0, 0, 1]) == [[1.0, 32], [2.0, 32, 1], [1.5, 64]]
+    assert A.segments([32, 64, 64], 3.0) == [[1.0, 32], [2.0, 64]]
+    assert A.segments([32], None) is None

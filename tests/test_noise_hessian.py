@@ -1,5 +1,7 @@
 """The Hessian-weighted noise scale against problems where tr(HΣ), GᵀHG, tr(Σ), |G|² are known exactly."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,71 @@ def test_moments_removes_the_mean_noise_on_average():
 def test_needs_two_examples():
     with pytest.raises(ValueError, match="at least 2 examples, got 1"):
         moments(torch.zeros(1, 3), lambda v: v)
+
+
+# --- λ_max by power iteration, and the SGD stability bound --------------------------------------
+
+from batchscope.noise.hessian import power_iteration, sgd_stability_bound, sharpness  # noqa: E402
+
+
+def _sym(eigs, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return q @ torch.diag(torch.tensor(eigs, dtype=torch.float64)) @ q.T
+
+
+def test_power_iteration_finds_the_top_eigenvalue_of_a_known_matrix():
+    m = _sym([5.0, 1.0, 0.5, -0.2, 0.0])
+    got = power_iteration(lambda v: m @ v, 5, iters=200, tol=1e-10, generator=torch.Generator().manual_seed(1))
+    assert got.converged and got.value == pytest.approx(5.0, rel=1e-6)
+
+
+def test_power_iteration_past_a_dominant_negative_eigenvalue():
+    # the largest magnitude is -8 (a saddle); the top of the spectrum is 3
+    m = _sym([-8.0, 3.0, 1.0, 0.1])
+    got = power_iteration(lambda v: m @ v, 4, iters=500, tol=1e-12, generator=torch.Generator().manual_seed(2))
+    assert got.value == pytest.approx(3.0, rel=1e-5)
+    assert got.iterations > 2
+
+
+def test_sharpness_of_least_squares_is_the_top_eigenvalue_of_2_over_n_xtx():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 6, generator=g), torch.randn(64, 1, generator=g)
+    model = torch.nn.Linear(6, 1)
+    xa = torch.cat([x, torch.ones(64, 1)], dim=1).double()          # the bias is a column of ones
+    exact = float(torch.linalg.eigvalsh(2.0 / 64 * xa.T @ xa).max())
+    before = [p.detach().clone() for p in model.parameters()]
+    got = sharpness(model, torch.nn.functional.mse_loss, x, y, iters=300, tol=1e-9)
+    assert got.converged and got.value == pytest.approx(exact, rel=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_sharpness_restores_batchnorm_statistics():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    mean = model[1].running_mean.clone()
+    got = sharpness(model, torch.nn.functional.cross_entropy, x, y, iters=10)
+    assert got.value > 0 and torch.equal(model[1].running_mean, mean)
+
+
+def test_sharpness_refuses_a_non_finite_loss():
+    model = torch.nn.Linear(3, 1)
+    with pytest.raises(ValueError, match="loss is nan"):
+        sharpness(model, torch.nn.functional.mse_loss, torch.full((4, 3), float("nan")), torch.zeros(4, 1))
+
+
+def test_sgd_stability_bound_is_the_edge_of_gradient_descent_on_a_quadratic():
+    lam = 4.0
+    for momentum, nesterov in ((0.0, False), (0.9, False), (0.9, True)):
+        edge = sgd_stability_bound(lam, momentum, nesterov)
+        for lr, grows in ((0.98 * edge, False), (1.02 * edge, True)):
+            opt_x = torch.tensor([1.0], requires_grad=True)
+            opt = torch.optim.SGD([opt_x], lr=lr, momentum=momentum, nesterov=nesterov)
+            for _ in range(2000):
+                opt.zero_grad()
+                (0.5 * lam * opt_x ** 2).sum().backward()
+                opt.step()
+            assert (not abs(float(opt_x)) < 1.0) == grows, (momentum, nesterov, lr)   # nan: it overflowed
+    assert sgd_stability_bound(lam) == pytest.approx(0.5)
+    assert sgd_stability_bound(0.0) == math.inf and sgd_stability_bound(-1.0) == math.inf

@@ -5,8 +5,9 @@ batch, a rate grid x0.5, x1, x2 that follows the optimum by sqrt(B / B_neighbour
 while its best rate sits at an edge, seed 1 at every rate within 1.5x of seed 0's best, the best
 rate by the geometric mean of both seeds), with what long runs need:
 
-- every batch of BATCHES (32 .. 1,024) is swept: no stop when doubling stops paying, since under
-  the GPU-shaped and 8-device clocks (clocks.py) the largest batches are the ones that can win;
+- every batch of BATCHES (32 .. 4,096) is swept: no stop when doubling stops paying, since under
+  the GPU-shaped and 8-device clocks (clocks.py) the largest batches are the ones that can win (a
+  sweep stored over fewer batches is extended, its runs kept, its timing passes redone);
 - the first run at a batch is capped at FIRST_CAP x the steps expected there (the neighbour's
   steps x sqrt(B_neighbour / B)), not at a fixed count, so one hopeless rate costs a bounded time
   (at the reference batch, where nothing is known yet, only MAX_SECONDS bounds it);
@@ -44,7 +45,7 @@ HERE = Path(__file__).parent
 STORE = HERE / "long_ground_truth.json"
 PILOT = HERE / "long_pilot.json"
 # 16 is left out: nearly twice the steps of 32 at nearly its step time, about the cost of the rest of the sweep
-BATCHES = (32, 64, 128, 256, 512, 1024)
+BATCHES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 FIRST_CAP = 4.0          # x the expected steps: the cap of a batch's first run
 MAX_STEPS = 400_000
 MAX_SECONDS = 1800.0     # training seconds of one run (nice'd, on a shared machine)
@@ -103,7 +104,9 @@ def ground_truth_task(name: str, store: dict, save, registry=LONG, batches=BATCH
     """Sweep, time and summarise one task; a task already summarised is left as it is."""
     task = registry[name]()
     if "summary" in store.get(name, {}):
-        return store[name]
+        if {str(b) for b in batches} <= set(store[name]["best_per_batch"]):
+            return store[name]
+        del store[name]["summary"]     # swept over fewer batches: extend it, keeping its runs
     t0, c0 = time.perf_counter(), time.process_time()
     print(f"[{name}] sweep {batches[0]}..{batches[-1]} ({task.n_train:,} examples, {task.optimizer}, "
           f"{task.target.describe(task.metric_name)})", flush=True)

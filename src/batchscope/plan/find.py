@@ -30,7 +30,7 @@ from ..errors import (FRACTION, INTEGER, POSITIVE_INT, POSITIVE_NUMBER, Batchsco
 from ..hardware import HardwareProfile, StepTimeModel
 from ..serialize import decode, fields_to_dict, to_jsonable, write_json
 from ..tasks import Task, load_task
-from ..train import Callback, HistoryPoint, TrainConfig, TrainContext, TrainResult, resolve_device, train
+from ..train import Callback, HistoryPoint, Run, TrainConfig, TrainContext, TrainResult, resolve_device, start_run
 from . import critical_batch, growth, recommend
 from .projection import Projection, loss_after, loss_at_metric, progress, project_examples
 
@@ -233,6 +233,7 @@ class Measurement:
     projection: Projection
     target: TargetLoss
     extension: Optional[dict] = None     # from_step, why, cap_steps: when the run went on past its minimum
+    live: Optional[Run] = None           # the run itself at its end: model, optimizer, sampler, RNG (forkable)
 
     def kept(self) -> dict:
         """What a failure after the run keeps."""
@@ -362,10 +363,11 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=EVAL_EVERY,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
     try:
-        run = train(task, cfg, [monitor, stop, *callbacks])
+        live = start_run(task, cfg, [monitor, stop, *callbacks])
+        run = live.result(live.loop())
     except BatchscopeError as e:
         raise e.keep(measuring_noise=[r._asdict() for r in monitor.raw])
-    m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension)
+    m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension, live)
     check_measurement(m, stop, measure_fraction, target or task.target.describe(task.metric_name))
     return m
 

@@ -190,10 +190,17 @@ def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch
     g = doc["tasks"][0]["clocks"]["gpu"]["arms"]
     assert g["warmup"]["seconds"] == pytest.approx(gpu_seconds(warm["path"]), rel=1e-9)
     assert g["seesaw"]["seconds"] == pytest.approx(gpu_seconds(saw["path"]), rel=1e-9)
-    adaptive_path = [(x[0], x[1], ratio[x[1]]) if len(x) == 3 else x for x in ad["path"]]
+    # a measured step on the GPU-shaped clock: two passes of B/2, each paying the fixed 4 ms
+    two_passes = lambda b: 2 * (0.004 + b / 2 * 0.004 / 1024) / (0.004 + b * 0.004 / 1024)  # noqa: E731
+    adaptive_path = [(x[0], x[1], two_passes(x[1])) if len(x) == 3 else x for x in ad["path"]]
     assert g["adaptive"]["seconds"] == pytest.approx(gpu_seconds(adaptive_path), rel=1e-9)
-    m = fd["measuring"]["steps"]   # the measuring run: m steps at 32, 4 ms + 0.125 ms each
-    assert g["find (incl. measuring)"]["seconds"] - g["find"]["seconds"] == pytest.approx(m * 0.004125, rel=1e-9)
+    m = fd["measuring"]["steps"]   # the measuring run: m steps at 32 in 8 passes of 4, 4 ms + 4 x 3.906 us each
+    assert fd["measuring"]["micro_batch"] == 4
+    assert g["find (incl. measuring)"]["seconds"] - g["find"]["seconds"] == pytest.approx(m * 8 * 0.004015625,
+                                                                                          rel=1e-9)
+    d = doc["tasks"][0]["clocks"]["dp8"]["arms"]      # across 8 devices a measured step is a plain one
+    assert d["find (incl. measuring)"]["seconds"] - d["find"]["seconds"] == pytest.approx(
+        m * clocks.data_parallel(long_judge.gradient_bytes(tiny_task().make_model())).step_seconds(32), rel=1e-9)
     summ = doc["summary"]["gpu"]
     best = doc["tasks"][0]["clocks"]["gpu"]["best"]
     assert summ["find_measuring"][0]["share_of_best_examples"] == pytest.approx(fd["measuring"]["examples"]

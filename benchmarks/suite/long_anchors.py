@@ -11,22 +11,19 @@ interpolated between evaluations as the ground truth's steps are. The arms, exac
   adaptive=AdaptiveConfig(profile=long_profiles/<task>.<clock>.json, max_batch=4096))`` to the
   target. Its path: the per-step batches as segments, the step in which the crossing falls charged
   for the part of it needed (as adaptive_vs_fixed.adaptive_seconds does). A measured step (split in
-  two micro-batches, the monitor's hooks on) is charged at clock(B) x r(B), r(B) = measured / plain
-  step time on this machine at B from one interleaved timing pass after the runs
-  (adaptive_vs_fixed.timing_pass, the pass the short suite's adaptive.py charges measured steps
-  from). On this machine's clock that is the short suite's own charge; on the stated clocks it
-  carries over the one measured figure of what measuring costs. A GPU's extra pass would cost about
-  its fixed part alpha, a larger share of a large-batch step than on this CPU, so there measuring is
-  if anything undercharged; the measuring cadence itself is the library's, set from this machine's
-  step times as the run goes.
+  two micro-batches, the monitor's hooks on) is charged, on this machine's clock, at clock(B) x r(B),
+  r(B) = measured / plain step time on this machine at B from one interleaved timing pass after the
+  runs (adaptive_vs_fixed.timing_pass, the short suite's own charge); on the GPU-shaped clock as two
+  passes, 2 t(B/2) (every pass pays the fixed 4 ms again); across 8 devices as a plain step (the
+  per-device gradients are the measurement). See :func:`measured_factor`. The measuring cadence
+  itself is the library's, set from this machine's step times as the run goes.
 - ``find``, per clock: ``find(task, profile=<that clock's profile>, max_batch=4096, seed=seed,
   ref_lr=<the ground truth's best rate at the reference batch 32>)`` -- the rate adaptive starts
   from, and what the short suite's run.py gives find -- then a fixed run at its recommendation
   (batch, rate, warm-up) to the target with the same seed. Two arms in the judge: ``find`` (the
   training run alone) and ``find (incl. measuring)`` (find's measuring run, its steps at its batch
-  charged on the clock as plain steps, then the training run; its eight micro-batches and hooks
-  are not charged, so that cost is a lower bound). The record keeps the recommendation and the
-  measuring run's steps, examples and seconds on this machine.
+  in its micro-batches, charged by :func:`measured_factor`, then the training run). The record keeps
+  the recommendation and the measuring run's steps, examples and seconds on this machine.
 - ``warmup`` and ``seesaw``: one batch path, batch 32 for 500 steps (16,000 examples), then the
   batch doubles each time the examples seen double (at 16k, 32k, 64k, ...: 250 steps per stage),
   up to the clock's best fixed batch in the ground truth (a cap chosen with hindsight; clocks with
@@ -356,6 +353,25 @@ def find_details(recs: list[dict]) -> dict:
             "recommendations": [[r["recommendation"]["batch"], r["recommendation"]["lr"]] for r in ok]}
 
 
+ADAPTIVE_PASSES = 2      # an adaptive run's measured step: two micro-batches (adapt.policy)
+
+
+def measured_factor(clock, batch: int, passes: int, cpu_ratio: Optional[float] = None) -> float:
+    """What a measured step costs, as a multiple of a plain step of ``batch`` on ``clock``.
+
+    A measured step runs ``passes`` micro-batches of batch / passes, and every pass pays the device's
+    fixed cost again (hardware.StepTimeModel.seconds(b, accumulation)): passes x t(B / passes) / t(B),
+    the charge on the GPU-shaped clock, and on this machine's unless its own measured / plain ratio at B
+    (``cpu_ratio``, which also holds the hooks' cost) is given. Across 8 devices the per-device
+    gradients are the measurement (the data-parallel estimator): no extra pass, factor 1.
+    """
+    if clock.name.startswith("dp") or passes <= 1:
+        return 1.0
+    if clock.name.startswith("cpu") and cpu_ratio is not None:
+        return cpu_ratio
+    return passes * clock.step_seconds(batch / passes) / clock.step_seconds(batch)
+
+
 def stored_arms(runs: dict, gt: dict, b0: int = START_BATCH, steps0: int = START_STEPS) -> dict:
     """The anchors' arms for long_judge.py, read from the stored runs (nothing is trained): adaptive, find,
     find (incl. measuring), warmup, seesaw; a task, clock or seed without its run raises NotRun."""
@@ -374,13 +390,18 @@ def stored_arms(runs: dict, gt: dict, b0: int = START_BATCH, steps0: int = START
         ratio = runs.get("_timing", {}).get(task.name, {})
         if any(len(seg) > 2 and str(seg[1]) not in ratio for seg in rec["path"]):
             raise J.NotRun(f"adaptive on {task.name}: a batch it measured at has no measured/plain timing yet")
-        return [(seg[0], seg[1], ratio[str(seg[1])]["ratio"]) if len(seg) > 2 else tuple(seg) for seg in rec["path"]]
+        return [(seg[0], seg[1], measured_factor(clock, seg[1], ADAPTIVE_PASSES, ratio[str(seg[1])]["ratio"]))
+                if len(seg) > 2 else tuple(seg) for seg in rec["path"]]
 
     def find_arm(measuring: bool):
         def arm(task, seed, clock):
             rec = record("find", task, clock.name, seed)
-            return [tuple(x) for x in (rec["measuring_path"] if measuring else []) + rec["path"]] \
-                if rec["reached"] else None
+            if not rec["reached"]:
+                return None
+            m = rec["measuring"]
+            passes = m["batch"] // m["micro_batch"] if m.get("micro_batch") else 1
+            head = [(m["steps"], m["batch"], measured_factor(clock, m["batch"], passes))] if measuring else []
+            return head + [tuple(x) for x in rec["path"]]
         arm.details = lambda task, seeds, clock: find_details([record("find", task, clock.name, s) for s in seeds])
         return arm
 

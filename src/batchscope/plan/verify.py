@@ -19,6 +19,7 @@ rate, then short branches forked from the measuring run's end state.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import TYPE_CHECKING, Optional
 
@@ -59,6 +60,15 @@ class _Forward(nn.Module):
         return forward(self.model, inputs)
 
 
+def _math_attention():
+    """Attention by its plain formula while λ_max is measured: the fused kernels have no double backward."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # an older torch
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def measure_stability(task: Task, m: "Measurement", seed: int = 0, batch: int = SHARPNESS_BATCH) -> dict:
     """λ_max at the measuring run's end and the bound and cap it sets (inf: no bound), as JSON-ready numbers.
 
@@ -79,12 +89,14 @@ def measure_stability(task: Task, m: "Measurement", seed: int = 0, batch: int = 
     inputs, targets = split_batch(to_device(take(task.train_data, idx), run.ctx.device))
     devices = [run.ctx.device] if run.ctx.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), _math_attention():
             s = sharpness(_Forward(run.ctx.model), lambda out, y: loss_of(task, out, y), inputs, targets,
                           iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
-    except ValueError as e:
+    except (ValueError, RuntimeError) as e:   # a non-finite loss; an operation without a double backward
+        first = (str(e).strip().splitlines() or [""])[0]
         return {**base, "bound": math.inf, "cap": math.inf, "capped": False, "examples": n,
-                "how": f"lambda_max not measured ({e}): no bound"}
+                "how": f"lambda_max not measured ({type(e).__name__}: {first}): no bound; the branch check guards "
+                       "the rate"}
     lam = s.value + wd                                   # weight decay adds wd to every eigenvalue
     bound = sgd_stability_bound(lam, momentum, nesterov)
     formula = "2(1+mu)/((1+2mu) lambda)" if nesterov else "2(1+mu)/lambda"

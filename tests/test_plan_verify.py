@@ -80,11 +80,22 @@ def test_the_branch_that_reaches_a_clearly_lower_loss_in_the_same_time_wins():
 
 def test_branches_within_two_standard_errors_are_a_tie_and_the_prediction_stands():
     pred = fig("predicted", 64, 0.1, zigzag(0.50, 16, amp=0.02))
-    lower = fig("lr/2", 64, 0.05, zigzag(0.49, 16, amp=0.02))       # 0.01 lower; 2 se of the difference = 0.04
+    higher = fig("2 lr", 64, 0.2, zigzag(0.49, 16, amp=0.02))       # 0.01 lower; 2 se of the difference ~0.04
+    v = bc.decide([pred, higher], predicted_batch=64)
+    assert v.winner is pred and not v.separated and v.tied == ["2 lr"]
+    assert (pred.status, higher.status) == ("winner", "tie")
+    assert "kept: the branches cannot separate it from 2 lr" in v.why
+
+
+def test_a_lower_rate_at_the_same_batch_is_not_taken_for_its_short_horizon_lead():
+    pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
+    lower = fig("lr/2", 64, 0.05, zigzag(0.6, 16))                  # clearly lower, as short branches favour
     v = bc.decide([pred, lower], predicted_batch=64)
-    assert v.winner is pred and not v.separated and v.tied == ["lr/2"]
-    assert (pred.status, lower.status) == ("winner", "tie")
-    assert "kept: the branches cannot separate it from lr/2" in v.why
+    assert v.winner is pred and not v.separated and v.tied == []
+    assert (pred.status, lower.status) == ("winner", "lower, short horizon")
+    assert v.why == ("predicted (B=64, lr 0.1) confirmed: its loss is more than 2 standard errors below every "
+                     "rival's; lr/2 reached a lower loss at a lower rate, which short branches favour (short-horizon "
+                     "bias): not taken")
 
 
 def test_a_spiking_branch_is_ruled_out_and_the_next_lower_rate_is_checked():
@@ -154,7 +165,7 @@ def test_the_check_lists_every_branch_and_leaves_the_measuring_run_as_it_was():
     for x in v["branches"]:
         assert x["examples"] == v["examples_per_branch"] == x["steps"] * x["batch"]
         assert {"start_loss", "end_loss", "seconds", "modelled_seconds", "eval_loss", "status"} <= set(x)
-        assert x["status"] in ("winner", "tie", "behind") or x["status"].startswith("ruled out")
+        assert x["status"] in ("winner", "tie", "behind", "lower, short horizon") or x["status"].startswith("ruled")
     assert sum(x["status"] == "winner" for x in v["branches"]) == 1
     assert v["cost"]["examples"] == sum(x["examples"] for x in v["branches"])
     assert v["cost"]["share_of_measuring"]["examples"] == pytest.approx(v["cost"]["examples"] / m.run.examples)

@@ -22,7 +22,8 @@ The rules (docs/design.md, "Checking the recommendation"):
   mean of its per-step training losses over the last quarter of the steps it had made by then, with a
   standard error from its per-step noise (:func:`loss_at`). The lowest loss wins when it beats the
   prediction by more than :data:`K_SE` standard errors of the difference; otherwise the two cannot be
-  separated and the prediction stands (:func:`decide`).
+  separated and the prediction stands (:func:`decide`). A lower rate at the prediction's batch is a
+  fallback for a rate ruled out, not a rival (short branches favour lower rates).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class Figures:
     seconds: float = 0.0              # seconds it really took here
     eval_loss: Optional[float] = None
     diverged: str = ""                # the loop's own divergence message ('' if none)
-    status: str = ""                  # filled by decide(): 'winner', 'tie', 'behind', 'ruled out: ...'
+    status: str = ""                  # filled by decide(): winner, tie, behind, lower, short horizon, ruled out: ...
     loss: Optional[float] = None      # filled by decide(): loss reached at the common time
     se: Optional[float] = None
     compared_steps: Optional[int] = None
@@ -231,8 +232,10 @@ def default_of(viable: Sequence[Figures], predicted_batch: int) -> Optional[Figu
 def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Optional[Verdict]:
     """Rule out the spiking branches, compare the others at a common time, pick the winner.
 
-    None when every branch was ruled out. Fills each figure's ``status``, ``loss``, ``se`` and
-    ``compared_steps``.
+    A lower rate at the default's batch (lr/2, a retry) is a fallback for a rate ruled out, not a rival:
+    over a short branch a lower rate reaches a lower loss sooner whatever it does later (the short-horizon
+    bias, Wu et al. 2018), so its lower loss is reported and not taken. None when every branch was ruled
+    out. Fills each figure's ``status``, ``loss``, ``se`` and ``compared_steps``.
     """
     for f in figs:
         why = spike(f)
@@ -243,27 +246,33 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
     common = min(f.modelled_seconds for f in viable)
     for f in viable:
         f.loss, f.se, f.compared_steps = loss_at(f, common)
-    best = min(viable, key=lambda f: f.loss)
     default = default_of(viable, predicted_batch)
+    rivals = [f for f in viable if not (f.batch == default.batch and f.lr < default.lr)]
+    best = min(rivals, key=lambda f: f.loss)
 
     def apart(a: Figures, b: Figures) -> bool:
+        """a's loss lies more than k standard errors of the difference below b's."""
         return b.loss - a.loss > k * math.hypot(a.se, b.se)
 
     separated = best is not default and apart(best, default)
     winner = best if separated else default
-    tied = [f.label for f in viable if f is not winner and not apart(winner, f)]
+    tied = [f.label for f in viable if f is not winner and not apart(winner, f) and not apart(f, winner)]
+    shorter = [f.label for f in viable if f not in rivals and apart(f, winner)]
     for f in viable:
-        f.status = "winner" if f is winner else ("tie" if f.label in tied else "behind")
+        f.status = ("winner" if f is winner else "tie" if f.label in tied
+                    else "lower, short horizon" if f.label in shorter else "behind")
+    name = f"{winner.label} (B={winner.batch}, lr {winner.lr:.4g})"
     if separated:
-        why = (f"{winner.label} (B={winner.batch}, lr {winner.lr:.4g}) reached loss {winner.loss:.4g} against "
-               f"{default.loss:.4g} for {default.label} at the same modelled time, more than {k:g} standard errors "
-               f"apart: the measured winner is recommended")
+        why = (f"{name} reached loss {winner.loss:.4g} against {default.loss:.4g} for {default.label} at the same "
+               f"modelled time, more than {k:g} standard errors apart: the measured winner is recommended")
     elif tied:
-        why = (f"{default.label} (B={default.batch}, lr {default.lr:.4g}) kept: the branches cannot separate it from "
-               f"{', '.join(tied)} (loss within {k:g} standard errors at the same modelled time)")
+        why = (f"{name} kept: the branches cannot separate it from {', '.join(tied)} (loss within {k:g} standard "
+               f"errors at the same modelled time)")
     else:
-        why = (f"{default.label} (B={default.batch}, lr {default.lr:.4g}) confirmed: it reached the lowest loss, "
-               f"more than {k:g} standard errors below every other branch")
+        why = f"{name} confirmed: its loss is more than {k:g} standard errors below every rival's"
+    if shorter:
+        why += (f"; {', '.join(shorter)} reached a lower loss at a lower rate, which short branches favour "
+                "(short-horizon bias): not taken")
     return Verdict(winner, default, separated, tied, common, why)
 
 

@@ -187,6 +187,8 @@ def test_find_writes_the_check_in_its_json_and_skips_the_branches_when_asked():
     off = find(task, profile=profile, verify=False).recommendation
     assert off.verification == {"enabled": False, "predicted": off.verification["predicted"]}
     assert off.batch_size == off.verification["predicted"]["batch"]
+    # the check starts from what --no-verify gives: the measuring run, the fit and the bound come first
+    assert off.verification["predicted"] == pytest.approx(doc["verification"]["predicted"])
 
 
 def test_adam_has_no_bound_and_says_the_branches_guard_it():

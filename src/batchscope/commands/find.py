@@ -85,11 +85,14 @@ NEAR = 2                  # candidates shown either side of the choice (--verbos
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="write a Markdown report with PNG plots (and find.json) to this directory")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
+@click.option("--no-verify", "no_verify", is_flag=True,
+              help="skip the branch check (short runs forked from the measuring run's end that test the choice "
+                   "against B/2, 2B, lr/2 and 2 lr); the SGD stability bound still caps the rate")
 @click.option("--verbose", "-v", is_flag=True, help="print every candidate, the schedule's table and the calibration")
 @json_option
 def command(task_spec, objective, measure_fraction, target_epochs, profile_path, max_batch, devices, link, per_node,
             network, bandwidth, latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, memory_budget, seed, amp,
-            device, report_dir, out, verbose, as_json) -> None:
+            device, report_dir, out, no_verify, verbose, as_json) -> None:
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
@@ -115,7 +118,7 @@ def command(task_spec, objective, measure_fraction, target_epochs, profile_path,
                       max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
                       memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma, target_epochs=target_epochs,
                       cluster=cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency),
-                      callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
+                      callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")], verify=not no_verify)
     doc = result.to_dict()
     doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
     outputs = Outputs()
@@ -149,8 +152,31 @@ def schedule_line(schedule: list, chosen: int) -> str:
     return "growth schedule (batch as the training loss falls): " + ", then ".join(stages) + (f"; {end}" if end else "")
 
 
+def _print_branches(console, v: dict) -> None:
+    """The branch check: one row per branch, what was ruled out and why, the verdict and the cost."""
+    if not v.get("enabled"):
+        console.print("branch check: off (--no-verify); the recommendation is the model's prediction, unchecked")
+        return
+    c = v["cost"]
+    title = (f"branch check: {c['branches']} branches x {v['examples_per_branch']:,} examples from step "
+             f"{v['from_step']} ({c['share_of_measuring']['examples']:.2g}x the measuring run's examples, "
+             f"{c['seconds']:.2g} s here); loss at {(v['common_seconds'] or 0) * 1e3:.3g} ms of the profile's time")
+    def g3(x):
+        return None if x is None else float(f"{x:.3g}")
+
+    rows = [(("> " if b["status"] == "winner" else "") + b["label"], b["batch"], g3(b["lr"]), b["steps"],
+             g3(b["loss"]), g3(b["se"]), g3(b["eval_loss"]), b["status"].split(":")[0]) for b in v["branches"]]
+    console.print(make_table(title, ["branch", "batch", "lr", "steps", "loss at t", "+-", "eval loss", "status"],
+                             rows))
+    for b in v["branches"]:
+        if b["status"].startswith("ruled out"):
+            console.print(f"{b['label']} (B={b['batch']}, lr {b['lr']:.4g}) {b['status']}")
+    console.print(f"branch check: {v['verdict']}")
+
+
 def _print(console, task, result, verbose: bool = False) -> None:
     from ..plan.find import micro_batch_limit_reason
+    from ..plan.verify import stability_words
 
     r, m = result.recommendation, result.measuring
     p, bc = result.profile, r.b_crit
@@ -168,6 +194,9 @@ def _print(console, task, result, verbose: bool = False) -> None:
         ("measuring run", f"{m['steps']} steps at B={m['batch_size']} on {m.get('device')} = "
                           f"{m['fraction_of_projected_run']:.1%} of the projected run ({m['stopped_because']})"),
     ]
+    stability = stability_words(r)
+    if stability:
+        rows.append(("rate stability", stability))
     if verbose:
         bs = r.b_simple_at_target
         rows.append(("B_simple at the target", f"{bs['value']:.3g}  ({bs['low']:.3g}-{bs['high']:.3g}) at training "
@@ -182,6 +211,7 @@ def _print(console, task, result, verbose: bool = False) -> None:
                                f"{c['micro_batch']} x {c['accumulation']}", round(c["steps"]), round(c["examples"]),
                                c["seconds"], c["relative_time"], c["relative_compute"]) for c in shown]))
     console.print(schedule_line(r.schedule, r.batch_size))
+    _print_branches(console, r.verification)
     if verbose:
         console.print(f"calibration: {bc['calibration']}")
         for c in r.constraints:

@@ -32,6 +32,7 @@ from ..serialize import decode, fields_to_dict, to_jsonable, write_json
 from ..tasks import Task, load_task
 from ..train import Callback, HistoryPoint, Run, TrainConfig, TrainContext, TrainResult, resolve_device, start_run
 from . import critical_batch, growth, recommend
+from .verify import check as verify_check
 from .projection import Projection, loss_after, loss_at_metric, progress, project_examples
 
 if TYPE_CHECKING:
@@ -283,7 +284,7 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,
          amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0,
-         target_epochs: Optional[float] = None, progress=None) -> FindResult:
+         target_epochs: Optional[float] = None, progress=None, verify: bool = True) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
 
     ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`,
@@ -300,6 +301,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     ``device``. A failure after the hardware was profiled carries what was measured in ``error.measured``.
     ``progress``: called as ``progress(stage, done, total, info)`` while the hardware is profiled
     (see :func:`profile_hardware`); the measuring run reports through ``callbacks``.
+    ``verify``: check the recommendation by short branches forked from the measuring run's end
+    (:mod:`batchscope.plan.verify`; False skips them). For SGD the stability bound caps the rates either way.
     """
     task = load_task(task)
     b_ref = _validate(task, objective=objective, measure_fraction=measure_fraction, devices=devices,
@@ -325,10 +328,14 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
             noise = fit_noise(m, n_windows, seed)
         except FindError as e:
             raise e.keep(**m.kept())
-        return recommend_for(task, profile, m, noise, objective=objective, measure_fraction=measure_fraction,
-                             max_batch=max_batch, devices=devices, seconds=seconds,
-                             sync=sync_constraints(task, devices, cluster, gamma),
-                             target=target_words(task, target_epochs))
+        result = recommend_for(task, profile, m, noise, objective=objective, measure_fraction=measure_fraction,
+                               max_batch=max_batch, devices=devices, seconds=seconds,
+                               sync=sync_constraints(task, devices, cluster, gamma),
+                               target=target_words(task, target_epochs))
+        t0 = time.perf_counter()
+        verify_check(result, m, task, profile, seed=seed, verify=verify)
+        seconds["verify"] = time.perf_counter() - t0
+        return result
     except BatchscopeError as e:
         raise e.keep(profile=profile.to_dict())
 

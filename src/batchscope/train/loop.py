@@ -244,6 +244,7 @@ class Run:
         """
         twin = self.fork(policy)
         ctx, start_step, start_examples, start_seconds = twin.ctx, twin.ctx.step, twin.ctx.examples, twin.ctx.seconds
+        ctx.stop, ctx.stop_reason = False, ""   # a run stopped by a callback still branches
         twin.stop_at_examples, twin.next_eval = start_examples + examples, math.inf
         losses, sizes, diverged = [], [], ""
         with twin._own_rng():

@@ -13,6 +13,7 @@ from torch.utils.data import TensorDataset
 
 from batchscope import Target, Task, TrainConfig, train
 from batchscope.errors import DivergedError
+from batchscope.noise.hessian import STABILITY_FRACTION
 from batchscope.plan import branch_check as bc
 from batchscope.plan.branch_check import Figures, Setting
 from batchscope.plan.find import find, fit_noise, measure, recommend_for
@@ -38,9 +39,10 @@ def test_budget_is_a_share_of_the_predicted_run_with_a_floor_in_whole_steps_of_t
     assert bc.branch_examples(10_000, 256, share=0.5, min_steps=1) == 5120   # 5,000 rounded up to 20 x 256
 
 
-def test_the_stability_cap_is_half_the_bound_and_never_below_the_reference_rate():
-    assert bc.stability_cap(1.0, 0.1) == 0.5
-    assert bc.stability_cap(0.1, 0.08) == 0.08                   # the measuring run trained at 0.08
+def test_the_stability_cap_is_a_share_of_the_bound_and_never_below_the_reference_rate():
+    assert bc.SAFETY == STABILITY_FRACTION == 0.9
+    assert bc.stability_cap(1.0, 0.1) == pytest.approx(0.9)
+    assert bc.stability_cap(0.05, 0.08) == 0.08                  # the measuring run trained at 0.08
     assert bc.stability_cap(math.inf, 0.1) == math.inf           # Adam: no bound
 
 
@@ -209,13 +211,13 @@ def least_squares(scale=2.0, n=512, d=5):
     return task, float(torch.linalg.eigvalsh(2 * x.T @ x / n).max())
 
 
-def test_a_rule_rate_far_above_two_over_lambda_max_is_capped_at_half_the_bound():
+def test_a_rule_rate_far_above_two_over_lambda_max_is_capped_below_the_bound():
     task, lam = least_squares()
     r = find(task, profile=fake_profile(task, alpha=1e-3, beta=1e-6)).recommendation
     s, v = r.evidence["stability"], r.verification
     # the 512 training examples are the whole set: lambda_max is the exact one (power iteration from below)
     assert s["examples"] == 512 and s["converged"] and s["lambda_max"] == pytest.approx(lam, rel=5e-3)
-    assert s["bound"] == pytest.approx(2 / lam, rel=5e-3) and s["cap"] == pytest.approx(1 / lam, rel=5e-3)
+    assert s["bound"] == pytest.approx(2 / lam, rel=5e-3) and s["cap"] == pytest.approx(0.9 * 2 / lam, rel=5e-3)
     uncapped = v["predicted"]["uncapped_lr"]
     assert uncapped > 1.5 * 2 / lam                                 # the rule alone asks for 1.5x the bound
     assert s["capped"] and r.lr == pytest.approx(s["cap"]) and all(x["lr"] <= s["cap"] for x in v["branches"])

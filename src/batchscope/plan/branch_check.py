@@ -32,12 +32,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
+from ..noise.hessian import STABILITY_FRACTION
+
 BRANCH_SHARE = 0.008      # examples per branch, as a share of the recommended run's predicted examples
 MIN_BRANCH_STEPS = 8      # steps of the largest batch branched, at least
 SPIKE = 1.5               # a smoothed loss above this multiple of its start rules the rate out
 K_SE = 2.0                # standard errors of the difference that separate two branches
 MAX_RETRIES = 2           # lower rates checked at one batch after every rate there was ruled out
-SAFETY = 0.5              # the stability cap: this share of the SGD stability bound
+SAFETY = STABILITY_FRACTION   # the stability cap: this share of the SGD stability bound (shared with adapt)
 SMOOTH_MIN, SMOOTH_MAX = 2, 20   # steps of the trailing mean that smooths a branch's losses
 
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from ..adapt import DEFAULT_EVERY, AdaptiveConfig  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
-from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
+from .batching import BatchPlan, RealStepClock, set_loader_batch_size  # noqa: E402
 from .finding import check_find_kwargs, check_target, progress_wanted, run_find  # noqa: E402
 from .microbatches import leading_size, measurable, measure_in_halves, one_pass  # noqa: E402
 from .scalars import noise_scalars  # noqa: E402
@@ -262,6 +262,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         self._lr_used = float("nan")
         self._hook = None
         self._yours: Optional[tuple[int, int]] = None   # (accumulate_grad_batches, micro-batch) before the fit
+        self.clock = RealStepClock()
 
     def _tracks_every_step(self) -> bool:
         return True   # every step's examples set its learning rate
@@ -282,6 +283,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             self._plan_state = None
         self._apply(trainer)
         self._hook = optimizer.register_step_post_hook(self._restore_lr)
+        self.clock.forget()
 
     def _apply(self, trainer) -> None:
         set_loader_batch_size(trainer.train_dataloader, self.plan.micro_batch)
@@ -313,6 +315,13 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         super().on_train_epoch_start(trainer, pl_module)
         self.plan.apply_if_aligned(0)
         self._apply(trainer)
+        self.clock.forget()             # the epoch's first step starts the data loader again
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.clock.restart()            # a validation is not a step's cost
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.clock.restart()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._examples = sum(s or 0 for s in self._sizes) * trainer.world_size
@@ -333,6 +342,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             return
         self._base_lrs = None
         plan = self.plan
+        plan.step_seconds(self.clock.lap())
         plan.after_step(len(plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
                         consumed=batch_idx + 1)
         self._apply(trainer)

@@ -187,6 +187,7 @@ class FindResult:
     step_time: dict = field(default_factory=dict)    # the real steps against the grid, and what was added
     checkpoint: dict = field(default_factory=dict)   # where the measuring run's state was saved (save_checkpoint)
     live: Optional[Run] = field(default=None, repr=False, compare=False)   # that run, at its end (not saved)
+    source: Optional[str] = field(default=None, repr=False, compare=False)  # the file it was loaded from
 
     def to_dict(self) -> dict:
         """The recommendation's fields at the top level, then the evidence (the JSON users read)."""
@@ -215,7 +216,11 @@ class FindResult:
 
         if checkpoint and self.live is not None:
             self.save_checkpoint(checkpoint_path(path), relative_to=Path(path).parent)
-        return write_json(path, {"schema": FIND_SCHEMA, **self.to_dict()})
+        doc = {"schema": FIND_SCHEMA, **self.to_dict()}
+        if self.live is None and self.checkpoint and self.source:   # loaded: its state stays where it lies
+            where = Path(self.source).parent / self.checkpoint["path"]
+            doc["checkpoint"] = {**doc["checkpoint"], "path": os.path.relpath(where, Path(path).parent)}
+        return write_json(path, doc)
 
     def save_checkpoint(self, path: "str | Path", relative_to: "str | Path | None" = None) -> dict:
         """Write the measuring run's whole state (model, optimizer, data order, RNG, counters, history) to
@@ -238,7 +243,9 @@ class FindResult:
 
         doc = read_find_document(path)
         try:
-            return cls.from_dict(doc)
+            result = cls.from_dict(doc)
+            result.source = str(path)
+            return result
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -465,7 +472,8 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
         run = live.result(stopped)
     except BatchscopeError as e:
         raise e.keep(measuring_noise=[r._asdict() for r in monitor.raw])
-    timing = {"steps": ctx.step - at_stop[0], "examples": ctx.examples - at_stop[1], "seconds": ctx.seconds - at_stop[2]}
+    timing = {"steps": ctx.step - at_stop[0], "examples": ctx.examples - at_stop[1],
+              "seconds": ctx.seconds - at_stop[2]}
     # the noise measurement as of its budget stop (what the projection and the calibration mean); the
     # timed steps after it are counted in `timing` and in the run's state
     run = replace(run, steps=at_stop[0], examples=at_stop[1], seconds=at_stop[2])

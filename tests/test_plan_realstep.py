@@ -12,7 +12,7 @@ from batchscope.cli import cli
 from batchscope.data import IndexStream
 from batchscope.errors import ConfigError
 from batchscope.hardware import StepTimeModel, cpu_facts
-from batchscope.hardware.realstep import fit_overhead, same_device
+from batchscope.hardware.realstep import TimedSteps, fit_overhead, same_device
 from batchscope.plan.devices import DataParallelStep
 from batchscope.plan.find import FindResult, checkpoint_path, find
 from batchscope.tasks import load_task
@@ -74,10 +74,10 @@ def test_find_adds_the_real_steps_cost_and_recommends_a_larger_batch_for_it():
     slow = find(task, profile=here_profile(task, alpha=2e-5, beta=1e-6), callbacks=[Sleep()])
     for r in (plain, slow):
         st = r.step_time
-        assert (st["batch_size"], st["micro_batch"], st["accumulation"]) == (32, 4, 8) and st["added"]
+        assert (st["batch_size"], st["micro_batch"], st["accumulation"]) == (32, 32, 1) and st["added"]
         model = StepTimeModel.from_profile(r.profile).with_overhead(st["added_seconds"])
-        # the step-time model recommended with predicts the measured step at the measured layout
-        assert model.seconds(4, 8) == pytest.approx(st["measured_seconds"], rel=1e-9)
+        # the step-time model recommended with predicts the measured step at the timed layout (one pass)
+        assert model.seconds(32) == pytest.approx(st["measured_seconds"], rel=1e-9)
         assert r.recommendation.evidence["step_overhead"] == st["added_seconds"]
     # the sleep is in every timed step: at least its 5 ms over what the plain run's steps cost
     assert slow.step_time["overhead_seconds"] - plain.step_time["overhead_seconds"] > 0.0045
@@ -93,6 +93,18 @@ def test_a_profile_of_another_device_gets_no_overhead_unless_one_is_stated():
     stated = find(task, profile=fake_profile(task, alpha=2e-5, beta=1e-6), step_overhead=0.01)
     assert stated.step_time["added"] and stated.recommendation.evidence["step_overhead"] == 0.01
     assert stated.recommendation.batch_size > r.recommendation.batch_size
+
+
+def test_find_fits_the_steps_of_your_own_loop_when_given_them():
+    task = blobs_task()
+    grid = StepTimeModel.from_profile(here_profile(task, alpha=2e-5, beta=1e-6))
+    timed = TimedSteps(16, 2, (1.0, 1.0) + (grid.seconds(16, 2) + 0.004,) * 5, "a framework's steps")
+    r = find(task, profile=here_profile(task, alpha=2e-5, beta=1e-6), timed_steps=timed)
+    st = r.step_time
+    assert (st["micro_batch"], st["accumulation"], st["source"]) == (16, 2, "a framework's steps")
+    assert st["added_seconds"] == pytest.approx(0.004) and st["steps"] == 5
+    with pytest.raises(ConfigError, match="The 'timed_steps' parameter of find must be a"):
+        find(task, profile=here_profile(task), timed_steps=[0.1, 0.2, 0.3])
 
 
 def test_a_stream_continued_at_another_batch_goes_on_from_the_example_it_stopped_at():

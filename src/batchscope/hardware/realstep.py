@@ -34,6 +34,17 @@ WARMUP_STEPS = 2      # real steps at a new layout that are not timed (allocator
 
 
 @dataclass(frozen=True)
+class TimedSteps:
+    """Wall seconds of consecutive real optimizer steps of one's own loop (a framework's, say) at one
+    layout, in the order run (warm-up included): what ``find(timed_steps=...)`` fits the overhead on."""
+
+    micro_batch: int
+    accumulation: int
+    seconds: tuple
+    source: str = "your loop"
+
+
+@dataclass(frozen=True)
 class StepOverhead:
     """The real steps at one layout against the grid's prediction there (seconds)."""
 

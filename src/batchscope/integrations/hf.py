@@ -453,7 +453,8 @@ def task_from_trainer(trainer: "transformers.Trainer", *, target, name: Optional
                       target=target, description=f"{type(model).__name__} from a transformers Trainer")
 
 
-def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = None, **find_kwargs):
+def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = None, time_trainer: bool = True,
+         **find_kwargs):
     """batchscope's recommendation for the model and data of a ``Trainer`` (before or instead of ``train()``).
 
     target: the loss to reach, the model's own ``loss`` output on ``eval_dataset`` (as the Trainer's
@@ -463,12 +464,22 @@ def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = 
     checked before any work. progress: lines on stderr as the CLI prints them (None: when stderr is
     a terminal). Returns its FindResult (``result.save(path)``; give it, or the path, to
     :class:`AdaptiveBatchCallback`).
+
+    time_trainer: first time a few optimizer steps of a copy of the Trainer
+    (:func:`~batchscope.integrations.hf_timing.trainer_step_times`), so the per-step cost of the
+    Trainer itself (data loader, clipping, scheduler, logging) joins the step-time model the
+    recommendation is made with (``result.step_time``); unless ``timed_steps`` or ``step_overhead``
+    is given.
     """
     where = "batchscope.integrations.hf.find"
     check_target(target, where)
     check_find_kwargs(find_kwargs, where)
     progress_wanted(progress)
     task = task_from_trainer(trainer, target=target)
+    if time_trainer and find_kwargs.get("timed_steps") is None and find_kwargs.get("step_overhead") is None:
+        from .hf_timing import trainer_step_times
+
+        find_kwargs = {**find_kwargs, "timed_steps": trainer_step_times(trainer, find_kwargs.get("device", "cpu"))}
     split = "eval_dataset" if task.val_data is not None else "train_dataset (no eval_dataset)"
     return run_find(task, find_kwargs, progress, target_note=f"its loss is the model's own loss output on {split}")
 

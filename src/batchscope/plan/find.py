@@ -61,6 +61,11 @@ PARAMETERS = {
     "step_overhead": optional(Rule("a finite number of seconds >= 0 (the per-step cost the profile misses)",
                                    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
                                    and 0 <= v < math.inf)),
+    "timed_steps": optional(Rule(
+        f"a batchscope.hardware.realstep.TimedSteps with a positive micro_batch and accumulation and more than "
+        f"{realstep.WARMUP_STEPS} step times", lambda v: isinstance(v, realstep.TimedSteps)
+        and all(isinstance(n, int) and n > 0 for n in (v.micro_batch, v.accumulation))
+        and len(v.seconds) > realstep.WARMUP_STEPS)),
 }
 
 
@@ -286,17 +291,20 @@ class CycleClock(Callback):
         self._last = time.perf_counter()     # the evaluation (and its hooks) is not a step's cost
 
 
-def time_real_steps(live: Run, leave_out: list, steps: int = TIMING_STEPS,
+def time_real_steps(live: Run, leave_out: list, micro_batch: int, steps: int = TIMING_STEPS,
                     warmup: int = realstep.WARMUP_STEPS) -> list[float]:
-    """Seconds of ``warmup + steps`` more steps of ``live``, each timed whole (data, passes, update and the
-    remaining callbacks' hooks), with the callbacks in ``leave_out`` (the measurement's own) off.
+    """Seconds of ``warmup + steps`` more steps of ``live`` in passes of ``micro_batch``, each timed whole
+    (data, passes, update and the remaining callbacks' hooks), with the callbacks in ``leave_out`` (the
+    measurement's own) off.
 
-    The steps are training like any other: they count in the run's counters and its saved state.
+    The steps are training like any other (the same batch and gradient in fewer passes): they count in
+    the run's counters and its saved state. The run's own micro-batch is back afterwards.
     """
-    ctx = live.ctx
+    ctx, policy = live.ctx, live.policy
     ctx.stop, ctx.stop_reason = False, ""            # the run goes on from where its budget stopped it
     own = {id(cb) for cb in leave_out}
     kept, live.callbacks = live.callbacks, [cb for cb in live.callbacks if id(cb) not in own]
+    kept_micro, policy.micro_batch = policy.micro_batch, micro_batch
     times = []
     try:
         for _ in range(warmup + steps):
@@ -304,7 +312,7 @@ def time_real_steps(live: Run, leave_out: list, steps: int = TIMING_STEPS,
             live.step()
             times.append(time.perf_counter() - t0)
     finally:
-        live.callbacks = kept
+        live.callbacks, policy.micro_batch = kept, kept_micro
     return times
 
 
@@ -374,7 +382,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,
          amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0,
-         target_epochs: Optional[float] = None, progress=None, step_overhead: Optional[float] = None) -> FindResult:
+         target_epochs: Optional[float] = None, progress=None, step_overhead: Optional[float] = None,
+         timed_steps: Optional[realstep.TimedSteps] = None) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
 
     ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`,
@@ -392,16 +401,15 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     ``progress``: called as ``progress(stage, done, total, info)`` while the hardware is profiled
     (see :func:`profile_hardware`); the measuring run reports through ``callbacks``.
 
-    Real steps: after its budget the measuring run trains :data:`TIMING_STEPS` more steps without the
-    noise monitor, each timed whole (data, passes, update, ``callbacks``); the per-step cost they show
-    beyond the profile's grid (:func:`~batchscope.hardware.realstep.fit_overhead`) is added to every
-    candidate's step when the profile is of this device (same type and name), and only reported
-    otherwise. ``step_overhead``: seconds per step to add instead, for the hardware planned for (0: none).
+    Real steps (:func:`real_step_time`): the per-step cost of :data:`TIMING_STEPS` whole steps after the
+    measuring run (or of ``timed_steps``, your own loop's) beyond the profile's grid is added to every
+    candidate's step when the profile is of this device; ``step_overhead``: seconds to add instead.
     """
     task = load_task(task)
     b_ref = _validate(task, objective=objective, measure_fraction=measure_fraction, devices=devices,
                       max_batch=max_batch, ref_batch=ref_batch, ref_lr=ref_lr, target_epochs=target_epochs,
-                      seed=seed, n_windows=n_windows, gamma=gamma, step_overhead=step_overhead)
+                      seed=seed, n_windows=n_windows, gamma=gamma, step_overhead=step_overhead,
+                      timed_steps=timed_steps)
     t0 = time.perf_counter()
     if profile is None:
         from ..hardware import profile_hardware
@@ -416,9 +424,10 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     try:
         t0 = time.perf_counter()
         m = measure(task, b_ref, lr_ref, measure_fraction, device=device, seed=seed, amp=amp, callbacks=callbacks,
-                    target_examples=target_examples, target=target_words(task, target_epochs))
+                    target_examples=target_examples, target=target_words(task, target_epochs),
+                    memory_ceiling=profile.max_batch)
         seconds["measuring"] = time.perf_counter() - t0
-        m.step_time = real_step_time(profile, m, device, step_overhead)
+        m.step_time = real_step_time(profile, m, device, step_overhead, timed_steps)
         try:
             noise = fit_noise(m, n_windows, seed)
         except FindError as e:
@@ -448,12 +457,16 @@ def _validate(task: Task, *, max_batch: Optional[int], devices: int, gamma: floa
 
 
 def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, device: str, seed: int, amp: bool,
-            callbacks=(), target_examples: Optional[float] = None, target: str = "") -> Measurement:
-    """The measuring run at the reference batch with the noise-scale monitor, stopped by :class:`BudgetStop`."""
+            callbacks=(), target_examples: Optional[float] = None, target: str = "",
+            memory_ceiling: Optional[int] = None) -> Measurement:
+    """The measuring run at the reference batch with the noise-scale monitor, stopped by :class:`BudgetStop`;
+    then :data:`TIMING_STEPS` real steps timed (:func:`time_real_steps`) in as few passes as
+    ``memory_ceiling`` allows: one pass is what the profile's grid times exactly."""
     from ..noise import NoiseScaleMonitor
 
     # eight micro-batches per step: the two-batch estimate of tr(Sigma) averages over all eight
     micro = recommend.largest_divisor(b_ref, b_ref // 8)
+    timing_micro = recommend.largest_divisor(b_ref, memory_ceiling or b_ref)
     # The raw gradient's noise scale, for Adam too: the preconditioned variant needs far longer runs
     # than a 5% budget before its interval closes (benchmarks/results/noise_trajectory.json).
     monitor = NoiseScaleMonitor()
@@ -468,7 +481,7 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
         at_stop = (ctx.step, ctx.examples, ctx.seconds)
         # then a few steps as the user's loop runs them: the monitor's hooks cost time training will not pay
         monitor.close()
-        real = time_real_steps(live, [monitor.as_callback(), stop, clock])
+        real = time_real_steps(live, [monitor.as_callback(), stop, clock], timing_micro)
         run = live.result(stopped)
     except BatchscopeError as e:
         raise e.keep(measuring_noise=[r._asdict() for r in monitor.raw])
@@ -478,20 +491,32 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
     # timed steps after it are counted in `timing` and in the run's state
     run = replace(run, steps=at_stop[0], examples=at_stop[1], seconds=at_stop[2])
     m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension, live,
-                    real_steps=real, monitored_steps=clock.times, timing=timing)
+                    real_steps=real, monitored_steps=clock.times, timing={**timing, "micro_batch": timing_micro})
     check_measurement(m, stop, measure_fraction, target or task.target.describe(task.metric_name))
     return m
 
 
-def real_step_time(profile: HardwareProfile, m: Measurement, device: str, stated: Optional[float] = None) -> dict:
-    """The measuring run's real steps against the profile's grid at its layout, and the seconds per step
-    the recommendation adds (``added_seconds``): the fitted overhead when the profile is of this device,
-    ``stated`` when given, else 0 (the overhead is of this machine, not of the one the profile describes)."""
+def real_step_time(profile: HardwareProfile, m: Measurement, device: str, stated: Optional[float] = None,
+                   timed: Optional[realstep.TimedSteps] = None) -> dict:
+    """The real steps against the profile's grid at their layout, and the seconds per step the
+    recommendation adds (``added_seconds``).
+
+    The steps: the measuring run's :data:`TIMING_STEPS` after its budget, trained without the noise
+    monitor and each timed whole (data, passes, update, the callbacks), or ``timed`` (a
+    :class:`~batchscope.hardware.realstep.TimedSteps` of your own loop, a framework's steps, on this
+    device). Added: the fitted overhead when the profile is of this device (same type and name),
+    ``stated`` when given, else 0 (the overhead is of this machine, not of the one the profile describes).
+    """
     from ..hardware import device_facts
 
-    b, micro = m.run.config["batch_size"], m.micro_batch
+    if timed is None:
+        micro = m.timing.get("micro_batch", m.micro_batch)
+        timed = realstep.TimedSteps(micro, m.run.config["batch_size"] // micro, tuple(m.real_steps),
+                                    "the measuring run, noise monitor detached")
+    micro, k = timed.micro_batch, timed.accumulation
+    b = micro * k
     grid = StepTimeModel.from_profile(profile)
-    fit = realstep.fit_overhead(m.real_steps, grid.seconds(micro, b // micro))
+    fit = realstep.fit_overhead(timed.seconds, grid.seconds(micro, k))
     here = device_facts(resolve_device(device))
     same, device_note = realstep.same_device(profile.device, here)
     if stated is not None:
@@ -502,8 +527,9 @@ def real_step_time(profile: HardwareProfile, m: Measurement, device: str, stated
         added, why = 0.0, "not added: the overhead measured here is of this machine (give 'step_overhead' to state one)"
     monitored = m.monitored_steps[realstep.WARMUP_STEPS:]
     used = same or stated is not None
-    return {"batch_size": b, "micro_batch": micro, "accumulation": b // micro, **fit.to_dict(),
+    return {"batch_size": b, "micro_batch": micro, "accumulation": k, "source": timed.source, **fit.to_dict(),
             "monitored_seconds": float(np.median(monitored)) if monitored else None,
+            "monitored_layout": [m.micro_batch, b // m.micro_batch],
             "added_seconds": added, "added": used, "why": why, "device": device_note,
             "assumption": OVERHEAD_ASSUMPTION, "line": realstep.describe(fit, b, added if used else None)}
 

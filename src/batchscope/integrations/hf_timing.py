@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import random
 import tempfile
 from typing import Optional
-
-import numpy as np
-import torch
 
 from ..hardware.realstep import WARMUP_STEPS, TimedSteps
 from ..train import resolve_device
 from .batching import RealStepClock
+from .timing import random_states, restore_random_states
 
 STEPS = 16             # optimizer steps timed (after WARMUP_STEPS, and the first, which starts the loader)
 
@@ -54,20 +51,6 @@ def _timer():
     return StepTimes()
 
 
-def _random_states() -> tuple:
-    return (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            np.random.get_state(), random.getstate())
-
-
-def _restore(states: tuple) -> None:
-    cpu, cuda, np_state, py_state = states
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
-    np.random.set_state(np_state)
-    random.setstate(py_state)
-
-
 def trainer_step_times(trainer, device: str = "cpu", steps: int = STEPS) -> Optional[TimedSteps]:
     """Seconds of ``steps`` optimizer steps of a copy of ``trainer`` (see the module docstring), at its
     ``per_device_train_batch_size`` x ``gradient_accumulation_steps``; None where they would not describe
@@ -77,7 +60,7 @@ def trainer_step_times(trainer, device: str = "cpu", steps: int = STEPS) -> Opti
     a = trainer.args
     if a.device.type != resolve_device(device).type or a.world_size > 1:
         return None
-    timer, states = _timer(), _random_states()
+    timer, states = _timer(), random_states()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             args = dataclasses.replace(a, output_dir=tmp, max_steps=1 + WARMUP_STEPS + steps, save_strategy="no",
@@ -88,7 +71,7 @@ def trainer_step_times(trainer, device: str = "cpu", steps: int = STEPS) -> Opti
             twin.remove_callback(PrinterCallback)         # the copy's logs are not yours to read
             twin.train()
     finally:
-        _restore(states)
+        restore_random_states(states)
     if len(timer.seconds) <= WARMUP_STEPS:
         return None
     return TimedSteps(a.per_device_train_batch_size, a.gradient_accumulation_steps, tuple(timer.seconds),

@@ -478,7 +478,7 @@ def task_from_lightning(module: "pl.LightningModule", datamodule: "pl.LightningD
 
 
 def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target,
-         progress: Optional[bool] = None, **find_kwargs):
+         progress: Optional[bool] = None, time_trainer: bool = True, **find_kwargs):
     """batchscope's recommendation (batch size, rate, schedule, evidence) for a Lightning model and data.
 
     target: the loss to reach, computed with ``training_step`` on the validation data (in eval
@@ -490,11 +490,22 @@ def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, 
     Returns its FindResult; its caveats, and the last progress line, say how the target loss is
     computed. Save it with ``result.save(path)``; give it (or the path) to
     :class:`AdaptiveBatchCallback` as its step time.
+
+    time_trainer: first time a few optimizer steps of a copy of the module under a plain Lightning
+    ``Trainer`` (:func:`~batchscope.integrations.lightning_timing.lightning_step_times`), so Lightning's
+    own per-step cost joins the step-time model the recommendation is made with (``result.step_time``);
+    unless ``timed_steps`` or ``step_overhead`` is given.
     """
     where = "batchscope.integrations.lightning.find"
     check_target(target, where)
     check_find_kwargs(find_kwargs, where)
     progress_wanted(progress)
     task = task_from_lightning(module, datamodule, target=target)
+    if time_trainer and find_kwargs.get("timed_steps") is None and find_kwargs.get("step_overhead") is None:
+        from .lightning_timing import lightning_step_times
+
+        find_kwargs = {**find_kwargs, "timed_steps": lightning_step_times(
+            module, datamodule, datamodule.train_dataloader().batch_size or task.reference_batch,
+            find_kwargs.get("device", "cpu"))}
     note = LOSS_NOTE if task.val_data is not None else "its loss is your training_step's loss on the training data"
     return run_find(task, find_kwargs, progress, target_note=note)

@@ -43,6 +43,7 @@ def summary(r) -> dict:
     return {"batch_size": rec.batch_size, "lr": rec.lr, "predicted_seconds": rec.predicted["seconds"],
             "grid_ms": st["predicted_seconds"] * 1e3, "measured_ms": st["measured_seconds"] * 1e3,
             "iqr_ms": st["spread_seconds"] * 1e3, "ratio": st["measured_seconds"] / st["predicted_seconds"],
+            "bare_ms": None if st.get("bare_seconds") is None else st["bare_seconds"] * 1e3,
             "overhead_ms": st["overhead_seconds"] * 1e3, "added_ms": st["added_seconds"] * 1e3,
             "monitored_ms": st["monitored_seconds"] * 1e3, "line": st["line"],
             "measuring_cost": r.measuring["cost"]}
@@ -108,13 +109,16 @@ def hf_gpt2() -> dict:
 def markdown(rows: list[dict], sleep: float, threads: int, hf: Optional[dict] = None) -> str:
     out = [f"# The grid against the real step at the measuring batch (CPU, {threads} thread)", "",
            "Real steps timed after the measuring run at its batch B_ref in one pass (the layout the grid times), "
-           "the noise monitor detached; the measuring run's own steps (8 passes, monitor on) beside them.", "",
-           "| task | B_ref | grid ms | measured ms (IQR) | measured / grid | added ms | measuring run's steps ms "
-           "| B (grid only) | B (with real steps) | B (+ sleep) |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "the noise monitor detached, each followed by a bare step of the grid's kind (bare: their median; added: "
+           "the median of real - bare); the measuring run's own steps (8 passes, monitor on) beside them.", "",
+           "| task | B_ref | grid ms | measured ms (IQR) | measured / grid | bare ms | added ms | measuring run's "
+           "steps ms | B (grid only) | B (with real steps) | B (+ sleep) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f, g, s = r["find"], r["grid_only"], r["with_sleep"]
         out.append(f"| {r['task']} | {r['reference_batch']} | {f['grid_ms']:.3g} | "
-                   f"{f['measured_ms']:.3g} ({f['iqr_ms']:.2g}) | {f['ratio']:.2f} | {f['added_ms']:.3g} | "
+                   f"{f['measured_ms']:.3g} ({f['iqr_ms']:.2g}) | {f['ratio']:.2f} | {f['bare_ms']:.3g} | "
+                   f"{f['added_ms']:.3g} | "
                    f"{f['monitored_ms']:.3g} | {g['batch_size']} | {f['batch_size']} | {s['batch_size']} |")
     out += ["", f"+ sleep: a callback sleeping {sleep * 1e3:g} ms after every step; its overhead added: "
             + ", ".join(f"{r['task']} {r['with_sleep']['added_ms']:.3g} ms" for r in rows) + "."]
@@ -122,7 +126,8 @@ def markdown(rows: list[dict], sleep: float, threads: int, hf: Optional[dict] = 
         out += ["", "GPT-2 from a config (2 layers, 64 wide, 32 tokens) under the Hugging Face Trainer, batch 32, "
                 "AdamW:", ""]
         for key, h in hf.items():
-            out.append(f"- {h['source']}: {h['line']}; recommended B={h['batch_size']} (lr {h['lr']:.3g})")
+            bare = "" if h["bare_ms"] is None else f" (bare steps around them {h['bare_ms']:.3g} ms)"
+            out.append(f"- {h['source']}: {h['line']}{bare}; recommended B={h['batch_size']} (lr {h['lr']:.3g})")
     return "\n".join(out) + "\n"
 
 

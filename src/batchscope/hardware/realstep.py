@@ -8,7 +8,11 @@ timed steps at one layout (micro-batch x accumulation):
     overhead = max(0, median(real step seconds after warm-up) - grid's prediction at that layout)
 
 with the interquartile range of the real steps as its spread. The median, not the mean: a step that
-a garbage collection or another process slowed says nothing about the next one.
+a garbage collection or another process slowed says nothing about the next one. Where bare steps of
+the grid's kind were timed beside the real ones (each real step followed by one), the grid's
+prediction is taken from them, at the same moment: the overhead is the median of the paired
+differences real - bare, which a change in the machine's load between profiling and measuring
+(other work on a shared machine) cannot fake or hide.
 
 Assumption: the overhead is paid once per optimizer step and does not depend on the batch. From one
 layout it cannot be split into a per-step and a per-micro-batch part (nor into a per-example part, a
@@ -42,6 +46,8 @@ class TimedSteps:
     accumulation: int
     seconds: tuple
     source: str = "your loop"
+    bare: tuple = ()          # bare steps of the grid's kind at the layout, timed beside them (see fit_overhead)
+    paired: bool = False      # one bare step right after each real one (else timed around them)
 
 
 @dataclass(frozen=True)
@@ -51,32 +57,55 @@ class StepOverhead:
     predicted: float              # the grid's seconds for a step at the layout
     measured: float               # median real step
     spread: float                 # interquartile range of the real steps
-    overhead: float               # max(0, measured - predicted)
+    overhead: float               # max(0, measured - predicted), or over the bare steps timed beside them
     steps: int                    # real steps timed (warm-up excluded)
     warmup: int                   # steps left out before them
+    bare: Optional[float] = None  # median bare step timed beside them (None: none were)
     raw: tuple = field(default=(), repr=False)   # the timed seconds
 
     def to_dict(self) -> dict:
         return {"predicted_seconds": self.predicted, "measured_seconds": self.measured,
                 "spread_seconds": self.spread, "overhead_seconds": self.overhead, "steps": self.steps,
-                "warmup_steps": self.warmup}
+                "warmup_steps": self.warmup, "bare_seconds": self.bare}
 
 
-def fit_overhead(seconds: Sequence[float], predicted: float, warmup: int = WARMUP_STEPS) -> StepOverhead:
+def _median_iqr(values: list[float]) -> tuple[float, float]:
+    q25, q75 = np.percentile(values, [25, 75]) if len(values) > 1 else (values[0], values[0])
+    return float(statistics.median(values)), float(q75 - q25)
+
+
+def fit_overhead(seconds: Sequence[float], predicted: float, warmup: int = WARMUP_STEPS,
+                 bare: Sequence[float] = (), paired: bool = True) -> StepOverhead:
     """The per-step overhead of real steps (``seconds``, in the order run) over the grid's ``predicted``
     seconds at their layout; the first ``warmup`` steps are left out. Non-finite times are dropped.
 
-    Raises ValueError when no step is left to time.
+    ``bare``: the grid's own kind of step (bare passes on a batch in memory) timed beside the real ones,
+    so a machine's load that changed between the profile and these steps does not pass for an overhead
+    (nor hide one): ``paired``, one right after each real step, the overhead is the median of the
+    paired differences; else (timed around them) the difference of the medians (``warmup`` left out of
+    both). Raises ValueError when no step is left to time.
     """
     if not (isinstance(predicted, (int, float)) and math.isfinite(predicted) and predicted >= 0):
         raise ValueError(f"the grid's prediction must be a finite number of seconds >= 0, got {predicted!r}")
-    timed = [float(t) for t in list(seconds)[warmup:] if math.isfinite(t) and t >= 0]
-    if not timed:
+    if paired and len(bare) and len(bare) != len(seconds):
+        raise ValueError(f"paired bare steps must be one per real step: {len(bare)} for {len(seconds)}")
+    paired = paired and len(bare) > 0
+    pairs = list(zip(seconds, bare))[warmup:] if paired else [(t, math.nan) for t in list(seconds)[warmup:]]
+    pairs = [(float(t), float(b)) for t, b in pairs if math.isfinite(t) and t >= 0 and not (math.isinf(b) or b < 0)]
+    if not pairs:
         raise ValueError(f"no real step to time: {len(seconds)} step(s), of which the first {warmup} are warm-up")
-    median = float(statistics.median(timed))
-    q25, q75 = np.percentile(timed, [25, 75]) if len(timed) > 1 else (timed[0], timed[0])
-    return StepOverhead(float(predicted), median, float(q75 - q25), max(0.0, median - float(predicted)),
-                        len(timed), min(warmup, len(seconds)), tuple(timed))
+    timed = [t for t, _ in pairs]
+    median, spread = _median_iqr(timed)
+    around = [float(b) for b in list(bare)[warmup:] if math.isfinite(b) and b >= 0] if not paired else []
+    if paired:
+        overhead, at_bare = float(statistics.median([t - b for t, b in pairs])), _median_iqr([b for _, b in pairs])[0]
+    elif around:
+        at_bare = _median_iqr(around)[0]
+        overhead = median - at_bare
+    else:
+        overhead, at_bare = median - float(predicted), None
+    return StepOverhead(float(predicted), median, spread, max(0.0, overhead), len(timed), min(warmup, len(seconds)),
+                        at_bare, tuple(timed))
 
 
 def same_device(profiled: dict, here: dict) -> tuple[bool, str]:

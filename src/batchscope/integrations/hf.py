@@ -479,7 +479,8 @@ def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = 
     if time_trainer and find_kwargs.get("timed_steps") is None and find_kwargs.get("step_overhead") is None:
         from .hf_timing import trainer_step_times
 
-        find_kwargs = {**find_kwargs, "timed_steps": trainer_step_times(trainer, find_kwargs.get("device", "cpu"))}
+        find_kwargs = {**find_kwargs, "timed_steps": trainer_step_times(trainer, find_kwargs.get("device", "cpu"),
+                                                                        task=task)}
     split = "eval_dataset" if task.val_data is not None else "train_dataset (no eval_dataset)"
     return run_find(task, find_kwargs, progress, target_note=f"its loss is the model's own loss output on {split}")
 

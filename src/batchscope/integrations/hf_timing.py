@@ -51,17 +51,22 @@ def _timer():
     return StepTimes()
 
 
-def trainer_step_times(trainer, device: str = "cpu", steps: int = STEPS) -> Optional[TimedSteps]:
+def trainer_step_times(trainer, device: str = "cpu", steps: int = STEPS, task=None) -> Optional[TimedSteps]:
     """Seconds of ``steps`` optimizer steps of a copy of ``trainer`` (see the module docstring), at its
     ``per_device_train_batch_size`` x ``gradient_accumulation_steps``; None where they would not describe
-    ``find``'s device (the Trainer trains on another kind, or on several processes)."""
+    ``find``'s device (the Trainer trains on another kind, or on several processes). ``task`` (the
+    Trainer's as a batchscope task): bare steps of the grid's kind are timed before and after, so the
+    overhead is read against the machine as it is now (:func:`~batchscope.hardware.realstep.fit_overhead`)."""
     from transformers import PrinterCallback, Trainer
 
     a = trainer.args
     if a.device.type != resolve_device(device).type or a.world_size > 1:
         return None
-    timer, states = _timer(), random_states()
+    micro, k = a.per_device_train_batch_size, a.gradient_accumulation_steps
+    timer, states, bare = _timer(), random_states(), []
     try:
+        if task is not None:
+            bare = bare_around(task, device, micro, k, steps)
         with tempfile.TemporaryDirectory() as tmp:
             args = dataclasses.replace(a, output_dir=tmp, max_steps=1 + WARMUP_STEPS + steps, save_strategy="no",
                                        eval_strategy="no", report_to=[], load_best_model_at_end=False,
@@ -70,9 +75,19 @@ def trainer_step_times(trainer, device: str = "cpu", steps: int = STEPS) -> Opti
                            data_collator=trainer.data_collator, callbacks=[timer])
             twin.remove_callback(PrinterCallback)         # the copy's logs are not yours to read
             twin.train()
+        if task is not None:
+            bare = bare + bare_around(task, device, micro, k, steps)[WARMUP_STEPS:]
     finally:
         restore_random_states(states)
     if len(timer.seconds) <= WARMUP_STEPS:
         return None
-    return TimedSteps(a.per_device_train_batch_size, a.gradient_accumulation_steps, tuple(timer.seconds),
-                      f"the Trainer's own steps ({len(timer.seconds)} timed on a copy of it)")
+    return TimedSteps(micro, k, tuple(timer.seconds), f"the Trainer's own steps ({len(timer.seconds)} timed on a "
+                      "copy of it)", tuple(bare))
+
+
+def bare_around(task, device: str, micro: int, passes: int, steps: int) -> list[float]:
+    """Seconds of ``WARMUP_STEPS + steps // 2`` bare steps of the grid's kind (the first ones warm-up)."""
+    from ..plan.find import bare_step
+
+    timed = bare_step(task, device, False, 0, micro, passes)
+    return [timed() for _ in range(WARMUP_STEPS + steps // 2)]

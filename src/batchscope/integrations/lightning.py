@@ -506,6 +506,6 @@ def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, 
 
         find_kwargs = {**find_kwargs, "timed_steps": lightning_step_times(
             module, datamodule, datamodule.train_dataloader().batch_size or task.reference_batch,
-            find_kwargs.get("device", "cpu"))}
+            find_kwargs.get("device", "cpu"), task=task)}
     note = LOSS_NOTE if task.val_data is not None else "its loss is your training_step's loss on the training data"
     return run_find(task, find_kwargs, progress, target_note=note)

@@ -43,26 +43,33 @@ def _timer():
     return StepTimes()
 
 
-def lightning_step_times(module, datamodule, micro_batch: int, device: str = "cpu",
-                         steps: int = STEPS) -> Optional[TimedSteps]:
+def lightning_step_times(module, datamodule, micro_batch: int, device: str = "cpu", steps: int = STEPS,
+                         task=None) -> Optional[TimedSteps]:
     """Seconds of ``steps`` optimizer steps of a copy of ``module`` under a plain Lightning ``Trainer``
     (see the module docstring), one pass of the DataModule's batch (``micro_batch``) per step; None when
-    the fit ran too few steps to time (a data set of fewer batches)."""
+    the fit ran too few steps to time (a data set of fewer batches). ``task`` (the module as a batchscope
+    task): bare steps of the grid's kind are timed before and after, to read the overhead against."""
     import lightning.pytorch as pl
 
+    from .hf_timing import bare_around
+
     kind = resolve_device(device).type
-    timer, states = _timer(), random_states()
+    timer, states, bare = _timer(), random_states(), []
     quiet = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning")]
     levels = [lg.level for lg in quiet]
     try:
         for lg in quiet:
             lg.setLevel(logging.WARNING)
+        if task is not None:
+            bare = bare_around(task, device, micro_batch, 1, steps)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = pl.Trainer(accelerator="gpu" if kind == "cuda" else "cpu", devices=1, max_steps=1 + WARMUP_STEPS
                                  + steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                  enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
                                  default_root_dir=tmp, callbacks=[timer])
             trainer.fit(copy.deepcopy(module), datamodule=datamodule)
+        if task is not None:
+            bare = bare + bare_around(task, device, micro_batch, 1, steps)[WARMUP_STEPS:]
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
@@ -70,4 +77,5 @@ def lightning_step_times(module, datamodule, micro_batch: int, device: str = "cp
     if len(timer.seconds) <= WARMUP_STEPS:
         return None
     return TimedSteps(micro_batch, 1, tuple(timer.seconds),
-                      f"a Lightning Trainer's own steps ({len(timer.seconds)} timed on a copy of the module)")
+                      f"a Lightning Trainer's own steps ({len(timer.seconds)} timed on a copy of the module)",
+                      tuple(bare))

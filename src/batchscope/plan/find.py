@@ -291,11 +291,12 @@ class CycleClock(Callback):
         self._last = time.perf_counter()     # the evaluation (and its hooks) is not a step's cost
 
 
-def time_real_steps(live: Run, leave_out: list, micro_batch: int, steps: int = TIMING_STEPS,
-                    warmup: int = realstep.WARMUP_STEPS) -> list[float]:
+def time_real_steps(live: Run, leave_out: list, micro_batch: int, bare=None, steps: int = TIMING_STEPS,
+                    warmup: int = realstep.WARMUP_STEPS) -> tuple[list[float], list[float]]:
     """Seconds of ``warmup + steps`` more steps of ``live`` in passes of ``micro_batch``, each timed whole
     (data, passes, update and the remaining callbacks' hooks), with the callbacks in ``leave_out`` (the
-    measurement's own) off.
+    measurement's own) off; and after each, the seconds of ``bare()`` (the grid's kind of step, timed
+    beside them; ``[]`` without one).
 
     The steps are training like any other (the same batch and gradient in fewer passes): they count in
     the run's counters and its saved state. The run's own micro-batch is back afterwards.
@@ -305,15 +306,40 @@ def time_real_steps(live: Run, leave_out: list, micro_batch: int, steps: int = T
     own = {id(cb) for cb in leave_out}
     kept, live.callbacks = live.callbacks, [cb for cb in live.callbacks if id(cb) not in own]
     kept_micro, policy.micro_batch = policy.micro_batch, micro_batch
-    times = []
+    times, bare_times = [], []
     try:
         for _ in range(warmup + steps):
             t0 = time.perf_counter()
             live.step()
             times.append(time.perf_counter() - t0)
+            if bare is not None:
+                bare_times.append(bare())
     finally:
         live.callbacks, policy.micro_batch = kept, kept_micro
-    return times
+    return times, bare_times
+
+
+def bare_step(task: Task, device: str, amp: bool, seed: int, micro_batch: int, passes: int):
+    """A function timing one step as the profile's grid times it (``passes`` bare passes of ``micro_batch``
+    on a batch held in memory, each with its update, on a model of its own); the global random state is
+    left as it was."""
+    import torch
+
+    from ..hardware import StepRunner
+
+    runner = StepRunner(task, resolve_device(device), amp, seed)
+    batch = runner.batch(micro_batch)
+
+    def timed() -> float:
+        state = torch.get_rng_state()
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            runner.step(batch)
+        runner.synchronize()
+        seconds = time.perf_counter() - t0
+        torch.set_rng_state(state)
+        return seconds
+    return timed
 
 
 @dataclass
@@ -332,6 +358,7 @@ class Measurement:
     real_steps: list = field(default_factory=list)       # seconds of the timed steps after it, monitor detached
     monitored_steps: list = field(default_factory=list)  # seconds of its own steps (monitor attached)
     timing: dict = field(default_factory=dict)           # steps, examples, seconds of the timed steps after it
+    bare_steps: list = field(default_factory=list)       # bare steps of the grid's kind, one after each timed one
     step_time: dict = field(default_factory=dict)        # the real steps against the grid (real_step_time)
 
     def kept(self) -> dict:
@@ -472,6 +499,8 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
     monitor = NoiseScaleMonitor()
     stop = BudgetStop(task, measure_fraction, MIN_STEPS, EXTEND_STEPS, target_examples)
     clock = CycleClock()
+    # built before the run (its model is seeded as the run's is, and the run seeds again)
+    bare = bare_step(task, device, amp, seed, timing_micro, b_ref // timing_micro)
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=EVAL_EVERY,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
     try:
@@ -481,7 +510,7 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
         at_stop = (ctx.step, ctx.examples, ctx.seconds)
         # then a few steps as the user's loop runs them: the monitor's hooks cost time training will not pay
         monitor.close()
-        real = time_real_steps(live, [monitor.as_callback(), stop, clock], timing_micro)
+        real, bare_times = time_real_steps(live, [monitor.as_callback(), stop, clock], timing_micro, bare)
         run = live.result(stopped)
     except BatchscopeError as e:
         raise e.keep(measuring_noise=[r._asdict() for r in monitor.raw])
@@ -491,7 +520,8 @@ def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, d
     # timed steps after it are counted in `timing` and in the run's state
     run = replace(run, steps=at_stop[0], examples=at_stop[1], seconds=at_stop[2])
     m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension, live,
-                    real_steps=real, monitored_steps=clock.times, timing={**timing, "micro_batch": timing_micro})
+                    real_steps=real, monitored_steps=clock.times, timing={**timing, "micro_batch": timing_micro},
+                    bare_steps=bare_times)
     check_measurement(m, stop, measure_fraction, target or task.target.describe(task.metric_name))
     return m
 
@@ -512,11 +542,11 @@ def real_step_time(profile: HardwareProfile, m: Measurement, device: str, stated
     if timed is None:
         micro = m.timing.get("micro_batch", m.micro_batch)
         timed = realstep.TimedSteps(micro, m.run.config["batch_size"] // micro, tuple(m.real_steps),
-                                    "the measuring run, noise monitor detached")
+                                    "the measuring run, noise monitor detached", tuple(m.bare_steps), paired=True)
     micro, k = timed.micro_batch, timed.accumulation
     b = micro * k
     grid = StepTimeModel.from_profile(profile)
-    fit = realstep.fit_overhead(timed.seconds, grid.seconds(micro, k))
+    fit = realstep.fit_overhead(timed.seconds, grid.seconds(micro, k), bare=timed.bare, paired=timed.paired)
     here = device_facts(resolve_device(device))
     same, device_note = realstep.same_device(profile.device, here)
     if stated is not None:

@@ -16,6 +16,7 @@ Results: benchmarks/results/real_step_time.json and .md.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -106,8 +107,11 @@ def hf_gpt2() -> dict:
     return out
 
 
-def markdown(rows: list[dict], sleep: float, threads: int, hf: Optional[dict] = None) -> str:
+def markdown(rows: list[dict], sleep: float, threads: int, hf: Optional[dict] = None, load=None) -> str:
     out = [f"# The grid against the real step at the measuring batch (CPU, {threads} thread)", "",
+           *([f"1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} "
+              "CPUs: other work shared the machine, so differences below about a millisecond are noise.", ""]
+             if load else []),
            "Real steps timed after the measuring run at its batch B_ref in one pass (the layout the grid times), "
            "the noise monitor detached, each followed by a bare step of the grid's kind (bare: their median; added: "
            "the median of real - bare); the measuring run's own steps (8 passes, monitor on) beside them.", "",
@@ -126,7 +130,7 @@ def markdown(rows: list[dict], sleep: float, threads: int, hf: Optional[dict] = 
         out += ["", "GPT-2 from a config (2 layers, 64 wide, 32 tokens) under the Hugging Face Trainer, batch 32, "
                 "AdamW:", ""]
         for key, h in hf.items():
-            bare = "" if h["bare_ms"] is None else f" (bare steps around them {h['bare_ms']:.3g} ms)"
+            bare = "" if h["bare_ms"] is None else f" (bare steps {h['bare_ms']:.3g} ms)"
             out.append(f"- {h['source']}: {h['line']}{bare}; recommended B={h['batch_size']} (lr {h['lr']:.3g})")
     return "\n".join(out) + "\n"
 
@@ -139,14 +143,16 @@ def main() -> None:
     ap.add_argument("--no-hf", action="store_true", help="leave out the GPT-2 under the Hugging Face Trainer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    load = [os.getloadavg()[0]]
     rows = []
     for name in args.tasks.split(","):
         rows.append(one_task(name, args.sleep))
         print(rows[-1]["task"], rows[-1]["find"]["line"], flush=True)
     hf = None if args.no_hf else hf_gpt2()
+    load.append(os.getloadavg()[0])
     write_json(RESULTS / "real_step_time.json", {"threads": args.threads, "sleep_seconds": args.sleep, "tasks": rows,
-                                                 "hf_gpt2": hf})
-    text = markdown(rows, args.sleep, args.threads, hf)
+                                                 "hf_gpt2": hf, "load_average": load})
+    text = markdown(rows, args.sleep, args.threads, hf, load)
     (RESULTS / "real_step_time.md").write_text(text)
     print(text)
 

@@ -149,9 +149,9 @@ def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch
     save = lambda: runs_path.write_text(json.dumps(runs))  # noqa: E731
     new = A.run_task(s, runs, save, clocks=("gpu", "dp8"), seeds=(0,))
     caps = A.schedule_caps(task, gt)
-    variants = {f"32x4-cap{caps[k]}" for k in ("gpu", "dp8")}
     expected = {f"{a}|tiny|{k}|0" for a in ("adaptive", "find") for k in ("gpu", "dp8")} | {
-        f"{a}|tiny|{v}|0" for a in ("warmup", "seesaw") for v in variants}
+        f"warmup|tiny|32x4-cap{caps[k]}|0" for k in ("gpu", "dp8")} | {
+        f"seesaw|tiny|32-decay0.5-0.75-cap{caps[k]}|0" for k in ("gpu", "dp8")}
     assert set(new) == expected                     # a cap two clocks share is one run, not two
     assert all(runs[k]["reached"] for k in expected)
 
@@ -165,13 +165,16 @@ def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch
 
     lr = {b: gt["best_per_batch"][str(b)]["lr"] for b in (32, 64)}
     cap = caps["gpu"]
-    warm, saw = runs[f"warmup|tiny|32x4-cap{cap}|0"], runs[f"seesaw|tiny|32x4-cap{cap}|0"]
+    warm, saw = runs[f"warmup|tiny|32x4-cap{cap}|0"], runs[f"seesaw|tiny|32-decay0.5-0.75-cap{cap}|0"]
     if cap == 64:      # 4 steps of 32 (128 examples), then 64 to the crossing
         assert [(p["examples"], p["batch"], p["lr"]) for p in warm["breakpoints"]] == [(0, 32, lr[32]),
                                                                                     (128, 64, lr[64])]
-        assert [(p["batch"], p["lr"]) for p in saw["breakpoints"]] == [(32, lr[32]), (64, lr[32])]  # SGD: x 1
-        for r in (warm, saw):
-            assert r["path"] == [[4.0, 32], [pytest.approx(r["steps"] - 4), 64]]
+        assert warm["path"] == [[4.0, 32], [pytest.approx(warm["steps"] - 4), 64]]
+        # Seesaw from 32 (the cap's quarter is below the start batch): one doubling, where the step decay
+        # of the base run at 32 would first halve the rate, at half of that run's examples; SGD: rate x 1
+        half = int(0.5 * 32 * gt["best_per_batch"]["32"]["steps"][0])
+        assert [(p["examples"], p["batch"], p["lr"]) for p in saw["breakpoints"]] == [(0, 32, lr[32]),
+                                                                                   (half, 64, lr[32])]
     else:
         assert warm["path"] == saw["path"] == [[pytest.approx(warm["steps"]), 32]]
     ad = runs["adaptive|tiny|gpu|0"]

@@ -24,15 +24,20 @@ interpolated between evaluations as the ground truth's steps are. The arms, exac
   training run alone) and ``find (incl. measuring)`` (find's measuring run, its steps at its batch
   in its micro-batches, charged by :func:`measured_factor`, then the training run). The record keeps
   the recommendation and the measuring run's steps, examples and seconds on this machine.
-- ``warmup`` and ``seesaw``: one batch path, batch 32 for 500 steps (16,000 examples), then the
-  batch doubles each time the examples seen double (at 16k, 32k, 64k, ...: 250 steps per stage),
-  up to the clock's best fixed batch in the ground truth (a cap chosen with hindsight; clocks with
-  the same cap share the runs). ``warmup`` (a batch warm-up as OLMo's): the library's
-  ``batch_warmup()`` doubling points, at each stage the ground truth's best rate at that batch
-  (hindsight-tuned rates, a stronger anchor than the rule's rates). ``seesaw``: the library's
-  ``seesaw()`` with its halving points at those doubling points: from the best rate at 32, x
-  ``doubling_gain(optimizer) / 2`` at each doubling (1/sqrt(2) Adam-type, 1 SGD) -- "double the
-  batch and scale the rate by 1/sqrt(2) wherever a step-decay schedule would halve it".
+- ``warmup`` (a batch warm-up as OLMo's: x2 at fixed example counts): batch 32 for 500 steps
+  (16,000 examples), then the batch doubles each time the examples seen double (at 16k, 32k, 64k,
+  ...: 250 steps per stage), up to the clock's best fixed batch in the ground truth (a cap chosen
+  with hindsight; clocks with the same cap share the runs); the library's ``batch_warmup()``
+  doubling points, at each stage the ground truth's best rate at that batch (hindsight-tuned
+  rates, a stronger anchor than the rule's rates).
+- ``seesaw``: "double the batch and scale the rate by 1/sqrt(2) wherever a step-decay schedule would
+  halve it". The step decay is the classic two-drop one, halving at 50% and 75% (SEESAW_DECAY) of
+  the examples its base run takes: the base run is the ground truth's best fixed run at a quarter
+  of the cap (so the two doublings end at the clock's best fixed batch), at its best rate. The
+  library's ``seesaw()`` there: x ``doubling_gain(optimizer) / 2`` at each doubling (1/sqrt(2)
+  Adam-type, 1 SGD). Seesaw doubling from 32 at the warm-up's points instead (tried first) is a
+  step decay halving five times in 1,500 steps: on the noisy Adam task one seed took 22,379 steps,
+  the other did not reach the target in 87,860.
 
 A run stops at STEP_CAP x the slowest ground-truth seed's steps at batch 32 (no arm that only grows
 the batch from 32 should need more) or MAX_SECONDS of training, and is then "not reached". Every
@@ -77,6 +82,9 @@ CLOCKS = ("cpu", "gpu", "dp8")
 SEEDS = (0, 1)
 START_BATCH = 32
 START_STEPS = 500        # steps at the start batch before the first doubling (16,000 examples)
+# Seesaw's base schedule: a step decay halving the rate at 50% and 75% of the base run (the classic
+# two-drop schedule); Seesaw doubles the batch there instead, from two doublings below its cap.
+SEESAW_DECAY = (0.5, 0.75)
 MAX_BATCH = 4096
 STEP_CAP = 2.0           # x the slowest ground-truth seed's steps at the start batch
 MAX_SECONDS = 1800.0     # training seconds of one run, as the ground truth's
@@ -117,10 +125,11 @@ class Setting:
     def eval_every(self, batch: int) -> int:
         return max(1, round(self.eval_examples / batch))
 
-    def config(self, seed: int, **kw) -> TrainConfig:
-        """A run from the start batch at the best rate there, to the target, within the caps."""
-        return TrainConfig(batch_size=self.b0, lr=self.lr(self.b0), seed=seed, until_target=True,
-                           steps=self.max_steps, eval_every=self.eval_every(self.b0), max_seconds=self.max_seconds,
+    def config(self, seed: int, start: Optional[int] = None, **kw) -> TrainConfig:
+        """A run from the start batch (or ``start``) at the best rate there, to the target, within the caps."""
+        b = start or self.b0
+        return TrainConfig(batch_size=b, lr=self.lr(b), seed=seed, until_target=True,
+                           steps=self.max_steps, eval_every=self.eval_every(b), max_seconds=self.max_seconds,
                            **kw)
 
 
@@ -154,8 +163,24 @@ def doubling_points(b0: int, steps0: int, cap: int) -> list[int]:
     return out
 
 
-def schedule_variant(s: Setting, cap: int) -> str:
+def schedule_variant(s: Setting, cap: int, arm: str = "warmup") -> str:
+    if arm == "seesaw":
+        return f"{seesaw_start(s, cap)}-decay{'-'.join(f'{f:g}' for f in SEESAW_DECAY)}-cap{cap}"
     return f"{s.b0}x{s.steps0}-cap{cap}"
+
+
+def seesaw_start(s: Setting, cap: int) -> int:
+    """Seesaw's base batch: as many doublings below the cap as its step decay has halvings (never below b0)."""
+    return max(s.b0, cap // 2 ** len(SEESAW_DECAY))
+
+
+def seesaw_points(s: Setting, cap: int) -> list[int]:
+    """Where the base run's step decay would halve the rate: SEESAW_DECAY of the examples the base batch's
+    own fixed run takes to the target (the ground truth's geometric mean), one halving per doubling to the cap."""
+    b = seesaw_start(s, cap)
+    examples = b * geomean(s.entry["best_per_batch"][str(b)]["steps"])
+    n = int(round(math.log2(cap / b)))
+    return [int(f * examples) for f in SEESAW_DECAY[:n]]
 
 
 def schedule_caps(task, entry: dict) -> dict[str, int]:
@@ -197,15 +222,15 @@ def _train(task, cfg: TrainConfig, policy=None):
 
 def schedule_policy(s: Setting, arm: str, cfg: TrainConfig, cap: int) -> BatchSchedule:
     """warmup: batch_warmup's doubling points at the ground truth's best rate per batch; seesaw: seesaw()."""
-    points = doubling_points(s.b0, s.steps0, cap)
     if arm == "seesaw":
-        return seesaw(s.task, cfg, halve_at=points)
+        return seesaw(s.task, cfg, halve_at=seesaw_points(s, cap))
+    points = doubling_points(s.b0, s.steps0, cap)
     path = batch_warmup(s.task, cfg, double_at=points).points
     return BatchSchedule(s.task, cfg, [(p.examples, p.batch, s.lr(p.batch)) for p in path])
 
 
 def schedule_run(s: Setting, arm: str, cap: int, seed: int) -> dict:
-    cfg = s.config(seed)
+    cfg = s.config(seed, start=seesaw_start(s, cap) if arm == "seesaw" else None)
     policy = schedule_policy(s, arm, cfg, cap)
     r = _train(s.task, cfg, policy)
     return {"cap": cap, "breakpoints": [asdict(p) for p in policy.points], "eval_every": cfg.eval_every,
@@ -272,7 +297,7 @@ def variants(s: Setting, arm: str, clocks) -> dict[str, str]:
     if arm in ("adaptive", "find"):
         return {k: k for k in clocks}
     caps = schedule_caps(s.task, s.entry)
-    return {k: schedule_variant(s, caps[k]) for k in clocks}
+    return {k: schedule_variant(s, caps[k], arm) for k in clocks}
 
 
 def one_run(s: Setting, arm: str, clock: str, seed: int) -> dict:
@@ -411,7 +436,7 @@ def stored_arms(runs: dict, gt: dict, b0: int = START_BATCH, steps0: int = START
             if task.name not in caps:
                 caps[task.name] = schedule_caps(task, entry)
             s = Setting(task, entry, b0=b0, steps0=steps0)
-            rec = record(name, task, schedule_variant(s, caps[task.name][clock.name]), seed)
+            rec = record(name, task, schedule_variant(s, caps[task.name][clock.name], name), seed)
             return [tuple(x) for x in rec["path"]] if rec["reached"] else None
         return arm
 

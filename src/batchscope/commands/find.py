@@ -241,7 +241,7 @@ def real_step_rows(st: dict) -> list[tuple[str, str]]:
         return []
     label, _, value = st["line"].partition(": ")
     if not st.get("added") and st.get("overhead_seconds"):
-        value += " (profile of another device: --step-overhead)"
+        value += " (the profile is of another device; see --step-overhead)"
     return [(label, value)]
 
 

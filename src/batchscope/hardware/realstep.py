@@ -126,9 +126,9 @@ def describe(o: StepOverhead, batch: int, added: Optional[float]) -> str:
     added)."""
     line = f"step time at B={batch}: grid {o.predicted * 1e3:.3g} ms, measured {o.measured * 1e3:.3g} ms"
     if added is not None and added != o.overhead:
-        return line + f" -> +{added * 1e3:.3g} ms per step added (stated)"
+        return line + f": +{added * 1e3:.2g} ms added per step (stated)"
     if o.overhead == 0:
         return line + ": nothing added"
     if added is None:
-        return line + f", +{o.overhead * 1e3:.3g} ms here, not added"
-    return line + f" -> +{added * 1e3:.3g} ms per step added"
+        return line + f": +{o.overhead * 1e3:.2g} ms here, not added"
+    return line + f": +{added * 1e3:.2g} ms added per step"

@@ -261,7 +261,7 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
     tied = [f.label for f in viable if f is not winner and not apart(winner, f) and not apart(f, winner)]
     shorter = [f.label for f in viable if f not in rivals and apart(f, winner)]
     for f in viable:
-        f.status = ("winner" if f is winner else "tie" if f.label in tied
+        f.status = (("winner" if separated or not tied else "kept") if f is winner else "tie" if f.label in tied
                     else "lower, short horizon" if f.label in shorter else "behind")
     name = f"{winner.label} (B={winner.batch}, lr {winner.lr:.4g})"
     if separated:

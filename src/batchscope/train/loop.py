@@ -301,6 +301,7 @@ class Run:
         self.smoothed, self.loss_sum, self.loss_n = tuple(n["smoothed"]), n["loss_sum"], n["loss_n"]
         self.history = [HistoryPoint(**p) for p in state["history"]]
         _set_rng_state(state["rng"], ctx.device)
+        self.policy.resumed(ctx)
 
     def _checkpoint(self) -> None:
         cfg = self.cfg

@@ -585,11 +585,10 @@ def check_measurement(m: Measurement, stop: BudgetStop, measure_fraction: float,
             f"({run.examples:,} examples; progress {proj.progress:+.2f}), the most it extends itself while the run "
             f"to the target cannot be projected; check the target or the reference learning rate ({m.lr:g})"
         ).keep(**m.kept())
-    if run.stopped_because == "step limit":
-        raise FindError(
-            f"the target {target} looks out of reach: after {run.steps} steps ({run.examples:,} examples) progress "
-            f"toward it is {proj.progress:.0%} and the projected run ({proj.examples:,.0f} examples) is too long "
-            f"to measure; check the target or the learning rate").keep(**m.kept())
+    # A run that hit MAX_STEPS with a finite projection goes on to the recommendation: the cap bounds what
+    # measuring costs, it is no verdict on the target (the caveats say the budget was not reached). On a
+    # long run the log-linear projection can be far too long (34.8M examples projected after 3,000 steps
+    # for a target a fixed batch of 32 reached in 1.15M), so refusing here refused long runs.
     if measure_fraction * proj.examples < b_ref:
         raise FindError(
             f"a budget of {measure_fraction:.3%} of the projected {proj.examples:,.0f} examples to the target is "
@@ -724,7 +723,11 @@ def explain_caveats(task: Task, m: Measurement, noise: NoiseFit, measure_fractio
     """
     run, used = m.run, m.run.examples / m.projection.examples
     caveats = []
-    if m.extension:
+    if run.stopped_because == "step limit":
+        caveats.append(f"the measuring run stopped at its cap of {run.steps} steps, {used:.1%} of the projected run "
+                       f"({measure_fraction:.0%} budget), with progress {m.projection.progress:.0%} toward the target: "
+                       "the projected length, and the predicted steps with it, extrapolate far.")
+    elif m.extension:
         caveats.append(f"the measuring run went on from step {m.extension['from_step']} to {run.steps} (it extends "
                        f"itself to {m.extension['cap_steps']} steps at most) because the run to the target could not "
                        f"be projected yet: {m.extension['why']}. It used {used:.0%} of the projected run; the "

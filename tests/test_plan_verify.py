@@ -167,7 +167,8 @@ def test_the_check_lists_every_branch_and_leaves_the_measuring_run_as_it_was():
     for x in v["branches"]:
         assert x["examples"] == v["examples_per_branch"] == x["steps"] * x["batch"]
         assert {"start_loss", "end_loss", "seconds", "modelled_seconds", "eval_loss", "status"} <= set(x)
-        assert x["status"] in ("winner", "kept", "tie", "behind", "lower, short horizon") or x["status"].startswith("ruled")
+        assert (x["status"] in ("winner", "kept", "tie", "behind", "lower, short horizon")
+                or x["status"].startswith("ruled"))
     assert sum(x["status"] in ("winner", "kept") for x in v["branches"]) == 1
     assert v["cost"]["examples"] == sum(x["examples"] for x in v["branches"])
     assert v["cost"]["share_of_measuring"]["examples"] == pytest.approx(v["cost"]["examples"] / m.run.examples)

@@ -313,12 +313,14 @@ def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RES
     """``arms`` None: the anchors' arms from their stored runs in ``runs_path`` (long_anchors.py)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task with a ground truth)")
+    ap.add_argument("--runs", type=Path, default=None, help=f"the anchors' runs (default: {runs_path.name})")
+    ap.add_argument("--name", default="suite_long", help="results file stem under benchmarks/results")
     args = ap.parse_args(argv)
     store = read_json(store_path)
     if arms is None:
         import long_anchors   # here, not at the top: long_anchors builds on this module
 
-        arms = long_anchors.stored_arms(read_json(runs_path), store)
+        arms = long_anchors.stored_arms(read_json(args.runs or runs_path), store)
     names = args.tasks.split(",") if args.tasks else [n for n in registry if "summary" in store.get(n, {})]
     results = [judge_task(n, store[n], registry, arms, profiles) for n in names if "summary" in store.get(n, {})]
     if not results:
@@ -333,8 +335,8 @@ def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RES
             "missing": [n for n in registry if n not in {r["task"] for r in results}]}
     s = summary(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "suite_long.json", {"summary": s, "meta": meta, "tasks": results})
-    (out_dir / "suite_long.md").write_text(markdown(results, s, meta))
+    write_json(out_dir / f"{args.name}.json", {"summary": s, "meta": meta, "tasks": results})
+    (out_dir / f"{args.name}.md").write_text(markdown(results, s, meta))
     print(markdown(results, s, meta))
     return 0
 

@@ -53,12 +53,13 @@ def test_the_rate_never_exceeds_the_capped_stability_bound(lr, momentum):
     bound = 2 * (1 + momentum) / LAMBDA_MAX          # heavy-ball SGD on a quadratic: stable below this
     assert lr < STABILITY_FRACTION * bound           # the start is stable, with room
     r = train(task, TrainConfig(batch_size=16, steps=60, eval_every=10, adaptive=_adaptive(task)))
-    checked = [d["checks"]["bound"] for d in _moves(r) if d["checks"]["bound"]["checked"]]
-    assert [d["batch_size"] for d in _moves(r)][:2] == [32, 64] and len(checked) >= 2
+    bounds = [d["checks"]["bound"] for d in _moves(r)]
+    checked = [c for c in bounds if c["checked"]]
+    assert [d["batch_size"] for d in _moves(r)][:2] == [32, 64] and checked
     # the rule's rate is above the bound from 4x the start on: uncapped, this run would oscillate and grow
-    assert max(c["rate_rule"] for c in checked) > bound
+    assert max(c["rate_rule"] for c in bounds) > bound and sum(c["capped"] for c in bounds) >= 2
     for c in checked:
-        assert c["lambda_max"] == pytest.approx(LAMBDA_MAX, rel=0.15)     # measured on the step's examples
+        assert c["lambda_max"] == pytest.approx(LAMBDA_MAX, rel=0.05)     # on 512 of the training examples
         assert c["cap"] == pytest.approx(STABILITY_FRACTION * 2 * (1 + momentum) / c["lambda_max"])
     ceiling = r.adaptive["checks"]["rate_ceiling"]
     assert ceiling == max(c["ceiling"] for c in checked) and ceiling < 0.6 * bound

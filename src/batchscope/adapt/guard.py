@@ -1,8 +1,9 @@
 """What keeps an adaptive run from going where its start did not: the rate's stability bound, a kept
 state to roll back to, and the watch on the loss after a move.
 
-- **Stability bound (SGD).** At a move that raises the rate, λ_max of the loss on the step's
-  examples (power iteration, :func:`batchscope.noise.hessian.sharpness`) bounds a stable rate:
+- **Stability bound (SGD).** At a move that raises the rate, λ_max of the loss on
+  :data:`PROBE_EXAMPLES` training examples (power iteration, :func:`batchscope.noise.hessian.sharpness`;
+  moves stacked on one kept state share one measurement) bounds a stable rate:
   2(1+μ)/λ for heavy-ball SGD (weight decay adds itself to λ). The rate is capped at
   :data:`~batchscope.noise.hessian.STABILITY_FRACTION` of it, never below the start's rate or the
   rate in use (the user's start vouches for those; the cap only limits rises).
@@ -33,6 +34,12 @@ from ..train import DIVERGE_SMOOTHING, TrainContext, loss_of
 SPIKE_FACTOR = 1.5               # a smoothed loss above this x its value at the move is a spike
 WATCH_STEPS = DIVERGE_SMOOTHING  # steps after a move the spike rule watches: the smoothed loss's window
 SHARPNESS_ITERS, SHARPNESS_TOL = 20, 1e-2   # power iteration: 1% is plenty for a cap at half the bound
+PROBE_EXAMPLES = 512             # training examples λ_max is measured on (as find's check; at most a device pass)
+
+
+def probe_indices(n_train: int, size: int, seed: int) -> torch.Tensor:
+    """``size`` training examples drawn by their own generator (the run's random stream is not touched)."""
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))[:min(size, n_train)]
 
 
 def stability_ceiling(lam_max: float, *, momentum: float, nesterov: bool, weight_decay: float, rate_now: float,
@@ -86,9 +93,11 @@ def probe_sharpness(task: Task, model: nn.Module, indices: torch.Tensor, device:
     """(λ_max on the training examples ``indices``, seconds it took, why none when it failed)."""
     t0 = time.perf_counter()
     inputs, target = split_batch(to_device(take(task.train_data, indices), device))
+    devices = [device] if device.type == "cuda" else []
     try:
-        s = sharpness(_TaskForward(model), lambda out, y: loss_of(task, out, y), inputs, target,
-                      iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
+        with torch.random.fork_rng(devices=devices):     # dropout in the probe leaves the run's stream as it was
+            s = sharpness(_TaskForward(model), lambda out, y: loss_of(task, out, y), inputs, target,
+                          iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
     except (ValueError, RuntimeError) as e:
         return None, time.perf_counter() - t0, (str(e).strip().splitlines() or [""])[0]
     finally:

@@ -38,8 +38,8 @@ from ..train import BatchPolicy, OptimizerSettings, StepPlan, TrainConfig, Train
 from ..noise.hessian import STABILITY_FRACTION, sgd_stability_bound
 from .controller import (DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, MAX_MOVE, BatchSizeController, StepTimeModel,
                          check_limits)
-from .guard import (SPIKE_FACTOR, WATCH_STEPS, LossTrend, keep, probe_sharpness, restore, sgd_settings, spiked,
-                    stability_ceiling)
+from .guard import (PROBE_EXAMPLES, SPIKE_FACTOR, WATCH_STEPS, LossTrend, keep, probe_indices, probe_sharpness,
+                    restore, sgd_settings, spiked, stability_ceiling)
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
 from .state import adapt_state, load_adapt_state
@@ -314,6 +314,8 @@ class AdaptivePolicy(BatchPolicy):
         self.rollbacks: list[dict] = []
         self.check_seconds = 0.0                 # spent measuring λ_max (counted in the run's clock)
         self.dropped = False                     # the loop dropped this step's update (recover)
+        self.last_bound: Optional[dict] = None   # where λ_max was last measured (step, kept state's step)
+        self.cfg_seed = cfg.seed
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
 
@@ -377,7 +379,7 @@ class AdaptivePolicy(BatchPolicy):
             return
         d = a.end_step(ctx.step, b, plan.measure, seconds, lambda: self.monitor.estimate(self.acfg.decision_level))
         if d is not None and d.changed:
-            self._moved(ctx, d, plan)
+            self._moved(ctx, d)
 
     def recover(self, ctx: TrainContext, why: str) -> bool:
         """The loop's divergence check fired: back to the state kept before the last move, once."""
@@ -390,7 +392,7 @@ class AdaptivePolicy(BatchPolicy):
 
     # ---- the checks around a move -------------------------------------------------------------
 
-    def _moved(self, ctx: TrainContext, d, plan: StepPlan) -> None:
+    def _moved(self, ctx: TrainContext, d) -> None:
         """Keep the state before the move (unless one still watched is kept), cap a rising SGD rate, watch."""
         a = self.adaptation
         watched = self.kept is not None and ctx.step <= self.watch_until
@@ -403,11 +405,12 @@ class AdaptivePolicy(BatchPolicy):
             self.controller.annotate(watch={"steps": WATCH_STEPS, "until": self.watch_until,
                                             "kept_step": self.kept["step"], "kept_batch": self.kept["batch"],
                                             "spike_factor": SPIKE_FACTOR})
-        self.controller.annotate(bound=self._bound(ctx, d.previous, d.batch_size, plan))
+        self.controller.annotate(bound=self._bound(ctx, d.previous, d.batch_size))
         self.sampler.set_batch_size(d.batch_size)
 
-    def _bound(self, ctx: TrainContext, before: int, after: int, plan: StepPlan) -> dict:
-        """Measure λ_max where an SGD move raises the rate, and set the rate's ceiling from it."""
+    def _bound(self, ctx: TrainContext, before: int, after: int) -> dict:
+        """Measure λ_max where an SGD move raises the rate, and set the rate's ceiling from it. Moves stacked
+        on one kept state are checked together: one λ_max at the first rise, its ceiling for the rest."""
         rate = self.adaptation.rate
         now, rule = rate.base(before), rate.lr0 * rate.rule_gain(after)
         if not self.sgd:
@@ -416,8 +419,13 @@ class AdaptivePolicy(BatchPolicy):
         if not self.acfg.stability_bound or rule <= now:
             why = "the rate does not rise" if self.acfg.stability_bound else "off (stability_bound=False)"
             return {"checked": False, "why": why, "rate": rate.base(after)}
-        ceiling = self.profile_summary["memory_ceiling"] or len(plan.indices)
-        probe = plan.indices[:ceiling]
+        last = self.last_bound
+        if last is not None and self.kept is not None and last["kept_step"] == self.kept["step"]:
+            return {"checked": False, "why": f"λ_max measured at step {last['step']} for the moves watched since "
+                                             f"step {last['kept_step']}: its ceiling holds",
+                    "ceiling": rate.ceiling, "rate_rule": rule, "rate": rate.base(after), "capped": rule > rate.ceiling}
+        limit = self.profile_summary["memory_ceiling"] or PROBE_EXAMPLES
+        probe = probe_indices(self.task.n_train, min(PROBE_EXAMPLES, limit), self.cfg_seed + ctx.step)
         sharp, secs, failed = probe_sharpness(self.task, ctx.model, probe, ctx.device, seed=ctx.step)
         self.check_seconds += secs
         ctx.seconds += secs
@@ -426,6 +434,7 @@ class AdaptivePolicy(BatchPolicy):
                     "seconds": secs}
         opt = sgd_settings(ctx.optimizer)
         cap, rate.ceiling = stability_ceiling(sharp.value, rate_now=now, lr0=rate.lr0, **opt)
+        self.last_bound = {"step": ctx.step, "kept_step": self.kept["step"] if self.kept is not None else None}
         return {"checked": True, "lambda_max": sharp.value, "iterations": sharp.iterations,
                 "converged": sharp.converged, "probe_examples": len(probe), **opt,
                 "bound": sgd_stability_bound(sharp.value + opt["weight_decay"], opt["momentum"], opt["nesterov"]),
@@ -486,7 +495,7 @@ class AdaptivePolicy(BatchPolicy):
         return {**adapt_state(self.sampler, monitor=self.monitor), "adaptation": self.adaptation.state_dict(),
                 "log": asdict(self.log), "guard": {"trend": self.trend.state_dict(), "kept": self.kept,
                                                    "watch_until": self.watch_until, "rollbacks": self.rollbacks,
-                                                   "check_seconds": self.check_seconds}}
+                                                   "check_seconds": self.check_seconds, "last_bound": self.last_bound}}
 
     def load_state_dict(self, state: dict) -> None:
         load_adapt_state(state, self.sampler, monitor=self.monitor)
@@ -496,4 +505,4 @@ class AdaptivePolicy(BatchPolicy):
         if g is not None:
             self.trend.load_state_dict(g["trend"])
             self.kept, self.watch_until, self.rollbacks = g["kept"], g["watch_until"], list(g["rollbacks"])
-            self.check_seconds = g["check_seconds"]
+            self.check_seconds, self.last_bound = g["check_seconds"], g["last_bound"]

@@ -224,7 +224,15 @@ def adaptive_seconds(run: dict, t: dict) -> float:
     step in which the interpolated crossing falls is charged for the fraction of it that was needed."""
     secs = [t[f"{b}/{'measured' if m else 'plain'}"] for b, m in zip(run["batch_sizes"], run["measured"])]
     steps = sum(secs[:-1]) + (run["steps"] - (len(secs) - 1)) * secs[-1] if secs else 0.0
-    return steps + run.get("check_seconds", 0.0)
+    return steps + check_seconds(run, steps)
+
+
+def check_seconds(run: dict, steps: float) -> float:
+    """The λ_max checks before the crossing, on the timing pass's clock: their wall seconds x (the pass's
+    time for the run's steps / the run's own wall time for them), both of one process at one moment."""
+    check = run.get("check_seconds", 0.0)
+    own = (run.get("wall_seconds") or 0.0) - check
+    return check * steps / own if check and own > 0 else check
 
 
 def measuring_share(run: dict, t: dict) -> float:

@@ -80,8 +80,16 @@ class Decision:
     goal: int = 0             # the best batch over every candidate (the move goes at most MAX_MOVE toward it)
     checks: dict = field(default_factory=dict)   # what was checked: limit, dwell, barred, bound, rollback
 
+    def __post_init__(self):
+        # keys in one order, so a decision read back from a JSON checkpoint is the same decision
+        object.__setattr__(self, "checks", _sorted(self.checks))
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _sorted(d):
+    return {k: _sorted(d[k]) for k in sorted(d)} if isinstance(d, dict) else d
 
 
 def _estimate_parts(estimate, factor: float = 1.0) -> tuple[float, float, float, int]:

@@ -416,8 +416,9 @@ class AdaptivePolicy(BatchPolicy):
         if not self.sgd:
             return {"checked": False, "why": f"{rate.optimizer}: no SGD stability bound; the watch after the "
                                              "move guards the rate"}
-        if not self.acfg.stability_bound or rule <= now:
-            why = "the rate does not rise" if self.acfg.stability_bound else "off (stability_bound=False)"
+        if not self.acfg.stability_bound or rule <= max(now, rate.lr0):   # (the ceiling is never below these)
+            why = ("off (stability_bound=False)" if not self.acfg.stability_bound else "the rate does not rise"
+                   if rule <= now else "the rate stays within the starting rate")
             return {"checked": False, "why": why, "rate": rate.base(after)}
         last = self.last_bound
         if last is not None and self.kept is not None and last["kept_step"] == self.kept["step"]:

@@ -1,8 +1,8 @@
 """What keeps an adaptive run from going where its start did not: the rate's stability bound, a kept
 state to roll back to, and the watch on the loss after a move.
 
-- **Stability bound (SGD).** At a move that raises the rate, λ_max of the loss on
-  :data:`PROBE_EXAMPLES` training examples (power iteration, :func:`batchscope.noise.hessian.sharpness`;
+- **Stability bound (SGD).** At a move that raises the rate, λ_max of the loss on as many training
+  examples as the new batch (:func:`probe_size`; power iteration, :func:`batchscope.noise.hessian.sharpness`;
   moves stacked on one kept state share one measurement) bounds a stable rate:
   2(1+μ)/λ for heavy-ball SGD (weight decay adds itself to λ). The rate is capped at
   :data:`~batchscope.noise.hessian.STABILITY_FRACTION` of it, never below the start's rate or the
@@ -34,7 +34,15 @@ from ..train import DIVERGE_SMOOTHING, TrainContext, loss_of
 SPIKE_FACTOR = 1.5               # a smoothed loss above this x its value at the move is a spike
 WATCH_STEPS = DIVERGE_SMOOTHING  # steps after a move the spike rule watches: the smoothed loss's window
 SHARPNESS_ITERS, SHARPNESS_TOL = 20, 1e-2   # power iteration: 1% is plenty for a cap at half the bound
-PROBE_EXAMPLES = 512             # training examples λ_max is measured on (as find's check; at most a device pass)
+PROBE_EXAMPLES = (64, 512)       # λ_max on the batch the move goes to, within these (512: find's check)
+
+
+def probe_size(batch: int, memory_ceiling) -> int:
+    """Examples λ_max is measured on for a move to ``batch``: the curvature the new rate meets, at the
+    cost of a few steps there; at least 64 (a smaller sample's top eigenvalue is biased up by its
+    noise), at most 512 and a device pass."""
+    lo, hi = PROBE_EXAMPLES
+    return min(max(batch, lo), hi, memory_ceiling or hi)
 
 
 def probe_indices(n_train: int, size: int, seed: int) -> torch.Tensor:

@@ -38,8 +38,8 @@ from ..train import BatchPolicy, OptimizerSettings, StepPlan, TrainConfig, Train
 from ..noise.hessian import STABILITY_FRACTION, sgd_stability_bound
 from .controller import (DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, MAX_MOVE, BatchSizeController, StepTimeModel,
                          check_limits)
-from .guard import (PROBE_EXAMPLES, SPIKE_FACTOR, WATCH_STEPS, LossTrend, keep, probe_indices, probe_sharpness,
-                    restore, sgd_settings, spiked, stability_ceiling)
+from .guard import (SPIKE_FACTOR, WATCH_STEPS, LossTrend, keep, probe_indices, probe_sharpness, probe_size, restore,
+                    sgd_settings, spiked, stability_ceiling)
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
 from .state import adapt_state, load_adapt_state
@@ -425,8 +425,8 @@ class AdaptivePolicy(BatchPolicy):
             return {"checked": False, "why": f"λ_max measured at step {last['step']} for the moves watched since "
                                              f"step {last['kept_step']}: its ceiling holds",
                     "ceiling": rate.ceiling, "rate_rule": rule, "rate": rate.base(after), "capped": rule > rate.ceiling}
-        limit = self.profile_summary["memory_ceiling"] or PROBE_EXAMPLES
-        probe = probe_indices(self.task.n_train, min(PROBE_EXAMPLES, limit), self.cfg_seed + ctx.step)
+        size = probe_size(after, self.profile_summary["memory_ceiling"])
+        probe = probe_indices(self.task.n_train, size, self.cfg_seed + ctx.step)
         sharp, secs, failed = probe_sharpness(self.task, ctx.model, probe, ctx.device, seed=ctx.step)
         self.check_seconds += secs
         ctx.seconds += secs

@@ -74,8 +74,9 @@ def test_find_output_reads_at_80_columns_when_piped(tmp_path):
     # a command line to paste keeps a path longer than the width whole, on a line of its own option
     lines = [ln for ln in r.stdout.splitlines() if not (ln.startswith("    --") and len(ln.split()) <= 3)]
     assert max(map(len, lines)) <= 80 and "…" not in r.stdout, r.stdout
-    # the default output fits one screen: candidates near the choice only
-    assert len(r.stdout.splitlines()) <= 35, r.stdout
+    # the default output fits one screen (51 lines): candidates near the choice only, one row per branch, and
+    # the step time measured on this machine said not to be added to a profile that names no device
+    assert len(r.stdout.splitlines()) <= 51, r.stdout
     text = " ".join(r.stdout.split())
     for header in ("time / fastest", "compute / E_min", "micro x acc",
                    "candidates near the choice (--verbose: all 12)"):

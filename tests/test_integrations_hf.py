@@ -190,6 +190,11 @@ def test_find_on_a_trainer(tmp_path):
                                    train_dataset=TokenData(1024), eval_dataset=TokenData(256, seed=1))
     r = find(trainer, target=0.45, memory_budget="256MiB", max_batch=128)
     assert r.recommendation.batch_size >= 1 and r.recommendation.b_crit["value"] > 0
+    # the Trainer's own steps were timed (on a copy) and their cost beyond the grid is in the plan
+    st = r.step_time
+    assert st["source"].startswith("the Trainer's own steps") and (st["micro_batch"], st["accumulation"]) == (32, 1)
+    assert st["steps"] >= 10 and st["added"] and r.recommendation.evidence["step_overhead"] == st["added_seconds"]
+    assert trainer.state.global_step == 0            # the Trainer itself has not trained
 
 
 def _numbers(est):

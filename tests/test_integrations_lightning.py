@@ -213,6 +213,11 @@ def test_find_on_a_lightning_module():
     # where the result is read, it says the target loss is training_step's on the validation data
     assert any(c.startswith("the target val loss <= 0.42: its loss is your training_step's loss on the validation "
                             "data") and "not the val_loss your validation_step logs" in c for c in rec.caveats)
+    # Lightning's own steps were timed (a copy of the module under a plain Trainer) and planned with
+    st = r.step_time
+    assert st["source"].startswith("a Lightning Trainer's own steps") and (st["micro_batch"], st["accumulation"]) == (
+        32, 1)
+    assert st["steps"] >= 10 and st["added"] and rec.evidence["step_overhead"] == st["added_seconds"]
 
 
 def _records(rows):

@@ -144,3 +144,21 @@ def test_a_result_saved_before_the_renames_still_loads():
            "b_crit_at_target": {"value": 9.0}, "predicted": {}}
     r = Recommendation.from_dict(old)
     assert (r.b_crit, r.b_simple_at_target) == ({"value": 50.0}, {"value": 9.0})
+
+
+def test_a_measuring_run_stopped_by_its_step_cap_still_recommends_and_says_so(monkeypatch):
+    # Long runs: the measuring run can reach its cap before it has used its share of a projected run that
+    # the log-linear projection makes far too long; that cap bounds the cost and is no verdict on the target
+    # (it used to be refused as "out of reach").
+    import dataclasses
+
+    import batchscope.plan.find as F
+
+    monkeypatch.setattr(F, "MAX_STEPS", 45)
+    task = dataclasses.replace(linear_task(n=4096), lr=0.0005, target=Target("loss", 0.3, "val"))
+    res = find(task, profile=fake_profile(task), measure_fraction=0.9, verify=False)
+    m = res.measuring
+    assert m["steps"] == 45 and m["stopped_because"] == "step limit"
+    assert m["fraction_of_projected_run"] < 0.9                       # the budget was not used up
+    assert any("stopped at its cap of 45 steps" in c for c in res.recommendation.caveats)
+    assert res.recommendation.batch_size >= 1 and res.recommendation.lr > 0

@@ -94,13 +94,18 @@ def test_a_clock_profile_file_drives_find_and_adaptive_training(tmp_path):
     assert r.reached_target and max(r.adaptive["steps"]["batch_size"]) <= 64
 
 
+def tiny_ground_truth(tmp_path) -> tuple[dict, Path]:
+    """The tiny task's long-tier ground truth at batches 32 and 64, one seed, and the file it is in."""
+    store, store_path = {}, tmp_path / "gt.json"
+    long_tier.ground_truth_task("tiny", store, lambda: store_path.write_text(json.dumps(store)), {"tiny": tiny_task},
+                                batches=(32, 64), sweep_cls=TinySweep, pilot={}, rounds=1)
+    return json.loads(store_path.read_text())["tiny"], store_path
+
+
 @pytest.mark.slow
 def test_long_tier_end_to_end_on_a_tiny_task(tmp_path):
     registry = {"tiny": tiny_task}
-    store, store_path = {}, tmp_path / "gt.json"
-    long_tier.ground_truth_task("tiny", store, lambda: store_path.write_text(json.dumps(store)), registry,
-                                batches=(32, 64), sweep_cls=TinySweep, pilot={}, rounds=1)
-    gt = json.loads(store_path.read_text())["tiny"]
+    gt, store_path = tiny_ground_truth(tmp_path)
     assert sorted(int(b) for b in gt["best_per_batch"]) == [32, 64]
     assert len(gt["runs"]) == 4                                        # 2 batches x 2 rates x 1 seed
     assert all(len(v["steps"]) == 1 and v["steps"][0] > 0 for v in gt["best_per_batch"].values())
@@ -126,3 +131,112 @@ def test_long_tier_end_to_end_on_a_tiny_task(tmp_path):
         assert p.step_time(64) == pytest.approx(row["clocks"][k]["step_seconds"]["64"], rel=1e-9)
     md = (tmp_path / "suite_long.md").read_text()
     assert "| tiny |" in md and "GPU-shaped" in md and "8 devices" in md and math.isfinite(cpu["best"]["seconds"])
+
+
+def gpu_seconds(path) -> float:
+    """The GPU-shaped clock by hand: 4 ms + B x 4/1024 ms a step (x a segment's factor)."""
+    return sum(seg[0] * (0.004 + seg[1] * 0.004 / 1024) * (seg[2] if len(seg) > 2 else 1.0) for seg in path)
+
+
+@pytest.mark.slow
+def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch):
+    import long_anchors as A
+
+    gt, gt_path = tiny_ground_truth(tmp_path)
+    task = tiny_task()
+    s = A.Setting(task, gt, b0=32, steps0=4, max_batch=64, profiles=tmp_path / "p", rounds=1)
+    runs, runs_path = {}, tmp_path / "runs.json"
+    save = lambda: runs_path.write_text(json.dumps(runs))  # noqa: E731
+    new = A.run_task(s, runs, save, clocks=("gpu", "dp8"), seeds=(0,))
+    caps = A.schedule_caps(task, gt)
+    expected = {f"{a}|tiny|{k}|0" for a in ("adaptive", "find") for k in ("gpu", "dp8")} | {
+        f"warmup|tiny|32x4-cap{caps[k]}|0" for k in ("gpu", "dp8")} | {
+        f"seesaw|tiny|32-decay0.5-0.75-cap{caps[k]}|0" for k in ("gpu", "dp8")}
+    assert set(new) == expected                     # a cap two clocks share is one run, not two
+    assert all(runs[k]["reached"] for k in expected)
+
+    # resuming from the file: nothing is trained again
+    def refuse(*a, **k):
+        raise AssertionError("trained again")
+    for name in ("train", "find", "run_to_target", "timing_pass"):
+        monkeypatch.setattr(A, name, refuse)
+    stored = json.loads(runs_path.read_text())
+    assert A.run_task(s, stored, save, clocks=("gpu", "dp8"), seeds=(0,)) == [] and stored == runs
+
+    lr = {b: gt["best_per_batch"][str(b)]["lr"] for b in (32, 64)}
+    cap = caps["gpu"]
+    warm, saw = runs[f"warmup|tiny|32x4-cap{cap}|0"], runs[f"seesaw|tiny|32-decay0.5-0.75-cap{cap}|0"]
+    if cap == 64:      # 4 steps of 32 (128 examples), then 64 to the crossing
+        assert [(p["examples"], p["batch"], p["lr"]) for p in warm["breakpoints"]] == [(0, 32, lr[32]),
+                                                                                    (128, 64, lr[64])]
+        assert warm["path"] == [[4.0, 32], [pytest.approx(warm["steps"] - 4), 64]]
+        # Seesaw from 32 (the cap's quarter is below the start batch): one doubling, where the step decay
+        # of the base run at 32 would first halve the rate, at half of that run's examples; SGD: rate x 1
+        half = int(0.5 * 32 * gt["best_per_batch"]["32"]["steps"][0])
+        assert [(p["examples"], p["batch"], p["lr"]) for p in saw["breakpoints"]] == [(0, 32, lr[32]),
+                                                                                   (half, 64, lr[32])]
+    else:
+        assert warm["path"] == saw["path"] == [[pytest.approx(warm["steps"]), 32]]
+    ad = runs["adaptive|tiny|gpu|0"]
+    assert sum(seg[0] for seg in ad["path"]) == pytest.approx(ad["steps"]) and any(len(seg) == 3 for seg in ad["path"])
+    assert {seg[1] for seg in ad["path"]} <= {8, 16, 32, 64}
+    ratio = {int(b): v["ratio"] for b, v in runs["_timing"]["tiny"].items()}
+    assert {seg[1] for seg in ad["path"] if len(seg) == 3} <= set(ratio)
+    fd = runs["find|tiny|gpu|0"]
+    assert fd["measuring_path"] == [[fd["measuring"]["steps"], 32]]
+    assert fd["path"][0][1] == fd["recommendation"]["batch"]
+
+    rc = long_judge.main([], registry={"tiny": tiny_task}, store_path=gt_path, out_dir=tmp_path,
+                         profiles=tmp_path / "p", arms=A.stored_arms(runs, {"tiny": gt}, b0=32, steps0=4))
+    assert rc == 0
+    doc = json.loads((tmp_path / "suite_long.json").read_text())
+    g = doc["tasks"][0]["clocks"]["gpu"]["arms"]
+    assert g["warmup"]["seconds"] == pytest.approx(gpu_seconds(warm["path"]), rel=1e-9)
+    assert g["seesaw"]["seconds"] == pytest.approx(gpu_seconds(saw["path"]), rel=1e-9)
+    # a measured step on the GPU-shaped clock: two passes of B/2, each paying the fixed 4 ms
+    two_passes = lambda b: 2 * (0.004 + b / 2 * 0.004 / 1024) / (0.004 + b * 0.004 / 1024)  # noqa: E731
+    adaptive_path = [(x[0], x[1], two_passes(x[1])) if len(x) == 3 else x for x in ad["path"]]
+    assert g["adaptive"]["seconds"] == pytest.approx(gpu_seconds(adaptive_path), rel=1e-9)
+    m = fd["measuring"]["steps"]   # the measuring run: m steps at 32 in 8 passes of 4, 4 ms + 4 x 3.906 us each
+    assert fd["measuring"]["micro_batch"] == 4
+    assert g["find (incl. measuring)"]["seconds"] - g["find"]["seconds"] == pytest.approx(m * 8 * 0.004015625,
+                                                                                          rel=1e-9)
+    d = doc["tasks"][0]["clocks"]["dp8"]["arms"]      # across 8 devices a measured step is a plain one
+    assert d["find (incl. measuring)"]["seconds"] - d["find"]["seconds"] == pytest.approx(
+        m * clocks.data_parallel(long_judge.gradient_bytes(tiny_task().make_model())).step_seconds(32), rel=1e-9)
+    summ = doc["summary"]["gpu"]
+    best = doc["tasks"][0]["clocks"]["gpu"]["best"]
+    assert summ["find_measuring"][0]["share_of_best_examples"] == pytest.approx(fd["measuring"]["examples"]
+                                                                                / best["examples"])
+    assert summ["adaptive_ahead"]["seesaw"] == {"ahead": int(g["adaptive"]["seconds"] < g["seesaw"]["seconds"]),
+                                                "of": 1}
+    assert summ["warmup"]["median"] == pytest.approx(g["warmup"]["seconds"] / best["seconds"])
+    cpu = doc["summary"]["cpu"]        # no run under this machine's clock: '-', not a crash
+    assert doc["tasks"][0]["clocks"]["cpu"]["arms"]["adaptive"]["ratio"] is None and cpu["adaptive"]["tasks"] == 0
+    assert "- adaptive / best fixed: not run" in (tmp_path / "suite_long.md").read_text()
+
+
+def test_long_anchors_command_refuses_an_unknown_arm_and_reports_progress(tmp_path, capsys):
+    import long_anchors as A
+
+    store = tmp_path / "runs.json"
+    assert A.main(["--arms", "warmup,bogus", "--store", str(store)], gt_path=tmp_path / "none.json") == 2
+    assert capsys.readouterr().err.count("error:") == 1
+    store.write_text(json.dumps({"warmup|t|32x500-cap64|0": {"task": "t", "arm": "warmup", "variant": "32x500-cap64",
+                                                             "seed": 0, "reached": True, "steps": 812.4,
+                                                             "train_seconds": 60.0}}))
+    assert A.main(["--progress", "--store", str(store)]) == 0
+    assert capsys.readouterr().out.strip() == ("t warmup: 1 runs (32x500-cap64/s0 812; x = not reached), "
+                                               "1.0 min training")
+
+
+def test_anchor_paths_by_hand():
+    import long_anchors as A
+
+    # 32 for 500 steps (16,000 examples), then x2 each time the examples double, up to the cap
+    assert A.doubling_points(32, 500, 1024) == [16_000, 32_000, 64_000, 128_000, 256_000]
+    assert A.doubling_points(32, 500, 32) == []
+    # runs of one batch, measured steps apart, the crossing's step counted in part (4.5: half of the fifth)
+    assert A.segments([32, 32, 32, 64, 64, 64], 4.5, [1, 0, 1, 0, 0, 1]) == [[1.0, 32], [2.0, 32, 1], [1.5, 64]]
+    assert A.segments([32, 64, 64], 3.0) == [[1.0, 32], [2.0, 64]]
+    assert A.segments([32], None) is None

@@ -70,6 +70,11 @@ BRANCH_SHARE = 0.5                 # a branch trains for this share of the examp
 DOWN = 2                           # the ladder starts DOWN doublings below B_ref: B0 = B_ref / 4
 MIN_BRANCH_STEPS = 4               # the largest batch of a ladder takes at least this many steps
 STOP_AFTER = 2                     # failing doublings in a row after which larger batches are not tried
+# The long tier's reference run is at 256, not the tasks' 32: at 32 a run to target is 30,000+ steps and
+# the ladder from 8 would train hundreds of thousands of steps per point; at 256 (a batch the ground truth
+# swept at every long task) the run is a few thousand steps and the ladder from 64 spans the 10^3-10^4
+# critical batches the long tier's fits report.
+REF_BATCH = {"short": None, "long": 256}
 NOISE_MIN_STEPS = 16
 NOISE_PASSES = 8
 FACTORS = {"live": LIVE_FACTOR, "find": SUITE_FACTOR}
@@ -244,12 +249,14 @@ def measure_point(run, b_ref: int, lr_ref: float, fraction: float) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def reference(task, gt: dict) -> Optional[dict]:
-    """B_ref, its best rate and steps to target from a task's ground truth (None when it has none)."""
-    row = (gt.get("summary") or {}).get("per_batch", {}).get(str(task.reference_batch))
+def reference(task, gt: dict, b_ref: Optional[int] = None) -> Optional[dict]:
+    """B_ref (default: the task's reference batch), its best rate and steps to target from a task's ground
+    truth (None when it has none)."""
+    b_ref = b_ref or task.reference_batch
+    row = (gt.get("summary") or {}).get("per_batch", {}).get(str(b_ref))
     if not row or not row.get("steps"):
         return None
-    return {"b_ref": task.reference_batch, "lr_ref": row["lr"], "steps_to_target": row["steps"],
+    return {"b_ref": b_ref, "lr_ref": row["lr"], "steps_to_target": row["steps"],
             "b_crit_run": gt["summary"].get("b_crit")}
 
 
@@ -356,6 +363,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default=None, help="comma-separated task names (default: the whole tier)")
     ap.add_argument("--points", default=None, help="comma-separated fractions of the steps to target "
                     f"(default: {','.join(f'{f:g}' for f in POINTS)})")
+    ap.add_argument("--ref-batch", type=int, default=None, help="the reference run's batch (default: the task's "
+                    "reference batch on the short tier, 256 on the long tier)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from the stored points")
     args = ap.parse_args(argv)
@@ -371,9 +380,10 @@ def main(argv=None) -> int:
 
     for name in [] if args.report_only else names:
         task = registry[name]()
-        ref = reference(task, gt.get(name, {}))
+        b_ref = args.ref_batch or REF_BATCH[args.tier]
+        ref = reference(task, gt.get(name, {}), b_ref)
         if ref is None:
-            print(f"[{name}] no ground truth at B_ref {task.reference_batch}: skipped", flush=True)
+            print(f"[{name}] no ground truth at B_ref {b_ref or task.reference_batch}: skipped", flush=True)
             continue
         print(f"[{name}] B_ref {ref['b_ref']}, lr {ref['lr_ref']:.3g}, {ref['steps_to_target']:.0f} steps to target",
               flush=True)

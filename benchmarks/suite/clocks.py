@@ -14,7 +14,9 @@ for real on this CPU and charges every step on a clock, one of:
   as `find --devices` assumes by default).
 
 A run's path is a list of (steps, batch) segments, steps possibly fractional (the crossing of the
-target is interpolated between evaluations): its time is the sum of steps x t(batch). Every clock
+target is interpolated between evaluations): its time is the sum of steps x t(batch). A segment may
+carry a third number, a factor on its step time (an adaptive run's measured steps: two passes and
+the noise monitor's hooks, charged at t(batch) x the measured / plain ratio). Every clock
 is also a hardware profile (:func:`profile`), so `find --profile` and `train --adaptive --profile`
 can be given the clock being judged.
 """
@@ -35,7 +37,7 @@ DP_DEVICES = 8
 DP_LINK = "nvlink4"
 DP_GAMMA = 1.0           # no overlap of the all-reduce with the backward pass (find's default)
 
-Path = Sequence[tuple[float, int]]          # (steps, batch) segments of one run
+Path = Sequence[tuple]          # (steps, batch) or (steps, batch, factor on the step time) segments of one run
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,16 @@ class Clock:
 
 
 def path_seconds(clock: Clock, path: Path) -> float:
-    """Seconds of a run: sum over its segments of steps x t(batch)."""
-    return sum(steps * clock.step_seconds(batch) for steps, batch in path)
+    """Seconds of a run: sum over its segments of steps x t(batch) (x the segment's factor, if it has one)."""
+    return sum(seg[0] * clock.step_seconds(seg[1]) * (seg[2] if len(seg) > 2 else 1.0) for seg in path)
+
+
+def path_steps(path: Path) -> float:
+    return sum(seg[0] for seg in path)
+
+
+def path_examples(path: Path) -> float:
+    return sum(seg[0] * seg[1] for seg in path)
 
 
 def fixed_path(steps: float, batch: int) -> list[tuple[float, int]]:

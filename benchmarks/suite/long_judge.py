@@ -8,9 +8,15 @@ run's steps on the clock:
   two seeds at that batch's best rate; batch and rate chosen with hindsight, per clock);
 - batch 32, and the largest batch swept (the largest that fits under every clock here);
 - every further arm: a function (task, seed, clock) -> the run's path [(steps, batch), ...] to
-  the target, or None when it did not get there; its time is the geometric mean over the seeds of
+  the target, or None when it did not get there, raising :class:`NotRun` when it has no run there
+  (shown as '-', left out of the summary); its time is the geometric mean over the seeds of
   sum(steps x t(batch)). An arm that needs the clock as a hardware profile gets it from
-  :func:`clock_profile` (`find --profile`, `train --adaptive --profile` take the same file).
+  :func:`clock_profile` (`find --profile`, `train --adaptive --profile` take the same file). An arm
+  may carry ``details(task, seeds, clock) -> dict``, kept beside its time (find's measuring cost).
+  By default the arms are the anchors' stored runs (long_anchors.py: adaptive, find, find incl.
+  its measuring run, batch warm-up, Seesaw), each where it has runs; per clock the summary also
+  counts the tasks on which adaptive is ahead of Seesaw and of the warm-up, and states find's
+  measuring cost against the best fixed run's examples.
 
 Under this machine's clock the A/A control (timing pass B) says how far the ratios move with the
 machine's state. Writes benchmarks/results/suite_long.{json,md} and each task's clocks as hardware
@@ -40,10 +46,15 @@ HERE = Path(__file__).parent
 RESULTS = HERE.parent / "results"
 STORE = HERE / "long_ground_truth.json"
 PROFILES = HERE / "long_profiles"
+ANCHOR_RUNS = HERE / "long_anchor_runs.json"
 SEEDS = (0, 1)
 LONG_RUN = 2000          # steps: the long tier asks at least this many of the best fixed run
 
 Arm = Callable[[object, int, C.Clock], Optional[C.Path]]
+
+
+class NotRun(LookupError):
+    """An arm has no stored run for this task, clock or seed: shown as '-', not as 'not reached'."""
 
 
 def fixed_arm(entry: dict, batch: int) -> Arm:
@@ -57,13 +68,25 @@ def fixed_arm(entry: dict, batch: int) -> Arm:
 
 
 def arm_seconds(arm: Arm, task, clock: C.Clock, seeds=SEEDS) -> dict:
-    """Time to target of ``arm`` under ``clock``: the geometric mean over seeds (inf if a seed missed)."""
-    paths = [arm(task, s, clock) for s in seeds]
+    """Time to target of ``arm`` under ``clock``: the geometric mean over seeds (inf if a seed missed;
+    None, with ``not_run`` saying why, where the arm has no run for a seed)."""
+    try:
+        paths = [arm(task, s, clock) for s in seeds]
+    except NotRun as e:
+        return {"seconds": None, "steps": None, "reached": None, "not_run": str(e)}
     if any(p is None for p in paths):
         return {"seconds": math.inf, "steps": None, "reached": sum(p is not None for p in paths)}
     return {"seconds": geomean([C.path_seconds(clock, p) for p in paths]),
-            "steps": geomean([sum(s for s, _ in p) for p in paths]), "reached": len(paths),
-            "examples": geomean([sum(s * b for s, b in p) for p in paths])}
+            "steps": geomean([C.path_steps(p) for p in paths]), "reached": len(paths),
+            "examples": geomean([C.path_examples(p) for p in paths])}
+
+
+def best_fixed(entry: dict, clock: C.Clock, seeds=None) -> int:
+    """The swept batch with the least time to target under ``clock`` (geometric mean over ``seeds``)."""
+    seeds = seeds_of(entry) if seeds is None else seeds
+    times = {int(b): arm_seconds(fixed_arm(entry, int(b)), None, clock, seeds)["seconds"]
+             for b in entry["best_per_batch"]}
+    return min(sorted(times), key=lambda b: times[b])
 
 
 def seeds_of(entry: dict) -> tuple[int, ...]:
@@ -99,7 +122,7 @@ def judge_clock(task, entry: dict, clock: C.Clock, arms: dict[str, Arm]) -> dict
     batches = sorted(int(b) for b in entry["best_per_batch"])
     seeds = seeds_of(entry)
     fixed = {b: arm_seconds(fixed_arm(entry, b), task, clock, seeds) for b in batches}
-    best = min(fixed, key=lambda b: fixed[b]["seconds"])
+    best = best_fixed(entry, clock, seeds)
     t_best = fixed[best]["seconds"]
     out = {"clock": clock.name, "description": clock.description,
            "step_seconds": {str(b): clock.step_seconds(b) for b in batches},
@@ -110,7 +133,12 @@ def judge_clock(task, entry: dict, clock: C.Clock, arms: dict[str, Arm]) -> dict
            "arms": {}}
     for name, arm in arms.items():
         got = arm_seconds(arm, task, clock, seeds)
-        out["arms"][name] = {**got, "ratio": got["seconds"] / t_best}
+        out["arms"][name] = {**got, "ratio": None if got["seconds"] is None else got["seconds"] / t_best}
+        if got["seconds"] is not None and hasattr(arm, "details"):
+            try:
+                out["arms"][name]["details"] = arm.details(task, seeds, clock)
+            except NotRun:
+                pass
     return out
 
 
@@ -142,26 +170,56 @@ CLOCK_TITLES = {"cpu": "this machine's clock", "gpu": "the GPU-shaped clock", "d
 
 
 def summary(results: list[dict]) -> dict:
-    """Per clock over the tasks: how long the best fixed runs are, and batch 32 / largest / arms against it."""
+    """Per clock over the tasks: how long the best fixed runs are, and batch 32 / largest / arms against it
+    (median and worst of the ratio over the tasks where the arm has runs; ``arms`` names them in order)."""
     out = {}
     for k in CLOCK_TITLES:
         rows = [r["clocks"][k] for r in results]
         s = {"tasks": len(rows), "best_batches": [x["best"]["batch"] for x in rows],
              "long_runs": sum(x["best"]["steps"] >= LONG_RUN for x in rows),
-             "best_steps_min": min(x["best"]["steps"] for x in rows)}
+             "best_steps_min": min(x["best"]["steps"] for x in rows), "arms": list(rows[0]["arms"])}
         for anchor in ("batch_32", "largest"):
             ratios = [x[anchor]["ratio"] for x in rows if x[anchor]]
             if ratios:
-                s[anchor] = {"median": statistics.median(ratios), "worst": max(ratios)}
-        for arm in rows[0]["arms"]:
-            ratios = [x["arms"][arm]["ratio"] for x in rows]
-            s[arm] = {"median": statistics.median(ratios), "worst": max(ratios)}
+                s[anchor] = {"median": statistics.median(ratios), "worst": max(ratios), "tasks": len(ratios)}
+        for arm in s["arms"]:
+            ratios = [x["arms"][arm]["ratio"] for x in rows if x["arms"][arm]["ratio"] is not None]
+            s[arm] = ({"median": statistics.median(ratios), "worst": max(ratios), "tasks": len(ratios)} if ratios
+                      else {"median": None, "worst": None, "tasks": 0})
+        s["adaptive_ahead"] = {other: ahead(rows, "adaptive", other) for other in ("seesaw", "warmup")
+                               if "adaptive" in s["arms"] and other in s["arms"]}
+        s["find_measuring"] = measuring_cost(results, k) if "find (incl. measuring)" in s["arms"] else []
         out[k] = s
+    return out
+
+
+def ahead(rows: list[dict], arm: str, other: str) -> dict:
+    """On how many tasks (of those where both have runs) ``arm`` reached the target in less time than ``other``."""
+    both = [x["arms"] for x in rows if x["arms"][arm]["ratio"] is not None and x["arms"][other]["ratio"] is not None]
+    return {"ahead": sum(a[arm]["seconds"] < a[other]["seconds"] for a in both), "of": len(both)}
+
+
+def measuring_cost(results: list[dict], k: str) -> list[dict]:
+    """find's measuring run per task under clock ``k``: steps, examples, this machine's seconds, and its
+    examples as a share of the best fixed run's."""
+    out = []
+    for r in results:
+        c = r["clocks"][k]
+        d = c["arms"]["find (incl. measuring)"].get("details")
+        if d:
+            best = c["best"]["examples"]
+            out.append({"task": r["task"], **d, "share_of_best_examples": d["measuring_examples"] / best})
     return out
 
 
 def _secs(x: float) -> str:
     return "not reached" if not math.isfinite(x) else f"{x:.3g}s" if x >= 0.1 else f"{x * 1e3:.3g}ms"
+
+
+def _arm_cell(a: dict) -> str:
+    if a["ratio"] is None:
+        return "-"
+    return f"{_secs(a['seconds'])}, {a['ratio']:.2f}" if math.isfinite(a["ratio"]) else _secs(a["seconds"])
 
 
 def _clock_table(results: list[dict], k: str) -> list[str]:
@@ -179,7 +237,7 @@ def _clock_table(results: list[dict], k: str) -> list[str]:
                  f"{best['batch']} ({best['lr']:.3g})", f"{best['steps']:.0f}", _secs(best["seconds"]),
                  f"{b32['steps']:.0f}, {_secs(b32['seconds'])}" if b32 else "-", f"{b32['ratio']:.2f}" if b32 else "-",
                  f"{big['batch']}, {big['steps']:.0f}, {_secs(big['seconds'])}", f"{big['ratio']:.2f}"]
-        cells += [f"{_secs(c['arms'][a]['seconds'])}, {c['arms'][a]['ratio']:.2f}" for a in arms]
+        cells += [_arm_cell(c["arms"][a]) for a in arms]
         if k == "cpu":
             cc = r["clocks"]["cpu_control"]
             cells.append(f"{cc['best']['batch']}, {cc['batch_32']['ratio']:.2f}, {cc['largest']['ratio']:.2f}"
@@ -199,6 +257,30 @@ def _ground_truth_table(results: list[dict]) -> list[str]:
         wall = f"{r['wall_seconds'] / 60:.1f}" if r.get("wall_seconds") else "-"
         lines.append(f"| {r['task']} | {r['model']} | {r['n_train']:,} train | {r['optimizer']} | {r['target']} | "
                      f"{r['runs']} | {fitted} | {cpu} | {wall} |")
+    return lines
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.2f}" if math.isfinite(x) else "not reached"
+
+
+def _summary_lines(g: dict) -> list[str]:
+    """One clock's summary as bullets: ratios to the best fixed run, adaptive against the schedules, find's
+    measuring cost."""
+    lines = []
+    for name in [x for x in ("batch_32", "largest", *g["arms"]) if x in g]:
+        v = g[name]
+        where = "" if v["tasks"] == g["tasks"] else f" ({v['tasks']} of {g['tasks']} tasks run)"
+        lines.append(f"- {name.replace('_', ' ')} / best fixed: " + (
+            f"median {_ratio(v['median'])}, worst {_ratio(v['worst'])}{where}" if v["tasks"] else "not run"))
+    for other, v in g.get("adaptive_ahead", {}).items():
+        lines.append(f"- adaptive ahead of {other} on {v['ahead']} of {v['of']} tasks (where both have runs)"
+                     if v["of"] else f"- adaptive against {other}: no task with runs of both")
+    for m in g.get("find_measuring", []):
+        lines.append(f"- find's measuring run on {m['task']}: {m['measuring_steps']:.0f} steps at batch "
+                     f"{m['measuring_batch']}, {m['measuring_examples']:,.0f} examples "
+                     f"({m['share_of_best_examples']:.1%} of the best fixed run's), "
+                     f"{m['measuring_seconds']:.3g}s on this machine (geometric means over the seeds)")
     return lines
 
 
@@ -222,18 +304,21 @@ def markdown(results: list[dict], s: dict, meta: dict) -> str:
         lines += ["", f"## Under {title}", "", f"Clock: {c['description']}.", "", *_clock_table(results, k), "",
                   f"Best fixed batch: {', '.join(map(str, g['best_batches']))}; its run takes {LONG_RUN:,} steps or "
                   f"more on {g['long_runs']}/{g['tasks']} tasks (fewest {g['best_steps_min']:.0f})."]
-        for name in [x for x in g if isinstance(g[x], dict)]:
-            lines.append(f"- {name.replace('_', ' ')} / best fixed: median {g[name]['median']:.2f}, "
-                         f"worst {g[name]['worst']:.2f}")
+        lines += _summary_lines(g)
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RESULTS,
-         profiles: Optional[Path] = PROFILES, arms: Optional[dict] = None) -> int:
+         profiles: Optional[Path] = PROFILES, arms: Optional[dict] = None, runs_path: Path = ANCHOR_RUNS) -> int:
+    """``arms`` None: the anchors' arms from their stored runs in ``runs_path`` (long_anchors.py)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task with a ground truth)")
     args = ap.parse_args(argv)
     store = read_json(store_path)
+    if arms is None:
+        import long_anchors   # here, not at the top: long_anchors builds on this module
+
+        arms = long_anchors.stored_arms(read_json(runs_path), store)
     names = args.tasks.split(",") if args.tasks else [n for n in registry if "summary" in store.get(n, {})]
     results = [judge_task(n, store[n], registry, arms, profiles) for n in names if "summary" in store.get(n, {})]
     if not results:

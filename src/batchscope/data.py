@@ -33,20 +33,33 @@ class IndexStream:
         self.n, self.batch_size = n, batch_size
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.perm: Optional[torch.Tensor] = None
-        self.k = 0                                  # batches taken from the current permutation
+        self.k = 0                                  # batches taken from the current permutation ...
+        self.offset = 0                             # ... after this many examples of it (taken at another size)
 
     def next(self) -> torch.Tensor:
-        if self.perm is None or self.k == self.n // self.batch_size:
-            self.perm, self.k = torch.randperm(self.n, generator=self.generator), 0
-        b, self.k = self.batch_size, self.k + 1
-        return self.perm[(self.k - 1) * b: self.k * b]
+        b = self.batch_size
+        if self.perm is None or self.offset + (self.k + 1) * b > self.n:
+            self.perm, self.k, self.offset = torch.randperm(self.n, generator=self.generator), 0, 0
+        start, self.k = self.offset + self.k * b, self.k + 1
+        return self.perm[start: start + b]
+
+    @property
+    def position(self) -> int:
+        """Examples of the current permutation taken so far."""
+        return self.offset + self.k * self.batch_size
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state(), "perm": self.perm, "k": self.k}
+        return {"generator": self.generator.get_state(), "perm": self.perm, "k": self.k, "offset": self.offset,
+                "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Go on from a saved position; a stream saved at another batch size goes on from the example where
+        it stopped in its permutation (the rest of that epoch's examples come next, at this size)."""
         self.generator.set_state(state["generator"])
-        self.perm, self.k = state["perm"], int(state["k"])
+        self.perm, self.k, self.offset = state["perm"], int(state["k"]), int(state.get("offset", 0))
+        saved = int(state.get("batch_size", self.batch_size))
+        if saved != self.batch_size:
+            self.k, self.offset = 0, self.offset + self.k * saved
 
 
 def to_device(batch, device: torch.device):

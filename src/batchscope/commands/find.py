@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 import click
 
@@ -74,9 +76,17 @@ NEAR = 2                  # candidates shown either side of the choice (--verbos
 @click.option("--devices", type=int, default=1, show_default=True,
               help="data-parallel devices (their all-reduce: the interconnect options, as in `plan`)")
 @interconnect_options
-@click.option("--ref-batch", type=int, default=None, help="batch of your known-good setting [default: the task's]")
+@click.option("--ref-batch", type=int, default=None,
+              help="batch of your known-good setting, the batch the measuring run trains at (any batch from 8 to a "
+                   "quarter of the training set: the noise is measured on its eight micro-batches) [default: the "
+                   "task's]")
 @click.option("--ref-lr", type=LEARNING_RATE, default=None,
-              help="learning rate of your known-good setting [default: the task's]")
+              help="learning rate of your known-good setting, the measuring run's rate: a rate known to work at "
+                   "--ref-batch [default: the task's]")
+@click.option("--step-overhead", type=FINITE, default=None,
+              help="seconds per optimizer step that the profile's grid misses on the hardware planned for (data "
+                   "loading, framework, logging) [default: measured on the measuring run's real steps, added only "
+                   "when the profile is of this device]")
 @click.option("--memory-budget", default=None,
               help="memory for one device: 2GiB, 512MB or 40% [default: 90% of free GPU memory, half the free RAM]")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -85,11 +95,14 @@ NEAR = 2                  # candidates shown either side of the choice (--verbos
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="write a Markdown report with PNG plots (and find.json) to this directory")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="write the JSON result here")
+@click.option("--no-verify", "no_verify", is_flag=True,
+              help="skip the branch check (short runs forked from the measuring run's end that test the choice "
+                   "against B/2, 2B, lr/2 and 2 lr); the SGD stability bound still caps the rate")
 @click.option("--verbose", "-v", is_flag=True, help="print every candidate, the schedule's table and the calibration")
 @json_option
 def command(task_spec, objective, measure_fraction, target_epochs, profile_path, max_batch, devices, link, per_node,
-            network, bandwidth, latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, memory_budget, seed, amp,
-            device, report_dir, out, verbose, as_json) -> None:
+            network, bandwidth, latency, net_bandwidth, net_latency, gamma, ref_batch, ref_lr, step_overhead,
+            memory_budget, seed, amp, device, report_dir, out, no_verify, verbose, as_json) -> None:
     """Recommend a batch size, learning rate and growth schedule for a task, with the evidence."""
     from ..hardware import HardwareProfile
     from ..plan.find import find
@@ -114,16 +127,21 @@ def command(task_spec, objective, measure_fraction, target_epochs, profile_path,
         result = find(task, device=device, objective=objective, measure_fraction=measure_fraction, profile=profile,
                       max_batch=max_batch, devices=devices, ref_batch=ref_batch, ref_lr=ref_lr,
                       memory_budget=memory_budget, seed=seed, amp=amp, gamma=gamma, target_epochs=target_epochs,
+                      step_overhead=step_overhead,
                       cluster=cluster_from(link, per_node, network, bandwidth, latency, net_bandwidth, net_latency),
-                      callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")])
-    doc = result.to_dict()
-    doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
+                      callbacks=[ProgressCallback(progress, "[2/2] measuring noise scale")], verify=not no_verify)
     outputs = Outputs()
+    state = save_state(result, out, report_dir, outputs)
+    doc = result.to_dict()
+    doc["task_spec"] = task_spec
+    doc["adaptive_command"] = adaptive_command(task_spec, result.measuring, max_batch, profile_path, device)
     if out:
-        outputs.write("--out", out, lambda: write_json(out, doc))
+        outputs.write("--out", out, lambda: write_json(out, located(doc, state, Path(out).parent)))
     if report_dir:
         from ..report.find_report import write_find_report
 
+        if state:
+            result.checkpoint = located(doc, state, Path(report_dir))["checkpoint"]
         path = outputs.write("--report", report_dir, lambda: write_find_report(result, task, report_dir))
         if path:
             console.print(f"report: {path}")
@@ -131,8 +149,34 @@ def command(task_spec, objective, measure_fraction, target_epochs, profile_path,
         click.echo(dumps({k: doc[k] for k in doc if k not in ("noise_steps",)}))
     else:
         _print(console, task, result, verbose)
+        if state and (out or report_dir):
+            saved = out or str(Path(report_dir) / "find.json")
+            console.print(f"the measuring run's state is saved in {state}; continue it at the recommendation "
+                          f"(its steps and examples count):\n  batchscope train --task {task_spec} --from-find {saved}",
+                          soft_wrap=True, markup=False)
         _print_adaptive(console, doc["adaptive_command"], task_spec, profile_path)
     outputs.finish(as_json)
+
+
+def save_state(result, out, report_dir, outputs: Outputs) -> Optional[Path]:
+    """The measuring run's state beside the result (``<out>.ckpt``, else ``find.ckpt`` in the report
+    directory), for `train --from-find`; None when neither was asked for or the write failed."""
+    from ..plan.find import checkpoint_path
+
+    if not (out or report_dir) or result.live is None:
+        return None
+    path = checkpoint_path(out) if out else Path(report_dir) / "find.ckpt"
+    if report_dir and not out:
+        Path(report_dir).mkdir(parents=True, exist_ok=True)
+    saved = outputs.write("--out" if out else "--report", path, lambda: result.save_checkpoint(path))
+    return path if saved else None
+
+
+def located(doc: dict, state: Optional[Path], where: Path) -> dict:
+    """``doc`` naming the saved state by its path relative to ``where`` (the directory of the JSON written)."""
+    if not state:
+        return doc
+    return {**doc, "checkpoint": {**doc["checkpoint"], "path": os.path.relpath(state, where)}}
 
 
 def near_the_choice(candidates: list, chosen: int, near: int = NEAR) -> list:
@@ -149,8 +193,31 @@ def schedule_line(schedule: list, chosen: int) -> str:
     return "growth schedule (batch as the training loss falls): " + ", then ".join(stages) + (f"; {end}" if end else "")
 
 
+def _print_branches(console, v: dict) -> None:
+    """The branch check: one row per branch, what was ruled out and why, the verdict and the cost."""
+    if not v.get("enabled"):
+        console.print("branch check: off (--no-verify); the recommendation is the model's prediction, unchecked")
+        return
+    c = v["cost"]
+    title = (f"branch check: {c['branches']} branches x {v['examples_per_branch']:,} examples from step "
+             f"{v['from_step']} ({c['share_of_measuring']['examples']:.2g}x the measuring run's examples, "
+             f"{c['seconds']:.2g} s here); loss at {(v['common_seconds'] or 0) * 1e3:.3g} ms of the profile's time")
+    def g3(x):
+        return None if x is None else float(f"{x:.3g}")
+
+    rows = [(("> " if b["status"] in ("winner", "kept") else "") + b["label"], b["batch"], g3(b["lr"]), b["steps"],
+             g3(b["loss"]), g3(b["se"]), g3(b["eval_loss"]), b["status"].split(":")[0]) for b in v["branches"]]
+    console.print(make_table(title, ["branch", "batch", "lr", "steps", "loss at t", "+-", "eval loss", "status"],
+                             rows))
+    for b in v["branches"]:
+        if b["status"].startswith("ruled out"):
+            console.print(f"{b['label']} (B={b['batch']}, lr {b['lr']:.4g}) {b['status']}")
+    console.print(f"branch check: {v['verdict']}")
+
+
 def _print(console, task, result, verbose: bool = False) -> None:
     from ..plan.find import micro_batch_limit_reason
+    from ..plan.verify import stability_words
 
     r, m = result.recommendation, result.measuring
     p, bc = result.profile, r.b_crit
@@ -163,11 +230,18 @@ def _print(console, task, result, verbose: bool = False) -> None:
         ("target", f"{m['target']['stated']} (train loss {m['target']['train_loss']:.3g} there)"),
         ("B_crit", f"{bc['value']:.0f}  ({bc['level']:.0%}: {bc['low']:.0f}-{bc['high']:.0f}) = {bc['factor']:.2f} x "
                    f"B_simple {bc['b_simple']:.3g} measured"),
-        ("step time", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} us x B on {p.device.get('type')}"),
+        *real_step_rows(result.step_time),
         ("micro-batch limit", f"{p.max_batch:,} ({micro_batch_limit_reason(p)})"),
         ("measuring run", f"{m['steps']} steps at B={m['batch_size']} on {m.get('device')} = "
-                          f"{m['fraction_of_projected_run']:.1%} of the projected run ({m['stopped_because']})"),
+                          f"{m['fraction_of_projected_run']:.1%} of the projected run ({m['stopped_because']})"
+                          f"{cost_words(m)}"),
     ]
+    stability = stability_words(r)
+    if stability:
+        rows.append(("rate stability", stability))
+    if verbose or not result.step_time:
+        rows.insert(6, ("step time", f"{p.alpha * 1e3:.3g} ms + {p.beta * 1e6:.3g} us x B on {p.device.get('type')} "
+                                     "(the profile's grid)"))
     if verbose:
         bs = r.b_simple_at_target
         rows.append(("B_simple at the target", f"{bs['value']:.3g}  ({bs['low']:.3g}-{bs['high']:.3g}) at training "
@@ -182,9 +256,29 @@ def _print(console, task, result, verbose: bool = False) -> None:
                                f"{c['micro_batch']} x {c['accumulation']}", round(c["steps"]), round(c["examples"]),
                                c["seconds"], c["relative_time"], c["relative_compute"]) for c in shown]))
     console.print(schedule_line(r.schedule, r.batch_size))
+    _print_branches(console, r.verification)
     if verbose:
         console.print(f"calibration: {bc['calibration']}")
         for c in r.constraints:
             console.print(f"constraint: {c}")
     for c in r.caveats:
         console.print(f"caveat: {c}")
+
+
+def real_step_rows(st: dict) -> list[tuple[str, str]]:
+    """The grid against the real steps at the measuring layout, and what the model adds (one row)."""
+    if not st:
+        return []
+    label, _, value = st["line"].partition(": ")
+    if not st.get("added") and st.get("overhead_seconds"):
+        value += " (the profile is of another device; see --step-overhead)"
+    return [(label, value)]
+
+
+def cost_words(m: dict) -> str:
+    """What measuring cost, the timed steps after it included, in steps, examples and seconds."""
+    cost, timed = m.get("cost"), m.get("timed_steps")
+    if not cost:
+        return ""
+    return (f"; cost with {timed['steps']} timed steps: {cost['steps']:,} steps, {cost['examples']:,} examples, "
+            f"{cost['seconds']:.2f} s")

@@ -64,6 +64,27 @@ def rollback_lines(a: dict) -> list[str]:
             for r in a.get("checks", {}).get("rollbacks", [])]
 
 
+FROM_FIND_SETS = ("batch_size", "micro_batch", "lr", "warmup_steps", "resume_from", "adaptive")
+
+
+def _from_find(path: str, task_spec: str) -> dict:
+    """The recommendation and saved measuring run of a find result; the options it sets may not be given too."""
+    from click.core import ParameterSource
+
+    from ..plan.find_file import continuation
+
+    ctx = click.get_current_context()
+    given = [max(p.opts, key=len) for p in ctx.command.params
+             if p.name in FROM_FIND_SETS and ctx.get_parameter_source(p.name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise ConfigError(f"--from-find sets the batch, micro-batch, rate and warm-up from the recommendation and "
+                          f"continues its measuring run; drop {', '.join(given)} (or train without --from-find)")
+    found = continuation(path)
+    if ctx.get_parameter_source("task_spec") == ParameterSource.COMMANDLINE or not found["task_spec"]:
+        found["task_spec"] = task_spec
+    return found
+
+
 def tensorboard_callbacks(log_dir: str, batch_size: int, micro_batch) -> list:
     try:
         from ..integrations.tensorboard import run_callbacks
@@ -116,14 +137,24 @@ def training_options(f):
               help="write the run's whole state here every --checkpoint-every steps (resume with --resume-from)")
 @click.option("--checkpoint-every", type=int, default=None, help="steps between checkpoints [default: 100]")
 @click.option("--resume-from", type=click.Path(), default=None,
-              help="continue the run a --checkpoint wrote (same task and settings)")
+              help="continue the run a --checkpoint (or find --out) wrote; with the settings that wrote it it "
+                   "resumes, with another batch or rate it continues the run at them (data order, counters and "
+                   "history go on; warm-up and schedule count from there)")
+@click.option("--from-find", "from_find", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="continue the measuring run saved by `batchscope find --out FILE` at its recommended batch, "
+                   "micro-batch, rate and warm-up: the run's steps and examples go on from the measuring run's, "
+                   "and --steps / --epochs count the whole run")
 @json_option
 def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, schedule, seed, amp,
             steps, epochs, until_target, eval_every, device, adaptive, max_batch, min_batch, profile_path, plot, out,
-            log_dir, checkpoint, checkpoint_every, resume_from, as_json) -> None:
+            log_dir, checkpoint, checkpoint_every, resume_from, from_find, as_json) -> None:
     """Train a task once and report loss, metric and time to target."""
     check_outputs(("--out", out, "file"), ("--plot", plot, "file"), ("--log-dir", log_dir, "directory"),
                   ("--checkpoint", checkpoint, "file"))
+    found = _from_find(from_find, task_spec) if from_find else None
+    if found:
+        task_spec, batch_size, micro_batch = found["task_spec"], found["batch_size"], found["micro_batch"]
+        lr, warmup_steps, resume_from = found["lr"], found["warmup_steps"], found["checkpoint"]
     task = load_task(task_spec)
     if steps is None and epochs is None and not until_target:
         steps = 500
@@ -136,6 +167,11 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     console = console_for(as_json)
     keep_measured_in(out)  # a diverged run keeps the history measured before the loss blew up
     console.print(f"training {task.name} on {device_name(device)}")
+    if found:
+        saved = found["saved"]
+        console.print(f"continuing find's measuring run from step {saved['step']:,} ({saved['examples']:,} examples "
+                      f"at B={saved['batch_size']}, lr {saved['lr']:.4g}) at the recommendation: B={batch_size}, "
+                      f"lr {lr:.4g}, warm-up {warmup_steps} steps")
     extra = tensorboard_callbacks(log_dir, batch_size, micro_batch) if log_dir else []
     with progress_bar(console) as progress:
         result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}"), *extra])

@@ -16,6 +16,9 @@ knee. The model:
   B=512) keeps its time: that is what one pass at that batch costs.
 * Outside the measured range (and with fewer than two points) it is the fitted line
   t(B) = alpha + beta*B, weighted by relative error (:func:`~batchscope.hardware.fit.fit_step_time`).
+* ``overhead``: seconds per optimizer step that the grid of bare passes misses (data loading, the
+  framework, logging), measured on the real steps of a run (:mod:`batchscope.hardware.realstep`).
+  It is paid once per step, whatever the batch and the accumulation; 0 for a profile's own model.
 
 The profile JSON stores the bounded points under ``step_time_model``; they are recomputed from the
 measured points on load, so the stored model and the measurements cannot drift apart.
@@ -89,13 +92,15 @@ class StepTimeModel:
 
     alpha, beta: the fitted line alpha + beta*B (seconds; seconds per example), used outside the
     measured range. measured: ((batch, median seconds), ...), used inside their range (bounded, see
-    the module docstring). Checked once, here: alpha and beta finite and >= 0 and not both zero,
-    every measured batch and time positive and finite.
+    the module docstring). overhead: seconds added once per optimizer step (see the module
+    docstring). Checked once, here: alpha and beta finite and >= 0 and not both zero, every
+    measured batch and time positive and finite, the overhead finite and >= 0.
     """
 
     alpha: float
     beta: float
     measured: tuple = ()                                                 # ((batch, median seconds), ...)
+    overhead: float = 0.0                                                # seconds per optimizer step
     batches: tuple = field(init=False, repr=False, compare=False)       # measured batches, ascending
     bounded: tuple = field(init=False, repr=False, compare=False)       # their bounded medians
 
@@ -106,6 +111,11 @@ class StepTimeModel:
             raise ConfigError(f"The {name!r} parameter of StepTimeModel must be {need}. Got {value!r} instead; "
                               "take alpha and beta from a hardware profile (StepTimeModel.from_profile, "
                               "`batchscope profile`)")
+        if not _is_cost(self.overhead):
+            raise ConfigError(f"The 'overhead' parameter of StepTimeModel must be a finite number of seconds >= 0 "
+                              f"(the cost of a real step beyond its passes). Got {self.overhead!r} instead; measure "
+                              "it on a run's real steps (batchscope.hardware.realstep.fit_overhead)")
+        object.__setattr__(self, "overhead", float(self.overhead))
         try:
             points = tuple(_point(p) for p in self.measured)
         except TypeError:
@@ -122,20 +132,27 @@ class StepTimeModel:
         """From a :class:`~batchscope.hardware.HardwareProfile` (or anything with alpha, beta and points)."""
         return cls(profile.alpha, profile.beta, tuple((p.batch, p.seconds) for p in getattr(profile, "points", ())))
 
+    def pass_seconds(self, batch: float) -> float:
+        """Seconds of one forward/backward pass (with its update) of ``batch`` examples, as the grid measured it."""
+        if len(self.batches) < 2 or batch < self.batches[0] or batch > self.batches[-1]:
+            return self.alpha + self.beta * batch
+        return float(math.exp(np.interp(math.log(batch), np.log(self.batches), np.log(self.bounded))))
+
     def seconds(self, batch: float, accumulation: int = 1) -> float:
-        """Seconds of ``accumulation`` passes of ``batch`` examples each: one step on one device, unsynchronised.
+        """Seconds of one optimizer step of ``accumulation`` passes of ``batch`` examples each, on one device,
+        unsynchronised: the passes plus the per-step ``overhead``.
 
         Every pass pays the fixed cost again, so 4 passes of 64 cost 4 t(64), not t(256).
         """
-        if len(self.batches) < 2 or batch < self.batches[0] or batch > self.batches[-1]:
-            t = self.alpha + self.beta * batch
-        else:
-            t = float(math.exp(np.interp(math.log(batch), np.log(self.batches), np.log(self.bounded))))
-        return accumulation * t
+        return accumulation * self.pass_seconds(batch) + self.overhead
+
+    def with_overhead(self, seconds: float) -> "StepTimeModel":
+        """The same grid with ``seconds`` added to every optimizer step."""
+        return StepTimeModel(self.alpha, self.beta, self.measured, seconds)
 
     def to_dict(self) -> dict:
         return {"model": DESCRIPTION, "alpha": self.alpha, "beta": self.beta,
-                "batches": list(self.batches), "seconds": list(self.bounded)}
+                "batches": list(self.batches), "seconds": list(self.bounded), "overhead": self.overhead}
 
 
 def knee(model: StepTimeModel, gain: float = 0.10) -> Optional[int]:

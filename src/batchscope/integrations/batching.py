@@ -16,10 +16,18 @@ scale measured now; :class:`~batchscope.adapt.ScaledLearningRate` gives the rate
 the step really took. The noise scale is measured from the micro-batches of a step, so a layout of
 one pass on one process is run as two half micro-batches (one more fixed cost per step: the
 price of measuring).
+
+The step time the controller plans with is the profile's grid of bare passes plus what the
+framework's real steps cost beyond it: the callbacks time every optimizer step from one step's end
+to the next (:class:`RealStepClock`; data loading, the framework, logging and the callbacks
+included, evaluations and checkpoints left out), and once :data:`REFIT_STEPS` steps at one layout
+are timed, the controller's model becomes grid + their overhead
+(:func:`~batchscope.hardware.realstep.fit_overhead`, per optimizer step, refitted as steps come).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -28,6 +36,30 @@ import torch
 from ..adapt import Adaptation, AdaptiveConfig, BatchSizeController, ScaledLearningRate, StepTimeModel
 from ..adapt.controller import DEFAULT_EVERY, DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD
 from ..errors import ConfigError
+from ..hardware.realstep import WARMUP_STEPS, fit_overhead
+
+REFIT_STEPS = 8        # real steps timed at one layout (after its warm-up) before the overhead is fitted on them
+REFIT_WINDOW = 64      # the latest steps at the layout the fit uses
+
+
+class RealStepClock:
+    """Wall seconds from one optimizer step's end to the next in a framework's loop. :meth:`restart` after
+    an evaluation or a checkpoint (their time is not a step's), :meth:`forget` where the next step is not a
+    plain one (the first of a fit or an epoch: the data loader starts)."""
+
+    def __init__(self):
+        self._last: Optional[float] = None
+
+    def lap(self) -> Optional[float]:
+        now = time.perf_counter()
+        last, self._last = self._last, now
+        return None if last is None else now - last
+
+    def restart(self) -> None:
+        self._last = time.perf_counter()
+
+    def forget(self) -> None:
+        self._last = None
 
 
 def optimizer_kind(optimizer) -> str:
@@ -85,6 +117,10 @@ class BatchPlan:
     world: int
     pending: Optional[tuple[int, int]] = None
     steps: list = field(default_factory=list)     # StepRecord per optimizer step
+    grid: Optional[StepTimeModel] = None          # the profile's step time; the controller's is grid + overhead
+    timed: list = field(default_factory=list)     # real seconds of the steps at the current layout
+    timed_layout: Optional[tuple[int, int]] = None
+    overhead: Optional[dict] = None               # the latest fit: StepOverhead.to_dict() with its layout
 
     @property
     def controller(self) -> BatchSizeController:
@@ -109,7 +145,30 @@ class BatchPlan:
         model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
         adaptation = Adaptation(acfg, model, start_batch=start, n_train=n_train, lr0=optimizer.param_groups[0]["lr"],
                                 optimizer=optimizer_kind(optimizer), memory_ceiling=memory_ceiling, devices=world)
-        return cls(adaptation, micro_batch, accumulation, world)
+        return cls(adaptation, micro_batch, accumulation, world, grid=model.with_overhead(0.0))
+
+    def step_seconds(self, seconds: Optional[float]) -> None:
+        """The wall seconds of the optimizer step just run at the current layout (None: not a plain step).
+
+        From :data:`REFIT_STEPS` timed steps at one layout on (its first ones left out as warm-up), the
+        controller plans with the grid plus their overhead over the grid's prediction there.
+        """
+        layout = (self.micro_batch, self.accumulation)
+        if layout != self.timed_layout:
+            self.timed, self.timed_layout = [], layout
+        if seconds is None:
+            return
+        self.timed.append(seconds)
+        if len(self.timed) < WARMUP_STEPS + REFIT_STEPS:
+            return
+        del self.timed[WARMUP_STEPS:-REFIT_WINDOW]
+        predicted = self.grid.seconds(self.micro_batch, self.accumulation)
+        fit = fit_overhead(self.timed, predicted)
+        self.overhead = {**fit.to_dict(), "micro_batch": self.micro_batch, "accumulation": self.accumulation}
+        self._use_overhead(fit.overhead)
+
+    def _use_overhead(self, seconds: float) -> None:
+        self.adaptation.controller.time_model = self.grid.with_overhead(seconds)
 
     def gain(self, examples: int) -> float:
         """Rate multiplier for a step of ``examples``: the rate rule over the starting batch."""
@@ -137,10 +196,13 @@ class BatchPlan:
     def state_dict(self) -> dict:
         return {"adaptation": self.adaptation.state_dict(), "micro_batch": self.micro_batch,
                 "accumulation": self.accumulation, "pending": None if self.pending is None else list(self.pending),
-                "steps": [vars(s).copy() for s in self.steps]}
+                "steps": [vars(s).copy() for s in self.steps], "overhead": self.overhead}
 
     def load_state_dict(self, state: dict) -> None:
         self.adaptation.load_state_dict(state["adaptation"])
         self.micro_batch, self.accumulation = int(state["micro_batch"]), int(state["accumulation"])
         self.pending = None if state["pending"] is None else tuple(state["pending"])
         self.steps = [StepRecord(**s) for s in state["steps"]]
+        self.overhead = state.get("overhead")
+        if self.overhead is not None:
+            self._use_overhead(self.overhead["overhead_seconds"])

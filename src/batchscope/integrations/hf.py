@@ -43,7 +43,7 @@ import torch  # noqa: E402
 from ..adapt import DEFAULT_EVERY, AdaptiveConfig, StepTimeModel  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
-from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
+from .batching import BatchPlan, RealStepClock, set_loader_batch_size  # noqa: E402
 from .finding import check_find_kwargs, check_target, progress_wanted, run_find  # noqa: E402
 from .microbatches import leading_size, measurable, measure_in_halves, one_pass  # noqa: E402
 from .scalars import noise_scalars  # noqa: E402
@@ -323,6 +323,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         self._examples = 0
         self._lr_used = float("nan")
         self._loader = None
+        self.clock = RealStepClock()
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, train_dataloader=None, **kwargs):
         super().on_train_begin(args, state, control, model=model, optimizer=optimizer, **kwargs)
@@ -334,6 +335,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             self.plan.load_state_dict(self.saved_plan)
         self._loader = train_dataloader
         self._apply(args)
+        self.clock.forget()
 
     def _tracks_sizes(self) -> bool:
         return True   # every step's examples set its learning rate
@@ -349,6 +351,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         self._sizes, self._consumed = [], 0
         self.plan.apply_if_aligned(0)
         self._apply(args)
+        self.clock.forget()             # the epoch's first step starts the data loader again
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         self._examples = sum(s or 0 for s in self._sizes) * _world_size()
@@ -366,9 +369,16 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             self._base_lrs = None
 
     def on_step_end(self, args, state, control, **kwargs):
+        self.plan.step_seconds(self.clock.lap())
         self.plan.after_step(len(self.plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
                              consumed=self._consumed)
         self._apply(args)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.clock.restart()            # an evaluation is not a step's cost
+
+    def on_save(self, args, state, control, **kwargs):
+        self.clock.restart()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         super().on_log(args, state, control, logs=logs, **kwargs)
@@ -384,7 +394,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
 
     def state(self) -> dict:
         out = super().state()
-        tm = self.plan.controller.time_model if self.plan is not None else self.step_time
+        tm = self.plan.grid if self.plan is not None else self.step_time   # the overhead is measured again
         if not isinstance(tm, StepTimeModel):
             tm = StepTimeModel.from_profile(tm)
         saved = {"alpha": tm.alpha, "beta": tm.beta, "measured": [list(p) for p in tm.measured]}
@@ -443,7 +453,8 @@ def task_from_trainer(trainer: "transformers.Trainer", *, target, name: Optional
                       target=target, description=f"{type(model).__name__} from a transformers Trainer")
 
 
-def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = None, **find_kwargs):
+def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = None, time_trainer: bool = True,
+         **find_kwargs):
     """batchscope's recommendation for the model and data of a ``Trainer`` (before or instead of ``train()``).
 
     target: the loss to reach, the model's own ``loss`` output on ``eval_dataset`` (as the Trainer's
@@ -453,12 +464,23 @@ def find(trainer: "transformers.Trainer", *, target, progress: Optional[bool] = 
     checked before any work. progress: lines on stderr as the CLI prints them (None: when stderr is
     a terminal). Returns its FindResult (``result.save(path)``; give it, or the path, to
     :class:`AdaptiveBatchCallback`).
+
+    time_trainer: first time a few optimizer steps of a copy of the Trainer
+    (:func:`~batchscope.integrations.hf_timing.trainer_step_times`), so the per-step cost of the
+    Trainer itself (data loader, clipping, scheduler, logging) joins the step-time model the
+    recommendation is made with (``result.step_time``); unless ``timed_steps`` or ``step_overhead``
+    is given.
     """
     where = "batchscope.integrations.hf.find"
     check_target(target, where)
     check_find_kwargs(find_kwargs, where)
     progress_wanted(progress)
     task = task_from_trainer(trainer, target=target)
+    if time_trainer and find_kwargs.get("timed_steps") is None and find_kwargs.get("step_overhead") is None:
+        from .hf_timing import trainer_step_times
+
+        find_kwargs = {**find_kwargs, "timed_steps": trainer_step_times(trainer, find_kwargs.get("device", "cpu"),
+                                                                        task=task)}
     split = "eval_dataset" if task.val_data is not None else "train_dataset (no eval_dataset)"
     return run_find(task, find_kwargs, progress, target_note=f"its loss is the model's own loss output on {split}")
 

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from ..adapt import DEFAULT_EVERY, AdaptiveConfig  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..noise import NoiseScaleMonitor  # noqa: E402
-from .batching import BatchPlan, set_loader_batch_size  # noqa: E402
+from .batching import BatchPlan, RealStepClock, set_loader_batch_size  # noqa: E402
 from .finding import check_find_kwargs, check_target, progress_wanted, run_find  # noqa: E402
 from .microbatches import leading_size, measurable, measure_in_halves, one_pass  # noqa: E402
 from .scalars import noise_scalars  # noqa: E402
@@ -262,6 +262,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         self._lr_used = float("nan")
         self._hook = None
         self._yours: Optional[tuple[int, int]] = None   # (accumulate_grad_batches, micro-batch) before the fit
+        self.clock = RealStepClock()
 
     def _tracks_every_step(self) -> bool:
         return True   # every step's examples set its learning rate
@@ -282,6 +283,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             self._plan_state = None
         self._apply(trainer)
         self._hook = optimizer.register_step_post_hook(self._restore_lr)
+        self.clock.forget()
 
     def _apply(self, trainer) -> None:
         set_loader_batch_size(trainer.train_dataloader, self.plan.micro_batch)
@@ -313,6 +315,13 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
         super().on_train_epoch_start(trainer, pl_module)
         self.plan.apply_if_aligned(0)
         self._apply(trainer)
+        self.clock.forget()             # the epoch's first step starts the data loader again
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.clock.restart()            # a validation is not a step's cost
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.clock.restart()
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self._examples = sum(s or 0 for s in self._sizes) * trainer.world_size
@@ -333,6 +342,7 @@ class AdaptiveBatchCallback(NoiseScaleCallback):
             return
         self._base_lrs = None
         plan = self.plan
+        plan.step_seconds(self.clock.lap())
         plan.after_step(len(plan.steps) + 1, self._examples, self._lr_used, self.monitor.estimate(),
                         consumed=batch_idx + 1)
         self._apply(trainer)
@@ -468,7 +478,7 @@ def task_from_lightning(module: "pl.LightningModule", datamodule: "pl.LightningD
 
 
 def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, target,
-         progress: Optional[bool] = None, **find_kwargs):
+         progress: Optional[bool] = None, time_trainer: bool = True, **find_kwargs):
     """batchscope's recommendation (batch size, rate, schedule, evidence) for a Lightning model and data.
 
     target: the loss to reach, computed with ``training_step`` on the validation data (in eval
@@ -480,11 +490,22 @@ def find(module: "pl.LightningModule", datamodule: "pl.LightningDataModule", *, 
     Returns its FindResult; its caveats, and the last progress line, say how the target loss is
     computed. Save it with ``result.save(path)``; give it (or the path) to
     :class:`AdaptiveBatchCallback` as its step time.
+
+    time_trainer: first time a few optimizer steps of a copy of the module under a plain Lightning
+    ``Trainer`` (:func:`~batchscope.integrations.lightning_timing.lightning_step_times`), so Lightning's
+    own per-step cost joins the step-time model the recommendation is made with (``result.step_time``);
+    unless ``timed_steps`` or ``step_overhead`` is given.
     """
     where = "batchscope.integrations.lightning.find"
     check_target(target, where)
     check_find_kwargs(find_kwargs, where)
     progress_wanted(progress)
     task = task_from_lightning(module, datamodule, target=target)
+    if time_trainer and find_kwargs.get("timed_steps") is None and find_kwargs.get("step_overhead") is None:
+        from .lightning_timing import lightning_step_times
+
+        find_kwargs = {**find_kwargs, "timed_steps": lightning_step_times(
+            module, datamodule, datamodule.train_dataloader().batch_size or task.reference_batch,
+            find_kwargs.get("device", "cpu"), task=task)}
     note = LOSS_NOTE if task.val_data is not None else "its loss is your training_step's loss on the training data"
     return run_find(task, find_kwargs, progress, target_note=note)

@@ -222,3 +222,10 @@ def sgd_stability_bound(lam_max: float, momentum: float = 0.0, nesterov: bool = 
     if nesterov:
         return 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) * lam_max)
     return 2.0 * (1.0 + momentum) / lam_max
+
+
+# The share of the stability bound that `find` and the adaptive controller let a rate rule reach: the
+# edge less a margin for its estimate (power iteration approaches λ_max from below and stops at 0.1%
+# agreement; λ_max on 512 examples is a sample of the whole set's), not half of it (docs/design.md,
+# "Checking the recommendation": why). One constant for both.
+STABILITY_FRACTION = 0.9

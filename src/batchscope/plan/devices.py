@@ -1,11 +1,12 @@
 """Step time of one optimizer step on N data-parallel devices: compute, gradient sync, overlap.
 
     global batch B = N devices x k accumulation passes x m examples per pass (m <= memory ceiling)
-    T_step(B, N)  = (k-1) t(m) + (t(m)^gamma + T_sync(N)^gamma)^(1/gamma)     (Pollux, comm.overlapped)
+    T_step(B, N)  = (k-1) t(m) + (t(m)^gamma + T_sync(N)^gamma)^(1/gamma) + o  (Pollux, comm.overlapped)
     T_sync(N)     = all-reduce of the gradient bytes over N devices            (comm.Cluster)
 
 ``t(m)`` is the one step-time model's time for a training pass of m examples on one device
-(:class:`~batchscope.hardware.steptime.StepTimeModel`); :class:`DataParallelStep` composes it with
+(:class:`~batchscope.hardware.steptime.StepTimeModel`), ``o`` its per-step overhead (the real steps' cost
+beyond the passes, 0 for a bare profile); :class:`DataParallelStep` composes them with
 the split, the all-reduce and the overlap. `find --devices` and `plan` both evaluate it.
 """
 
@@ -42,9 +43,9 @@ class Split:
 @dataclass(frozen=True)
 class StepTime:
     split: Split
-    compute: float            # seconds of the k passes alone
+    compute: float            # seconds of the k passes alone (and the per-step overhead)
     sync: float               # seconds of the gradient all-reduce alone
-    seconds: float            # the step, with the overlap
+    seconds: float            # the step, with the overlap and the model's per-step overhead
 
 
 def split_batch(b: int, n: int, ceiling: Optional[int] = None) -> Split:
@@ -81,10 +82,10 @@ class DataParallelStep:
 
     def __call__(self, b: int, n: int = 1) -> StepTime:
         s = split_batch(b, n, self.ceiling)
-        t_pass = self.model.seconds(s.micro_batch)
+        t_pass = self.model.pass_seconds(s.micro_batch)
         sync = self.cluster.allreduce_seconds(self.grad_bytes, n) if self.cluster is not None and n > 1 else 0.0
         return StepTime(s, self.model.seconds(s.micro_batch, s.accumulation), sync,
-                        overlapped(t_pass, sync, self.gamma, s.accumulation))
+                        overlapped(t_pass, sync, self.gamma, s.accumulation) + self.model.overhead)
 
 
 def static_bytes(parameters: int, optimizer: str, bytes_per_element: int = 4) -> int:

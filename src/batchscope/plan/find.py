@@ -17,21 +17,25 @@ translates them to its options.
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from ..hardware.units import format_bytes
-from ..errors import (FRACTION, INTEGER, POSITIVE_INT, POSITIVE_NUMBER, BatchscopeError, ConfigError, check_params,
-                      one_of, optional, parameter_message)
+from ..errors import (FRACTION, INTEGER, POSITIVE_INT, POSITIVE_NUMBER, BatchscopeError, ConfigError, Rule,
+                      check_params, one_of, optional, parameter_message)
 from ..hardware import HardwareProfile, StepTimeModel
+from ..hardware import realstep
 from ..serialize import decode, fields_to_dict, to_jsonable, write_json
 from ..tasks import Task, load_task
-from ..train import Callback, HistoryPoint, Run, TrainConfig, TrainContext, TrainResult, resolve_device, start_run
+from ..train import (Callback, HistoryPoint, Run, TrainConfig, TrainContext, TrainResult, resolve_device,
+                     save_checkpoint, start_run)
 from . import critical_batch, growth, recommend
+from .verify import check as verify_check
 from .projection import Projection, loss_after, loss_at_metric, progress, project_examples
 
 if TYPE_CHECKING:
@@ -42,6 +46,9 @@ MIN_STEPS = 30            # fewer steps give too few per-step noise estimates fo
 MAX_STEPS = 3000          # the measuring run never trains longer than this
 EXTEND_STEPS = 20 * MIN_STEPS  # while the run to the target cannot be projected, the measuring run goes on to this
 METRIC_REACH = 1 / 3      # a metric target's loss is read once the metric has covered this share of the way
+TIMING_STEPS = 16         # real steps timed after the measuring run, the noise monitor detached (plus warm-up)
+OVERHEAD_ASSUMPTION = ("the overhead is paid once per optimizer step, whatever the batch and the accumulation "
+                       "(one layout was timed, so a per-micro-batch or per-example part cannot be told apart)")
 
 # find's own parameters, declared once (the limits on a batch are recommend.LIMITS)
 PARAMETERS = {
@@ -52,6 +59,14 @@ PARAMETERS = {
     "target_epochs": optional(POSITIVE_NUMBER),
     "seed": INTEGER,
     "n_windows": POSITIVE_INT,
+    "step_overhead": optional(Rule("a finite number of seconds >= 0 (the per-step cost the profile misses)",
+                                   lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   and 0 <= v < math.inf)),
+    "timed_steps": optional(Rule(
+        f"a batchscope.hardware.realstep.TimedSteps with a positive micro_batch and accumulation and more than "
+        f"{realstep.WARMUP_STEPS} step times", lambda v: isinstance(v, realstep.TimedSteps)
+        and all(isinstance(n, int) and n > 0 for n in (v.micro_batch, v.accumulation))
+        and len(v.seconds) > realstep.WARMUP_STEPS)),
 }
 
 
@@ -175,26 +190,57 @@ class FindResult:
     noise_steps: dict                    # per-step loss, |G|^2, tr(Sigma) behind the fit (for plots)
     growth: dict                         # the fitted law, its windows and the curve through them
     seconds: dict = field(default_factory=dict)
+    step_time: dict = field(default_factory=dict)    # the real steps against the grid, and what was added
+    checkpoint: dict = field(default_factory=dict)   # where the measuring run's state was saved (save_checkpoint)
+    live: Optional[Run] = field(default=None, repr=False, compare=False)   # that run, at its end (not saved)
+    source: Optional[str] = field(default=None, repr=False, compare=False)  # the file it was loaded from
 
     def to_dict(self) -> dict:
         """The recommendation's fields at the top level, then the evidence (the JSON users read)."""
-        return {**to_jsonable(self.recommendation), "profile": to_jsonable(self.profile),
-                "measuring": to_jsonable(self.measuring), "noise_steps": to_jsonable(self.noise_steps),
-                "growth": to_jsonable(self.growth), "cost_seconds": to_jsonable(self.seconds)}
+        out = {**to_jsonable(self.recommendation), "profile": to_jsonable(self.profile),
+               "measuring": to_jsonable(self.measuring), "noise_steps": to_jsonable(self.noise_steps),
+               "growth": to_jsonable(self.growth), "cost_seconds": to_jsonable(self.seconds),
+               "step_time": to_jsonable(self.step_time)}
+        if self.checkpoint:
+            out["checkpoint"] = to_jsonable(self.checkpoint)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "FindResult":
         return cls(recommendation=recommend.Recommendation.from_dict(d),
                    profile=HardwareProfile.from_dict(d["profile"]),
                    measuring=decode(dict, d["measuring"]), noise_steps=decode(dict, d["noise_steps"]),
-                   growth=decode(dict, d["growth"]), seconds=decode(dict, d.get("cost_seconds", {})))
+                   growth=decode(dict, d["growth"]), seconds=decode(dict, d.get("cost_seconds", {})),
+                   step_time=decode(dict, d.get("step_time", {})), checkpoint=decode(dict, d.get("checkpoint", {})))
 
-    def save(self, path: "str | Path") -> Path:
+    def save(self, path: "str | Path", checkpoint: bool = True) -> Path:
         """Write the result as JSON (``to_dict()`` with a schema), to reuse with :meth:`load` or as the
-        ``step_time`` of the adaptive callbacks."""
+        ``step_time`` of the adaptive callbacks. ``checkpoint``: a result that holds its measuring run
+        (``find``'s own, not one loaded) also writes that run's state next to it (:func:`checkpoint_path`),
+        which the JSON names and ``train --from-find`` continues."""
         from .find_file import FIND_SCHEMA
 
-        return write_json(path, {"schema": FIND_SCHEMA, **self.to_dict()})
+        if checkpoint and self.live is not None:
+            self.save_checkpoint(checkpoint_path(path), relative_to=Path(path).parent)
+        doc = {"schema": FIND_SCHEMA, **self.to_dict()}
+        if self.live is None and self.checkpoint and self.source:   # loaded: its state stays where it lies
+            where = Path(self.source).parent / self.checkpoint["path"]
+            doc["checkpoint"] = {**doc["checkpoint"], "path": os.path.relpath(where, Path(path).parent)}
+        return write_json(path, doc)
+
+    def save_checkpoint(self, path: "str | Path", relative_to: "str | Path | None" = None) -> dict:
+        """Write the measuring run's whole state (model, optimizer, data order, RNG, counters, history) to
+        ``path`` and record it in :attr:`checkpoint` (its path relative to ``relative_to`` when given, the
+        directory of the JSON that names it). `train --from-find` or `train --resume-from` continue it."""
+        if self.live is None:
+            raise ConfigError("this find result holds no measuring run to save (it was loaded from a file); "
+                              "run find again to save one")
+        save_checkpoint(self.live.state_dict(), str(path))
+        ctx, m = self.live.ctx, self.measuring
+        shown = os.path.relpath(path, relative_to) if relative_to is not None else str(path)
+        self.checkpoint = {"path": shown, "step": ctx.step, "examples": ctx.examples, "seconds": ctx.seconds,
+                           "batch_size": m["batch_size"], "micro_batch": m["micro_batch"], "lr": m["lr"]}
+        return self.checkpoint
 
     @classmethod
     def load(cls, path: "str | Path") -> "FindResult":
@@ -203,7 +249,9 @@ class FindResult:
 
         doc = read_find_document(path)
         try:
-            return cls.from_dict(doc)
+            result = cls.from_dict(doc)
+            result.source = str(path)
+            return result
         except (KeyError, TypeError, ValueError) as e:
             if isinstance(e, ConfigError):
                 raise
@@ -221,6 +269,80 @@ class FindResult:
         return warmup_scheduler(optimizer, r.lr, r.warmup_steps)
 
 
+def checkpoint_path(json_path: "str | Path") -> Path:
+    """Where the measuring run's state goes beside a saved result: ``result.json`` -> ``result.ckpt``."""
+    return Path(json_path).with_suffix(".ckpt")
+
+
+class CycleClock(Callback):
+    """Wall seconds of every step of a run from one step's end to the next, evaluations left out: the
+    data, the passes, the update and every callback's hooks, as the run really paid for them."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._last: Optional[float] = None
+
+    def on_step_end(self, ctx: TrainContext, loss: float) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.times.append(now - self._last)
+        self._last = now
+
+    def on_evaluate(self, ctx: TrainContext, point: HistoryPoint) -> None:
+        self._last = time.perf_counter()     # the evaluation (and its hooks) is not a step's cost
+
+
+def time_real_steps(live: Run, leave_out: list, micro_batch: int, bare=None, steps: int = TIMING_STEPS,
+                    warmup: int = realstep.WARMUP_STEPS) -> tuple[list[float], list[float]]:
+    """Seconds of ``warmup + steps`` more steps of ``live`` in passes of ``micro_batch``, each timed whole
+    (data, passes, update and the remaining callbacks' hooks), with the callbacks in ``leave_out`` (the
+    measurement's own) off; and after each, the seconds of ``bare()`` (the grid's kind of step, timed
+    beside them; ``[]`` without one).
+
+    The steps are training like any other (the same batch and gradient in fewer passes): they count in
+    the run's counters and its saved state. The run's own micro-batch is back afterwards.
+    """
+    ctx, policy = live.ctx, live.policy
+    ctx.stop, ctx.stop_reason = False, ""            # the run goes on from where its budget stopped it
+    own = {id(cb) for cb in leave_out}
+    kept, live.callbacks = live.callbacks, [cb for cb in live.callbacks if id(cb) not in own]
+    kept_micro, policy.micro_batch = policy.micro_batch, micro_batch
+    times, bare_times = [], []
+    try:
+        for _ in range(warmup + steps):
+            t0 = time.perf_counter()
+            live.step()
+            times.append(time.perf_counter() - t0)
+            if bare is not None:
+                bare_times.append(bare())
+    finally:
+        live.callbacks, policy.micro_batch = kept, kept_micro
+    return times, bare_times
+
+
+def bare_step(task: Task, device: str, amp: bool, seed: int, micro_batch: int, passes: int):
+    """A function timing one step as the profile's grid times it (``passes`` bare passes of ``micro_batch``
+    on a batch held in memory, each with its update, on a model of its own); the global random state is
+    left as it was."""
+    import torch
+
+    from ..hardware import StepRunner
+
+    runner = StepRunner(task, resolve_device(device), amp, seed)
+    batch = runner.batch(micro_batch)
+
+    def timed() -> float:
+        state = torch.get_rng_state()
+        t0 = time.perf_counter()
+        for _ in range(passes):
+            runner.step(batch)
+        runner.synchronize()
+        seconds = time.perf_counter() - t0
+        torch.set_rng_state(state)
+        return seconds
+    return timed
+
+
 @dataclass
 class Measurement:
     """The measuring run: its training result, the per-step noise statistics, the run-length projection
@@ -234,6 +356,11 @@ class Measurement:
     target: TargetLoss
     extension: Optional[dict] = None     # from_step, why, cap_steps: when the run went on past its minimum
     live: Optional[Run] = None           # the run itself at its end: model, optimizer, sampler, RNG (forkable)
+    real_steps: list = field(default_factory=list)       # seconds of the timed steps after it, monitor detached
+    monitored_steps: list = field(default_factory=list)  # seconds of its own steps (monitor attached)
+    timing: dict = field(default_factory=dict)           # steps, examples, seconds of the timed steps after it
+    bare_steps: list = field(default_factory=list)       # bare steps of the grid's kind, one after each timed one
+    step_time: dict = field(default_factory=dict)        # the real steps against the grid (real_step_time)
 
     def kept(self) -> dict:
         """What a failure after the run keeps."""
@@ -283,7 +410,8 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,
          amp: bool = False, n_windows: int = 6, callbacks=(), cluster=None, gamma: float = 1.0,
-         target_epochs: Optional[float] = None, progress=None) -> FindResult:
+         target_epochs: Optional[float] = None, progress=None, step_overhead: Optional[float] = None,
+         timed_steps: Optional[realstep.TimedSteps] = None, verify: bool = True) -> FindResult:
     """Measure and recommend. ``callbacks`` go to the measuring run (a progress bar, for instance).
 
     ``devices`` > 1: gradients are all-reduced over ``cluster`` (:class:`~batchscope.plan.comm.Cluster`,
@@ -300,11 +428,18 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     ``device``. A failure after the hardware was profiled carries what was measured in ``error.measured``.
     ``progress``: called as ``progress(stage, done, total, info)`` while the hardware is profiled
     (see :func:`profile_hardware`); the measuring run reports through ``callbacks``.
+    ``verify``: check the recommendation by short branches forked from the measuring run's end
+    (:mod:`batchscope.plan.verify`; False skips them). For SGD the stability bound caps the rates either way.
+
+    Real steps (:func:`real_step_time`): the per-step cost of :data:`TIMING_STEPS` whole steps after the
+    measuring run (or of ``timed_steps``, your own loop's) beyond the profile's grid is added to every
+    candidate's step when the profile is of this device; ``step_overhead``: seconds to add instead.
     """
     task = load_task(task)
     b_ref = _validate(task, objective=objective, measure_fraction=measure_fraction, devices=devices,
                       max_batch=max_batch, ref_batch=ref_batch, ref_lr=ref_lr, target_epochs=target_epochs,
-                      seed=seed, n_windows=n_windows, gamma=gamma)
+                      seed=seed, n_windows=n_windows, gamma=gamma, step_overhead=step_overhead,
+                      timed_steps=timed_steps)
     t0 = time.perf_counter()
     if profile is None:
         from ..hardware import profile_hardware
@@ -319,16 +454,22 @@ def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest",
     try:
         t0 = time.perf_counter()
         m = measure(task, b_ref, lr_ref, measure_fraction, device=device, seed=seed, amp=amp, callbacks=callbacks,
-                    target_examples=target_examples, target=target_words(task, target_epochs))
+                    target_examples=target_examples, target=target_words(task, target_epochs),
+                    memory_ceiling=profile.max_batch)
         seconds["measuring"] = time.perf_counter() - t0
+        m.step_time = real_step_time(profile, m, device, step_overhead, timed_steps)
         try:
             noise = fit_noise(m, n_windows, seed)
         except FindError as e:
             raise e.keep(**m.kept())
-        return recommend_for(task, profile, m, noise, objective=objective, measure_fraction=measure_fraction,
-                             max_batch=max_batch, devices=devices, seconds=seconds,
-                             sync=sync_constraints(task, devices, cluster, gamma),
-                             target=target_words(task, target_epochs))
+        result = recommend_for(task, profile, m, noise, objective=objective, measure_fraction=measure_fraction,
+                               max_batch=max_batch, devices=devices, seconds=seconds,
+                               sync=sync_constraints(task, devices, cluster, gamma),
+                               target=target_words(task, target_epochs))
+        t0 = time.perf_counter()
+        verify_check(result, m, task, profile, seed=seed, verify=verify)
+        seconds["verify"] = time.perf_counter() - t0
+        return result
     except BatchscopeError as e:
         raise e.keep(profile=profile.to_dict())
 
@@ -350,26 +491,84 @@ def _validate(task: Task, *, max_batch: Optional[int], devices: int, gamma: floa
 
 
 def measure(task: Task, b_ref: int, lr_ref: float, measure_fraction: float, *, device: str, seed: int, amp: bool,
-            callbacks=(), target_examples: Optional[float] = None, target: str = "") -> Measurement:
-    """The measuring run at the reference batch with the noise-scale monitor, stopped by :class:`BudgetStop`."""
+            callbacks=(), target_examples: Optional[float] = None, target: str = "",
+            memory_ceiling: Optional[int] = None) -> Measurement:
+    """The measuring run at the reference batch with the noise-scale monitor, stopped by :class:`BudgetStop`;
+    then :data:`TIMING_STEPS` real steps timed (:func:`time_real_steps`) in as few passes as
+    ``memory_ceiling`` allows: one pass is what the profile's grid times exactly."""
     from ..noise import NoiseScaleMonitor
 
     # eight micro-batches per step: the two-batch estimate of tr(Sigma) averages over all eight
     micro = recommend.largest_divisor(b_ref, b_ref // 8)
+    timing_micro = recommend.largest_divisor(b_ref, memory_ceiling or b_ref)
     # The raw gradient's noise scale, for Adam too: the preconditioned variant needs far longer runs
     # than a 5% budget before its interval closes (benchmarks/results/noise_trajectory.json).
     monitor = NoiseScaleMonitor()
     stop = BudgetStop(task, measure_fraction, MIN_STEPS, EXTEND_STEPS, target_examples)
+    clock = CycleClock()
+    # built before the run (its model is seeded as the run's is, and the run seeds again)
+    bare = bare_step(task, device, amp, seed, timing_micro, b_ref // timing_micro)
     cfg = TrainConfig(batch_size=b_ref, micro_batch=micro, lr=lr_ref, steps=MAX_STEPS, eval_every=EVAL_EVERY,
                       eval_examples=1024, seed=seed, device=device, amp=amp)
     try:
-        live = start_run(task, cfg, [monitor, stop, *callbacks])
-        run = live.result(live.loop())
+        live = start_run(task, cfg, [monitor, stop, *callbacks, clock])
+        stopped = live.loop()
+        ctx = live.ctx
+        at_stop = (ctx.step, ctx.examples, ctx.seconds)
+        # then a few steps as the user's loop runs them: the monitor's hooks cost time training will not pay
+        monitor.close()
+        real, bare_times = time_real_steps(live, [monitor.as_callback(), stop, clock], timing_micro, bare)
+        run = live.result(stopped)
     except BatchscopeError as e:
         raise e.keep(measuring_noise=[r._asdict() for r in monitor.raw])
-    m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension, live)
+    timing = {"steps": ctx.step - at_stop[0], "examples": ctx.examples - at_stop[1],
+              "seconds": ctx.seconds - at_stop[2]}
+    # the noise measurement as of its budget stop (what the projection and the calibration mean); the
+    # timed steps after it are counted in `timing` and in the run's state
+    run = replace(run, steps=at_stop[0], examples=at_stop[1], seconds=at_stop[2])
+    m = Measurement(run, micro, lr_ref, list(monitor.raw), stop.projection, stop.target, stop.extension, live,
+                    real_steps=real, monitored_steps=clock.times, timing={**timing, "micro_batch": timing_micro},
+                    bare_steps=bare_times)
     check_measurement(m, stop, measure_fraction, target or task.target.describe(task.metric_name))
     return m
+
+
+def real_step_time(profile: HardwareProfile, m: Measurement, device: str, stated: Optional[float] = None,
+                   timed: Optional[realstep.TimedSteps] = None) -> dict:
+    """The real steps against the profile's grid at their layout, and the seconds per step the
+    recommendation adds (``added_seconds``).
+
+    The steps: the measuring run's :data:`TIMING_STEPS` after its budget, trained without the noise
+    monitor and each timed whole (data, passes, update, the callbacks), or ``timed`` (a
+    :class:`~batchscope.hardware.realstep.TimedSteps` of your own loop, a framework's steps, on this
+    device). Added: the fitted overhead when the profile is of this device (same type and name),
+    ``stated`` when given, else 0 (the overhead is of this machine, not of the one the profile describes).
+    """
+    from ..hardware import device_facts
+
+    if timed is None:
+        micro = m.timing.get("micro_batch", m.micro_batch)
+        timed = realstep.TimedSteps(micro, m.run.config["batch_size"] // micro, tuple(m.real_steps),
+                                    "the measuring run, noise monitor detached", tuple(m.bare_steps), paired=True)
+    micro, k = timed.micro_batch, timed.accumulation
+    b = micro * k
+    grid = StepTimeModel.from_profile(profile)
+    fit = realstep.fit_overhead(timed.seconds, grid.seconds(micro, k), bare=timed.bare, paired=timed.paired)
+    here = device_facts(resolve_device(device))
+    same, device_note = realstep.same_device(profile.device, here)
+    if stated is not None:
+        added, why = float(stated), "stated (step_overhead)"
+    elif same:
+        added, why = fit.overhead, "measured on this device"
+    else:
+        added, why = 0.0, "not added: the overhead measured here is of this machine (give 'step_overhead' to state one)"
+    monitored = m.monitored_steps[realstep.WARMUP_STEPS:]
+    used = same or stated is not None
+    return {"batch_size": b, "micro_batch": micro, "accumulation": k, "source": timed.source, **fit.to_dict(),
+            "monitored_seconds": float(np.median(monitored)) if monitored else None,
+            "monitored_layout": [m.micro_batch, b // m.micro_batch],
+            "added_seconds": added, "added": used, "why": why, "device": device_note,
+            "assumption": OVERHEAD_ASSUMPTION, "line": realstep.describe(fit, b, added if used else None)}
 
 
 def check_measurement(m: Measurement, stop: BudgetStop, measure_fraction: float, target: str) -> None:
@@ -386,11 +585,10 @@ def check_measurement(m: Measurement, stop: BudgetStop, measure_fraction: float,
             f"({run.examples:,} examples; progress {proj.progress:+.2f}), the most it extends itself while the run "
             f"to the target cannot be projected; check the target or the reference learning rate ({m.lr:g})"
         ).keep(**m.kept())
-    if run.stopped_because == "step limit":
-        raise FindError(
-            f"the target {target} looks out of reach: after {run.steps} steps ({run.examples:,} examples) progress "
-            f"toward it is {proj.progress:.0%} and the projected run ({proj.examples:,.0f} examples) is too long "
-            f"to measure; check the target or the learning rate").keep(**m.kept())
+    # A run that hit MAX_STEPS with a finite projection goes on to the recommendation: the cap bounds what
+    # measuring costs, it is no verdict on the target (the caveats say the budget was not reached). On a
+    # long run the log-linear projection can be far too long (34.8M examples projected after 3,000 steps
+    # for a target a fixed batch of 32 reached in 1.15M), so refusing here refused long runs.
     if measure_fraction * proj.examples < b_ref:
         raise FindError(
             f"a budget of {measure_fraction:.3%} of the projected {proj.examples:,.0f} examples to the target is "
@@ -462,7 +660,9 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
     b_ref, proj, crit = m.run.config["batch_size"], m.projection, noise.crit
     cons = recommend.Constraints(n_train=task.n_train, memory_ceiling=profile.max_batch, max_batch=max_batch,
                                  devices=devices, **(sync or {}))
-    inp = recommend.Inputs(step_time=StepTimeModel.from_profile(profile), b_crit=crit.value, b_crit_low=crit.low,
+    grid = StepTimeModel.from_profile(profile)
+    inp = recommend.Inputs(step_time=grid.with_overhead(m.step_time.get("added_seconds", 0.0)),
+                           b_crit=crit.value, b_crit_low=crit.low,
                            b_crit_high=crit.high, b_ref=b_ref, steps_ref=proj.examples / b_ref, lr_ref=m.lr,
                            optimizer=task.optimizer)
     best, cands, lr = recommend.recommend(inp, cons, objective)
@@ -486,7 +686,8 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
         evidence={"alpha": profile.alpha, "beta": profile.beta, "micro_batch_limit": profile.max_batch,
                   "micro_batch_limited_by": profile.limited_by, "device": profile.device.get("type"),
                   "projected_examples_at_ref": proj.examples, "ref_batch": b_ref, "ref_lr": m.lr,
-                  "growth_slope": noise.law.slope, "measuring_steps": m.run.steps},
+                  "growth_slope": noise.law.slope, "measuring_steps": m.run.steps,
+                  "step_overhead": inp.step_time.overhead},
     )
     law = noise.law
     return FindResult(
@@ -496,15 +697,18 @@ def recommend_for(task: Task, profile: HardwareProfile, m: Measurement, noise: N
                 "windows": [{"loss": w.loss, "b_simple": w.b_simple, "steps": w.n} for w in law.windows],
                 "start_loss": noise.start_loss, "window_loss": noise.window_loss, "target_loss": noise.target_loss,
                 "curve": growth.curve(law, noise.target_loss)},
-        seconds=seconds,
+        seconds=seconds, step_time=m.step_time, live=m.live,
     )
 
 
 def measuring_record(m: Measurement, target: str) -> dict:
     """What the measuring run did and cost, and the target in loss units it was projected to."""
     run, proj = m.run, m.projection
+    timed = m.timing or {"steps": 0, "examples": 0, "seconds": 0.0}
+    cost = {k: getattr(run, k) + timed[k] for k in ("steps", "examples", "seconds")}
     return {"batch_size": run.config["batch_size"], "micro_batch": m.micro_batch, "lr": m.lr, "steps": run.steps,
             "examples": run.examples, "seconds": run.seconds, "stopped_because": run.stopped_because,
+            "timed_steps": timed, "cost": cost,
             "device": str(resolve_device(run.config.get("device", "cpu"))),
             "projected_examples_to_target": proj.examples,
             "progress": proj.progress, "fraction_of_projected_run": run.examples / proj.examples,
@@ -519,7 +723,11 @@ def explain_caveats(task: Task, m: Measurement, noise: NoiseFit, measure_fractio
     """
     run, used = m.run, m.run.examples / m.projection.examples
     caveats = []
-    if m.extension:
+    if run.stopped_because == "step limit":
+        caveats.append(f"the measuring run stopped at its cap of {run.steps} steps, {used:.1%} of the projected run "
+                       f"({measure_fraction:.0%} budget), with progress {m.projection.progress:.0%} toward the target: "
+                       "the projected length, and the predicted steps with it, extrapolate far.")
+    elif m.extension:
         caveats.append(f"the measuring run went on from step {m.extension['from_step']} to {run.steps} (it extends "
                        f"itself to {m.extension['cap_steps']} steps at most) because the run to the target could not "
                        f"be projected yet: {m.extension['why']}. It used {used:.0%} of the projected run; the "

@@ -76,3 +76,26 @@ def warmup_scheduler(optimizer: torch.optim.Optimizer, lr: float,
         g.pop("initial_lr", None)   # LambdaLR starts from the rate set here, not an earlier scheduler's
     w = int(warmup_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, None, w, "constant"))
+
+
+def continuation(path: "str | Path") -> dict:
+    """What `train --from-find` needs from a saved find result: the recommended batch, micro-batch, rate
+    and warm-up, the task, and the saved measuring run (its path resolved beside the JSON)."""
+    doc = read_find_document(path)
+    saved = doc.get("checkpoint")
+    if not saved or not saved.get("path"):
+        raise ConfigError(f"{str(path)!r} holds no measuring-run state to continue (written without one, or by a "
+                          "version before find saved it); run `batchscope find --out FILE` again, or train from "
+                          "scratch with --batch-size and --lr")
+    ckpt = Path(path).parent / saved["path"]
+    if not ckpt.is_file():
+        raise ConfigError(f"{str(path)!r} names the measuring run's state {saved['path']!r}, but {ckpt} does not "
+                          "exist; keep the .ckpt file beside the result, or run find --out again")
+    try:
+        batch, micro, accumulation = int(doc["batch_size"]), int(doc["micro_batch"]), int(doc["accumulation"])
+        lr, warmup = float(doc["lr"]), int(doc.get("warmup_steps", 0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"find result {str(path)!r} is incomplete ({type(e).__name__}: {e}); {WRITE_ONE}") from e
+    return {"task_spec": doc.get("task_spec"), "task": doc.get("profile", {}).get("task"), "batch_size": batch,
+            "micro_batch": micro if accumulation > 1 else None, "lr": lr, "warmup_steps": warmup,
+            "checkpoint": str(ckpt), "saved": saved}

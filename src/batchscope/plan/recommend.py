@@ -176,9 +176,13 @@ def learning_rate(b: int, inp: Inputs, predicted_steps: float) -> LearningRate:
         rule = "adam: square root"
         why = (f"{inp.optimizer} normalises by the gradient's second moment; its learning rate scales with "
                f"sqrt(B) (Malladi et al. 2022); anchored at lr {inp.lr_ref:g} for batch {inp.b_ref}")
-    # Goyal et al. 2017 warmed up over 5 of 90 epochs when the rate rose above the reference.
-    warmup = math.ceil(0.05 * predicted_steps) if lr > inp.lr_ref * 1.05 else 0
-    return LearningRate(lr, rule, why, warmup)
+    return LearningRate(lr, rule, why, warmup_steps(lr, inp.lr_ref, predicted_steps))
+
+
+def warmup_steps(lr: float, lr_ref: float, predicted_steps: float) -> int:
+    """Linear warm-up over 5% of the predicted steps when the rate rises above the reference (Goyal et
+    al. 2017 warmed up over 5 of 90 epochs), none otherwise."""
+    return math.ceil(0.05 * predicted_steps) if lr > lr_ref * 1.05 else 0
 
 
 @dataclass
@@ -201,6 +205,7 @@ class Recommendation:
     constraints: list = field(default_factory=list)
     caveats: list = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
+    verification: dict = field(default_factory=dict)   # the branch check (plan.verify): branches, verdict, cost
 
     def to_dict(self) -> dict:
         return fields_to_dict(self)

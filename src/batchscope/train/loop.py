@@ -252,6 +252,7 @@ class Run:
         """
         twin = self.fork(policy)
         ctx, start_step, start_examples, start_seconds = twin.ctx, twin.ctx.step, twin.ctx.examples, twin.ctx.seconds
+        ctx.stop, ctx.stop_reason = False, ""   # a run stopped by a callback still branches
         twin.stop_at_examples, twin.next_eval = start_examples + examples, math.inf
         losses, sizes, diverged = [], [], ""
         with twin._own_rng():
@@ -308,6 +309,7 @@ class Run:
         self.smoothed, self.loss_sum, self.loss_n = tuple(n["smoothed"]), n["loss_sum"], n["loss_n"]
         self.history = [HistoryPoint(**p) for p in state["history"]]
         _set_rng_state(state["rng"], ctx.device)
+        self.policy.resumed(ctx)
 
     def _checkpoint(self) -> None:
         cfg = self.cfg

@@ -13,6 +13,7 @@ A policy is also a :class:`~batchscope.train.Callback`: the loop calls its hooks
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -82,9 +83,18 @@ class BatchPolicy(Callback):
 
     def load_state_dict(self, state: dict) -> None: ...
 
+    def resumed(self, ctx: TrainContext) -> None:
+        """A saved state was loaded (its counters are in ``ctx``), before the first step from it."""
+
 
 class FixedBatch(BatchPolicy):
-    """Batch B every step, as B/m micro-batches of m, at the base rates x warm-up and schedule."""
+    """Batch B every step, as B/m micro-batches of m, at the base rates x warm-up and schedule.
+
+    Loaded from a state saved at another batch or base rate (a ``find`` measuring run, continued at
+    its recommendation), it *continues* that run: the data go on from the example where it stopped,
+    the rates are this policy's, the warm-up and schedule count from the first step after the state,
+    and the budget counts the whole run (:func:`~batchscope.train.schedule.total_steps`).
+    """
 
     def __init__(self, task: Task, cfg: TrainConfig, batch_size: Optional[int] = None,
                  micro_batch: Optional[int] = None, lr: Optional[float] = None):
@@ -100,6 +110,9 @@ class FixedBatch(BatchPolicy):
         self.stream = IndexStream(task.n_train, b, cfg.seed + 1)
         self.lr = None if lr is None else check_positive_float("lr", lr)
         self.base_lrs: tuple = ()
+        self.cfg = cfg
+        self.first_step = 0                       # the step the warm-up and schedule count from
+        self.continued: Optional[dict] = None     # the saved run this one continues (step, examples, batch, lr)
 
     def begin(self, ctx: TrainContext) -> None:
         """Check the micro-batch against the model; the base rates are the optimizer's as built, or
@@ -113,7 +126,8 @@ class FixedBatch(BatchPolicy):
         return self.micro_batch, self.start_batch // self.micro_batch
 
     def plan(self, ctx: TrainContext) -> StepPlan:
-        factor = lr_factor(ctx.step, self.total, self.warmup, self.schedule)
+        s0 = self.first_step
+        factor = lr_factor(ctx.step - s0, self.total - s0, self.warmup, self.schedule)
         return StepPlan(self.stream.next(), self.micro_batch, self.start_batch // self.micro_batch,
                         tuple(base * factor for base in self.base_lrs))
 
@@ -121,11 +135,35 @@ class FixedBatch(BatchPolicy):
         return ctx.step >= self.total
 
     def describe(self) -> dict:
-        return {"micro_batch": self.micro_batch, "total_steps": self.total}
+        out = {"micro_batch": self.micro_batch, "total_steps": self.total}
+        if self.continued:
+            out["continued"] = self.continued
+        return out
 
     def state_dict(self) -> dict:
-        return {"stream": self.stream.state_dict(), "base_lrs": list(self.base_lrs)}
+        return {"stream": self.stream.state_dict(), "base_lrs": list(self.base_lrs), "batch_size": self.start_batch,
+                "first_step": self.first_step, "continued": self.continued}
 
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state["stream"])
-        self.base_lrs = tuple(state["base_lrs"])
+        saved_lrs = tuple(state["base_lrs"])
+        saved_batch = int(state.get("batch_size", self.start_batch))
+        same_lrs = len(saved_lrs) == len(self.base_lrs) and all(
+            math.isclose(a, b, rel_tol=1e-9) for a, b in zip(saved_lrs, self.base_lrs))
+        if saved_batch == self.start_batch and (same_lrs or not self.base_lrs):
+            self.base_lrs = saved_lrs                     # the same run, resumed (its budget from this config)
+            self.first_step = int(state.get("first_step", 0))
+            self.continued = state.get("continued")
+            if self.continued:
+                self.total = total_steps(self.task, self.cfg, self.start_batch, self.continued["step"],
+                                         self.continued["examples"])
+            return
+        # another batch or rate: this run continues the saved one (resumed() sets the budget)
+        self.continued = {"batch_size": saved_batch, "lr": saved_lrs[0] if saved_lrs else None}
+
+    def resumed(self, ctx: TrainContext) -> None:
+        if self.continued is None or "step" in self.continued:
+            return
+        self.first_step = ctx.step
+        self.total = total_steps(self.task, self.cfg, self.start_batch, ctx.step, ctx.examples)
+        self.continued = {**self.continued, "step": ctx.step, "examples": ctx.examples}

@@ -34,16 +34,22 @@ def lr_factor(step: float, total: Optional[int], warmup: int, schedule: str) -> 
     return 1.0 - progress
 
 
-def total_steps(task: Task, cfg, b: int) -> int:
-    """Optimizer steps at batch ``b`` that the run's budget (steps, epochs or the target's cap) allows."""
+def total_steps(task: Task, cfg, b: int, step: int = 0, examples: int = 0) -> int:
+    """Optimizer steps at batch ``b`` that the run's budget (steps, epochs or the target's cap) allows.
+
+    ``step``, ``examples``: a run continued at ``b`` from a state saved after that many steps and
+    examples (at any batch): the budget counts the whole run, so ``steps`` are all its steps, ``epochs``
+    all its examples, and the cap is counted from the continuation.
+    """
     per_epoch = task.n_train // b
     limits = []
     if cfg.steps is not None:
         limits.append(cfg.steps)
     if cfg.epochs is not None:
-        limits.append(max(1, math.ceil(cfg.epochs * per_epoch)))
+        left = math.ceil(cfg.epochs * per_epoch - examples / b)
+        limits.append(max(1, left) if step == 0 else step + max(0, left))
     if not limits:  # until_target alone: a generous safety cap of 200 epochs (at least 2,000 steps)
-        limits.append(max(2000, 200 * per_epoch))
+        limits.append(step + max(2000, 200 * per_epoch))
     return min(limits)
 
 

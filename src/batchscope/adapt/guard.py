@@ -18,6 +18,7 @@ state to roll back to, and the watch on the loss after a move.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -28,12 +29,12 @@ from torch import nn
 
 from ..data import forward, split_batch, take, to_device
 from ..noise.hessian import STABILITY_FRACTION, Sharpness, sgd_stability_bound, sharpness
+from ..plan.verify import SHARPNESS_ITERS, SHARPNESS_TOL   # find's power iteration: one setting for both
 from ..tasks import Task
 from ..train import DIVERGE_SMOOTHING, TrainContext, loss_of
 
 SPIKE_FACTOR = 1.5               # a smoothed loss above this x its value at the move is a spike
 WATCH_STEPS = DIVERGE_SMOOTHING  # steps after a move the spike rule watches: the smoothed loss's window
-SHARPNESS_ITERS, SHARPNESS_TOL = 20, 1e-2   # power iteration: 1% is plenty for a cap at half the bound
 PROBE_EXAMPLES = (64, 512)       # λ_max on the batch the move goes to, within these (512: find's check)
 
 
@@ -96,14 +97,22 @@ class _TaskForward(nn.Module):
         return forward(self.model, inputs)
 
 
+def _math_attention():
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # an older torch
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
 def probe_sharpness(task: Task, model: nn.Module, indices: torch.Tensor, device: torch.device,
                     seed: int = 0) -> tuple[Optional[Sharpness], float, str]:
     """(λ_max on the training examples ``indices``, seconds it took, why none when it failed)."""
     t0 = time.perf_counter()
     inputs, target = split_batch(to_device(take(task.train_data, indices), device))
     devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):     # dropout in the probe leaves the run's stream as it was
+    try:   # dropout in the probe leaves the run's stream as it was; fused attention has no double backward
+        with torch.random.fork_rng(devices=devices), _math_attention():
             s = sharpness(_TaskForward(model), lambda out, y: loss_of(task, out, y), inputs, target,
                           iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
     except (ValueError, RuntimeError) as e:

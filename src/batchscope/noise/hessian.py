@@ -202,13 +202,6 @@ def sharpness(model: nn.Module, loss_fn: Callable, inputs: torch.Tensor, targets
                 b.copy_(saved[k])
 
 
-STABILITY_FRACTION = 0.5
-"""The share of :func:`sgd_stability_bound` a recommended or adapted SGD rate may use (one place, shared by
-``find`` and the adaptive controller). λ_max comes from a few power iterations on a mini-batch at one point
-of a run, and sharpness grows while training runs (progressive sharpening); half the bound leaves a factor
-of two for both before the rate reaches the edge where the loss oscillates and grows."""
-
-
 def sgd_stability_bound(lam_max: float, momentum: float = 0.0, nesterov: bool = False) -> float:
     """The largest rate at which (heavy-ball or Nesterov) SGD is stable on a quadratic of curvature λ_max.
 

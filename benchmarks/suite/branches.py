@@ -338,13 +338,17 @@ def render(store: dict) -> str:
         f"Predictions: live = {LIVE_FACTOR} x B_simple",
         f"(the adaptive controller's factor), find = {SUITE_FACTOR} x B_simple (find's factor, calibrated on a "
         "measuring run's window, applied here to a point). Ratio = prediction / branched B_crit.", "",
-        "## Within 2x", "", "| factor | measured points | within 2x | median ratio | geometric mean ratio |",
-        "|---|---:|---:|---:|---:|"]
-    for name in FACTORS:
-        t = tally(pts, name)
-        head.append(f"| {name} ({FACTORS[name]}) | {t['measured']} of {t['points']} | {t['within_2x']} | "
-                    f"{_num(t['median_ratio'], '{:.2f}')} | {_num(t['geomean_ratio'], '{:.2f}')} |")
-    head += ["", "## Along each run", "",
+        "## Within 2x", "", "| tier | factor | measured points | within 2x | median ratio | geometric mean ratio |",
+        "|---|---|---:|---:|---:|---:|"]
+    tiers = {"short": [p for v in entries.values() if v.get("tier", "short") == "short" for p in v["points"]],
+             "long": [p for v in entries.values() if v.get("tier") == "long" for p in v["points"]], "all": pts}
+    for tier, points in tiers.items():
+        for name in FACTORS if points else ():
+            t = tally(points, name)
+            head.append(f"| {tier} | {name} ({FACTORS[name]}) | {t['measured']} of {t['points']} | {t['within_2x']} | "
+                        f"{_num(t['median_ratio'], '{:.2f}')} | {_num(t['geomean_ratio'], '{:.2f}')} |")
+    head += ["", "The long tier's reference runs are at B_ref 256 (the short suite's at each task's own reference "
+             "batch), so its ladders start at 64.", "", "## Along each run", "",
              "| task | branched B_crit, first -> last point | B_simple, first -> last | B_crit of the whole run "
              "(sweep) | live within 2x | median live ratio |", "|---|---|---|---:|---:|---:|"]
     for name, entry in entries.items():

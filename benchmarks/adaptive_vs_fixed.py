@@ -138,7 +138,14 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
             "last_decisions": [f"step {d['step']}: {d['reason']}" for d in r.adaptive["decisions"][-3:]],
             "decisions": len(r.adaptive["decisions"]), "nonfinite_estimates": r.adaptive["nonfinite_estimates"],
             "measure_every": r.adaptive["measure_every"], "final_batch": a["batch_size"][n - 1] if n else b0,
-            "final_lr": a["lr"][n - 1] if n else lr}
+            "final_lr": a["lr"][n - 1] if n else lr,
+            # λ_max measured at rate rises before the crossing (wall seconds, charged on top of the steps)
+            "check_seconds": sum(d["checks"]["bound"].get("seconds", 0.0) for d in changed
+                                 if "bound" in d.get("checks", {}) and d["step"] < n),
+            "rate_checks": [{k: d["checks"]["bound"].get(k) for k in ("lambda_max", "cap", "rate_rule", "rate",
+                                                                      "capped")}
+                            for d in changed if d.get("checks", {}).get("bound", {}).get("checked")],
+            "rollbacks": r.adaptive.get("checks", {}).get("rollbacks", [])}
 
 
 def step_seconds(task: Task, b: int, measured: bool, steps: int = 20) -> float:
@@ -216,7 +223,16 @@ def adaptive_seconds(run: dict, t: dict) -> float:
     """Steps to target charged at the interleaved step time of each step's batch (measured or not); the
     step in which the interpolated crossing falls is charged for the fraction of it that was needed."""
     secs = [t[f"{b}/{'measured' if m else 'plain'}"] for b, m in zip(run["batch_sizes"], run["measured"])]
-    return sum(secs[:-1]) + (run["steps"] - (len(secs) - 1)) * secs[-1] if secs else 0.0
+    steps = sum(secs[:-1]) + (run["steps"] - (len(secs) - 1)) * secs[-1] if secs else 0.0
+    return steps + check_seconds(run, steps)
+
+
+def check_seconds(run: dict, steps: float) -> float:
+    """The λ_max checks before the crossing, on the timing pass's clock: their wall seconds x (the pass's
+    time for the run's steps / the run's own wall time for them), both of one process at one moment."""
+    check = run.get("check_seconds", 0.0)
+    own = (run.get("wall_seconds") or 0.0) - check
+    return check * steps / own if check and own > 0 else check
 
 
 def measuring_share(run: dict, t: dict) -> float:

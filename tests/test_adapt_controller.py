@@ -32,12 +32,14 @@ def _sure(b):  # a narrow interval: the central value decides
 def test_unconstrained_optimum_is_sqrt_alpha_bnoise_over_beta():
     c = BatchSizeController(LINE, start_batch=16, n_train=100_000)
     d = c.decide(50, _est(256.0))
-    assert d.changed and (d.batch_size, d.micro_batch, d.accumulation) == (256, 256, 1)
-    assert d.gain == pytest.approx(1 - _T(256, 256) / _T(16, 256))
-    assert math.isclose(math.sqrt(ALPHA * 256 / BETA), 256)
+    # the model's optimum is the goal; one decision moves one doubling toward it (with that move's gain)
+    assert d.goal == 256 and math.isclose(math.sqrt(ALPHA * 256 / BETA), 256)
+    assert d.changed and (d.batch_size, d.micro_batch, d.accumulation) == (32, 32, 1)
+    assert d.gain == pytest.approx(1 - _T(32, 256) / _T(16, 256))
+    assert "one step toward 256" in d.reason and d.checks["limit"]["held_back"]
     # B_noise 4x larger: B* doubles.
     c2 = BatchSizeController(LINE, start_batch=16, n_train=100_000)
-    assert c2.decide(50, _est(1024.0)).batch_size == 512
+    assert c2.decide(50, _est(1024.0)).goal == 512
 
 
 def test_threshold_holds_small_gains_so_the_batch_does_not_flap():
@@ -69,14 +71,16 @@ def test_memory_ceiling_forces_accumulation_and_max_batch_caps():
     # with B_noise far above it, the batch goes to the ceiling and no further.
     c = BatchSizeController(LINE, start_batch=16, n_train=100_000, memory_ceiling=64)
     d = c.decide(50, _est(1e6))
+    assert d.goal == 64 and (d.batch_size, d.micro_batch, d.accumulation) == (32, 32, 1)
+    d = c.decide(100, _est(1e6))
     assert (d.batch_size, d.micro_batch, d.accumulation) == (64, 64, 1)
     for b in c.candidates():
         lay = next(x for x in c.predict(1e6) if x.batch_size == b)
         assert lay.micro_batch <= 64 and lay.micro_batch * lay.accumulation == b
     capped = BatchSizeController(StepTimeModel(1.0, 0.0), start_batch=16, n_train=100_000, max_batch=1024)
-    assert capped.decide(50, _est(1e6)).batch_size == 1024     # no cost per example: as large as allowed
+    assert capped.decide(50, _est(1e6)).goal == 1024     # no cost per example: as large as allowed
     small = BatchSizeController(StepTimeModel(1.0, 0.0), start_batch=16, n_train=300)
-    assert small.decide(50, _est(1e6)).batch_size == 256       # the largest power of two in the data set
+    assert small.decide(50, _est(1e6)).goal == 256       # the largest power of two in the data set
 
 
 def test_holds_the_start_batch_until_there_is_an_estimate():
@@ -114,8 +118,8 @@ def test_state_dict_round_trip_and_due():
     c.decide(50, _est(math.nan))
     again = BatchSizeController(LINE, start_batch=16, n_train=100_000, every=25)
     again.load_state_dict(c.state_dict())
-    assert (again.batch_size, again.accumulation, again.nonfinite) == (256, 1, 1)
-    assert [d.batch_size for d in again.decisions] == [256, 256]
+    assert (again.batch_size, again.accumulation, again.nonfinite, again.last_move) == (32, 1, 1, 25)
+    assert [d.batch_size for d in again.decisions] == [32, 32]
 
 
 def test_uses_the_same_model_as_find():
@@ -126,7 +130,7 @@ def test_uses_the_same_model_as_find():
                      b_ref=16, steps_ref=1.0, lr_ref=1.0, optimizer="sgd")
     cons = rec.Constraints(n_train=10_000)
     best, _, _ = rec.recommend(inp, cons, "fastest")
-    assert c.decide(50, _est(300.0)).batch_size == best.batch_size
+    assert c.decide(50, _est(300.0)).goal == best.batch_size
 
 
 def test_the_calibrated_factor_plans_with_factor_times_b_simple():
@@ -135,9 +139,9 @@ def test_the_calibrated_factor_plans_with_factor_times_b_simple():
     d = c.decide(50, _sure(256.0 / LIVE_FACTOR))        # B_simple 112: B_noise 256 once calibrated
     assert c.b_crit(_sure(256.0 / LIVE_FACTOR)) == pytest.approx(256.0)
     assert d.b_crit == pytest.approx(256.0) and d.b_crit_low == pytest.approx(256.0 * 0.99 / 1.01, rel=0.03)
-    assert d.batch_size == 256
+    assert d.goal == 256
     raw = BatchSizeController(LINE, start_batch=16, n_train=100_000)
-    assert raw.decide(50, _sure(256.0 / LIVE_FACTOR)).batch_size == 128   # sqrt(alpha 112 / beta) = 169 -> 128
+    assert raw.decide(50, _sure(256.0 / LIVE_FACTOR)).goal == 128   # sqrt(alpha 112 / beta) = 169 -> 128
     with pytest.raises(ConfigError, match="noise_factor"):
         Calibrated(LINE, start_batch=16, n_train=100, noise_factor=0.0)
 
@@ -146,7 +150,8 @@ def test_the_batch_shrinks_to_a_quarter_of_the_start_and_no_further():
     c = BatchSizeController(LINE, start_batch=256, n_train=100_000)
     assert c.min_batch == 64
     d = c.decide(50, _sure(1.0))                  # B* = sqrt(alpha / beta) = 16, floored at 256 / 4
-    assert d.changed and c.batch_size == 64
+    assert d.changed and d.goal == 64 and c.batch_size == 128     # one halving per decision
+    assert c.decide(100, _sure(1.0)).batch_size == 64 and c.decide(150, _sure(1.0)).batch_size == 64
     only_up = BatchSizeController(LINE, start_batch=256, n_train=100_000, min_batch=256)
     assert not only_up.decide(50, _sure(1.0)).changed and only_up.batch_size == 256
     assert BatchSizeController(LINE, start_batch=4, n_train=100, devices=2).min_batch == 4   # two per device

@@ -57,8 +57,13 @@ def test_the_fixed_batch_policy_is_the_plain_loop_bit_for_bit():
         assert torch.equal(p, q)
 
 
-# The runs of tests/data/adaptive_decisions_before.json, recorded with the adaptive loop that the
-# shared loop replaced (its own copy of divergence, stops, evaluations and the clock).
+# The runs of tests/data/adaptive_decisions_before.json, first recorded with the adaptive loop that the
+# shared loop replaced (its own copy of divergence, stops, evaluations and the clock). Re-recorded when
+# moves became one doubling per decision with a dwell of min_samples (5) measured steps after each: the
+# runs reach the same batches as before (64, 64, 256) by doublings (8 -> 16 -> 32 -> 64 at steps 10, 20,
+# 30 instead of 8 -> 64 at step 10; 16 -> 32 -> 64 at steps 5, 10; 32 -> 64 -> 128 -> 256 at 6, 108,
+# 168 instead of 32 -> 128 -> 256 at 6, 174), and every step after a move is measured. No rate check
+# or roll-back fires in them (their rates stay below the measured caps).
 RECORDED = {"blobs_sgd": (dict(alpha=2e-3, beta=2e-5), dict(measure_every=2, every=10),
                           dict(batch_size=8, steps=150, eval_every=20, seed=3)),
             "blobs_every_measured": (dict(alpha=2e-3, beta=2e-5), dict(measure_every=3),

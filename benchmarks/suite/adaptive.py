@@ -20,7 +20,10 @@ Per task:
 
 Writes benchmarks/results/suite_adaptive.{json,md}.
 
-    PYTHONPATH=src nice -n 5 python benchmarks/suite/adaptive.py [--tasks a,b] [--rounds 5]
+    PYTHONPATH=src nice -n 5 python benchmarks/suite/adaptive.py [--tasks a,b] [--rounds 5] [--store runs.json]
+
+``--store`` keeps the runs elsewhere (a run is keyed by its setting, not by the code: after a change
+to the controller, measure into a new store so the committed one is not reused).
 """
 
 from __future__ import annotations
@@ -215,6 +218,13 @@ def observations(results: list[dict]) -> list[str]:
             extra = [f"{r['nonfinite_estimates']} non-finite estimates held"] if r.get("nonfinite_estimates") else []
             extra.append(f"{sum(r['measured'])} of {math.ceil(r['steps'])} steps measured, measuring every "
                          f"{r['measure_every']} at the end")
+            if r.get("rate_checks"):
+                capped = sum(c["capped"] for c in r["rate_checks"])
+                lams = ", ".join(format(c["lambda_max"], ".3g") for c in r["rate_checks"])
+                extra.append(f"{len(r['rate_checks'])} rate rise(s) checked against the stability bound "
+                             f"({capped} capped, λ_max {lams}; {r['check_seconds']:.3g}s charged)")
+            extra += [f"rolled back at step {b['step']} ({b['trigger']}: {b['from_batch']} -> {b['to_batch']})"
+                      for b in r.get("rollbacks", [])]
             lines.append(f"- {res['task']} seed {r['seed']} ({r['steps']:.0f} steps, lr {r['final_lr']:.3g} at the "
                          f"end): {moves}; {', '.join(extra)}")
     return lines
@@ -268,14 +278,16 @@ def main(argv=None) -> int:
     ap.add_argument("--tasks", default=",".join(SUITE))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5, help="rounds of the interleaved timing pass")
+    ap.add_argument("--store", type=Path, default=RUNS,
+                    help=f"the runs store (default {RUNS.relative_to(HERE.parent.parent)})")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    gt, store = read_json(GROUND_TRUTH), read_json(RUNS)
+    gt, store = read_json(GROUND_TRUTH), read_json(args.store)
     t0, loads, results = time.perf_counter(), [os.getloadavg()[0]], []
     RESULTS.mkdir(exist_ok=True)
     for name in args.tasks.split(","):
         t_task = time.perf_counter()
-        results.append(evaluate_task(name, gt[name], store, lambda: write_json(RUNS, store), args.rounds))
+        results.append(evaluate_task(name, gt[name], store, lambda: write_json(args.store, store), args.rounds))
         loads.append(os.getloadavg()[0])
         a = results[-1]["adaptive"]
         print(f"[{name}] adaptive {a['seconds']:.3g}s = {a['ratio_to_best']:.2f} x best fixed "

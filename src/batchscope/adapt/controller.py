@@ -29,14 +29,25 @@ Rules that keep it safe to leave running:
   at the end of the estimate's interval that argues against it (the low end for growth, the high
   end for shrinking): the first few measurements are noisy, and a batch grown on one lucky ratio
   is paid for at every later step;
+- it moves at most one doubling or halving per decision (:data:`MAX_MOVE`): the model's best batch
+  may lie further away (the decision records it as ``goal``), but a larger jump multiplies the rate
+  (SGD) by up to as much on an estimate nobody has checked at the new batch; the next decision,
+  with the estimate re-measured there, takes the next factor of two;
+- after a move it holds for ``dwell`` steps (the policy measures the steps after a move, so the
+  monitor has ``min_samples`` measurements at the new batch before it moves again);
+- a batch a rolled-back move went to (:meth:`roll_back`) is not proposed again, nor any beyond it,
+  until the step the roll-back barred it to;
 - the per-device micro-batch stays under the memory ceiling (the batch grows beyond it by gradient
   accumulation), and the global batch stays within ``max_batch`` and the data set.
+
+Each :class:`Decision` records in ``checks`` what it checked: the move limit and the goal, the
+dwell, a barred batch, and (added by the policy) the rate's stability bound or a roll-back.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, check_positive_int
@@ -48,6 +59,7 @@ DEFAULT_EVERY = 50          # steps between decisions
 DEFAULT_THRESHOLD = 0.05    # AdaptDL: re-allocate only for a predicted speed-up above 5%
 DEFAULT_MIN_SAMPLES = 5     # finite noise measurements before the first decision
 SHRINK_LIMIT = 4            # the default floor: the start batch / 4
+MAX_MOVE = 2                # the largest factor one decision may change the batch by (one doubling or halving)
 
 
 @dataclass(frozen=True)
@@ -65,9 +77,19 @@ class Decision:
     gain: float               # predicted fall in time per unit progress of the best candidate vs the current batch
     changed: bool
     reason: str
+    goal: int = 0             # the best batch over every candidate (the move goes at most MAX_MOVE toward it)
+    checks: dict = field(default_factory=dict)   # what was checked: limit, dwell, barred, bound, rollback
+
+    def __post_init__(self):
+        # keys in one order, so a decision read back from a JSON checkpoint is the same decision
+        object.__setattr__(self, "checks", _sorted(self.checks))
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _sorted(d):
+    return {k: _sorted(d[k]) for k in sorted(d)} if isinstance(d, dict) else d
 
 
 def _estimate_parts(estimate, factor: float = 1.0) -> tuple[float, float, float, int]:
@@ -122,13 +144,15 @@ class BatchSizeController:
     min_samples: finite noise measurements needed before the first move.
     confident: a move must also pay off at the interval's end against it (see the module docstring).
     noise_factor: B_crit = noise_factor x B_simple (see the module docstring; 1: raw B_simple).
+    dwell: steps to hold after a move before the next (0: none beyond ``every``; the adaptive policy
+        passes ``min_samples``, the steps it measures after a move).
     """
 
     def __init__(self, step_time, *, start_batch: int, n_train: int, memory_ceiling: Optional[int] = None,
                  max_batch: Optional[int] = None, min_batch: Optional[int] = None, devices: int = 1,
                  every: int = DEFAULT_EVERY, threshold: float = DEFAULT_THRESHOLD,
                  min_samples: int = DEFAULT_MIN_SAMPLES, confident: bool = True,
-                 noise_factor: float = LIVE_FACTOR):
+                 noise_factor: float = LIVE_FACTOR, dwell: int = 0):
         self.time_model = step_time if isinstance(step_time, StepTimeModel) else StepTimeModel.from_profile(step_time)
         self.min_batch = check_limits(start_batch=start_batch, n_train=n_train, memory_ceiling=memory_ceiling,
                                       max_batch=max_batch, min_batch=min_batch, devices=devices)
@@ -147,6 +171,11 @@ class BatchSizeController:
         self.confident = bool(confident)
         first = rec.layout(start_batch, self.constraints)
         self.batch_size, self.micro_batch, self.accumulation = first.batch_size, first.micro_batch, first.accumulation
+        if isinstance(dwell, bool) or not isinstance(dwell, int) or dwell < 0:
+            raise ConfigError(f"The 'dwell' parameter must be a whole number of steps >= 0. Got {dwell!r} instead.")
+        self.dwell = dwell
+        self.last_move: Optional[int] = None     # the step of the last move (a roll-back counts)
+        self.barred: list[tuple[int, int, int]] = []   # (from, to, until): `to` and beyond it (away from `from`)
         self.nonfinite = 0                       # estimates held because they were not finite and positive
         self.decisions: list[Decision] = []
 
@@ -174,6 +203,16 @@ class BatchSizeController:
         """The critical batch planned with: ``noise_factor`` x the estimate's B_simple (NaN without one)."""
         return _estimate_parts(estimate, self.noise_factor)[0]
 
+    def reachable(self, b: int, step: int) -> Optional[str]:
+        """Why the batch ``b`` cannot be moved to from the current one at ``step`` (None: it can)."""
+        here = self.batch_size
+        if b != here and not here / MAX_MOVE <= b <= here * MAX_MOVE:
+            return "limit"
+        for frm, to, until in self.barred:
+            if step < until and b != here and (b >= to if to > frm else b <= to):
+                return "barred"
+        return None
+
     def decide(self, step: int, estimate: Union[object, float, None]) -> Decision:
         """Look at ``estimate`` (a NoiseEstimate, a B_simple number, or None) and keep or change the batch."""
         bn, low, high, n = _estimate_parts(estimate, self.noise_factor)
@@ -184,38 +223,78 @@ class BatchSizeController:
             self.nonfinite += 1
             return self._record(step, bn, low, high, 0.0, None, f"non-finite noise estimate {bn} held "
                                                                   f"({self.nonfinite} so far)")
-        best, gain = self._best(bn)
+        best, gain, goal, checks = self._best(bn, step)
         if best.batch_size == self.batch_size or gain <= self.threshold:
             return self._record(step, bn, low, high, gain, None,
-                                f"best batch {best.batch_size} saves {gain:.1%}, not above {self.threshold:.0%}")
+                                f"best batch {best.batch_size} saves {gain:.1%}, not above {self.threshold:.0%}",
+                                goal, checks)
         end = low if best.batch_size > self.batch_size else high     # the end of the interval against the move
         if self.confident and math.isfinite(low):
             sure = self._gain_of(best.batch_size, end) if math.isfinite(end) and end > 0 else -math.inf
             if sure <= self.threshold:
                 return self._record(step, bn, low, high, gain, None,
                                     f"batch {best.batch_size} saves {gain:.1%} at B_crit {bn:.3g} but "
-                                    f"{max(sure, -1.0):.1%} at the interval's end {end:.3g}: held")
+                                    f"{max(sure, -1.0):.1%} at the interval's end {end:.3g}: held", goal, checks)
+        if checks["dwell"]["held"]:
+            d = checks["dwell"]
+            return self._record(step, bn, low, high, gain, None,
+                                f"batch {best.batch_size} saves {gain:.1%}, but only {d['since_move']} of "
+                                f"{self.dwell} steps since the move at step {self.last_move}: held (dwell)",
+                                goal, checks)
+        toward = f" (one step toward {goal})" if goal != best.batch_size else ""
         return self._record(step, bn, low, high, gain, best,
-                            f"batch {self.batch_size} -> {best.batch_size}: "
-                            f"predicted {gain:.1%} less time per progress")
+                            f"batch {self.batch_size} -> {best.batch_size}{toward}: "
+                            f"predicted {gain:.1%} less time per progress", goal, checks)
 
-    def _best(self, bn: float) -> tuple[rec.Candidate, float]:
+    def _best(self, bn: float, step: int) -> tuple[rec.Candidate, float, int, dict]:
+        """The best candidate it may move to, its gain, the best over all, and what limited the choice."""
         cands = self.predict(bn)
         here = next(c for c in cands if c.batch_size == self.batch_size)
-        best = min(cands, key=lambda c: c.seconds)
-        return best, 1.0 - best.seconds / here.seconds
+        goal = min(cands, key=lambda c: c.seconds)
+        why = {c.batch_size: self.reachable(c.batch_size, step) for c in cands}
+        best = min((c for c in cands if why[c.batch_size] is None), key=lambda c: c.seconds)
+        since = None if self.last_move is None else step - self.last_move
+        checks = {"limit": {"goal": goal.batch_size, "factor": MAX_MOVE,
+                            "held_back": goal.batch_size != best.batch_size and why[goal.batch_size] == "limit"},
+                  "dwell": {"steps": self.dwell, "since_move": since,
+                            "held": since is not None and since < self.dwell}}
+        barred = sorted(b for b, w in why.items() if w == "barred")
+        if barred:
+            checks["barred"] = {"batches": barred, "until": max(u for _, _, u in self.barred if step < u)}
+        return best, 1.0 - best.seconds / here.seconds, goal.batch_size, checks
 
     def _gain_of(self, b: int, bn: float) -> float:
         """Predicted fall in time per progress from the current batch to ``b`` if B_crit were ``bn``."""
         secs = {c.batch_size: c.seconds for c in self.predict(bn, sorted({self.batch_size, b}))}
         return 1.0 - secs[b] / secs[self.batch_size]
 
-    def _record(self, step, bn, low, high, gain, best: Optional[rec.Candidate], reason: str) -> Decision:
+    def _record(self, step, bn, low, high, gain, best: Optional[rec.Candidate], reason: str, goal: int = 0,
+                checks: Optional[dict] = None) -> Decision:
         previous = self.batch_size
         if best is not None:
             self.batch_size, self.micro_batch, self.accumulation = best.batch_size, best.micro_batch, best.accumulation
+            self.last_move = step
         d = Decision(step, self.batch_size, self.micro_batch, self.accumulation, previous, bn, low, high, gain,
-                     best is not None, reason)
+                     best is not None, reason, goal or self.batch_size, checks or {})
+        self.decisions.append(d)
+        return d
+
+    def annotate(self, **checks) -> Decision:
+        """Add entries to the last decision's ``checks`` (the policy's rate bound); returns it."""
+        d = replace(self.decisions[-1], checks={**self.decisions[-1].checks, **checks})
+        self.decisions[-1] = d
+        return d
+
+    def roll_back(self, step: int, batch: int, reason: str, *, moved_to: int, bar_until: float, **checks) -> Decision:
+        """Go back to ``batch`` after moves that went wrong (the policy restored the state kept before the
+        first, a move to ``moved_to``); that batch, and any beyond it, is not proposed before ``bar_until``."""
+        failed, lay = self.batch_size, rec.layout(batch, self.constraints)
+        self.barred = [b for b in self.barred if b[2] > step] + [(batch, moved_to, bar_until)]
+        self.batch_size, self.micro_batch, self.accumulation = lay.batch_size, lay.micro_batch, lay.accumulation
+        self.last_move = step
+        d = Decision(step, self.batch_size, self.micro_batch, self.accumulation, failed, math.nan, math.nan,
+                     math.nan, 0.0, True, reason, self.batch_size, {**checks, "barred": {
+                         "batches": [moved_to], "beyond": True, "until": bar_until}})
         self.decisions.append(d)
         return d
 
@@ -223,7 +302,8 @@ class BatchSizeController:
 
     def state_dict(self) -> dict:
         return {"batch_size": self.batch_size, "micro_batch": self.micro_batch, "accumulation": self.accumulation,
-                "nonfinite": self.nonfinite, "decisions": [d.to_dict() for d in self.decisions]}
+                "nonfinite": self.nonfinite, "decisions": [d.to_dict() for d in self.decisions],
+                "last_move": self.last_move, "barred": [list(b) for b in self.barred], "dwell": self.dwell}
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_size = int(state["batch_size"])
@@ -231,3 +311,6 @@ class BatchSizeController:
         self.accumulation = int(state["accumulation"])
         self.nonfinite = int(state["nonfinite"])
         self.decisions = [Decision(**d) for d in state["decisions"]]
+        self.last_move = state.get("last_move")
+        self.barred = [tuple(b) for b in state.get("barred", [])]
+        self.dwell = int(state.get("dwell", self.dwell))

@@ -10,6 +10,12 @@ alpha per measured step; the first ``min_samples`` steps are measured, then ever
 the controller re-decides from the monitor's estimate, and the learning rate follows the batch
 (:class:`ScaledLearningRate`). Warm-up counts steps at the starting batch (progress).
 
+A move changes the batch by at most one doubling or halving, then holds for ``dwell`` steps, all
+measured, so the next decision has ``min_samples`` measurements at the new batch. A move that
+raises an SGD rate measures λ_max and caps the rate at the stability bound's safe share; the state
+before a move is kept, and a spike of the smoothed loss in the steps after it, or a divergence at
+any time, restores it and the batch before the move (:mod:`batchscope.adapt.guard`).
+
 :class:`AdaptiveConfig` holds the one default of every setting; the Lightning and Hugging Face
 callbacks take the same object.
 """
@@ -29,7 +35,11 @@ from ..noise import NoiseScaleMonitor
 from ..plan.critical_batch import LIVE_FACTOR
 from ..tasks import Task
 from ..train import BatchPolicy, OptimizerSettings, StepPlan, TrainConfig, TrainContext, check_batch, total_steps
-from .controller import DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, BatchSizeController, StepTimeModel, check_limits
+from ..noise.hessian import STABILITY_FRACTION, sgd_stability_bound
+from .controller import (DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, MAX_MOVE, BatchSizeController, StepTimeModel,
+                         check_limits)
+from .guard import (SPIKE_FACTOR, WATCH_STEPS, LossTrend, keep, probe_indices, probe_sharpness, probe_size, restore,
+                    sgd_settings, spiked, stability_ceiling)
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
 from .state import adapt_state, load_adapt_state
@@ -57,6 +67,12 @@ class AdaptiveConfig:
         ``plan.critical_batch.LIVE_FACTOR`` for raw noise; 1 for preconditioned noise, which the
         suite could not calibrate).
     min_batch: the smallest global batch (default: a quarter of the starting batch).
+    dwell: steps to hold after a move (default ``min_samples``: the steps after a move are measured,
+        so the next decision has as many measurements at the new batch as the first one had).
+    stability_bound: for SGD, cap a rising rate at ``STABILITY_FRACTION`` x the bound 2(1+μ)/λ_max
+        measured at the move.
+    rollback: keep the state before a move and return to it (and to the batch before it) when the
+        smoothed loss spikes after the move or the run diverges.
     """
 
     profile: Union[HardwareProfile, str, Path, None] = None
@@ -72,6 +88,9 @@ class AdaptiveConfig:
     noise: str = "raw"
     noise_factor: Optional[float] = None
     min_batch: Optional[int] = None
+    dwell: Optional[int] = None
+    stability_bound: bool = True
+    rollback: bool = True
 
     def policy(self, task: Task, cfg: TrainConfig) -> "AdaptivePolicy":
         """The batch policy :func:`batchscope.train.train` runs when ``TrainConfig.adaptive`` is set."""
@@ -84,6 +103,10 @@ class AdaptiveConfig:
         for name in ("every", "measure_every", "min_samples"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))
+        if self.dwell is not None and (isinstance(self.dwell, bool) or not isinstance(self.dwell, int)
+                                       or self.dwell < 0):
+            raise ConfigError(f"The 'dwell' parameter must be a whole number of steps >= 0. Got {self.dwell!r} "
+                              "instead.")
         check_positive_float("overhead", self.overhead)
         if not 0 <= self.threshold < 1:
             raise ConfigError(f"The 'threshold' parameter must be in [0, 1). Got {self.threshold!r} instead.")
@@ -199,16 +222,21 @@ class Adaptation:
             time_model, start_batch=start_batch, n_train=n_train, memory_ceiling=memory_ceiling,
             max_batch=acfg.max_batch, devices=devices, every=acfg.every or self.measure_every,
             threshold=acfg.threshold, min_samples=acfg.min_samples, confident=acfg.confident,
-            min_batch=acfg.min_batch, noise_factor=noise_factor_of(acfg))
+            min_batch=acfg.min_batch, noise_factor=noise_factor_of(acfg),
+            dwell=acfg.min_samples if acfg.dwell is None else acfg.dwell)
         self.rate = ScaledLearningRate(lr0, start_batch, optimizer, warmup=warmup, total=total, schedule=schedule)
         self.b_crit = math.nan                    # the latest predicted critical batch
         self.last_measured = -1                   # the last measured step (0-based)
+        self.moved_at: Optional[int] = None       # steps done at the last move (its next steps are measured)
         self.step_times: dict[int, tuple[list, list]] = {}   # batch -> (measured, unmeasured) seconds
 
     def measures(self, step: int) -> bool:
         """Whether step ``step`` (0-based) is measured: the first ``min_samples`` steps, so the first
-        decision comes early, then every ``measure_every``-th. Marks the step when it is."""
-        measured = step < self.acfg.min_samples or step - self.last_measured >= self.measure_every
+        decision comes early, and the first ``min_samples`` after each move, so the next decision has as
+        many measurements at the new batch; otherwise every ``measure_every``-th. Marks the step when it is."""
+        n = self.acfg.min_samples
+        burst = self.moved_at is not None and self.moved_at <= step < self.moved_at + n
+        measured = step < n or burst or step - self.last_measured >= self.measure_every
         if measured:
             self.last_measured = step
         return measured
@@ -227,7 +255,10 @@ class Adaptation:
         self._calibrate(batch, measured, seconds)
         c = self.controller
         due = c.due(steps_done) if self.acfg.every else (measured and steps_done >= self.acfg.min_samples)
-        return c.decide(steps_done, estimate()) if due else None
+        d = c.decide(steps_done, estimate()) if due else None
+        if d is not None and d.changed:
+            self.moved_at = steps_done
+        return d
 
     def _calibrate(self, b: int, measured: bool, seconds: float) -> None:
         """Set the cadence from this run's own step times: a measured step's excess over an unmeasured
@@ -244,12 +275,13 @@ class Adaptation:
 
     def state_dict(self) -> dict:
         return {**adapt_state(controller=self.controller, rate=self.rate), "b_crit": self.b_crit,
-                "last_measured": self.last_measured, "measure_every": self.measure_every}
+                "last_measured": self.last_measured, "measure_every": self.measure_every, "moved_at": self.moved_at}
 
     def load_state_dict(self, state: dict) -> None:
         load_adapt_state(state, controller=self.controller, rate=self.rate)
         self.b_crit, self.last_measured = state["b_crit"], state["last_measured"]
         self.measure_every = state["measure_every"]
+        self.moved_at = state.get("moved_at")
 
 
 class AdaptivePolicy(BatchPolicy):
@@ -275,6 +307,15 @@ class AdaptivePolicy(BatchPolicy):
         self.monitor: Optional[NoiseScaleMonitor] = None
         self.log = StepLog()
         self.current: Optional[StepPlan] = None
+        self.sgd = settings.name == "sgd"
+        self.trend = LossTrend()                 # the smoothed step loss the watch after a move reads
+        self.kept: Optional[dict] = None         # the state before the last unverified move (None: used or none)
+        self.watch_until = -1                    # steps done up to which the spike rule watches
+        self.rollbacks: list[dict] = []
+        self.check_seconds = 0.0                 # spent measuring λ_max (counted in the run's clock)
+        self.dropped = False                     # the loop dropped this step's update (recover)
+        self.last_bound: Optional[dict] = None   # where λ_max was last measured (step, kept state's step)
+        self.cfg_seed = cfg.seed
         self.profile_summary = {"alpha": profile.alpha, "beta": profile.beta, "memory_ceiling": ceiling,
                                 "limited_by": profile.limited_by}
 
@@ -328,9 +369,105 @@ class AdaptivePolicy(BatchPolicy):
     def after_step(self, ctx: TrainContext, plan: StepPlan, seconds: float) -> None:
         b, a = plan.batch_size, self.adaptation
         self.log.add(b, plan.micro_batch, plan.accumulation, plan.lr, a.b_crit, plan.measure)
+        if self.dropped:            # the update was dropped and the kept state restored: no progress, no decision
+            self.dropped = False
+            return
+        self.trend.add(ctx.step_loss)
+        if self.kept is not None and ctx.step <= self.watch_until and spiked(self.trend.value, self.kept["trend_at"]):
+            self._roll_back(ctx, ctx.step, "spike", f"the smoothed training loss rose to {self.trend.value:.4g}, "
+                            f"above {SPIKE_FACTOR:g} x its {self.kept['trend_at']:.4g} at step {self.kept['step']}")
+            return
         d = a.end_step(ctx.step, b, plan.measure, seconds, lambda: self.monitor.estimate(self.acfg.decision_level))
         if d is not None and d.changed:
-            self.sampler.set_batch_size(d.batch_size)
+            self._moved(ctx, d)
+
+    def recover(self, ctx: TrainContext, why: str) -> bool:
+        """The loop's divergence check fired: back to the state kept before the last move, once."""
+        if self.kept is None:
+            return False
+        self.monitor.close()        # a measured step's hooks (its update never reaches on_before_step)
+        self._roll_back(ctx, ctx.step + 1, "diverged", why)
+        self.dropped = True
+        return True
+
+    # ---- the checks around a move -------------------------------------------------------------
+
+    def _moved(self, ctx: TrainContext, d) -> None:
+        """Keep the state before the move (unless one still watched is kept), cap a rising SGD rate, watch."""
+        a = self.adaptation
+        watched = self.kept is not None and ctx.step <= self.watch_until
+        if self.acfg.rollback and not watched:
+            self.kept = keep(ctx, step=ctx.step, batch=d.previous, moved_to=d.batch_size, trend_at=self.trend.value,
+                             trend=self.trend.state_dict(), rate=a.rate.state_dict(),
+                             monitor=self.monitor.state_dict(), b_crit=a.b_crit)
+        if self.acfg.rollback:
+            self.watch_until = ctx.step + WATCH_STEPS
+            self.controller.annotate(watch={"steps": WATCH_STEPS, "until": self.watch_until,
+                                            "kept_step": self.kept["step"], "kept_batch": self.kept["batch"],
+                                            "spike_factor": SPIKE_FACTOR})
+        self.controller.annotate(bound=self._bound(ctx, d.previous, d.batch_size))
+        self.sampler.set_batch_size(d.batch_size)
+
+    def _bound(self, ctx: TrainContext, before: int, after: int) -> dict:
+        """Measure λ_max where an SGD move raises the rate, and set the rate's ceiling from it. Moves stacked
+        on one kept state are checked together: one λ_max at the first rise, its ceiling for the rest."""
+        rate = self.adaptation.rate
+        now, rule = rate.base(before), rate.lr0 * rate.rule_gain(after)
+        if not self.sgd:
+            return {"checked": False, "why": f"{rate.optimizer}: no SGD stability bound; the watch after the "
+                                             "move guards the rate"}
+        if not self.acfg.stability_bound or rule <= max(now, rate.lr0):   # (the ceiling is never below these)
+            why = ("off (stability_bound=False)" if not self.acfg.stability_bound else "the rate does not rise"
+                   if rule <= now else "the rate stays within the starting rate")
+            return {"checked": False, "why": why, "rate": rate.base(after)}
+        last = self.last_bound
+        if last is not None and self.kept is not None and last["kept_step"] == self.kept["step"]:
+            return {"checked": False, "why": f"λ_max measured at step {last['step']} for the moves watched since "
+                                             f"step {last['kept_step']}: its ceiling holds",
+                    "ceiling": rate.ceiling, "rate_rule": rule, "rate": rate.base(after), "capped": rule > rate.ceiling}
+        size = probe_size(after, self.profile_summary["memory_ceiling"])
+        probe = probe_indices(self.task.n_train, size, self.cfg_seed + ctx.step)
+        sharp, secs, failed = probe_sharpness(self.task, ctx.model, probe, ctx.device, seed=ctx.step)
+        self.check_seconds += secs
+        ctx.seconds += secs
+        if sharp is None:
+            return {"checked": False, "why": f"λ_max could not be measured ({failed}); the watch guards the rate",
+                    "seconds": secs}
+        opt = sgd_settings(ctx.optimizer)
+        cap, rate.ceiling = stability_ceiling(sharp.value, rate_now=now, lr0=rate.lr0, **opt)
+        self.last_bound = {"step": ctx.step, "kept_step": self.kept["step"] if self.kept is not None else None}
+        return {"checked": True, "lambda_max": sharp.value, "iterations": sharp.iterations,
+                "converged": sharp.converged, "probe_examples": len(probe), **opt,
+                "bound": sgd_stability_bound(sharp.value + opt["weight_decay"], opt["momentum"], opt["nesterov"]),
+                "fraction": STABILITY_FRACTION, "cap": cap, "ceiling": rate.ceiling, "rate_rule": rule,
+                "rate": rate.base(after), "capped": rule > rate.ceiling, "seconds": secs}
+
+    def bar_steps(self) -> float:
+        """Steps a rolled-back batch is barred: until the monitor's estimate that proposed it is replaced,
+        1 / (1 - decay) measurements at the current cadence (a running mean, decay 1, never forgets)."""
+        decay = self.monitor.moments.decay
+        return math.ceil(1.0 / (1.0 - decay)) * self.adaptation.measure_every if decay < 1 else math.inf
+
+    def _roll_back(self, ctx: TrainContext, step: int, trigger: str, why: str) -> None:
+        """Restore the kept state and the batch before the move; bar the batch moved to for a while."""
+        k, a = self.kept, self.adaptation
+        self.kept, self.watch_until = None, -1
+        restore(ctx, k)
+        a.rate.load_state_dict(k["rate"])
+        self.monitor.load_state_dict(k["monitor"])
+        self.trend.load_state_dict(k["trend"])
+        a.b_crit = k["b_crit"]
+        failed, until = self.controller.batch_size, step + self.bar_steps()
+        reason = (f"rolled back ({trigger}): {why}; batch {failed} -> {k['batch']} and the state kept at step "
+                  f"{k['step']}")
+        record = {"step": step, "trigger": trigger, "why": why, "from_batch": failed, "to_batch": k["batch"],
+                  "kept_step": k["step"], "lost_steps": step - k["step"], "barred": k["moved_to"],
+                  "barred_until": until}
+        self.controller.roll_back(step, k["batch"], reason, moved_to=k["moved_to"], bar_until=until,
+                                  rollback=record)
+        a.moved_at = step
+        self.sampler.set_batch_size(k["batch"])
+        self.rollbacks.append(record)
 
     def exhausted(self, ctx: TrainContext) -> bool:
         return ((self.max_steps is not None and ctx.step >= self.max_steps)
@@ -349,13 +486,24 @@ class AdaptivePolicy(BatchPolicy):
                 "measure_every": self.adaptation.measure_every, "decide_every": self.acfg.every,
                 "min_samples": self.acfg.min_samples, "nonfinite_estimates": self.controller.nonfinite,
                 "noise": self.acfg.noise, "noise_factor": self.controller.noise_factor,
-                "final_estimate": est.to_dict(), "profile": self.profile_summary}
+                "final_estimate": est.to_dict(), "profile": self.profile_summary,
+                "checks": {"dwell": self.controller.dwell, "max_move": MAX_MOVE, "watch_steps": WATCH_STEPS,
+                           "spike_factor": SPIKE_FACTOR, "stability_fraction": STABILITY_FRACTION,
+                           "rate_ceiling": self.adaptation.rate.ceiling, "check_seconds": self.check_seconds,
+                           "rollbacks": self.rollbacks}}
 
     def state_dict(self) -> dict:
         return {**adapt_state(self.sampler, monitor=self.monitor), "adaptation": self.adaptation.state_dict(),
-                "log": asdict(self.log)}
+                "log": asdict(self.log), "guard": {"trend": self.trend.state_dict(), "kept": self.kept,
+                                                   "watch_until": self.watch_until, "rollbacks": self.rollbacks,
+                                                   "check_seconds": self.check_seconds, "last_bound": self.last_bound}}
 
     def load_state_dict(self, state: dict) -> None:
         load_adapt_state(state, self.sampler, monitor=self.monitor)
         self.adaptation.load_state_dict(state["adaptation"])
         self.log = StepLog(**state["log"])
+        g = state.get("guard")
+        if g is not None:
+            self.trend.load_state_dict(g["trend"])
+            self.kept, self.watch_until, self.rollbacks = g["kept"], g["watch_until"], list(g["rollbacks"])
+            self.check_seconds, self.last_bound = g["check_seconds"], g["last_bound"]

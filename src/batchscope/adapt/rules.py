@@ -62,18 +62,28 @@ class ScaledLearningRate:
         self.schedule = schedule
         self.progress = 0.0          # reference steps made so far
         self.b_crit = math.nan      # the last finite estimate seen
+        self.ceiling = math.inf     # the largest lr0 · gain allowed (before warm-up and decay)
 
     def observe(self, b_crit: float) -> None:
         """Take a new noise estimate; non-finite or non-positive ones are ignored."""
         if math.isfinite(b_crit) and b_crit > 0:
             self.b_crit = float(b_crit)
 
-    def gain(self, b: int) -> float:
+    def rule_gain(self, b: int) -> float:
+        """The rule's gain at batch ``b`` (no ceiling)."""
         if self.optimizer in ADAM_TYPE:
             return sqrt_gain(b, self.b0)
         if b == self.b0 or not math.isfinite(self.b_crit):
             return 1.0
         return adascale_gain(b, self.b0, self.b_crit)
+
+    def gain(self, b: int) -> float:
+        """The gain used at batch ``b``: the rule's, capped at ``ceiling / lr0``."""
+        return min(self.rule_gain(b), self.ceiling / self.lr0)
+
+    def base(self, b: int) -> float:
+        """lr0 · gain(b): the rate at batch ``b`` before warm-up and decay."""
+        return self.lr0 * self.gain(b)
 
     def factor(self) -> float:
         """Warm-up and decay at the current progress (``train.lr_factor`` on reference steps)."""
@@ -91,8 +101,9 @@ class ScaledLearningRate:
         return made
 
     def state_dict(self) -> dict:
-        return {"progress": self.progress, "b_crit": self.b_crit}
+        return {"progress": self.progress, "b_crit": self.b_crit, "ceiling": self.ceiling}
 
     def load_state_dict(self, state: dict) -> None:
         self.progress = float(state["progress"])
         self.b_crit = float(state.get("b_crit", state.get("b_noise")))
+        self.ceiling = float(state.get("ceiling", math.inf))

@@ -41,11 +41,27 @@ def _adaptive_rows(a: dict) -> list[tuple]:
                        ) if moves else "unchanged"
     est, k = a["final_estimate"], a["noise_factor"]
     b_crit = _number(k * float(est["b_simple"])) if est["b_simple"] is not None else "n/a"
-    return [("batch size", path),
+    c = a.get("checks", {})
+    bounds = [d["checks"]["bound"] for d in moves if d.get("checks", {}).get("bound", {}).get("checked")]
+    capped = sum(b["capped"] for b in bounds)
+    guard = (f"moves of at most {c['max_move']}x, {c['dwell']} steps apart; {len(bounds)} rate rise(s) checked "
+             f"against {c['stability_fraction']:g} x the SGD bound 2(1+mu)/lambda_max, {capped} capped"
+             + (f" (ceiling {_number(c['rate_ceiling'])})" if bounds else "")
+             + f"; {len(c['rollbacks'])} roll-back(s)") if c else None
+    rows = [("batch size", path),
             ("final B_simple [interval]", f"{_number(est['b_simple'])} [{_number(est['low'])}, {_number(est['high'])}]"
                                           f"; B_crit = {k:g} x B_simple = {b_crit}"),
             ("noise measured", f"first {a['min_samples']} steps, then every {a['measure_every']}; a decision after "
                                f"each; {a['nonfinite_estimates']} non-finite estimate(s) held")]
+    return rows + ([("checks", guard)] if guard else [])
+
+
+def rollback_lines(a: dict) -> list[str]:
+    """One line per roll-back of an adaptive run: when, why, and where it went back to."""
+    return [f"rolled back at step {r['step']:,} ({r['trigger']}): {r['why']}; batch {r['from_batch']} -> "
+            f"{r['to_batch']} from the state kept at step {r['kept_step']:,} ({r['lost_steps']} steps lost); batch "
+            f"{r['barred']} and beyond barred until step {_number(r['barred_until'], '.0f')}"
+            for r in a.get("checks", {}).get("rollbacks", [])]
 
 
 FROM_FIND_SETS = ("batch_size", "micro_batch", "lr", "warmup_steps", "resume_from", "adaptive")
@@ -159,6 +175,8 @@ def command(task_spec, batch_size, lr, optimizer, micro_batch, warmup_steps, sch
     extra = tensorboard_callbacks(log_dir, batch_size, micro_batch) if log_dir else []
     with progress_bar(console) as progress:
         result = train(task, cfg, [ProgressCallback(progress, f"{task.name} B={batch_size}"), *extra])
+    for line in rollback_lines(result.adaptive or {}):   # on stderr with --json
+        console.print(line, markup=False)
     doc = result.to_dict()
     outputs = Outputs()
     if plot:

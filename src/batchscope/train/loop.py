@@ -116,12 +116,13 @@ class Run:
             group["lr"] = lr
         ctx.batch_size, ctx.micro_batch, ctx.accumulation = plan.batch_size, plan.micro_batch, plan.accumulation
         ctx.step_loss = accumulate_step(ctx, setup, take(self.task.train_data, plan.indices), self.callbacks)
-        self._check_diverged(ctx.step_loss, lrs[0])
-        setup.scaler.unscale_(ctx.optimizer)
-        for cb in (self.policy, *self.callbacks):
-            cb.on_before_step(ctx)
-        setup.scaler.step(ctx.optimizer)
-        setup.scaler.update()
+        recovered = self._check_diverged(ctx.step_loss, lrs[0])
+        if not recovered:
+            setup.scaler.unscale_(ctx.optimizer)
+            for cb in (self.policy, *self.callbacks):
+                cb.on_before_step(ctx)
+            setup.scaler.step(ctx.optimizer)
+            setup.scaler.update()
         ctx.optimizer.zero_grad(set_to_none=True)
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
@@ -130,19 +131,26 @@ class Run:
         ctx.step += 1
         ctx.examples += plan.batch_size
         self.policy.after_step(ctx, plan, seconds)
-        self.loss_sum, self.loss_n = self.loss_sum + ctx.step_loss, self.loss_n + 1
+        if not recovered:   # a dropped step's loss is not the model's (the history shows the restored state's)
+            self.loss_sum, self.loss_n = self.loss_sum + ctx.step_loss, self.loss_n + 1
         for cb in self.callbacks:
             cb.on_step_end(ctx, ctx.step_loss)
         return ctx.step_loss
 
-    def _check_diverged(self, step_loss: float, lr: float) -> None:
+    def _check_diverged(self, step_loss: float, lr: float) -> bool:
+        """Raise DivergedError if the loss diverged, unless the policy recovers (True: the step is dropped)."""
         decay = 1.0 - 1.0 / DIVERGE_SMOOTHING
         loss, weight = self.smoothed
         self.smoothed = (decay * loss + step_loss, decay * weight + 1.0)
         why = divergence(step_loss, self.smoothed[0] / self.smoothed[1], self.ctx.step + 1, self.initial_loss,
                          self.cfg)
-        if why:
-            raise DivergedError(_diverged_message(why, self.ctx.step + 1, lr, self.ctx.batch_size), self.history)
+        if not why:
+            return False
+        message = _diverged_message(why, self.ctx.step + 1, lr, self.ctx.batch_size)
+        if self.policy.recover(self.ctx, message):
+            self.smoothed = (0.0, 0.0)      # the trend restarts from the restored state
+            return True
+        raise DivergedError(message, self.history)
 
     # ---- evaluations, stops, the whole run ---------------------------------------------------
 

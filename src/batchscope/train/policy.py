@@ -64,6 +64,12 @@ class BatchPolicy(Callback):
         """Whether the run's budget (steps, epochs or the target's cap) is spent."""
         raise NotImplementedError
 
+    def recover(self, ctx: TrainContext, why: str) -> bool:
+        """The loop's divergence check fired on this step's loss (``why``, before the update). A policy that
+        restores a state it kept (model, optimizer, its own) returns True: the loop drops the step's update,
+        counts its examples and time, and goes on. False (the default): the run ends with DivergedError."""
+        return False
+
     def describe(self) -> dict:
         """Entries of the result's ``config`` that this policy resolved."""
         return {}

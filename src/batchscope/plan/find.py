@@ -406,6 +406,8 @@ def target_words(task: Task, target_epochs: Optional[float]) -> str:
     return f"the {task.target.split} loss after {target_epochs:g} epochs at the reference setting"
 
 
+# Long on purpose: 23 of its lines are the docstring of the public entry point; the body is one pipeline
+# (validate, profile, measure, fit, recommend, check) whose stages are calls.
 def find(task: "Task | str", *, device: str = "cpu", objective: str = "fastest", measure_fraction: float = 0.05,
          profile: Optional[HardwareProfile] = None, max_batch: Optional[int] = None, devices: int = 1,
          ref_batch: Optional[int] = None, ref_lr: Optional[float] = None, memory_budget=None, seed: int = 0,

@@ -18,7 +18,6 @@ state to roll back to, and the watch on the loss after a move.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -27,11 +26,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..data import forward, split_batch, take, to_device
-from ..noise.hessian import STABILITY_FRACTION, Sharpness, sgd_stability_bound, sharpness
-from ..plan.verify import SHARPNESS_ITERS, SHARPNESS_TOL   # find's power iteration: one setting for both
+from ..noise.hessian import STABILITY_FRACTION, Sharpness, sgd_stability_bound, task_sharpness
 from ..tasks import Task
-from ..train import DIVERGE_SMOOTHING, TrainContext, loss_of
+from ..train import DIVERGE_SMOOTHING, TrainContext
 
 SPIKE_FACTOR = 1.5               # a smoothed loss above this x its value at the move is a spike
 WATCH_STEPS = DIVERGE_SMOOTHING  # steps after a move the spike rule watches: the smoothed loss's window
@@ -86,47 +83,17 @@ class LossTrend:
         self.sum, self.weight = float(state["sum"]), float(state["weight"])
 
 
-class _TaskForward(nn.Module):
-    """The task's model called the task's way (tuple inputs unpacked), for :func:`sharpness`."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs):
-        return forward(self.model, inputs)
-
-
-def _math_attention():
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # an older torch
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
-
-
 def probe_sharpness(task: Task, model: nn.Module, indices: torch.Tensor, device: torch.device,
                     seed: int = 0) -> tuple[Optional[Sharpness], float, str]:
     """(λ_max on the training examples ``indices``, seconds it took, why none when it failed)."""
     t0 = time.perf_counter()
-    inputs, target = split_batch(to_device(take(task.train_data, indices), device))
-    devices = [device] if device.type == "cuda" else []
-    try:   # dropout in the probe leaves the run's stream as it was; fused attention has no double backward
-        with torch.random.fork_rng(devices=devices), _math_attention():
-            s = sharpness(_TaskForward(model), lambda out, y: loss_of(task, out, y), inputs, target,
-                          iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
+    try:
+        s = task_sharpness(task, model, indices, device, seed=seed)
     except (ValueError, RuntimeError) as e:
         return None, time.perf_counter() - t0, (str(e).strip().splitlines() or [""])[0]
     finally:
         model.zero_grad(set_to_none=True)
     return s, time.perf_counter() - t0, ""
-
-
-def sgd_settings(optimizer: torch.optim.Optimizer) -> dict:
-    """Momentum, Nesterov and weight decay of the first parameter group (what the bound depends on)."""
-    g = optimizer.param_groups[0]
-    return {"momentum": float(g.get("momentum", 0.0)), "nesterov": bool(g.get("nesterov", False)),
-            "weight_decay": float(g.get("weight_decay", 0.0))}
 
 
 def keep(ctx: TrainContext, **parts) -> dict:

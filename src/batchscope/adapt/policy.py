@@ -35,11 +35,11 @@ from ..noise import NoiseScaleMonitor
 from ..plan.critical_batch import LIVE_FACTOR
 from ..tasks import Task
 from ..train import BatchPolicy, OptimizerSettings, StepPlan, TrainConfig, TrainContext, check_batch, total_steps
-from ..noise.hessian import STABILITY_FRACTION, sgd_stability_bound
+from ..noise.hessian import STABILITY_FRACTION, sgd_settings, sgd_stability_bound
 from .controller import (DEFAULT_MIN_SAMPLES, DEFAULT_THRESHOLD, MAX_MOVE, BatchSizeController, StepTimeModel,
                          check_limits)
 from .guard import (SPIKE_FACTOR, WATCH_STEPS, LossTrend, keep, probe_indices, probe_sharpness, probe_size, restore,
-                    sgd_settings, spiked, stability_ceiling)
+                    spiked, stability_ceiling)
 from .rules import ADAM_TYPE, ScaledLearningRate
 from .sampler import AdaptiveBatchSampler
 from .state import adapt_state, load_adapt_state

@@ -20,6 +20,7 @@ per-example gradient and are refused by :func:`per_example_gradients`' vmap.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -222,3 +223,53 @@ def sgd_stability_bound(lam_max: float, momentum: float = 0.0, nesterov: bool = 
 # agreement; λ_max on 512 examples is a sample of the whole set's), not half of it (docs/design.md,
 # "Checking the recommendation": why). One constant for both.
 STABILITY_FRACTION = 0.9
+
+
+SHARPNESS_ITERS = 20      # Hessian-vector products at most (find and the adaptive controller alike)
+SHARPNESS_TOL = 1e-3      # relative change between two estimates that counts as converged
+
+
+class _TaskForward(nn.Module):
+    """The task's model called the task's way (tuple inputs unpacked), for :func:`sharpness`."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs):
+        from ..data import forward
+
+        return forward(self.model, inputs)
+
+
+def _math_attention():
+    """Attention by its plain formula while λ_max is measured: the fused kernels have no double backward."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # an older torch
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def task_sharpness(task, model: nn.Module, indices: torch.Tensor, device: torch.device, seed: int = 0) -> Sharpness:
+    """λ_max of ``task``'s loss at ``model``'s weights on the training examples ``indices``.
+
+    The run is left as it was: the global RNG (dropout in the probe) is forked, buffers and ``.grad``
+    left as :func:`sharpness` leaves them. Raises ValueError (a non-finite loss) or RuntimeError (an
+    operation without a double backward).
+    """
+    from ..data import split_batch, take, to_device
+    from ..train.taskcalls import loss_of
+
+    inputs, targets = split_batch(to_device(take(task.train_data, indices), device))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), _math_attention():
+        return sharpness(_TaskForward(model), lambda out, y: loss_of(task, out, y), inputs, targets,
+                         iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
+
+
+def sgd_settings(optimizer: torch.optim.Optimizer) -> dict:
+    """Momentum, Nesterov and weight decay of the first parameter group (what the bound depends on)."""
+    g = optimizer.param_groups[0]
+    return {"momentum": float(g.get("momentum", 0.0)), "nesterov": bool(g.get("nesterov", False)),
+            "weight_decay": float(g.get("weight_decay", 0.0))}

@@ -19,19 +19,16 @@ rate, then short branches forked from the measuring run's end state.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import TYPE_CHECKING, Optional
 
 import torch
-from torch import nn
 
-from ..data import IndexStream, forward, split_batch, take, to_device
+from ..data import IndexStream
 from ..hardware import HardwareProfile, StepTimeModel
-from ..noise.hessian import sgd_stability_bound, sharpness
+from ..noise.hessian import sgd_settings, sgd_stability_bound, task_sharpness
 from ..tasks import Task
 from ..train import FixedBatch, StepPlan
-from ..train.taskcalls import loss_of
 from . import recommend
 from .branch_check import (SAFETY, Figures, Setting, branch_examples, candidate_settings, cap_rate, decide,
                            final_schedule, next_checks, stability_cap)
@@ -40,34 +37,12 @@ if TYPE_CHECKING:
     from .find import FindResult, Measurement
 
 SHARPNESS_BATCH = 512     # training examples λ_max is measured on
-SHARPNESS_ITERS = 20      # Hessian-vector products at most
-SHARPNESS_TOL = 1e-3      # relative change between two estimates that counts as converged
 BRANCH_SEED = 7919        # the branches' own data order: the same permutation for every branch
 TIME_BASIS = ("modelled: each branch step costs the profile's step time at its batch (the hardware planned "
               "for); 'seconds' is what it took here")
 
 
 # ---- the stability bound ---------------------------------------------------------------------------------
-
-class _Forward(nn.Module):
-    """The task's forward (tuple inputs unpacked) as a module whose parameters are the model's."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs):
-        return forward(self.model, inputs)
-
-
-def _math_attention():
-    """Attention by its plain formula while λ_max is measured: the fused kernels have no double backward."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # an older torch
-        return contextlib.nullcontext()
-    return sdpa_kernel(SDPBackend.MATH)
-
 
 def measure_stability(task: Task, m: "Measurement", seed: int = 0, batch: int = SHARPNESS_BATCH) -> dict:
     """λ_max at the measuring run's end and the bound and cap it sets (inf: no bound), as JSON-ready numbers.
@@ -81,17 +56,12 @@ def measure_stability(task: Task, m: "Measurement", seed: int = 0, batch: int = 
     if not isinstance(opt, torch.optim.SGD):
         return {**base, "bound": math.inf, "cap": math.inf, "capped": False,
                 "how": f"{task.optimizer} is adaptive: no curvature bound on its rate; the branch check guards it"}
-    group = opt.param_groups[0]
-    momentum, nesterov, wd = float(group.get("momentum", 0.0)), bool(group.get("nesterov", False)), \
-        float(group.get("weight_decay", 0.0))
+    g = sgd_settings(opt)
+    momentum, nesterov, wd = g["momentum"], g["nesterov"], g["weight_decay"]
     n = min(batch, task.n_train)
     idx = torch.randperm(task.n_train, generator=torch.Generator().manual_seed(seed + BRANCH_SEED))[:n]
-    inputs, targets = split_batch(to_device(take(task.train_data, idx), run.ctx.device))
-    devices = [run.ctx.device] if run.ctx.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), _math_attention():
-            s = sharpness(_Forward(run.ctx.model), lambda out, y: loss_of(task, out, y), inputs, targets,
-                          iters=SHARPNESS_ITERS, tol=SHARPNESS_TOL, seed=seed)
+        s = task_sharpness(task, run.ctx.model, idx, run.ctx.device, seed=seed)
     except (ValueError, RuntimeError) as e:   # a non-finite loss; an operation without a double backward
         first = (str(e).strip().splitlines() or [""])[0]
         return {**base, "bound": math.inf, "cap": math.inf, "capped": False, "examples": n,

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from batchscope import DivergedError, TrainConfig, train
-from batchscope.plan.branch_check import peak_ratio, peak_step
+from batchscope.plan.branch_check import peak_ratio, peak_step, smoothed
 from batchscope.train import StepClock, StepLosses  # noqa: F401  (the suite scripts time steps with StepClock)
 
 MAX_SECONDS = 60.0      # training seconds per run: a run slower than this is far from the best anyway
@@ -42,7 +42,22 @@ def loss_peak(trace: StepLosses) -> dict:
     check would rule the rate out) and the step where that smoothed loss ends."""
     ratio = peak_ratio(trace.losses, trace.start)
     return {"peak_ratio": None if math.isnan(ratio) else ratio, "peak_step": peak_step(trace.losses),
-            "start_loss": trace.start}
+            "start_loss": trace.start, "rebound": rebound(trace.losses)}
+
+
+def rebound(losses) -> float | None:
+    """The largest rise of the smoothed loss (the same trailing mean) over its lowest value before it: a
+    rise late in a run, from a loss far below the start, shows here and not in the peak ratio. None when
+    a loss is non-finite or the run is too short to have two smoothed values."""
+    curve = smoothed(losses) if all(math.isfinite(x) for x in losses) else []
+    if len(curve) < 2:
+        return None
+    low, best = curve[0], 1.0
+    for x in curve[1:]:
+        if low > 0:
+            best = max(best, x / low)
+        low = min(low, x)
+    return best
 
 
 def run_to_target(task, batch: int, lr: float, *, seed: int = 0, warmup: int = 0, eval_every: int = 10,

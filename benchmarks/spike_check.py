@@ -188,21 +188,27 @@ def summary(rows: list[dict]) -> dict:
     branches = [(r["task"], r["seed"], b) for r in rows if r["find"] for b in r["find"]["check"]["branches"]
                 if b["peak_ratio"] is not None]
     btop = max(branches, key=lambda x: x[2]["peak_ratio"]) if branches else None
+    rebounds = [x for x in runs if x[3].get("rebound") is not None]
+    rtop = max(rebounds, key=lambda x: x[3]["rebound"]) if rebounds else None
     return {"runs": len(runs), "find_runs": sum(x[0] == "find" for x in runs),
             "adaptive_runs": sum(x[0] == "adaptive" for x in runs), "over_spike": spikes(rows),
             "largest": {"arm": top[0], "task": top[1], "seed": top[2], "ratio": top[3]["peak_ratio"],
                         "step": top[3]["peak_step"]} if top else None,
+            "largest_rebound": {"arm": rtop[0], "task": rtop[1], "seed": rtop[2], "ratio": rtop[3]["rebound"]}
+            if rtop else None,
             "diverged": [f"{x[1]} seed {x[2]} ({x[0]})" for x in runs if x[3].get("diverged")],
             "rollbacks": sum(len(r["adaptive"].get("rollbacks", [])) for r in rows if r["adaptive"]),
             "branches": len(branches), "branches_over_spike": sum(b[2]["peak_ratio"] > SPIKE for b in branches),
+            "branches_ruled_out": sum(b[2]["status"].startswith("ruled out") for b in branches),
             "largest_branch": {"task": btop[0], "seed": btop[1], "label": btop[2]["label"],
                                "batch": btop[2]["batch"], "lr": btop[2]["lr"], "status": btop[2]["status"],
                                "ratio": btop[2]["peak_ratio"]} if btop else None}
 
 
 def markdown(rows: list[dict], s: dict, meta: dict) -> str:
-    head = ["task", "seed", "find: B (lr, warm-up)", "find run: peak ratio (step)", "find run", "branch check",
-            "adaptive: batches", "adaptive: peak ratio (step)", "roll-backs", "adaptive run"]
+    head = ["task", "seed", "find: B (lr, warm-up)", "find run: peak ratio (step)", "rebound", "find run",
+            "branch check", "adaptive: batches", "adaptive: peak ratio (step)", "rebound", "roll-backs",
+            "adaptive run"]
     lines = ["# Loss spikes at the recommended settings", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -213,18 +219,19 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
             w = f["check"]["winner"] or {}
             top = max((b["peak_ratio"] for b in f["check"]["branches"] if b["peak_ratio"] is not None), default=None)
             cells += [f"{f['batch']} ({f['lr']:.3g}, {f['warmup']})", f"{_ratio(fr.get('peak_ratio'))} "
-                      f"({fr.get('peak_step')})", _outcome(fr), f"{w.get('label', '-')}; branch peaks max "
+                      f"({fr.get('peak_step')})", _ratio(fr.get("rebound")), _outcome(fr),
+                      f"{w.get('label', '-')}; branch peaks max "
                       f"{_ratio(top)}"]
         else:
-            cells += ["-"] * 4
+            cells += ["-"] * 5
         if a:
             rb = a.get("rollbacks", [])
             cells += [" -> ".join(map(str, a.get("visited", []))) or "-",
-                      f"{_ratio(a.get('peak_ratio'))} ({a.get('peak_step')})",
+                      f"{_ratio(a.get('peak_ratio'))} ({a.get('peak_step')})", _ratio(a.get("rebound")),
                       "; ".join(f"step {b['step']} {b['trigger']} {b['from_batch']}->{b['to_batch']}" for b in rb)
                       or "0", _outcome(a)]
         else:
-            cells += ["-"] * 4
+            cells += ["-"] * 5
         lines.append("| " + " | ".join(cells) + " |")
     lg, lb = s["largest"], s["largest_branch"]
     lines += ["", "## Summary", "",
@@ -236,16 +243,23 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
     if lg:
         lines.append(f"- largest peak ratio: {_ratio(lg['ratio'])} ({lg['task']} seed {lg['seed']}, {lg['arm']}, "
                      f"step {lg['step']})")
+    if s["largest_rebound"]:
+        x = s["largest_rebound"]
+        lines.append(f"- largest rebound (smoothed loss over its lowest value before it): {_ratio(x['ratio'])} "
+                     f"({x['task']} seed {x['seed']}, {x['arm']})")
     lines += [f"- diverged: {', '.join(s['diverged']) or 'none'}; adaptive roll-backs: {s['rollbacks']}"]
     if lb:
         lines.append(f"- the branch check's own branches ({s['branches']}): {s['branches_over_spike']} above "
-                     f"{SPIKE:g}x the parent's loss at the fork; largest {_ratio(lb['ratio'])} ({lb['task']} seed "
+                     f"{SPIKE:g}x the parent's loss at the fork, {s['branches_ruled_out']} ruled out; largest "
+                     f"{_ratio(lb['ratio'])} ({lb['task']} seed "
                      f"{lb['seed']}, {lb['label']} B={lb['batch']} lr {lb['lr']:.3g}, {lb['status']})")
     lines += ["", "## How it was measured", "",
               "Peak ratio = the largest trailing mean of the run's per-step training losses (window: a quarter of "
               "the steps, 2 to 20; `batchscope.plan.branch_check.peak_ratio`, the branch check's spike rule) over "
               "the training loss at initialisation (step 0, on up to 2,048 training examples); the step is where "
-              "that trailing mean ends. A diverged run keeps the ratio it had reached (inf: a non-finite loss). "
+              "that trailing mean ends. Rebound = the largest value of the same trailing mean over its lowest "
+              "value before it (a rise late in a run, from far below the start, shows there and not in the ratio). "
+              "A diverged run keeps the ratio it had reached (inf: a non-finite loss). "
               "find: default objective, branch check on, anchored at the sweep's best rate at the reference batch "
               "and capped at the sweep's largest batch (suite: ground_truth.json; built-in: find_vs_sweep.json), "
               "the stored hardware profile of the task, `seed` passed to find and to the training run; the "

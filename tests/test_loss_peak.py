@@ -93,3 +93,12 @@ def test_run_to_target_rows_carry_the_peak_ratio():
     # far too high a rate: the row says it spiked (or diverged, with the ratio still recorded)
     bad = common.run_to_target(tiny_task(), 32, 300.0, eval_every=5, max_steps=200)
     assert bad["peak_ratio"] is not None and bad["peak_ratio"] > SPIKE
+
+
+def test_the_rebound_sees_a_late_rise_that_stays_below_the_start():
+    # falls from 1.0 to 0.2, then climbs back to 0.6 for a window: 3x its low, 0.6x its start
+    losses = [1.0 - 0.04 * i for i in range(20)] + [0.2] * 40 + [0.6] * 20 + [0.2] * 20
+    assert peak_ratio(losses, 1.0) < SPIKE
+    assert math.isclose(common.rebound(losses), 3.0)
+    assert common.rebound([0.5] * 100) == 1.0
+    assert common.rebound([0.5, float("nan")] * 50) is None

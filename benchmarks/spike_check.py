@@ -24,7 +24,10 @@ mnist1d, text) and seed:
    adaptive_vs_fixed.py (built-in) start it (``adaptive_run``): its peak ratio over every step
    trained (rolled-back steps included), its roll-backs and whether it diverged.
 
-Every finished unit (one `find` + its run, one adaptive run) is kept in
+4. every recommendation whose run spiked, trained again at the other seeds (is it the setting or the
+   seed?).
+
+Every finished unit (one `find` + its run, one adaptive run, one repeat) is kept in
 benchmarks/results/spike_check_runs.json (written atomically), so a killed run resumes. Results:
 benchmarks/results/spike_check.{md,json}.
 
@@ -131,7 +134,7 @@ def adaptive_unit(task, plan: dict, profile, seed: int) -> dict:
     r = adaptive_run(task, profile, plan["ref_batch"], plan["ref_lr"], plan.get("adaptive_max_batch",
                      plan["max_batch"]), seed, every=plan["adaptive_every"], max_seconds=plan["adaptive_max_seconds"])
     keep = ("seed", "reached", "diverged", "error", "steps", "steps_run", "stopped", "final_batch", "final_lr",
-            "moves", "rollbacks", "peak_ratio", "peak_step", "start_loss")
+            "moves", "rollbacks", "peak_ratio", "peak_step", "start_loss", "rebound")
     out = {k: r[k] for k in keep if k in r}
     out["visited"] = suite_adaptive.visited(r)
     out["wall"] = time.perf_counter() - t0
@@ -205,7 +208,7 @@ def summary(rows: list[dict]) -> dict:
                                "ratio": btop[2]["peak_ratio"]} if btop else None}
 
 
-def markdown(rows: list[dict], s: dict, meta: dict) -> str:
+def markdown(rows: list[dict], s: dict, meta: dict, again: list[str] = ()) -> str:
     head = ["task", "seed", "find: B (lr, warm-up)", "find run: peak ratio (step)", "rebound", "find run",
             "branch check", "adaptive: batches", "adaptive: peak ratio (step)", "rebound", "roll-backs",
             "adaptive run"]
@@ -240,6 +243,9 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
               f"- runs whose smoothed loss rose above {SPIKE:g}x its start: {len(s['over_spike'])}"]
     lines += [f"  - {x['task']} seed {x['seed']}, {x['arm']} ({x['setting']}): {_ratio(x['ratio'])} at step "
               f"{x['step']}" for x in s["over_spike"]]
+    if again:
+        lines += ["- the spiking settings trained again at the other seeds (same batch, rate, warm-up, cadence):",
+                  *again]
     if lg:
         lines.append(f"- largest peak ratio: {_ratio(lg['ratio'])} ({lg['task']} seed {lg['seed']}, {lg['arm']}, "
                      f"step {lg['step']})")
@@ -270,9 +276,9 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
               "rolled-back ones included. 'branch peaks max': the largest of the same figure over find's own "
               "branches (their start: the measuring run's smoothed loss at the fork). A run from scratch is at its "
               "highest loss at initialisation on most tasks, so a ratio below 1 is the usual case.", "",
-              f"Run: {meta['wall'] / 60:.0f} min wall in this invocation, {meta['threads']} torch thread(s), load "
-              f"average {meta['load_min']:.1f}-{meta['load_max']:.1f} on {os.cpu_count()} cores; code "
-              f"{meta['commit']}."]
+              f"Run: {meta['unit_wall'] / 60:.0f} min wall over the stored units (find, its run, adaptive; "
+              f"repeats apart), {meta['threads']} torch thread(s); this report's invocation: load average "
+              f"{meta['load_min']:.1f}-{meta['load_max']:.1f} on {os.cpu_count()} cores, code {meta['commit']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -284,18 +290,57 @@ def commit() -> str:
         return "unknown"
 
 
+def repeat_key(name: str, f: dict, seed: int) -> str:
+    return f"{name}/repeat/B{f['batch']}/lr{f['lr']:.6g}/wu{f['warmup']}/seed{seed}"
+
+
+def repeats(store: dict, names, seeds, save) -> None:
+    """Every find recommendation that spiked, trained again (same batch, rate, warm-up and cadence) at
+    the other seeds: is the spike the setting's or the seed's?"""
+    for name in names:
+        for seed in seeds:
+            f = store.get(f"{name}/find/seed{seed}")
+            if not f or f["run"].get("peak_ratio") is None or f["run"]["peak_ratio"] <= SPIKE:
+                continue
+            task = None
+            for other in seeds:
+                key = repeat_key(name, f, other)
+                if other == seed or key in store:
+                    continue
+                task = task or make_task(name)
+                print(f"[{name}] repeat of seed {seed}'s setting at seed {other}", flush=True)
+                r = run_to_target(task, f["batch"], f["lr"], seed=other, warmup=f["warmup"],
+                                  eval_every=f["run"]["eval_every"])
+                store[key] = {"task": name, "seed": other, "of_seed": seed, "run": r}
+                save()
+
+
+def repeat_lines(store: dict, names) -> list[str]:
+    out = []
+    for name in names:
+        for key in sorted(k for k in store if k.startswith(f"{name}/repeat/")):
+            r = store[key]["run"]
+            out.append(f"  - {name}, seed {store[key]['of_seed']}'s setting ({key.split('/', 2)[2].rsplit('/', 1)[0]}) "
+                       f"at seed {store[key]['seed']}: {_ratio(r.get('peak_ratio'))} at step {r.get('peak_step')}, "
+                       f"{_outcome(r)}")
+    return out
+
+
 def report(store: dict, names, t0: float, loads: list, args, echo: bool = False) -> None:
     """spike_check.{json,md} from every unit in the store for ``names`` (rewritten after each unit)."""
-    done_seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in store if k.split("/")[0] in names})
+    done_seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in store
+                         if k.split("/")[0] in names and k.split("/")[1] in ("find", "adaptive")})
     rows = rows_of(store, names, done_seeds)
     if not rows:
         return
-    meta = {"wall": time.perf_counter() - t0, "threads": args.threads, "seeds": done_seeds,
+    units = [v for k, v in store.items() if k.split("/")[0] in names and k.split("/")[1] in ("find", "adaptive")]
+    meta = {"wall": time.perf_counter() - t0, "unit_wall": sum(u.get("unit_wall", 0.0) for u in units),
+            "threads": args.threads, "seeds": done_seeds,
             "load_min": min(loads), "load_max": max(loads), "commit": commit()}
     s = summary(rows)
     args.out.mkdir(exist_ok=True)
     write_json(args.out / "spike_check.json", {"summary": s, "meta": meta, "rows": rows})
-    md = markdown(rows, s, meta)
+    md = markdown(rows, s, meta, repeat_lines(store, names))
     (args.out / "spike_check.md").write_text(md)
     if echo:
         print(md, flush=True)
@@ -340,6 +385,7 @@ def main(argv=None) -> int:
                 print(f"[{name} seed {seed}] {arm}: peak ratio {_ratio(got.get('peak_ratio'))} at step "
                       f"{got.get('peak_step')}, {_outcome(got)}; {time.perf_counter() - t1:.0f}s, "
                       f"{(time.perf_counter() - t0) / 60:.1f} min so far", flush=True)
+    repeats(store, names, seeds, save)
     report(store, names, t0, loads, args, echo=True)
     return 0
 

@@ -300,7 +300,8 @@ def test_find_cost_share_by_hand():
     assert best["batch"] == 32 and best["steps"] == pytest.approx(1100) and best["examples"] == pytest.approx(35_200)
     assert best["seconds"] == pytest.approx(4.5375)
     rec = {"find_seconds": 1.0, "recommendation": {"batch": 64, "lr": 0.2, "warmup": 3, "micro_batch": 64,
-                                                   "b_crit": 50.0, "b_crit_low": 20.0, "b_crit_high": 90.0},
+                                                   "b_crit": 50.0, "b_crit_low": 20.0, "b_crit_high": 90.0,
+                                                   "predicted_steps": 1100.0},
            "measuring": {"steps": 50, "examples": 1600, "seconds": 0.5},
            "timed_steps": {"steps": 18, "examples": 576, "seconds": 0.1},
            # three branches of 256 examples, the largest at 64: 8 steps of it, the floor (MIN_BRANCH_STEPS)
@@ -314,6 +315,7 @@ def test_find_cost_share_by_hand():
     assert row["shares"]["branches"] == pytest.approx(768 / 35_200, rel=1e-12)
     assert row["eligible"] and row["within"] and row["dominant"] == "measuring" and row["branch_rule"] == "min steps"
     assert row["determinism"]["verdict"] == "same"
+    assert row["predicted_over_best"] == pytest.approx(2.0)     # 1,100 steps of 64 predicted: twice 35,200
     # 1,000 more examples of branches: 4,456 / 35,200 = 12.7%, not within 10%; the rule that set their length
     more = {**rec, "verification": {**rec["verification"], "examples": 1768, "examples_per_branch": 600}}
     other = {"recommendation": {**rec["recommendation"], "lr": 0.1}, "measuring": {"steps": 51}}

@@ -130,6 +130,9 @@ def case(task_name: str, clock: str, seed: int, rec: dict, best: dict, checked: 
             "measuring_steps": rec["measuring"]["steps"], "recommendation": r, "branches": v["branches"],
             "branch_steps": v["steps"], "branch_batches": v["batches"], "examples_per_branch": v["examples_per_branch"],
             "branch_rule": branch_rule(rec), "probe_iterations": rec["stability"]["iterations"],
+            # the recommended run as find predicts it (after the check): the branches' length follows it
+            "predicted_examples": r["predicted_steps"] * r["batch"],
+            "predicted_over_best": r["predicted_steps"] * r["batch"] / best["examples"],
             "seconds": {"measuring": rec["measuring"]["seconds"], "timed": rec["timed_steps"]["seconds"],
                         "branches": v["seconds"]}}
 
@@ -145,6 +148,8 @@ def summary(rows: list[dict]) -> dict:
         return {"cases": len(rs), "measured": len(ok), "refused": len(rs) - len(ok),
                 "median": statistics.median(shares), "worst": max(shares),
                 "within": sum(r["within"] for r in ok),
+                "within_measuring_branches": sum(r["share_measuring_branches"] <= GOAL_SHARE for r in ok),
+                "median_predicted_over_best": statistics.median(r["predicted_over_best"] for r in ok),
                 "median_measuring_branches": statistics.median(mb), "worst_measuring_branches": max(mb),
                 "dominant": {p: sum(r["dominant"] == p for r in ok) for p in PARTS},
                 "branch_rule": {k: sum(r["branch_rule"] == k for r in ok) for k in ("share", "min steps")}}
@@ -162,7 +167,8 @@ def summary_line(s: dict) -> str:
             + (f" ({e['refused']} refused)" if e["refused"] else "")
             + f"; share of the best fixed run's examples median {e['median']:.1%}, worst {e['worst']:.1%}; "
             f"{e['within']} of {e['measured']} within {s['goal_share']:.0%} (measuring + branches alone: median "
-            f"{e['median_measuring_branches']:.1%}, worst {e['worst_measuring_branches']:.1%}).")
+            f"{e['median_measuring_branches']:.1%}, worst {e['worst_measuring_branches']:.1%}, "
+            f"{e['within_measuring_branches']} within).")
 
 
 def _pct(x: Optional[float]) -> str:
@@ -171,8 +177,8 @@ def _pct(x: Optional[float]) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     head = ["task", "clock", "seed", "measuring: steps, examples", "timed", "branches: n, examples", "probe",
-            "total", "best fixed: B, steps, examples", "share", "(meas.+br.)", "> 1,000 steps", "within 10%",
-            "largest part", "branch length", "rec. (B, lr)", "= stored"]
+            "total", "best fixed: B, steps, examples", "predicted run / best (examples)", "share", "(meas.+br.)",
+            "> 1,000 steps", "within 10%", "largest part", "branch length", "rec. (B, lr)", "= stored"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         b = r["best"]
@@ -181,14 +187,15 @@ def table(rows: list[dict]) -> list[str]:
         same = det["verdict"] + (f" ({', '.join(det['differs'])})" if det["differs"] else "")
         if "error" in r:
             out.append(f"| {r['task']} | {r['clock']} | {r['seed']} | refused: {r['error'][:60]} | | | | | {best} | "
-                       f"| | {'yes' if r['eligible'] else 'no'} | | | | | {same} |")
+                       f"| | | {'yes' if r['eligible'] else 'no'} | | | | | {same} |")
             continue
         x = r["examples"]
         rec = r["recommendation"]
         out.append(" | ".join([
             f"| {r['task']}", r["clock"], str(r["seed"]), f"{r['measuring_steps']:,}, {x['measuring']:,}",
             f"{x['timed']:,}", f"{r['branches']}, {x['branches']:,}", f"{x['probe']:,}", f"{r['total']:,}", best,
-            _pct(r["share"]), _pct(r["share_measuring_branches"]), "yes" if r["eligible"] else "no",
+            f"{r['predicted_over_best']:.2f}", _pct(r["share"]), _pct(r["share_measuring_branches"]),
+            "yes" if r["eligible"] else "no",
             "yes" if r["within"] else "no", r["dominant"], r["branch_rule"] or "-",
             f"{rec['batch']}, {rec['lr']:.3g}", same]) + " |")
     return out
@@ -205,7 +212,9 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
         "λ_max probe's training examples (SGD tasks; its power iteration reuses them). The best fixed run is "
         "the long judge's under that clock (hindsight: least time to the target; examples and steps the "
         "geometric mean of two seeds). share = all four parts / the best fixed run's examples; '(meas.+br.)' "
-        "counts the measuring run and the branches only. '= stored': the recommendation against the one "
+        "counts the measuring run and the branches only. 'predicted run / best': the examples find predicts its "
+        "recommended run needs (after the check) over the best fixed run's; each branch's examples follow that "
+        "prediction. '= stored': the recommendation against the one "
         "stored for the same key in benchmarks/suite/long_anchor_runs_checked.json (batch, rate, warm-up, "
         "micro-batch, B_crit and its interval within 1e-9, and the measuring run's steps). 'branch length': "
         f"which rule set each branch's examples, `BRANCH_SHARE` = {s['branch_share']:g} of the predicted run "
@@ -214,12 +223,15 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
         f"All {a['cases']} cases: share median {_pct(a.get('median'))}, worst {_pct(a.get('worst'))}, "
         f"{a.get('within', 0)} within {s['goal_share']:.0%}. Largest part: "
         + ", ".join(f"{k} in {v}" for k, v in a.get("dominant", {}).items() if v)
+        + ". find's predicted run / the best fixed run, in examples: median "
+        + f"{a.get('median_predicted_over_best', 0):.2f}"
         + ". Branch length set by: " + ", ".join(f"{k} in {v}" for k, v in a.get("branch_rule", {}).items())
         + ". Recommendation against the stored one: "
         + ", ".join(f"{k} {v}" for k, v in s["determinism"].items()) + ".", "",
-        f"How measured: {meta['finds_run']} finds run by this invocation, {meta['finds_stored']} stored in all; "
-        f"find's own seconds {meta['find_minutes']:.1f} min in all (one torch thread, nice'd, on a shared "
-        f"{meta['cores']}-core machine). Store: {meta['store']}."]
+        f"How measured: {meta['finds_stored']} finds, each run once and stored as it finished; find's own "
+        f"seconds {meta['find_minutes']:.1f} min in all, load average {meta['load_min']:.1f}-{meta['load_max']:.1f} "
+        f"(one torch thread, nice'd, on a shared {meta['cores']}-core machine: the examples do not depend on it, "
+        f"the seconds in the JSON do). Store: {meta['store']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +289,8 @@ def main(argv=None, registry=LONG, gt_path: Path = J.STORE, checked_path: Path =
     s = summary(rows)
     meta = {"finds_run": new, "finds_stored": len(rows), "cores": os.cpu_count(),
             "find_minutes": sum(r.get("find_seconds") or 0.0 for r in rows) / 60,
+            "load_min": min(runs[f"{r['task']}|{r['clock']}|{r['seed']}"].get("load", 0.0) for r in rows),
+            "load_max": max(runs[f"{r['task']}|{r['clock']}|{r['seed']}"].get("load", 0.0) for r in rows),
             "store": str(args.store.relative_to(HERE.parent.parent)) if args.store.is_relative_to(HERE.parent.parent)
             else str(args.store)}
     out_dir.mkdir(parents=True, exist_ok=True)

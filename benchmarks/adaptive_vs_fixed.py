@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from batchscope import DivergedError, Target, Task, TrainConfig, load_task, train
-from batchscope.train import StepClock
+from batchscope.train import StepClock, StepLosses
 # the same sweep rows, rate choice, run to the target and evaluation cadence as find_vs_sweep.py
 from find_vs_sweep import MAX_EPOCHS, MAX_SECONDS, best_per_batch, eval_every
 from find_vs_sweep import to_target as fixed_run
@@ -52,6 +52,9 @@ from batchscope.noise import NoiseScaleMonitor
 from batchscope.plan.find import find
 from batchscope.serialize import write_json
 from batchscope.tasks.base import accuracy
+
+sys.path.insert(0, str(Path(__file__).parent / "suite"))
+from common import loss_peak  # noqa: E402  (the suite's figure of a loss spike)
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "adaptive_vs_fixed_runs.json"
@@ -121,10 +124,11 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
     acfg = AdaptiveConfig(profile=profile, max_batch=max_batch, noise=kind, noise_factor=factor)
     cfg = TrainConfig(batch_size=b0, lr=lr, until_target=True, epochs=MAX_EPOCHS,
                       eval_every=every or eval_every(task, b0), max_seconds=max_seconds, seed=seed, adaptive=acfg)
+    trace = StepLosses()
     try:
-        r = train(task, cfg)
+        r = train(task, cfg, [trace])
     except DivergedError as e:
-        return {"reached": False, "diverged": True, "steps": None, "error": str(e)}
+        return {"reached": False, "diverged": True, "steps": None, "error": str(e), **loss_peak(trace)}
     a = r.adaptive["steps"]
     n = math.ceil(r.target_step or 0)   # the crossing is interpolated: the step it falls in is kept (charged in part)
     changed = [d for d in r.adaptive["decisions"] if d["changed"]]
@@ -145,7 +149,9 @@ def adaptive_run(task: Task, profile, b0: int, lr: float, max_batch: int, seed: 
             "rate_checks": [{k: d["checks"]["bound"].get(k) for k in ("lambda_max", "cap", "rate_rule", "rate",
                                                                       "capped")}
                             for d in changed if d.get("checks", {}).get("bound", {}).get("checked")],
-            "rollbacks": r.adaptive.get("checks", {}).get("rollbacks", [])}
+            "rollbacks": r.adaptive.get("checks", {}).get("rollbacks", []),
+            # over every step trained, rolled-back ones included (a spike caught by a roll-back shows here)
+            **loss_peak(trace)}
 
 
 def step_seconds(task: Task, b: int, measured: bool, steps: int = 20) -> float:

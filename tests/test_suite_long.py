@@ -162,6 +162,17 @@ def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch
         monkeypatch.setattr(A, name, refuse)
     stored = json.loads(runs_path.read_text())
     assert A.run_task(s, stored, save, clocks=("gpu", "dp8"), seeds=(0,)) == [] and stored == runs
+    monkeypatch.undo()
+
+    # find's cost as stored: the branches as verify.cost counts them, the λ_max probe's examples (SGD)
+    for k in ("gpu", "dp8"):
+        v, st = runs[f"find|tiny|{k}|0"]["verification"], runs[f"find|tiny|{k}|0"]["stability"]
+        assert v["enabled"] and v["branches"] == len(v["batches"]) == len(v["labels"]) >= 1
+        assert "predicted" in v["labels"] and v["examples"] == v["branches"] * v["examples_per_branch"]
+        assert v["steps"] == sum(v["examples_per_branch"] // b for b in v["batches"]) and v["seconds"] > 0
+        assert st["examples"] == 512 and st["iterations"] >= 1     # SHARPNESS_BATCH of the 1,280 training examples
+        assert runs[f"find|tiny|{k}|0"]["timed_steps"]["examples"] > 0
+    find_cost_on_the_tiny_task(tmp_path, gt_path, runs_path, runs, monkeypatch)
 
     lr = {b: gt["best_per_batch"][str(b)]["lr"] for b in (32, 64)}
     cap = caps["gpu"]
@@ -240,3 +251,83 @@ def test_anchor_paths_by_hand():
     assert A.segments([32, 32, 32, 64, 64, 64], 4.5, [1, 0, 1, 0, 0, 1]) == [[1.0, 32], [2.0, 32, 1], [1.5, 64]]
     assert A.segments([32, 64, 64], 3.0) == [[1.0, 32], [2.0, 64]]
     assert A.segments([32], None) is None
+
+
+def find_cost_on_the_tiny_task(tmp_path, gt_path, runs_path, runs, monkeypatch):
+    """long_find_cost on the tiny task: find as the anchors' find arm runs it, its cost against the best fixed
+    run, the recommendation the same as the anchors' stored one (same seed), and resumed without finding again."""
+    import long_anchors as A
+    import long_find_cost as F
+
+    store = tmp_path / "cost.json"
+    argv = ["--clocks", "gpu,dp8", "--seeds", "0", "--store", str(store)]
+    kw = dict(registry={"tiny": tiny_task}, gt_path=gt_path, checked_path=runs_path, out_dir=tmp_path,
+              profiles=tmp_path / "p", max_batch=64)      # the anchors' Setting above
+    assert F.main(argv, **kw) == 0
+    doc = json.loads((tmp_path / "suite_long_find_cost.json").read_text())
+    gt = json.loads(gt_path.read_text())["tiny"]
+    gpu = {b: gt["best_per_batch"][str(b)]["steps"][0] * (0.004 + b * 0.004 / 1024) for b in (32, 64)}
+    best = min(gpu, key=gpu.get)
+    stored = json.loads(store.read_text())
+    for row in doc["cases"]:
+        rec, anchor = stored[f"tiny|{row['clock']}|0"], runs[f"find|tiny|{row['clock']}|0"]
+        assert row["determinism"]["verdict"] == "same" and rec["recommendation"] == anchor["recommendation"]
+        x = row["examples"]
+        assert x == {"measuring": anchor["measuring"]["examples"], "timed": anchor["timed_steps"]["examples"],
+                     "branches": anchor["verification"]["examples"], "probe": 512}
+        if row["clock"] == "gpu":
+            assert row["best"]["batch"] == best
+            assert row["best"]["examples"] == pytest.approx(best * gt["best_per_batch"][str(best)]["steps"][0])
+        assert row["share"] == pytest.approx(sum(x.values()) / row["best"]["examples"], rel=1e-12)
+        assert row["eligible"] == (row["best"]["steps"] > 1000)
+    md = (tmp_path / "suite_long_find_cost.md").read_text()
+    assert "| tiny | gpu | 0 |" in md and ("Eligible cases" in md or "No eligible case" in md)
+
+    def refuse(*a, **k):
+        raise AssertionError("found again")
+    monkeypatch.setattr(A, "find", refuse)
+    assert F.main(argv, **kw) == 0 and json.loads(store.read_text()) == stored
+
+
+def test_find_cost_share_by_hand():
+    import long_find_cost as F
+
+    # batch 32: 1,100 steps; batch 64: 1,200. GPU-shaped clock: 1,100 x (4 + 0.125) ms = 4.5375 s at 32,
+    # 1,200 x 4.25 ms = 5.1 s at 64: the best fixed run is 32's, 35,200 examples, over 1,000 steps
+    entry = {"best_per_batch": {"32": {"lr": 0.1, "steps": [1100.0, 1100.0]},
+                                "64": {"lr": 0.2, "steps": [1200.0, 1200.0]}}}
+    best = F.best_fixed_run(entry, clocks.gpu_shaped())
+    assert best["batch"] == 32 and best["steps"] == pytest.approx(1100) and best["examples"] == pytest.approx(35_200)
+    assert best["seconds"] == pytest.approx(4.5375)
+    rec = {"find_seconds": 1.0, "recommendation": {"batch": 64, "lr": 0.2, "warmup": 3, "micro_batch": 64,
+                                                   "b_crit": 50.0, "b_crit_low": 20.0, "b_crit_high": 90.0,
+                                                   "predicted_steps": 1100.0},
+           "measuring": {"steps": 50, "examples": 1600, "seconds": 0.5},
+           "timed_steps": {"steps": 18, "examples": 576, "seconds": 0.1},
+           # three branches of 256 examples, the largest at 64: 8 steps of it, the floor (MIN_BRANCH_STEPS)
+           "verification": {"branches": 3, "steps": 24, "examples": 768, "seconds": 0.2, "examples_per_branch": 512,
+                            "batches": [32, 16, 64]},
+           "stability": {"examples": 512, "iterations": 20}}
+    row = F.case("t", "gpu", 0, rec, best, {"recommendation": dict(rec["recommendation"]), "measuring": {"steps": 50}})
+    # (1,600 + 576 + 768 + 512) / 35,200 = 3,456 / 35,200 = 9.818%; measuring + branches: 2,368 / 35,200
+    assert row["total"] == 3456 and row["share"] == pytest.approx(3456 / 35_200, rel=1e-12)
+    assert row["share_measuring_branches"] == pytest.approx(2368 / 35_200, rel=1e-12)
+    assert row["shares"]["branches"] == pytest.approx(768 / 35_200, rel=1e-12)
+    assert row["eligible"] and row["within"] and row["dominant"] == "measuring" and row["branch_rule"] == "min steps"
+    assert row["determinism"]["verdict"] == "same"
+    assert row["predicted_over_best"] == pytest.approx(2.0)     # 1,100 steps of 64 predicted: twice 35,200
+    # 1,000 more examples of branches: 4,456 / 35,200 = 12.7%, not within 10%; the rule that set their length
+    more = {**rec, "verification": {**rec["verification"], "examples": 1768, "examples_per_branch": 600}}
+    other = {"recommendation": {**rec["recommendation"], "lr": 0.1}, "measuring": {"steps": 51}}
+    row = F.case("t", "gpu", 0, more, best, other)
+    assert row["share"] == pytest.approx(4456 / 35_200) and not row["within"] and row["dominant"] == "branches"
+    assert row["branch_rule"] == "share"
+    assert row["determinism"] == {"verdict": "differs", "differs": ["lr", "measuring steps"],
+                                  "stored": {"batch": 64, "lr": 0.1, "warmup": 3}}
+    assert F.case("t", "gpu", 0, rec, best, None)["determinism"]["verdict"] == "no stored run"
+    s = F.summary([row, F.case("t", "gpu", 1, rec, best, None),
+                   F.case("t", "cpu", 0, rec, {**best, "steps": 900.0}, None)])
+    assert s["eligible"]["measured"] == 2 and s["eligible"]["within"] == 1 and s["all"]["cases"] == 3
+    assert s["eligible"]["median"] == pytest.approx((4456 + 3456) / 2 / 35_200) and s["eligible"]["worst"] == \
+        pytest.approx(4456 / 35_200)
+    assert "1 of 2 within 10%" in F.summary_line(s)

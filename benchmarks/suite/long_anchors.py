@@ -23,7 +23,9 @@ interpolated between evaluations as the ground truth's steps are. The arms, exac
   (batch, rate, warm-up) to the target with the same seed. Two arms in the judge: ``find`` (the
   training run alone) and ``find (incl. measuring)`` (find's measuring run, its steps at its batch
   in its micro-batches, charged by :func:`measured_factor`, then the training run). The record keeps
-  the recommendation and the measuring run's steps, examples and seconds on this machine.
+  the recommendation and the measuring run's steps, examples and seconds on this machine, and (runs
+  stored from this version on) the real steps timed after it, the branch check's cost (branches,
+  steps, examples, seconds) and the λ_max probe's examples; older records lack these keys.
 - ``warmup`` (a batch warm-up as OLMo's: x2 at fixed example counts): batch 32 for 500 steps
   (16,000 examples), then the batch doubles each time the examples seen double (at 16k, 32k, 64k,
   ...: 250 steps per stage), up to the clock's best fixed batch in the ground truth (a cap chosen
@@ -253,19 +255,22 @@ def adaptive_run(s: Setting, clock: str, seed: int) -> dict:
             "measured_steps": sum(a["measured"][:n]), "measure_every": r.adaptive["measure_every"]}
 
 
-def find_run(s: Setting, clock: str, seed: int) -> dict:
-    """find on the clock's profile, then a fixed run at its recommendation (same seed)."""
+def find_only(s: Setting, clock: str, seed: int) -> dict:
+    """find on the clock's profile, as :func:`find_run` calls it, and what it cost; no training run.
+
+    The record: the recommendation, the measuring run (its steps, examples and seconds at the budget stop),
+    the real steps timed after it, the branch check's cost (``verification``: branches, steps, examples,
+    this machine's seconds; verify.cost) and the λ_max probe's examples (``stability``); an ``error`` in
+    place of all that where find refused."""
     task, profile = s.task, HardwareProfile.load(write_profile(s, clock))
     ref_lr = s.lr(task.reference_batch)
     t0 = time.perf_counter()
     try:
         res = find(task, profile=profile, max_batch=s.max_batch, seed=seed, ref_lr=ref_lr)
     except BatchscopeError as e:
-        return {"ref_lr": ref_lr, "error": f"{type(e).__name__}: {e}", **outcome(None), "diverged": False}
+        return {"ref_lr": ref_lr, "error": f"{type(e).__name__}: {e}"}
     find_seconds = time.perf_counter() - t0
     rec, m = res.recommendation, res.measuring
-    run = run_to_target(task, rec.batch_size, rec.lr, seed=seed, warmup=rec.warmup_steps,
-                        eval_every=s.eval_every(rec.batch_size), max_steps=s.max_steps, max_seconds=s.max_seconds)
     return {"ref_lr": ref_lr, "find_seconds": find_seconds,
             "recommendation": {"batch": rec.batch_size, "lr": rec.lr, "warmup": rec.warmup_steps,
                                "micro_batch": rec.micro_batch, "b_crit": rec.b_crit["value"],
@@ -274,10 +279,42 @@ def find_run(s: Setting, clock: str, seed: int) -> dict:
             "measuring": {"steps": m["steps"], "batch": m["batch_size"], "micro_batch": m["micro_batch"],
                           "examples": m["examples"], "seconds": m["seconds"]},
             "measuring_path": [[m["steps"], m["batch_size"]]],
+            "timed_steps": {k: m.get("timed_steps", {}).get(k, 0) for k in ("steps", "examples", "seconds")},
+            "verification": verification_cost(rec.verification),
+            "stability": stability_cost(rec.evidence.get("stability") or {})}
+
+
+def verification_cost(v: dict) -> dict:
+    """The branch check's cost as find recorded it (verify.cost); zeros where it did not branch."""
+    c = v.get("cost") or {}
+    branches = v.get("branches") or []
+    return {"enabled": bool(v.get("enabled")), "branches": c.get("branches", 0), "steps": c.get("steps", 0),
+            "examples": c.get("examples", 0), "seconds": c.get("seconds", 0.0),
+            "modelled_seconds": c.get("modelled_seconds", 0.0), "examples_per_branch": v.get("examples_per_branch"),
+            "batches": [f["batch"] for f in branches], "labels": [f["label"] for f in branches],
+            "winner": (v.get("winner") or {}).get("label")}
+
+
+def stability_cost(st: dict) -> dict:
+    """The λ_max probe: the training examples it ran on (0 where it did not run: an adaptive optimizer) and
+    its Hessian-vector products."""
+    return {"examples": st.get("examples", 0), "iterations": st.get("iterations", 0),
+            "lambda_max": st.get("lambda_max"), "capped": bool(st.get("capped"))}
+
+
+def find_run(s: Setting, clock: str, seed: int) -> dict:
+    """find on the clock's profile (:func:`find_only`), then a fixed run at its recommendation (same seed)."""
+    got = find_only(s, clock, seed)
+    if "error" in got:
+        return {**got, **outcome(None), "diverged": False}
+    rec = got["recommendation"]
+    run = run_to_target(s.task, rec["batch"], rec["lr"], seed=seed, warmup=rec["warmup"],
+                        eval_every=s.eval_every(rec["batch"]), max_steps=s.max_steps, max_seconds=s.max_seconds)
+    return {**got,
             "reached": run["reached"], "diverged": run["diverged"], "steps": run["steps"],
             "examples": run["examples"], "steps_run": run.get("steps_run"), "train_seconds": run.get("train_seconds"),
             "stopped": run.get("stopped"), "eval_every": run["eval_every"], "max_steps": s.max_steps,
-            "path": [[run["steps"], rec.batch_size]] if run["reached"] else None}
+            "path": [[run["steps"], rec["batch"]]] if run["reached"] else None}
 
 
 # ---- the driver: every arm, clock and seed, resumable ------------------------------------------

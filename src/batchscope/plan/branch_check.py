@@ -181,6 +181,36 @@ def spike(f: Figures, factor: float = SPIKE) -> str:
     return ""
 
 
+def peak_ratio(losses: Sequence[float], start: float) -> float:
+    """The spike rule's figure: the largest smoothed loss over ``start``.
+
+    Smoothing: :func:`smoothed` (the trailing mean of the last :func:`smooth_window` per-step losses, a
+    quarter of the steps, 2 to 20; a series shorter than that window: the mean of all). ``start``: the
+    smoothed loss where the setting began (a branch: the parent's at the fork; a run from scratch: the
+    training loss at initialisation). :func:`spike` rules a branch with finite losses out exactly when
+    this exceeds :data:`SPIKE`. inf when a loss is non-finite; nan when there are no losses or ``start``
+    is not a positive finite number (no scale to compare to, as in :func:`spike`).
+    """
+    if any(not math.isfinite(x) for x in losses):
+        return math.inf
+    if not losses or not (start > 0 and math.isfinite(start)):
+        return math.nan
+    return max(smoothed(losses)) / start
+
+
+def peak_step(losses: Sequence[float]) -> int:
+    """The step (1-based, counting ``losses``) at which the largest smoothed loss of :func:`peak_ratio`
+    ends: the first non-finite loss if there is one; 0 for no losses."""
+    bad = next((i for i, x in enumerate(losses) if not math.isfinite(x)), None)
+    if bad is not None:
+        return bad + 1
+    curve = smoothed(losses)
+    if not curve:
+        return 0
+    at = max(range(len(curve)), key=curve.__getitem__)
+    return len(losses) - len(curve) + at + 1
+
+
 def per_step_noise(losses: Sequence[float]) -> float:
     """The per-step loss noise: the spread of successive differences / sqrt 2 (a slow trend cancels)."""
     d = [b - a for a, b in zip(losses, losses[1:])]

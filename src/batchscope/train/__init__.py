@@ -8,7 +8,7 @@ probes) plug in as :class:`Callback` objects. A run in progress (:class:`Run`) c
 train a short branch (:meth:`Run.branch`).
 """
 
-from .config import Callback, HistoryPoint, StepClock, TrainConfig, TrainContext, TrainResult, check_config
+from .config import Callback, HistoryPoint, StepClock, StepLosses, TrainConfig, TrainContext, TrainResult, check_config
 from .loop import (Branch, Run, accumulate_step, as_callbacks, load_checkpoint, make_policy, save_checkpoint,
                    start_run, train)
 from ..data import IndexStream
@@ -20,7 +20,7 @@ from .setup import (OptimizerSettings, TrainingSetup, amp_dtype, batch_coupled_l
 from .taskcalls import build_model, evaluate, loss_of, task_loss, task_metric, task_output
 
 __all__ = [
-    "Callback", "HistoryPoint", "StepClock", "TrainConfig", "TrainContext", "TrainResult", "check_config",
+    "Callback", "HistoryPoint", "StepClock", "StepLosses", "TrainConfig", "TrainContext", "TrainResult", "check_config",
     "Branch", "Run", "accumulate_step", "as_callbacks", "load_checkpoint", "make_policy", "save_checkpoint",
     "start_run", "train", "BatchPolicy", "FixedBatch", "IndexStream", "StepPlan", "DIVERGE_SMOOTHING",
     "EVALS_PER_RUN", "SCHEDULES", "TARGET_RESOLUTION", "TargetCrossing", "crossing_step", "divergence",

@@ -155,6 +155,22 @@ class Callback:
     def on_train_end(self, ctx: TrainContext, result: TrainResult) -> None: ...
 
 
+class StepLosses(Callback):
+    """Every optimizer step's training loss and the run's start (the first evaluation's training loss:
+    at step 0, the loss at initialisation), for judging a run's loss curve after it."""
+
+    def __init__(self):
+        self.losses: list[float] = []
+        self.start = math.nan
+
+    def on_evaluate(self, ctx: TrainContext, point: HistoryPoint) -> None:
+        if math.isnan(self.start):
+            self.start = float(point.loss)
+
+    def on_step_end(self, ctx: TrainContext, loss: float) -> None:
+        self.losses.append(float(loss))
+
+
 class StepClock(Callback):
     """Seconds of every optimizer step (evaluations excluded), for timing a run step by step."""
 

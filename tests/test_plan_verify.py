@@ -36,7 +36,22 @@ def zigzag(level, n, amp=0.01):
 def test_budget_is_a_share_of_the_predicted_run_with_a_floor_in_whole_steps_of_the_largest_batch():
     assert bc.branch_examples(1_000_000, 256) == 8192            # 0.8% = 8,000 -> 32 whole steps of 256
     assert bc.branch_examples(10_000, 256) == 8 * 256            # 80 examples: the floor of 8 steps of 256
-    assert bc.branch_examples(10_000, 256, share=0.5, min_steps=1) == 5120   # 5,000 rounded up to 20 x 256
+    assert bc.branch_examples(10_000, 256, share=0.5, min_steps=1, budget=1.0) == 5120   # 5,000 -> 20 x 256
+
+
+def test_the_measuring_run_and_the_branches_together_stay_within_the_budget_unless_the_floor_says_no():
+    # 1M predicted: budget 10% = 100,000; the measuring run took 80,000: 20,000 left for 5 branches = 4,000
+    # each (below the share's 8,000), in whole steps of 256: 16 steps = 4,096
+    assert bc.branch_examples(1_000_000, 256, measured_examples=80_000, branches=5) == 4096
+    # the measuring run alone spent the budget: the floor of 8 steps of the largest batch
+    assert bc.branch_examples(1_000_000, 256, measured_examples=150_000, branches=5) == 8 * 256
+    # room to spare: the share decides
+    assert bc.branch_examples(1_000_000, 256, measured_examples=10_000, branches=5) == 8192
+    b = bc.budget_figures(1_000_000, 80_000, 4096, 5, 256)
+    assert b["measuring_share"] == 0.08 and b["branches_share"] == pytest.approx(0.02048)
+    assert not b["floor"] and not b["within"]                     # 80,000 + 20,480 > 100,000 by the rounding
+    b = bc.budget_figures(1_000_000, 150_000, 2048, 5, 256)
+    assert b["floor"] and not b["within"]
 
 
 def test_the_stability_cap_is_a_share_of_the_bound_and_never_below_the_reference_rate():
@@ -69,15 +84,31 @@ def test_loss_at_a_common_time_is_the_mean_of_the_last_quarter_of_the_steps_made
     assert (loss, n) == (pytest.approx(1.0), 17) and se == pytest.approx(math.sqrt(16 / 15 * 0.02 ** 2 / 2) / 2)
 
 
-def test_the_branch_that_reaches_a_clearly_lower_loss_in_the_same_time_wins():
-    # the prediction at B=64 (1 s a step); B/2 at B=32 (0.6 s a step) trains 2x the steps for the same
-    # examples: compared at 16 s, it has made 26 steps and is clearly lower
+def test_the_larger_batch_that_reaches_a_clearly_lower_loss_in_the_same_time_wins():
+    # the prediction at B=64 (1 s a step); 2B at B=128 (1.25 s a step) makes half the steps for the same
+    # examples: compared at 10 s (its end), the prediction has made 10 steps and is clearly higher
+    pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
+    double = fig("2B", 128, 0.14, zigzag(0.6, 8), step_seconds=1.25)
+    v = bc.decide([pred, double], predicted_batch=64)
+    assert v.winner is double and v.separated and v.tied == [] and v.common_seconds == 10.0
+    assert pred.compared_steps == 10 and (pred.status, double.status) == ("behind", "winner")
+    assert v.why.startswith("2B (B=128, lr 0.14) reached loss 0.6 against 0.9 for predicted")
+
+
+def test_a_smaller_batch_or_a_higher_rate_leading_a_short_branch_is_reported_and_not_taken():
+    # B/2 at B=32 (0.6 s a step) makes 2x the steps of the same examples and leads clearly; so does 2 lr
     pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
     half = fig("B/2", 32, 0.07, zigzag(0.6, 32), step_seconds=0.6)
-    v = bc.decide([pred, half], predicted_batch=64)
-    assert v.winner is half and v.separated and v.tied == [] and v.common_seconds == 16.0
-    assert half.compared_steps == 26 and (pred.status, half.status) == ("behind", "winner")
-    assert v.why.startswith("B/2 (B=32, lr 0.07) reached loss 0.6 against 0.9 for predicted")
+    high = fig("2 lr", 64, 0.2, zigzag(0.7, 16))
+    v = bc.decide([pred, half, high], predicted_batch=64)
+    assert v.winner is pred and not v.separated
+    assert (pred.status, half.status, high.status) == ("winner", "ahead, not taken", "ahead, not taken")
+    assert f"B/2 reached a lower loss, not taken: {bc.NOT_TAKEN['B/2']}" in v.why
+    assert f"2 lr reached a lower loss, not taken: {bc.NOT_TAKEN['2 lr']}" in v.why
+    # with the prediction ruled out, the highest surviving rate at its batch stands in
+    climb = [1.0, 1.2, 1.5, 1.8, 2.0, 2.2, 2.4, 2.6]
+    v = bc.decide([fig("predicted", 64, 0.1, climb), half, fig("lr/2", 64, 0.05, zigzag(0.8, 16))], 64)
+    assert v.winner.label == "lr/2" and half.status == "ahead, not taken"
 
 
 def test_branches_within_two_standard_errors_are_a_tie_and_the_prediction_stands():
@@ -94,10 +125,9 @@ def test_a_lower_rate_at_the_same_batch_is_not_taken_for_its_short_horizon_lead(
     lower = fig("lr/2", 64, 0.05, zigzag(0.6, 16))                  # clearly lower, as short branches favour
     v = bc.decide([pred, lower], predicted_batch=64)
     assert v.winner is pred and not v.separated and v.tied == []
-    assert (pred.status, lower.status) == ("winner", "lower, short horizon")
+    assert (pred.status, lower.status) == ("winner", "ahead, not taken")
     assert v.why == ("predicted (B=64, lr 0.1) confirmed: its loss is more than 2 standard errors below every "
-                     "rival's; lr/2 reached a lower loss at a lower rate, which short branches favour (short-horizon "
-                     "bias): not taken")
+                     f"rival's; lr/2 reached a lower loss, not taken: {bc.NOT_TAKEN['lr/2']}")
 
 
 def test_a_spiking_branch_is_ruled_out_and_the_next_lower_rate_is_checked():
@@ -156,6 +186,7 @@ def test_the_check_lists_every_branch_and_leaves_the_measuring_run_as_it_was():
     result = recommend_for(task, profile, m, fit_noise(m, 6, 0), objective="fastest", measure_fraction=0.05,
                            max_batch=None, devices=1, seconds={})
     predicted = (result.recommendation.batch_size, result.recommendation.lr)
+    predicted_examples = result.recommendation.predicted["examples"]
     before = _state(m.live)
     check(result, m, task, profile, seed=0)
     _same(before, _state(m.live))
@@ -167,12 +198,16 @@ def test_the_check_lists_every_branch_and_leaves_the_measuring_run_as_it_was():
     for x in v["branches"]:
         assert x["examples"] == v["examples_per_branch"] == x["steps"] * x["batch"]
         assert {"start_loss", "end_loss", "seconds", "modelled_seconds", "eval_loss", "status"} <= set(x)
-        assert (x["status"] in ("winner", "kept", "tie", "behind", "lower, short horizon")
+        assert (x["status"] in ("winner", "kept", "tie", "behind", "ahead, not taken")
                 or x["status"].startswith("ruled"))
     assert sum(x["status"] in ("winner", "kept") for x in v["branches"]) == 1
     assert v["cost"]["examples"] == sum(x["examples"] for x in v["branches"])
     assert v["cost"]["share_of_measuring"]["examples"] == pytest.approx(v["cost"]["examples"] / m.run.examples)
     rec = result.recommendation
+    # the per-branch examples are the budget's: what 10% of the predicted run leaves after the measuring run
+    want = bc.branch_examples(predicted_examples, max(x["batch"] for x in v["branches"][:5]), m.run.examples, 5)
+    assert v["examples_per_branch"] == want and v["budget"]["measured_examples"] == m.run.examples
+    assert v["budget"]["branches"] == len(v["branches"])
     assert (rec.batch_size, rec.lr) == (v["winner"]["batch_size"], v["winner"]["lr"])
     assert rec.schedule[-1]["batch_size"] == rec.batch_size and rec.schedule[-1]["lr"] == rec.lr
     assert rec.batch_size == rec.micro_batch * rec.accumulation

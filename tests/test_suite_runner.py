@@ -56,3 +56,18 @@ def test_suite_end_to_end_on_a_tiny_task(tmp_path):
     assert row["prediction"]["covered"] == (row["prediction"]["low"] <= s["b_crit"] <= row["prediction"]["high"])
     md = (tmp_path / "suite.md").read_text()
     assert "| tiny |" in md and "regret" in md
+
+    # under the GPU-shaped clock: find gets the clock as its profile and every time is steps x the clock's t(B)
+    rc = judge.main(["--objectives", "balanced", "--clock", "gpu"], registry=registry, store_path=store_path,
+                    out_dir=tmp_path, cache_path=tmp_path / "runs.json")
+    assert rc == 0
+    row = json.loads((tmp_path / "suite_gpu.json").read_text())["tasks"][0]
+    gpu = judge.C.gpu_shaped()
+    assert row["clock"] == "gpu"
+    batches = (16, 32, 64, row["objectives"]["balanced"]["batch"])
+    assert {int(b): t for b, t in row["step_seconds"].items()} == {b: gpu.step_seconds(b) for b in batches}
+    o = row["objectives"]["balanced"]
+    best = min(s["per_batch"][str(b)]["steps"] * gpu.step_seconds(b) for b in (16, 32, 64))
+    assert o["regret"] == pytest.approx(o["trained"]["steps"] * gpu.step_seconds(o["batch"]) / best)
+    assert o["check"]["winner"] and o["check"]["measuring_share"] > 0
+    assert "clock 'gpu'" in (tmp_path / "suite_gpu.md").read_text()

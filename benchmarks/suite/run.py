@@ -15,7 +15,12 @@ Per task (ground truth: benchmarks/suite/ground_truth.json, made by ground_truth
 Writes benchmarks/results/suite.json and suite.md. Training runs at a recommendation are cached in
 benchmarks/suite/judge_runs.json (same task, batch, rate, warm-up and seed: same run).
 
-    nice -n 5 python benchmarks/suite/run.py [--tasks a,b] [--threads 1]
+``--clock gpu`` or ``--clock dp8`` judges under a stated clock instead (clocks.py: the GPU-shaped
+stand-in, 8 such devices): find is given the clock as its hardware profile, and every time, the sweep's
+and the recommendation's, is steps x the clock's t(B), so no timing pass runs and the load of this
+machine does not enter. Written to suite_gpu.json / suite_dp8.json (and .md).
+
+    nice -n 5 python benchmarks/suite/run.py [--tasks a,b] [--threads 1] [--clock cpu|gpu|dp8]
 """
 
 from __future__ import annotations
@@ -26,20 +31,48 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import clocks as C  # noqa: E402
 from common import (EVALS_BEFORE_TARGET, geomean, interleaved_step_seconds, pin_malloc, read_json,  # noqa: E402
                     run_to_target, write_json)
+from long_judge import clock_profile  # noqa: E402
 from tasks import KIND, SUITE  # noqa: E402
+
+from batchscope.plan.devices import gradient_bytes  # noqa: E402
 
 HERE = Path(__file__).parent
 RESULTS = HERE.parent / "results"
 SHORT_RUN = 100          # steps: a task whose best run is shorter than this is listed apart
 SEEDS = (0, 1)
 GOALS = {"regret_max": 1.2, "regret_median": 1.1, "within_2x": 0.8, "coverage": 0.8, "cost": 0.05}
+CLOCKS = ("cpu", "gpu", "dp8")
+STATED_DP = (f"{C.DP_DEVICES} GPU-shaped devices data parallel over {C.DP_LINK} (each task's gradient bytes "
+             "all-reduced per step)")
+
+
+def stated_clock(task, name: str) -> Optional[C.Clock]:
+    """The stated clock ``name`` of ``task`` (None for this machine's, which a timing pass measures)."""
+    if name == "cpu":
+        return None
+    return C.gpu_shaped() if name == "gpu" else C.data_parallel(gradient_bytes(task.make_model()))
+
+
+def check_summary(rec) -> dict:
+    """What find's branch check did, in a few figures (empty when it did not run)."""
+    v = rec.verification or {}
+    if not v.get("enabled"):
+        return {}
+    b = v.get("budget") or {}
+    figs = v["branches"]
+    return {"winner": v["winner"]["label"], "separated": v["separated"], "tied": v["tied"],
+            "branches": len(figs), "ruled_out": sum(x["status"].startswith("ruled out") for x in figs),
+            "not_taken": [x["label"] for x in figs if x["status"] == "ahead, not taken"],
+            "measuring_share": b.get("measuring_share"), "branches_share": b.get("branches_share")}
 
 
 def _find():
@@ -67,6 +100,7 @@ def run_find(task, objective: str, *, ref_lr: float, max_batch: int, profile=Non
            "b_noise_level": rec.b_crit.get("level", 0.9), "b_crit_at_target": rec.b_simple_at_target["value"],
            "predicted_steps": rec.predicted["steps"], "measuring_examples": result.measuring["examples"],
            "measuring_steps": result.measuring["steps"], "measuring_batch": result.measuring["batch_size"],
+           "check": check_summary(rec),
            "seconds": time.perf_counter() - t0, "noise_steps": result.noise_steps,
            "measuring_history": [{"step": h["step"], "examples": h["examples"], "loss": h["loss"],
                                   "eval_loss": h["eval_loss"], "metric": h["metric"]}
@@ -92,22 +126,28 @@ def train_at(task, batch: int, lr: float, warmup: int, gt_fit: dict, cache: dict
             "seed_steps": [r["steps"] for r in rows]}
 
 
-def judge_task(name: str, entry: dict, cache: dict, save, objectives, registry=SUITE) -> dict:
+def judge_task(name: str, entry: dict, cache: dict, save, objectives, registry=SUITE, clock: str = "cpu") -> dict:
     task = registry[name]()
     gt = entry["summary"]
     per_batch = {int(b): v for b, v in gt["per_batch"].items()}
     ref_lr = per_batch[task.reference_batch]["lr"]
     max_b = max(per_batch)
-    recs, profile = {}, None
+    stated = stated_clock(task, clock)
+    recs, profile = {}, (clock_profile(task, stated, list(per_batch)) if stated else None)
     for obj in objectives:
         print(f"[{name}] find --objective {obj}", flush=True)
         recs[obj], profile = run_find(task, obj, ref_lr=ref_lr, max_batch=max_b, profile=profile)
     trained = {obj: train_at(task, r["batch"], r["lr"], r["warmup"], gt, cache, save) for obj, r in recs.items()}
-    print(f"[{name}] step times", flush=True)
-    t = interleaved_step_seconds(task, list(per_batch) + [r["batch"] for r in recs.values()])
+    batches = list(per_batch) + [r["batch"] for r in recs.values()]
+    if stated:
+        t = {b: stated.step_seconds(b) for b in batches}
+    else:
+        print(f"[{name}] step times", flush=True)
+        t = interleaved_step_seconds(task, batches)
     times = {b: v["steps"] * t[b] for b, v in per_batch.items()}
     b_best = min(times, key=times.get)
-    out = {"task": name, "kind": KIND.get(name, ""), "n_train": task.n_train, "optimizer": task.optimizer,
+    out = {"task": name, "clock": clock, "kind": KIND.get(name, ""), "n_train": task.n_train,
+           "optimizer": task.optimizer,
            "ref_batch": task.reference_batch, "ref_lr": ref_lr, "step_seconds": {str(b): s for b, s in t.items()},
            "best": {"batch": b_best, "lr": per_batch[b_best]["lr"], "steps": per_batch[b_best]["steps"],
                     "examples": per_batch[b_best]["examples"], "seconds": times[b_best]},
@@ -155,19 +195,36 @@ def _row(r: dict, objectives) -> str:
         o = r["objectives"][obj]
         cells.append(f"{o['batch']} ({o['lr']:.3g}{', wu ' + str(o['warmup']) if o['warmup'] else ''})")
         cells.append("not reached" if not math.isfinite(o["regret"]) else f"{o['regret']:.2f}")
+    cells.append(check_words(r["objectives"][objectives[0]].get("check") or {}))
     cells += [f"{p['b_noise']:.0f} [{p['low']:.0f}-{p['high']:.0f}]",
               f"{k['measured']:.0f} [{k['low']:.0f}-{k['high']:.0f}]",
               f"{p['ratio']:.2f}", "yes" if p["covered"] else "no", f"{r['cost']:.1%}"]
     return "| " + " | ".join(cells) + " |"
 
 
+def check_words(c: dict) -> str:
+    """The branch check of the first objective in a table cell."""
+    if not c:
+        return "off"
+    how = "separated" if c["separated"] else "tie" if c["tied"] else "confirmed"
+    extra = [f"{c['ruled_out']} ruled out"] if c["ruled_out"] else []
+    extra += [f"{', '.join(c['not_taken'])} ahead, not taken"] if c["not_taken"] else []
+    cost = (f"; {c['measuring_share']:.1%} + {c['branches_share']:.1%}" if c.get("measuring_share") is not None
+            else "")
+    return f"{c['winner']} ({how}{'; ' + '; '.join(extra) if extra else ''}{cost})"
+
+
 def markdown(results: list[dict], s: dict) -> str:
     objectives = list(results[0]["objectives"])
+    clock = results[0].get("clock", "cpu")
     head = ["task", "kind", "best in sweep: B (lr), steps"]
     for obj in objectives:
         head += [f"find {obj}: B (lr)", "regret"]
-    head += ["B_noise predicted [90%]", "B_crit measured [95%]", "ratio", "covered", "cost"]
-    lines = ["# find judged on the validation suite", "",
+    head += [f"check ({objectives[0]}): chosen; measuring + branches of the predicted run",
+             "B_noise predicted [90%]", "B_crit measured [95%]", "ratio", "covered", "cost"]
+    stated = C.gpu_shaped().description if clock == "gpu" else STATED_DP
+    title = "" if clock == "cpu" else f", clock '{clock}': {stated}"
+    lines = [f"# find judged on the validation suite{title}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += [_row(r, objectives) for r in results if not r["short"]]
     short = [r for r in results if r["short"]]
@@ -189,8 +246,10 @@ def markdown(results: list[dict], s: dict) -> str:
               f"- measuring cost (examples / best run's examples, {s['cost']['over']} tasks): median "
               f"{s['cost']['median']:.1%}, worst {s['cost']['max']:.1%}, within 5% on {s['cost']['within_5%']:.0%}",
               "", "regret = time to target at the recommendation (two seeds, geometric mean of steps x t(B)) / the "
-              "best time in the sweep; t(B) from one interleaved timing pass in this run. find is anchored at "
-              "the sweep's best rate at the task's reference batch and capped at the sweep's largest batch."]
+              "best time in the sweep; t(B) " + ("from one interleaved timing pass in this run" if clock == "cpu"
+                                                 else f"the stated clock '{clock}', also find's hardware profile")
+              + ". find is anchored at the sweep's best rate at the task's reference batch and capped at the "
+              "sweep's largest batch."]
     return "\n".join(lines) + "\n"
 
 
@@ -202,7 +261,9 @@ def main(argv=None, registry=SUITE, store_path: Path = HERE / "ground_truth.json
     ap.add_argument("--objectives", default=None, help="default: find's default objective, then the other of "
                                                            "fastest and balanced")
     ap.add_argument("--out", type=Path, default=None, help=f"folder for suite.json and suite.md (default {RESULTS})")
+    ap.add_argument("--clock", choices=CLOCKS, default="cpu", help="this machine's, timed (default), or a stated one")
     args = ap.parse_args(argv)
+    stem = "suite" if args.clock == "cpu" else f"suite_{args.clock}"
     out_dir = args.out or out_dir
     torch.set_num_threads(args.threads)
     store = read_json(store_path)
@@ -218,17 +279,17 @@ def main(argv=None, registry=SUITE, store_path: Path = HERE / "ground_truth.json
             print(f"[{name}] no ground truth yet: run ground_truth.py --tasks {name}", flush=True)
             continue
         results.append(judge_task(name, store[name], cache, lambda: write_json(cache_path, cache), objectives,
-                                  registry))
+                                  registry, args.clock))
     if not results:
         return 1
     # tasks not judged in this call keep their last judgement (one file for the whole suite)
     judged = {r["task"] for r in results}
-    kept = [r for r in read_json(out_dir / "suite.json").get("tasks", []) if r["task"] not in judged
+    kept = [r for r in read_json(out_dir / f"{stem}.json").get("tasks", []) if r["task"] not in judged
             and r["task"] in registry and list(r["objectives"]) == objectives]
     results = sorted(results + kept, key=lambda r: list(registry).index(r["task"]))
     s = summary(results, default)
-    write_json(out_dir / "suite.json", {"summary": s, "tasks": results})
-    (out_dir / "suite.md").write_text(markdown(results, s))
+    write_json(out_dir / f"{stem}.json", {"summary": s, "tasks": results})
+    (out_dir / f"{stem}.md").write_text(markdown(results, s))
     print(markdown(results, s))
     return 0
 

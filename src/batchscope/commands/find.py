@@ -198,10 +198,12 @@ def _print_branches(console, v: dict) -> None:
     if not v.get("enabled"):
         console.print("branch check: off (--no-verify); the recommendation is the model's prediction, unchecked")
         return
-    c = v["cost"]
+    c, b = v["cost"], v["budget"]
+    over = "" if b["within"] else ", over it" + (": the branches are at their floor" if b["floor"] else "")
     title = (f"branch check: {c['branches']} branches x {v['examples_per_branch']:,} examples from step "
-             f"{v['from_step']} ({c['share_of_measuring']['examples']:.2g}x the measuring run's examples, "
-             f"{c['seconds']:.2g} s here); loss at {(v['common_seconds'] or 0) * 1e3:.3g} ms of the profile's time")
+             f"{v['from_step']} (measuring + branches {b['measuring_share']:.1%} + {b['branches_share']:.1%} of the "
+             f"predicted run's examples, budget {b['budget']:.0%}{over}; {c['seconds']:.2g} s here); loss at "
+             f"{(v['common_seconds'] or 0) * 1e3:.3g} ms of the profile's time")
     def g3(x):
         return None if x is None else float(f"{x:.3g}")
 

@@ -11,7 +11,8 @@ The rules (docs/design.md, "Checking the recommendation"):
   is capped by the stability cap (:func:`cap_rate`); a candidate outside the allowed batches, or one
   that the cap makes a copy of another, is not branched (said in the result).
 - **Budget.** Equal examples for every branch: :data:`BRANCH_SHARE` of the examples the recommended
-  run is predicted to need, at least :data:`MIN_BRANCH_STEPS` steps of the largest batch branched,
+  run is predicted to need, cut so that the measuring run and all the branches together stay within
+  :data:`BUDGET` of them, but at least :data:`MIN_BRANCH_STEPS` steps of the largest batch branched,
   rounded up to whole steps of it (:func:`branch_examples`).
 - **Ruled out.** A branch whose loss goes non-finite, or whose smoothed loss (the mean of the last
   ``w`` per-step losses, ``w`` a quarter of its steps, 2 to 20) rises above :data:`SPIKE` x its start
@@ -22,8 +23,9 @@ The rules (docs/design.md, "Checking the recommendation"):
   mean of its per-step training losses over the last quarter of the steps it had made by then, with a
   standard error from its per-step noise (:func:`loss_at`). The lowest loss wins when it beats the
   prediction by more than :data:`K_SE` standard errors of the difference; otherwise the two cannot be
-  separated and the prediction stands (:func:`decide`). A lower rate at the prediction's batch is a
-  fallback for a rate ruled out, not a rival (short branches favour lower rates).
+  separated and the prediction stands (:func:`decide`). Only a larger batch (2B, or a lower rate
+  checked there) may replace the prediction; B/2, lr/2 and 2 lr are fallbacks for a setting ruled out,
+  and their lead is reported, not taken (:data:`NOT_TAKEN` says why for each).
 """
 
 from __future__ import annotations
@@ -35,12 +37,22 @@ from typing import Optional, Sequence
 from ..noise.hessian import STABILITY_FRACTION
 
 BRANCH_SHARE = 0.008      # examples per branch, as a share of the recommended run's predicted examples
+BUDGET = 0.10             # measuring run + all branches, as a share of the recommended run's predicted examples
 MIN_BRANCH_STEPS = 8      # steps of the largest batch branched, at least
 SPIKE = 1.5               # a smoothed loss above this multiple of its start rules the rate out
 K_SE = 2.0                # standard errors of the difference that separate two branches
 MAX_RETRIES = 2           # lower rates checked at one batch after every rate there was ruled out
 SAFETY = STABILITY_FRACTION   # the stability cap: this share of the SGD stability bound (shared with adapt)
 SMOOTH_MIN, SMOOTH_MAX = 2, 20   # steps of the trailing mean that smooths a branch's losses
+
+# Why a branch's lead over the prediction is not taken (docs/find.md, "Which branch may win"): over a
+# short branch the smaller batch and the lower rate gain (more steps for the examples; the short-horizon
+# bias), and a higher rate's early gain can turn into a spike later in a run from scratch.
+NOT_TAKEN = {
+    "B/2": "a smaller batch makes more steps of the same examples, a lead short branches favour",
+    "lr/2": "a lower rate reaches a lower loss sooner over a short branch (short-horizon bias)",
+    "2 lr": "a higher rate's early lead over a short branch does not show that it stays stable over the run",
+}
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Figures:
     seconds: float = 0.0              # seconds it really took here
     eval_loss: Optional[float] = None
     diverged: str = ""                # the loop's own divergence message ('' if none)
-    status: str = ""                  # filled by decide(): winner, tie, behind, lower, short horizon, ruled out: ...
+    status: str = ""                  # filled by decide(): winner, kept, tie, behind, ahead, not taken, ruled out: ...
     loss: Optional[float] = None      # filled by decide(): loss reached at the common time
     se: Optional[float] = None
     compared_steps: Optional[int] = None
@@ -144,12 +156,27 @@ def candidate_settings(batch: int, lr: float, rule_rate, allowed: Sequence[int],
     return out, skipped
 
 
-def branch_examples(predicted_examples: float, largest_batch: int, share: float = BRANCH_SHARE,
+def branch_examples(predicted_examples: float, largest_batch: int, measured_examples: float = 0.0,
+                    branches: int = 1, share: float = BRANCH_SHARE, budget: float = BUDGET,
                     min_steps: int = MIN_BRANCH_STEPS) -> int:
-    """Examples for each branch: ``share`` of the predicted run, at least ``min_steps`` steps of the
-    largest batch, in whole steps of it (so every batch branched, a power-of-two divisor, makes whole steps)."""
-    want = max(share * predicted_examples, min_steps * largest_batch)
+    """Examples for each of ``branches`` branches: ``share`` of the predicted run, cut to what keeps the
+    measuring run's ``measured_examples`` plus the branches within ``budget`` of it, at least ``min_steps``
+    steps of the largest batch, in whole steps of it (so every batch branched, a power-of-two divisor, makes
+    whole steps). The floor wins over the budget: a branch of fewer steps cannot show a spike."""
+    room = max(0.0, budget * predicted_examples - measured_examples) / max(branches, 1)
+    want = max(min(share * predicted_examples, room), min_steps * largest_batch)
     return int(math.ceil(want / largest_batch)) * largest_batch
+
+
+def budget_figures(predicted_examples: float, measured_examples: float, per_branch: int, branches: int,
+                   largest_batch: int, budget: float = BUDGET) -> dict:
+    """The budget as the output shows it: shares of the predicted run's examples."""
+    p = predicted_examples or math.nan
+    return {"budget": budget, "predicted_examples": predicted_examples, "measured_examples": measured_examples,
+            "branches": branches, "examples_per_branch": per_branch,
+            "measuring_share": measured_examples / p, "branches_share": per_branch * branches / p,
+            "floor": per_branch <= MIN_BRANCH_STEPS * largest_batch,
+            "within": (measured_examples + per_branch * branches) <= budget * p}
 
 
 # ---- one branch's figures ---------------------------------------------------------------------------
@@ -261,13 +288,19 @@ def default_of(viable: Sequence[Figures], predicted_batch: int) -> Optional[Figu
     return max(viable, key=lambda f: (f.batch, f.lr))
 
 
+def not_taken(f: Figures) -> str:
+    """Why this branch's lead would not replace the prediction: its label's reason, a lower rate's for a retry."""
+    return NOT_TAKEN.get(f.label, NOT_TAKEN["lr/2"])
+
+
 def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Optional[Verdict]:
     """Rule out the spiking branches, compare the others at a common time, pick the winner.
 
-    A lower rate at the default's batch (lr/2, a retry) is a fallback for a rate ruled out, not a rival:
-    over a short branch a lower rate reaches a lower loss sooner whatever it does later (the short-horizon
-    bias, Wu et al. 2018), so its lower loss is reported and not taken. None when every branch was ruled
-    out. Fills each figure's ``status``, ``loss``, ``se`` and ``compared_steps``.
+    Only a branch at a larger batch than the default (2B, or a lower rate retried there) is a rival: over a
+    short branch a smaller batch, a lower rate (the short-horizon bias, Wu et al. 2018) and a higher rate
+    (stable so far) can each lead without training faster over the run, so their lead is reported and not
+    taken (:data:`NOT_TAKEN`); they stand in when the prediction is ruled out. None when every branch was
+    ruled out. Fills each figure's ``status``, ``loss``, ``se`` and ``compared_steps``.
     """
     for f in figs:
         why = spike(f)
@@ -279,7 +312,7 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
     for f in viable:
         f.loss, f.se, f.compared_steps = loss_at(f, common)
     default = default_of(viable, predicted_batch)
-    rivals = [f for f in viable if not (f.batch == default.batch and f.lr < default.lr)]
+    rivals = [f for f in viable if f is default or f.batch > default.batch]
     best = min(rivals, key=lambda f: f.loss)
 
     def apart(a: Figures, b: Figures) -> bool:
@@ -289,10 +322,10 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
     separated = best is not default and apart(best, default)
     winner = best if separated else default
     tied = [f.label for f in viable if f is not winner and not apart(winner, f) and not apart(f, winner)]
-    shorter = [f.label for f in viable if f not in rivals and apart(f, winner)]
+    ahead = [f for f in viable if f not in rivals and apart(f, winner)]
     for f in viable:
         f.status = (("winner" if separated or not tied else "kept") if f is winner else "tie" if f.label in tied
-                    else "lower, short horizon" if f.label in shorter else "behind")
+                    else "ahead, not taken" if f in ahead else "behind")
     name = f"{winner.label} (B={winner.batch}, lr {winner.lr:.4g})"
     if separated:
         why = (f"{name} reached loss {winner.loss:.4g} against {default.loss:.4g} for {default.label} at the same "
@@ -302,9 +335,8 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
                f"errors at the same modelled time)")
     else:
         why = f"{name} confirmed: its loss is more than {k:g} standard errors below every rival's"
-    if shorter:
-        why += (f"; {', '.join(shorter)} reached a lower loss at a lower rate, which short branches favour "
-                "(short-horizon bias): not taken")
+    for f in ahead:
+        why += f"; {f.label} reached a lower loss, not taken: {not_taken(f)}"
     return Verdict(winner, default, separated, tied, common, why)
 
 

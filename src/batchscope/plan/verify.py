@@ -30,8 +30,8 @@ from ..noise.hessian import sgd_settings, sgd_stability_bound, task_sharpness
 from ..tasks import Task
 from ..train import FixedBatch, StepPlan
 from . import recommend
-from .branch_check import (SAFETY, Figures, Setting, branch_examples, candidate_settings, cap_rate, decide,
-                           final_schedule, next_checks, stability_cap)
+from .branch_check import (SAFETY, Figures, Setting, branch_examples, budget_figures, candidate_settings, cap_rate,
+                           decide, final_schedule, next_checks, stability_cap)
 
 if TYPE_CHECKING:
     from .find import FindResult, Measurement
@@ -171,8 +171,10 @@ def check(result: "FindResult", m: "Measurement", task: Task, profile: HardwareP
         return recommend.learning_rate(b, inp, rows[b]["steps"]).lr
 
     settings, skipped = candidate_settings(rec.batch_size, predicted["lr"], rule_rate, sorted(rows), cap)
-    examples = branch_examples(rec.predicted["examples"], max(s.batch for s in settings))
+    largest = max(s.batch for s in settings)
+    examples = branch_examples(rec.predicted["examples"], largest, m.run.examples, len(settings))
     figs = branch_all(task, m, settings, rows, examples, warmup, seed)
+    budget = budget_figures(rec.predicted["examples"], m.run.examples, examples, len(figs), largest)
     verdict = decide(figs, rec.batch_size)
     if verdict is None:   # every rate ruled out: the measuring run's own setting trained without spiking
         batch, lr, label = m.run.config["batch_size"], m.lr, "the measuring run's setting"
@@ -180,7 +182,8 @@ def check(result: "FindResult", m: "Measurement", task: Task, profile: HardwareP
     else:
         batch, lr, label, why = verdict.winner.batch, verdict.winner.lr, verdict.winner.label, verdict.why
     rec.verification = {
-        "enabled": True, "predicted": predicted, "examples_per_branch": examples, "from_step": m.run.steps,
+        "enabled": True, "predicted": predicted, "examples_per_branch": examples, "budget": budget,
+        "from_step": m.run.steps,
         "time": TIME_BASIS, "branches": [f.to_dict() for f in figs], "not_branched": skipped,
         "winner": {"label": label, "batch_size": batch, "lr": lr}, "verdict": why,
         "separated": bool(verdict and verdict.separated), "tied": verdict.tied if verdict else [],

@@ -24,7 +24,7 @@ Each find is stored as it finishes in benchmarks/suite/long_find_cost_runs.json 
 atomically, so a killed run resumes; results: benchmarks/results/suite_long_find_cost.{md,json}.
 
     OMP_NUM_THREADS=1 nice -n 5 env PYTHONPATH=src python benchmarks/suite/long_find_cost.py \\
-        [--tasks a,b] [--clocks cpu,gpu,dp8] [--seeds 0,1] [--store PATH] [--report-only]
+        [--tasks a,b] [--clocks cpu,gpu,dp8] [--seeds 0,1] [--store PATH] [--report-only] [--name STEM]
 """
 
 from __future__ import annotations
@@ -242,6 +242,7 @@ def parse(argv) -> argparse.Namespace:
     ap.add_argument("--seeds", default=",".join(map(str, A.SEEDS)))
     ap.add_argument("--store", type=Path, default=STORE)
     ap.add_argument("--report-only", action="store_true", help="write the results from the store; run nothing")
+    ap.add_argument("--name", default=None, help=f"results file stem (default {NAME})")
     return ap.parse_args(argv)
 
 
@@ -249,6 +250,7 @@ def main(argv=None, registry=LONG, gt_path: Path = J.STORE, checked_path: Path =
          profiles: Path = J.PROFILES, name: str = NAME, max_batch: int = A.MAX_BATCH) -> int:
     """``max_batch``: find's, as the find arm's Setting gives it (long_anchors.MAX_BATCH)."""
     args = parse(argv)
+    name = args.name or name
     gt, checked, runs = read_json(gt_path), read_json(checked_path), read_json(args.store)
     ready = [n for n in registry if "summary" in gt.get(n, {})]
     try:

@@ -197,6 +197,14 @@ def test_long_anchors_every_arm_on_a_tiny_task_then_judged(tmp_path, monkeypatch
     assert fd["measuring_path"] == [[fd["measuring"]["steps"], 32]]
     assert fd["path"][0][1] == fd["recommendation"]["batch"]
 
+    # a rerun of one arm, stored apart, replaces that arm's run and no other
+    a, b = tmp_path / "all.json", tmp_path / "rerun.json"
+    a.write_text(json.dumps(runs))
+    b.write_text(json.dumps({"find|tiny|gpu|0": {**fd, "steps": 1.0}}))
+    merged = long_judge.read_runs([a, b])
+    assert merged.keys() == runs.keys() and merged["find|tiny|gpu|0"]["steps"] == 1.0
+    assert merged["adaptive|tiny|gpu|0"] == json.loads(a.read_text())["adaptive|tiny|gpu|0"]
+
     rc = long_judge.main([], registry={"tiny": tiny_task}, store_path=gt_path, out_dir=tmp_path,
                          profiles=tmp_path / "p", arms=A.stored_arms(runs, {"tiny": gt}, b0=32, steps0=4))
     assert rc == 0

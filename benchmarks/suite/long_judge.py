@@ -308,19 +308,29 @@ def markdown(results: list[dict], s: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_runs(paths) -> dict:
+    """The stored runs of several files as one: a later file's run replaces an earlier one's under its key."""
+    runs: dict = {}
+    for path in paths:
+        runs.update(read_json(path))
+    return runs
+
+
 def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RESULTS,
          profiles: Optional[Path] = PROFILES, arms: Optional[dict] = None, runs_path: Path = ANCHOR_RUNS) -> int:
     """``arms`` None: the anchors' arms from their stored runs in ``runs_path`` (long_anchors.py)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=None, help="comma-separated (default: every task with a ground truth)")
-    ap.add_argument("--runs", type=Path, default=None, help=f"the anchors' runs (default: {runs_path.name})")
+    ap.add_argument("--runs", type=Path, action="append", default=None,
+                    help=f"the anchors' runs (default: {runs_path.name}); given again, a later file's runs replace "
+                         "an earlier one's under the same key (a rerun of some arms over a full set)")
     ap.add_argument("--name", default="suite_long", help="results file stem under benchmarks/results")
     args = ap.parse_args(argv)
     store = read_json(store_path)
     if arms is None:
         import long_anchors   # here, not at the top: long_anchors builds on this module
 
-        arms = long_anchors.stored_arms(read_json(args.runs or runs_path), store)
+        arms = long_anchors.stored_arms(read_runs(args.runs or [runs_path]), store)
     names = args.tasks.split(",") if args.tasks else [n for n in registry if "summary" in store.get(n, {})]
     results = [judge_task(n, store[n], registry, arms, profiles) for n in names if "summary" in store.get(n, {})]
     if not results:

@@ -327,7 +327,7 @@ def repeat_lines(store: dict, names) -> list[str]:
 
 
 def report(store: dict, names, t0: float, loads: list, args, echo: bool = False) -> None:
-    """spike_check.{json,md} from every unit in the store for ``names`` (rewritten after each unit)."""
+    """NAME.{json,md} from every unit in the store for ``names`` (rewritten after each unit)."""
     done_seeds = sorted({int(k.rsplit("seed", 1)[1]) for k in store
                          if k.split("/")[0] in names and k.split("/")[1] in ("find", "adaptive")})
     rows = rows_of(store, names, done_seeds)
@@ -339,9 +339,9 @@ def report(store: dict, names, t0: float, loads: list, args, echo: bool = False)
             "load_min": min(loads), "load_max": max(loads), "commit": commit()}
     s = summary(rows)
     args.out.mkdir(exist_ok=True)
-    write_json(args.out / "spike_check.json", {"summary": s, "meta": meta, "rows": rows})
+    write_json(args.out / f"{args.name}.json", {"summary": s, "meta": meta, "rows": rows})
     md = markdown(rows, s, meta, repeat_lines(store, names))
-    (args.out / "spike_check.md").write_text(md)
+    (args.out / f"{args.name}.md").write_text(md)
     if echo:
         print(md, flush=True)
 
@@ -352,7 +352,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds (each task runs them in order)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--store", type=Path, default=STORE)
-    ap.add_argument("--out", type=Path, default=RESULTS, help="where spike_check.{md,json} go")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where the results go")
+    ap.add_argument("--name", default="spike_check", help="results file stem: NAME.md, NAME.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]

@@ -162,3 +162,7 @@ def test_a_measuring_run_stopped_by_its_step_cap_still_recommends_and_says_so(mo
     assert m["fraction_of_projected_run"] < 0.9                       # the budget was not used up
     assert any("stopped at its cap of 45 steps" in c for c in res.recommendation.caveats)
     assert res.recommendation.batch_size >= 1 and res.recommendation.lr > 0
+    # the predicted run is then an extrapolation: the branch check spends no budget on it, only its floor
+    v = find(task, profile=fake_profile(task), measure_fraction=0.9).recommendation.verification
+    largest = max(b["batch"] for b in v["branches"])
+    assert v["budget"]["extrapolated"] and v["examples_per_branch"] == 8 * largest

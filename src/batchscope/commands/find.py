@@ -199,7 +199,8 @@ def _print_branches(console, v: dict) -> None:
         console.print("branch check: off (--no-verify); the recommendation is the model's prediction, unchecked")
         return
     c, b = v["cost"], v["budget"]
-    over = "" if b["within"] else ", over it" + (": the branches are at their floor" if b["floor"] else "")
+    over = ("; the branches at their floor: the predicted run is extrapolated" if b.get("extrapolated")
+            else "" if b["within"] else ", over it" + (": the branches are at their floor" if b["floor"] else ""))
     title = (f"branch check: {c['branches']} branches x {v['examples_per_branch']:,} examples from step "
              f"{v['from_step']} (measuring + branches {b['measuring_share']:.1%} + {b['branches_share']:.1%} of the "
              f"predicted run's examples, budget {b['budget']:.0%}{over}; {c['seconds']:.2g} s here); loss at "

@@ -172,9 +172,14 @@ def check(result: "FindResult", m: "Measurement", task: Task, profile: HardwareP
 
     settings, skipped = candidate_settings(rec.batch_size, predicted["lr"], rule_rate, sorted(rows), cap)
     largest = max(s.batch for s in settings)
-    examples = branch_examples(rec.predicted["examples"], largest, m.run.examples, len(settings))
+    # a measuring run stopped by its step cap left the predicted run an extrapolation: no budget rests on
+    # it, the branches run at their floor
+    extrapolated = m.run.stopped_because == "step limit"
+    examples = branch_examples(0.0 if extrapolated else rec.predicted["examples"], largest, m.run.examples,
+                               len(settings))
     figs = branch_all(task, m, settings, rows, examples, warmup, seed)
-    budget = budget_figures(rec.predicted["examples"], m.run.examples, examples, len(figs), largest)
+    budget = {**budget_figures(rec.predicted["examples"], m.run.examples, examples, len(figs), largest),
+              "extrapolated": extrapolated}
     verdict = decide(figs, rec.batch_size)
     if verdict is None:   # every rate ruled out: the measuring run's own setting trained without spiking
         batch, lr, label = m.run.config["batch_size"], m.lr, "the measuring run's setting"

@@ -84,31 +84,34 @@ def test_loss_at_a_common_time_is_the_mean_of_the_last_quarter_of_the_steps_made
     assert (loss, n) == (pytest.approx(1.0), 17) and se == pytest.approx(math.sqrt(16 / 15 * 0.02 ** 2 / 2) / 2)
 
 
-def test_the_branch_that_reaches_a_clearly_lower_loss_in_the_same_time_wins():
-    # the prediction at B=64 (1 s a step); B/2 at B=32 (0.6 s a step) trains 2x the steps for the same
-    # examples: compared at 16 s, it has made 26 steps and is clearly lower
+def test_the_larger_batch_that_reaches_a_clearly_lower_loss_in_the_same_time_wins():
+    # the prediction at B=64 (1 s a step); 2B at B=128 (1.25 s a step) makes half the steps for the same
+    # examples: compared at 10 s (its end), the prediction has made 10 steps and is clearly higher
+    pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
+    double = fig("2B", 128, 0.14, zigzag(0.6, 8), step_seconds=1.25)
+    v = bc.decide([pred, double], predicted_batch=64)
+    assert v.winner is double and v.separated and v.tied == [] and v.common_seconds == 10.0
+    assert pred.compared_steps == 10 and (pred.status, double.status) == ("behind", "winner")
+    assert v.why.startswith("2B (B=128, lr 0.14) reached loss 0.6 against 0.9 for predicted")
+
+
+def test_a_smaller_batch_or_a_higher_rate_leading_a_short_branch_is_reported_and_not_taken():
+    # B/2 at B=32 (0.6 s a step) makes 2x the steps of the same examples and leads clearly; so does 2 lr
     pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
     half = fig("B/2", 32, 0.07, zigzag(0.6, 32), step_seconds=0.6)
-    v = bc.decide([pred, half], predicted_batch=64)
-    assert v.winner is half and v.separated and v.tied == [] and v.common_seconds == 16.0
-    assert half.compared_steps == 26 and (pred.status, half.status) == ("behind", "winner")
-    assert v.why.startswith("B/2 (B=32, lr 0.07) reached loss 0.6 against 0.9 for predicted")
-    # 2B at B=128 (1.25 s a step) makes half the steps: compared at 10 s, its end
-    double = fig("2B", 128, 0.14, zigzag(0.6, 8), step_seconds=1.25)
-    v = bc.decide([fig("predicted", 64, 0.1, zigzag(0.9, 16)), double], predicted_batch=64)
-    assert v.winner is double and v.separated and v.common_seconds == 10.0
-
-
-def test_a_higher_rate_leading_a_short_branch_is_reported_and_not_taken():
-    pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
     high = fig("2 lr", 64, 0.2, zigzag(0.7, 16))
-    v = bc.decide([pred, high], predicted_batch=64)
-    assert v.winner is pred and not v.separated and (pred.status, high.status) == ("winner", "ahead, not taken")
+    v = bc.decide([pred, half, high], predicted_batch=64)
+    assert v.winner is pred and not v.separated
+    assert (pred.status, half.status, high.status) == ("winner", "ahead, not taken", "ahead, not taken")
+    assert f"B/2 reached a lower loss, not taken: {bc.NOT_TAKEN['B/2']}" in v.why
     assert v.why.endswith(f"; 2 lr reached a lower loss, not taken: {bc.NOT_TAKEN['2 lr']}")
-    # with the prediction ruled out, the highest surviving rate at its batch stands in
+    # with the prediction ruled out, the highest surviving rate at its batch stands in, and B/2 is still behind it
     climb = [1.0, 1.2, 1.5, 1.8, 2.0, 2.2, 2.4, 2.6]
-    v = bc.decide([fig("predicted", 64, 0.1, climb), fig("lr/2", 64, 0.05, zigzag(0.8, 16))], 64)
-    assert v.winner.label == "lr/2" and v.default is v.winner
+    v = bc.decide([fig("predicted", 64, 0.1, climb), half, fig("lr/2", 64, 0.05, zigzag(0.8, 16))], 64)
+    assert v.winner.label == "lr/2" and v.default is v.winner and half.status == "ahead, not taken"
+    # with nothing left at the predicted batch, the largest surviving batch stands in
+    v = bc.decide([fig("predicted", 64, 0.1, climb), half], 64)
+    assert v.winner is half and half.status == "winner"
 
 
 def test_branches_within_two_standard_errors_are_a_tie_and_the_prediction_stands():

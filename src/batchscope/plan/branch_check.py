@@ -23,9 +23,9 @@ The rules (docs/design.md, "Checking the recommendation"):
   mean of its per-step training losses over the last quarter of the steps it had made by then, with a
   standard error from its per-step noise (:func:`loss_at`). The lowest loss wins when it beats the
   prediction by more than :data:`K_SE` standard errors of the difference; otherwise the two cannot be
-  separated and the prediction stands (:func:`decide`). Another batch (B/2, 2B, a lower rate
-  retried there) may replace the prediction; another rate at the prediction's batch (lr/2, 2 lr) is a
-  fallback for a rate ruled out, and its lead is reported, not taken (:data:`NOT_TAKEN` says why).
+  separated and the prediction stands (:func:`decide`). Only a larger batch (2B, a lower rate retried
+  there) may replace the prediction; B/2 and another rate at the prediction's batch (lr/2, 2 lr) are
+  fallbacks for a setting ruled out, and their lead is reported, not taken (:data:`NOT_TAKEN` says why).
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ MAX_RETRIES = 2           # lower rates checked at one batch after every rate th
 SAFETY = STABILITY_FRACTION   # the stability cap: this share of the SGD stability bound (shared with adapt)
 SMOOTH_MIN, SMOOTH_MAX = 2, 20   # steps of the trailing mean that smooths a branch's losses
 
-# Why another rate's lead at the prediction's batch is not taken (docs/design.md, "Comparison"): over a
-# short branch a lower rate gains at once (the short-horizon bias), and a higher rate's early gain from
-# the fork does not show that it trains stably from scratch.
+# Why a smaller batch's or another rate's lead is not taken (docs/design.md, "Comparison"): over a short
+# branch a smaller batch's extra steps and a lower rate gain at once (the short-horizon bias), and a
+# higher rate's early gain from the fork does not show that it trains stably from scratch.
 NOT_TAKEN = {
+    "B/2": "a smaller batch makes more steps in the same time, a lead short branches favour (short-horizon bias)",
     "lr/2": "a lower rate reaches a lower loss sooner over a short branch (short-horizon bias)",
     "2 lr": "a higher rate's lead from the fork does not show that it trains stably from the start",
 }
@@ -288,18 +289,19 @@ def default_of(viable: Sequence[Figures], predicted_batch: int) -> Optional[Figu
 
 
 def not_taken(f: Figures) -> str:
-    """Why this branch's lead does not replace the prediction: its label's reason, a lower rate's for a retry."""
+    """Why this branch's lead does not replace the prediction: its label's reason (a retry: a lower rate's)."""
     return NOT_TAKEN.get(f.label, NOT_TAKEN["lr/2"])
 
 
 def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Optional[Verdict]:
     """Rule out the spiking branches, compare the others at a common time, pick the winner.
 
-    The rivals are the default and every branch at another batch. Another rate at the default's batch is a
-    fallback, not a rival: over a short branch a lower rate leads whatever it does later (the short-horizon
-    bias, Wu et al. 2018) and a higher one leads while it is still stable, so its lead is reported and not
-    taken (:data:`NOT_TAKEN`); it stands in when the rate above it is ruled out. None when every branch was
-    ruled out. Fills each figure's ``status``, ``loss``, ``se`` and ``compared_steps``.
+    The rivals are the default and every branch at a larger batch. A smaller batch or another rate at the
+    default's batch is a fallback, not a rival: over a short branch more steps and a lower rate lead whatever
+    they do later (the short-horizon bias, Wu et al. 2018) and a higher rate leads while it is still stable,
+    so their lead is reported and not taken (:data:`NOT_TAKEN`); they stand in when the prediction is ruled
+    out. None when every branch was ruled out. Fills each figure's ``status``, ``loss``, ``se`` and
+    ``compared_steps``.
     """
     for f in figs:
         why = spike(f)
@@ -311,7 +313,7 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
     for f in viable:
         f.loss, f.se, f.compared_steps = loss_at(f, common)
     default = default_of(viable, predicted_batch)
-    rivals = [f for f in viable if f is default or f.batch != default.batch]
+    rivals = [f for f in viable if f is default or f.batch > default.batch]
     best = min(rivals, key=lambda f: f.loss)
 
     def apart(a: Figures, b: Figures) -> bool:

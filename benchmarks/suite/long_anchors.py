@@ -292,7 +292,7 @@ def verification_cost(v: dict) -> dict:
             "examples": c.get("examples", 0), "seconds": c.get("seconds", 0.0),
             "modelled_seconds": c.get("modelled_seconds", 0.0), "examples_per_branch": v.get("examples_per_branch"),
             "batches": [f["batch"] for f in branches], "labels": [f["label"] for f in branches],
-            "winner": (v.get("winner") or {}).get("label")}
+            "winner": (v.get("winner") or {}).get("label"), "budget": v.get("budget")}
 
 
 def stability_cost(st: dict) -> dict:

@@ -218,7 +218,8 @@ def markdown(rows: list[dict], s: dict, meta: dict) -> str:
         "stored for the same key in benchmarks/suite/long_anchor_runs_checked.json (batch, rate, warm-up, "
         "micro-batch, B_crit and its interval within 1e-9, and the measuring run's steps). 'branch length': "
         f"which rule set each branch's examples, `BRANCH_SHARE` = {s['branch_share']:g} of the predicted run "
-        f"('share') or the floor of {s['min_branch_steps']} steps of the largest batch branched ('min steps').",
+        f"('share') or the floor of {s['min_branch_steps']} steps of the largest batch branched ('min steps': "
+        "also where the measuring run stopped at its step cap, which leaves the branches at their floor).",
         "", f"**{summary_line(s)}**", "", *table(rows), "",
         f"All {a['cases']} cases: share median {_pct(a.get('median'))}, worst {_pct(a.get('worst'))}, "
         f"{a.get('within', 0)} within {s['goal_share']:.0%}. Largest part: "

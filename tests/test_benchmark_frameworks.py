@@ -14,8 +14,10 @@ pytest.importorskip("mnist1d")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import frameworks_find_vs_batch32 as bench  # noqa: E402
 
+# The pilot is timed: 2.5 s leaves the tiny CNN enough progress for a target that find's measuring run can
+# measure the noise toward on a loaded machine (at 1 s, under load, it measured too few steps and refused).
 TINY = bench.Sizes(gpt_embd=16, gpt_heads=2, context=16, gpt_train=384, gpt_val=64, cnn_channels=4, cnn_train=384,
-                   cnn_val=128, pilot_seconds=1.0, eval_examples=128, cnn_eval_examples=128, cap=1.5, rounds=1,
+                   cnn_val=128, pilot_seconds=2.5, eval_examples=128, cnn_eval_examples=128, cap=1.5, rounds=1,
                    find={"memory_budget": "256MiB", "max_batch": 64, "verify": False})
 
 

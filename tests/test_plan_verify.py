@@ -266,3 +266,24 @@ def test_a_rule_rate_far_above_two_over_lambda_max_is_capped_below_the_bound():
         train(task, TrainConfig(batch_size=512, lr=uncapped, steps=200, seed=0))
     ok = train(task, TrainConfig(batch_size=512, lr=r.lr, steps=200, seed=0))
     assert ok.final.loss < 0.3
+
+
+def test_a_retry_ahead_of_the_default_is_not_taken_for_the_reason_of_its_batch():
+    pred = fig("predicted", 64, 0.1, zigzag(0.9, 16))
+    smaller = fig("retry1 B=32", 32, 0.03, zigzag(0.6, 32), step_seconds=0.6)
+    lower = fig("retry1 B=64", 64, 0.025, zigzag(0.7, 16))
+    v = bc.decide([pred, smaller, lower], predicted_batch=64)
+    assert v.winner is pred
+    assert f"retry1 B=32 reached a lower loss, not taken: {bc.NOT_TAKEN['B/2']}" in v.why
+    assert f"retry1 B=64 reached a lower loss, not taken: {bc.NOT_TAKEN['lr/2']}" in v.why
+
+
+def test_the_cost_line_reads_a_result_saved_before_the_budget():
+    from batchscope.commands.find import budget_words
+
+    cost = {"share_of_measuring": {"examples": 3.0}}
+    assert budget_words(None, cost) == "3x the measuring run's examples"
+    b = bc.budget_figures(1_000_000, 150_000, 2048, 5, 256)
+    assert budget_words(b, cost) == ("measuring + branches 15.0% + 1.0% of the predicted run's examples, budget "
+                                     "10%, over it: the branches are at their floor")
+    assert budget_words({**b, "extrapolated": True}, cost).endswith("the predicted run is extrapolated")

@@ -193,17 +193,25 @@ def schedule_line(schedule: list, chosen: int) -> str:
     return "growth schedule (batch as the training loss falls): " + ", then ".join(stages) + (f"; {end}" if end else "")
 
 
+def budget_words(b: Optional[dict], cost: dict) -> str:
+    """What measuring and branching cost against the budget (a result saved before the budget: the multiple
+    of the measuring run's examples)."""
+    if not b:
+        return f"{cost['share_of_measuring']['examples']:.2g}x the measuring run's examples"
+    over = ("; the branches at their floor: the predicted run is extrapolated" if b.get("extrapolated")
+            else "" if b["within"] else ", over it" + (": the branches are at their floor" if b["floor"] else ""))
+    return (f"measuring + branches {b['measuring_share']:.1%} + {b['branches_share']:.1%} of the predicted run's "
+            f"examples, budget {b['budget']:.0%}{over}")
+
+
 def _print_branches(console, v: dict) -> None:
     """The branch check: one row per branch, what was ruled out and why, the verdict and the cost."""
     if not v.get("enabled"):
         console.print("branch check: off (--no-verify); the recommendation is the model's prediction, unchecked")
         return
-    c, b = v["cost"], v["budget"]
-    over = ("; the branches at their floor: the predicted run is extrapolated" if b.get("extrapolated")
-            else "" if b["within"] else ", over it" + (": the branches are at their floor" if b["floor"] else ""))
+    c = v["cost"]
     title = (f"branch check: {c['branches']} branches x {v['examples_per_branch']:,} examples from step "
-             f"{v['from_step']} (measuring + branches {b['measuring_share']:.1%} + {b['branches_share']:.1%} of the "
-             f"predicted run's examples, budget {b['budget']:.0%}{over}; {c['seconds']:.2g} s here); loss at "
+             f"{v['from_step']} ({budget_words(v.get('budget'), c)}; {c['seconds']:.2g} s here); loss at "
              f"{(v['common_seconds'] or 0) * 1e3:.3g} ms of the profile's time")
     def g3(x):
         return None if x is None else float(f"{x:.3g}")

@@ -288,9 +288,9 @@ def default_of(viable: Sequence[Figures], predicted_batch: int) -> Optional[Figu
     return max(viable, key=lambda f: (f.batch, f.lr))
 
 
-def not_taken(f: Figures) -> str:
-    """Why this branch's lead does not replace the prediction: its label's reason (a retry: a lower rate's)."""
-    return NOT_TAKEN.get(f.label, NOT_TAKEN["lr/2"])
+def not_taken(f: Figures, default_batch: int) -> str:
+    """Why this branch's lead does not replace the default: its label's reason; a retry's, by its batch."""
+    return NOT_TAKEN.get(f.label) or NOT_TAKEN["B/2" if f.batch < default_batch else "lr/2"]
 
 
 def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Optional[Verdict]:
@@ -337,7 +337,7 @@ def decide(figs: Sequence[Figures], predicted_batch: int, k: float = K_SE) -> Op
     else:
         why = f"{name} confirmed: its loss is more than {k:g} standard errors below every rival's"
     for f in ahead:
-        why += f"; {f.label} reached a lower loss, not taken: {not_taken(f)}"
+        why += f"; {f.label} reached a lower loss, not taken: {not_taken(f, default.batch)}"
     return Verdict(winner, default, separated, tied, common, why)
 
 

@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ SUITE_DIR = HERE / "suite"
 sys.path.insert(0, str(SUITE_DIR))
 sys.path.insert(1, str(HERE))
 
-from common import EVALS_BEFORE_TARGET, pin_malloc, read_json, run_to_target, write_json  # noqa: E402
+from common import EVALS_BEFORE_TARGET, commit, pin_malloc, read_json, run_to_target, write_json  # noqa: E402
 from tasks import SUITE  # noqa: E402
 import adaptive as suite_adaptive  # noqa: E402
 from adaptive_vs_fixed import MAX_SECONDS as ADAPTIVE_MAX_SECONDS, adaptive_run  # noqa: E402
@@ -278,16 +277,9 @@ def markdown(rows: list[dict], s: dict, meta: dict, again: list[str] = ()) -> st
               "highest loss at initialisation on most tasks, so a ratio below 1 is the usual case.", "",
               f"Run: {meta['unit_wall'] / 60:.0f} min wall over the stored units (find, its run, adaptive; "
               f"repeats apart), {meta['threads']} torch thread(s); this report's invocation: load average "
-              f"{meta['load_min']:.1f}-{meta['load_max']:.1f} on {os.cpu_count()} cores, code {meta['commit']}."]
+              f"{meta['load_min']:.1f}-{meta['load_max']:.1f} on {os.cpu_count()} cores; code of the units "
+              f"{meta['commit']}."]
     return "\n".join(lines) + "\n"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def repeat_key(name: str, f: dict, seed: int) -> str:
@@ -336,7 +328,8 @@ def report(store: dict, names, t0: float, loads: list, args, echo: bool = False)
     units = [v for k, v in store.items() if k.split("/")[0] in names and k.split("/")[1] in ("find", "adaptive")]
     meta = {"wall": time.perf_counter() - t0, "unit_wall": sum(u.get("unit_wall", 0.0) for u in units),
             "threads": args.threads, "seeds": done_seeds,
-            "load_min": min(loads), "load_max": max(loads), "commit": commit()}
+            "load_min": min(loads), "load_max": max(loads),
+            "commit": ", ".join(sorted({u.get("commit", "not recorded") for u in units}))}
     s = summary(rows)
     args.out.mkdir(exist_ok=True)
     write_json(args.out / f"{args.name}.json", {"summary": s, "meta": meta, "rows": rows})
@@ -358,7 +351,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     names, seeds = args.tasks.split(","), [int(s) for s in args.seeds.split(",")]
     store = read_json(args.store)
-    t0, loads = time.perf_counter(), [os.getloadavg()[0]]
+    t0, loads, code = time.perf_counter(), [os.getloadavg()[0]], commit()
 
     def save():
         write_json(args.store, store)
@@ -380,7 +373,7 @@ def main(argv=None) -> int:
                 store[key] = {"task": name, "seed": seed, "source": plan["source"],
                               "anchor": {k: plan[k] for k in ("ref_batch", "ref_lr", "max_batch")},
                               **unit(task, plan, profile, seed), "unit_wall": time.perf_counter() - t1,
-                              "load": os.getloadavg()[0]}
+                              "load": os.getloadavg()[0], "commit": code}
                 save()
                 got = store[key]["run"] if arm == "find" else store[key]
                 print(f"[{name} seed {seed}] {arm}: peak ratio {_ratio(got.get('peak_ratio'))} at step "

@@ -32,7 +32,6 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent))
 
-from common import EVALS_BEFORE_TARGET, pin_malloc, read_json, write_json  # noqa: E402
+from common import EVALS_BEFORE_TARGET, commit, pin_malloc, read_json, write_json  # noqa: E402
 from tasks import KIND, SUITE  # noqa: E402
 from adaptive_vs_fixed import (MAX_SECONDS, adaptive_run, adaptive_seconds, summarise, task_profile,  # noqa: E402
                                timing_pass)
@@ -263,14 +262,6 @@ def markdown(results: list[dict], s: dict, meta: dict) -> str:
               "", f"Run: {meta['wall'] / 60:.0f} min wall, one torch thread, load average {meta['load_min']:.1f}-"
               f"{meta['load_max']:.1f} on {os.cpu_count()} cores; code {meta['commit']}."]
     return "\n".join(lines) + "\n"
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv=None) -> int:

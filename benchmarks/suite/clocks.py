@@ -91,6 +91,11 @@ def data_parallel(grad_bytes: float, devices: int = DP_DEVICES, link: str = DP_L
                  f"model, gamma {gamma:g})", t)
 
 
+def stated(grad_bytes: float) -> dict[str, Clock]:
+    """The two stated clocks of a model with ``grad_bytes`` gradient bytes: 'gpu' and 'dp8'."""
+    return {"gpu": gpu_shaped(), "dp8": data_parallel(grad_bytes)}
+
+
 def measured_model(step_seconds: Mapping[int, float]) -> StepTimeModel:
     """The hardware profile's step-time model of measured medians (the fitted line outside their range)."""
     batches = sorted(step_seconds)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,6 +107,15 @@ def write_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=False, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def commit() -> str:
+    """The checked-out commit, short (what a results file says it measured); 'unknown' outside a git tree."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def geomean(xs) -> float:

@@ -98,8 +98,7 @@ def task_clocks(task, entry: dict) -> dict[str, C.Clock]:
     """The three clocks of one task; 'cpu_control' is this machine's timing pass B (the A/A control)."""
     to_int = lambda d: {int(b): s for b, s in d.items()}  # noqa: E731
     return {"cpu": C.measured(to_int(entry["step_seconds"]), "this machine, pass A"),
-            "gpu": C.gpu_shaped(),
-            "dp8": C.data_parallel(gradient_bytes(task.make_model())),
+            **C.stated(gradient_bytes(task.make_model())),
             "cpu_control": C.measured(to_int(entry["step_seconds_control"]), "this machine, pass B")}
 
 

@@ -57,9 +57,7 @@ STATED_DP = (f"{C.DP_DEVICES} GPU-shaped devices data parallel over {C.DP_LINK} 
 
 def stated_clock(task, name: str) -> Optional[C.Clock]:
     """The stated clock ``name`` of ``task`` (None for this machine's, which a timing pass measures)."""
-    if name == "cpu":
-        return None
-    return C.gpu_shaped() if name == "gpu" else C.data_parallel(gradient_bytes(task.make_model()))
+    return None if name == "cpu" else C.stated(gradient_bytes(task.make_model()))[name]
 
 
 def check_summary(rec) -> dict:

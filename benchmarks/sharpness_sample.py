@@ -33,6 +33,7 @@ sys.path.insert(0, str(HERE / "suite"))
 from common import read_json, write_json  # noqa: E402
 from tasks import SUITE  # noqa: E402
 
+from batchscope.errors import TaskError  # noqa: E402
 from batchscope.plan.find import measure  # noqa: E402
 from batchscope.plan.verify import measure_stability  # noqa: E402
 from batchscope.tasks import load_task  # noqa: E402
@@ -50,8 +51,7 @@ def anchor(name: str, task, gt: dict) -> tuple[float, dict]:
     return best.get(task.reference_batch, task.lr), best
 
 
-def one(name: str, seed: int, gt: dict) -> dict:
-    task = SUITE[name]() if name in SUITE else load_task(name)
+def one(name: str, task, seed: int, gt: dict) -> dict:
     ref_lr, best = anchor(name, task, gt)
     m = measure(task, task.reference_batch, ref_lr, 0.05, device="cpu", seed=seed, amp=False)
     rows = []
@@ -90,17 +90,30 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sgd = [n for n in SUITE if SUITE[n]().optimizer == "sgd"] + list(BUILT_IN)
-    ap.add_argument("--tasks", default=",".join(sgd))
+    ap.add_argument("--tasks", default=None, help="comma-separated (default: every SGD task of the suite, and "
+                                                  + ", ".join(BUILT_IN) + ")")
     ap.add_argument("--seeds", default="0,1")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     gt = read_json(HERE / "suite" / "ground_truth.json")
     t0, load = time.perf_counter(), os.getloadavg()
+    names = args.tasks.split(",") if args.tasks else [*SUITE, *BUILT_IN]
+    try:
+        tasks = {n: SUITE[n]() if n in SUITE else load_task(n) for n in names}
+    except TaskError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    not_sgd = [n for n, t in tasks.items() if t.optimizer != "sgd"]
+    if args.tasks is None:
+        tasks = {n: t for n, t in tasks.items() if n not in not_sgd}
+    elif not_sgd:
+        print(f"error: {', '.join(not_sgd)}: not plain SGD or SGD with momentum, which is what the bound is for",
+              file=sys.stderr)
+        return 2
     rows = []
-    for name in args.tasks.split(","):
+    for name, task in tasks.items():
         for seed in (int(s) for s in args.seeds.split(",")):
-            rows.append(one(name, seed, gt))
+            rows.append(one(name, task, seed, gt))
             print(f"{name} seed {seed}: ratio {rows[-1]['ratio']:.3f}", flush=True)
     meta = {"cores": os.cpu_count(), "load": load, "minutes": (time.perf_counter() - t0) / 60}
     write_json(RESULTS / "sharpness_sample.json", {"meta": meta, "rows": rows})

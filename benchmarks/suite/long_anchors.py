@@ -197,10 +197,7 @@ def write_profile(s: Setting, clock: str) -> Path:
     s.profiles.mkdir(parents=True, exist_ok=True)
     path = s.profiles / f"{s.task.name}.{clock}.json"
     batches = [int(b) for b in s.entry["best_per_batch"]]
-    prof = J.clock_profile(s.task, J.task_clocks(s.task, s.entry)[clock], batches)
-    same = lambda d: {k: v for k, v in d.items() if k != "created"}  # noqa: E731
-    if not path.exists() or same(HardwareProfile.load(path).to_dict()) != same(prof.to_dict()):
-        prof.save(path)
+    J.save_profile(J.clock_profile(s.task, J.task_clocks(s.task, s.entry)[clock], batches), path)
     return path
 
 

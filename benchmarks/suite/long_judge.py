@@ -116,6 +116,13 @@ def clock_profile(task, clock: C.Clock, batches) -> "C.HardwareProfile":
                       "weight_decay": task.weight_decay})
 
 
+def save_profile(prof: "C.HardwareProfile", path: Path) -> None:
+    """Write ``prof`` to ``path`` unless the file there already says the same (all but its date)."""
+    same = lambda d: {k: v for k, v in d.items() if k != "created"}  # noqa: E731
+    if not path.exists() or same(C.HardwareProfile.load(path).to_dict()) != same(prof.to_dict()):
+        prof.save(path)
+
+
 def judge_clock(task, entry: dict, clock: C.Clock, arms: dict[str, Arm]) -> dict:
     """Fixed batches and every arm under one clock, each as time and ratio to the best fixed batch."""
     batches = sorted(int(b) for b in entry["best_per_batch"])
@@ -159,7 +166,7 @@ def judge_task(name: str, entry: dict, registry=LONG, arms: Optional[dict] = Non
         out["profiles"] = {}
         for k in ("cpu", "gpu", "dp8"):
             path = profiles / f"{name}.{k}.json"
-            clock_profile(task, cl[k], batches).save(path)
+            save_profile(clock_profile(task, cl[k], batches), path)
             out["profiles"][k] = str(path.relative_to(HERE.parent.parent) if path.is_relative_to(HERE.parent.parent)
                                      else path)
     return out
@@ -329,6 +336,11 @@ def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RES
     if arms is None:
         import long_anchors   # here, not at the top: long_anchors builds on this module
 
+        missing = [str(p) for p in args.runs or [] if not p.exists()]
+        if missing:
+            print(f"error: no runs file {', '.join(missing)} (long_anchors.py --store PATH writes one)",
+                  file=sys.stderr)
+            return 2
         arms = long_anchors.stored_arms(read_runs(args.runs or [runs_path]), store)
     names = args.tasks.split(",") if args.tasks else [n for n in registry if "summary" in store.get(n, {})]
     results = [judge_task(n, store[n], registry, arms, profiles) for n in names if "summary" in store.get(n, {})]
@@ -351,4 +363,6 @@ def main(argv=None, registry=LONG, store_path: Path = STORE, out_dir: Path = RES
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import long_judge   # the module long_anchors imports: one NotRun class (run as a script this is another)
+
+    sys.exit(long_judge.main())
